@@ -1,0 +1,72 @@
+"""Errors with a gRPC status attached, raised by network-free handlers.
+
+Handlers raise these; the servicer maps them to `context.abort(code, message)` in one place
+(`paramserver.server.servicer`), and the client maps a failed call back to a
+`ParamServerError` of the same code so user code can catch one exception family.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ParamServerError(Exception):
+    """An error that carries the gRPC status code a caller should see."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgument(ParamServerError):
+    """The request itself is malformed: wrong shape or dtype, truncated or oversize payload."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(ParamServerError):
+    """The request is well-formed but the server is not in a state to accept it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(ParamServerError):
+    """The request names something the server does not have (tensor, session)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceExhausted(ParamServerError):
+    """The server is full (e.g. a synchronous job already has all its workers)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ParamServerError):
+    """A bounded wait ran out."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(ParamServerError):
+    """The server is shutting down or cannot be reached."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def from_rpc_error(error: grpc.RpcError) -> ParamServerError:
+    """Turn a failed gRPC call into a ParamServerError carrying the same code and details."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    for cls in (InvalidArgument, FailedPrecondition, NotFound, ResourceExhausted,
+                DeadlineExceeded, Unavailable):
+        if cls.code == code:
+            return cls(details or code.name)
+    return ParamServerError(details or str(code), code)

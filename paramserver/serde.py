@@ -1,0 +1,306 @@
+"""The one module that converts between protobuf messages and our records.
+
+Paired `x_to_proto` / `x_from_proto` functions, plus the request/response (de)serializers
+of the streaming methods, whose chunk messages take the fast path in `paramserver.wire`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from paramserver import wire
+from paramserver.proto import paramserver_pb2 as pb
+from paramserver.types import (
+    CodecSpec,
+    Mode,
+    ModelLayout,
+    PushHeader,
+    PushResult,
+    RegisterHeader,
+    Role,
+    ServerStatus,
+    Session,
+    TensorSpec,
+    WorkerInfo,
+)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+
+
+def method_path(method: str) -> str:
+    """'/paramserver.v1.ParameterServer/Push' for 'Push', read from the schema."""
+    pb.DESCRIPTOR.services_by_name["ParameterServer"].methods_by_name[method]  # KeyError if absent
+    return f"/{SERVICE_NAME}/{method}"
+
+
+# ---- enums ---------------------------------------------------------------------------
+
+_DTYPES: dict[torch.dtype, int] = {
+    torch.float32: pb.FLOAT32,
+    torch.float64: pb.FLOAT64,
+    torch.float16: pb.FLOAT16,
+    torch.bfloat16: pb.BFLOAT16,
+    torch.int32: pb.INT32,
+    torch.int64: pb.INT64,
+}
+_DTYPES_BACK = {v: k for k, v in _DTYPES.items()}
+_MODES = {Mode.SYNC: pb.SYNC, Mode.ASYNC: pb.ASYNC}
+_MODES_BACK = {v: k for k, v in _MODES.items()}
+_ROLES = {Role.WORKER: pb.WORKER, Role.OBSERVER: pb.OBSERVER}
+_ROLES_BACK = {v: k for k, v in _ROLES.items()}
+
+
+def dtype_to_proto(dtype: torch.dtype) -> int:
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        known = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
+        raise ValueError(f"dtype {dtype} cannot travel on the wire; supported: {known}") from None
+
+
+def dtype_from_proto(value: int) -> torch.dtype:
+    try:
+        return _DTYPES_BACK[value]
+    except KeyError:
+        raise ValueError(f"unknown or unspecified dtype enum value {value}") from None
+
+
+def mode_from_proto(value: int) -> Mode:
+    return _MODES_BACK.get(value, Mode.SYNC)
+
+
+def role_from_proto(value: int) -> Role:
+    return _ROLES_BACK.get(value, Role.WORKER)
+
+
+# ---- records -------------------------------------------------------------------------
+
+def spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
+    return pb.TensorSpec(name=spec.name, shape=list(spec.shape), dtype=dtype_to_proto(spec.dtype))
+
+
+def spec_from_proto(msg: pb.TensorSpec) -> TensorSpec:
+    if any(d < 0 for d in msg.shape):
+        raise ValueError(f"tensor {msg.name!r} has a negative dimension: {list(msg.shape)}")
+    return TensorSpec(msg.name, tuple(int(d) for d in msg.shape), dtype_from_proto(msg.dtype))
+
+
+def layout_to_proto(layout: ModelLayout | None) -> pb.ModelLayout:
+    if layout is None:
+        return pb.ModelLayout()
+    return pb.ModelLayout(tensors=[spec_to_proto(t) for t in layout.tensors])
+
+
+def layout_from_proto(msg: pb.ModelLayout) -> ModelLayout | None:
+    """None for an empty layout (no model registered yet)."""
+    if not msg.tensors:
+        return None
+    return ModelLayout(tuple(spec_from_proto(t) for t in msg.tensors))
+
+
+def codec_to_proto(codec: CodecSpec) -> pb.CodecSpec:
+    return pb.CodecSpec(name=codec.name, params=dict(codec.params))
+
+
+def codec_from_proto(msg: pb.CodecSpec) -> CodecSpec:
+    return CodecSpec(msg.name.lower(), tuple(sorted(msg.params.items())))
+
+
+def handshake_request_to_proto(
+    worker_id: str, role: Role, push: list[CodecSpec], pull: list[CodecSpec], version: str
+) -> pb.HandshakeRequest:
+    return pb.HandshakeRequest(
+        worker_id=worker_id,
+        role=_ROLES[role],
+        push_codecs=[codec_to_proto(c) for c in push],
+        pull_codecs=[codec_to_proto(c) for c in pull],
+        client_version=version,
+    )
+
+
+def session_to_proto(session: Session, server_version: str) -> pb.HandshakeResponse:
+    return pb.HandshakeResponse(
+        session_id=session.session_id,
+        push_codec=codec_to_proto(session.push_codec),
+        pull_codec=codec_to_proto(session.pull_codec),
+        layout=layout_to_proto(session.layout),
+        version=session.version,
+        mode=_MODES[session.mode],
+        expected_workers=session.expected_workers,
+        chunk_bytes=session.chunk_bytes,
+        server_version=server_version,
+    )
+
+
+def session_from_proto(msg: pb.HandshakeResponse) -> Session:
+    return Session(
+        session_id=msg.session_id,
+        push_codec=codec_from_proto(msg.push_codec),
+        pull_codec=codec_from_proto(msg.pull_codec),
+        layout=layout_from_proto(msg.layout),
+        version=msg.version,
+        mode=mode_from_proto(msg.mode),
+        expected_workers=msg.expected_workers,
+        chunk_bytes=msg.chunk_bytes,
+    )
+
+
+def push_header_to_proto(header: PushHeader) -> pb.PushHeader:
+    return pb.PushHeader(
+        session_id=header.session_id,
+        step=header.step,
+        num_samples=header.num_samples,
+        tensors=[spec_to_proto(t) for t in header.tensors],
+    )
+
+
+def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
+    return PushHeader(
+        session_id=msg.session_id,
+        step=msg.step,
+        num_samples=msg.num_samples,
+        tensors=tuple(spec_from_proto(t) for t in msg.tensors),
+    )
+
+
+def push_result_to_proto(result: PushResult) -> pb.PushResponse:
+    return pb.PushResponse(version=result.version, applied=result.applied,
+                           staleness=result.staleness)
+
+
+def push_result_from_proto(msg: pb.PushResponse) -> PushResult:
+    return PushResult(version=msg.version, applied=msg.applied, staleness=msg.staleness)
+
+
+def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
+    layout = status.layout
+    return pb.StatusResponse(
+        layout=layout_to_proto(layout),
+        version=status.version,
+        mode=_MODES[status.mode],
+        expected_workers=status.expected_workers,
+        optimizer=status.optimizer,
+        pending_pushes=status.pending_pushes,
+        server_version=status.server_version,
+        workers=[
+            pb.WorkerStatus(
+                worker_id=w.worker_id,
+                role=_ROLES[w.role],
+                session_id=w.session_id,
+                pushes=w.pushes,
+                seconds_since_seen=w.seconds_since_seen,
+                push_codec=codec_to_proto(w.push_codec),
+            )
+            for w in status.workers
+        ],
+        tensors=[
+            pb.TensorStatus(spec=spec_to_proto(t), bytes=t.nbytes)
+            for t in (layout.tensors if layout else ())
+        ],
+    )
+
+
+def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
+    return ServerStatus(
+        layout=layout_from_proto(msg.layout),
+        version=msg.version,
+        mode=mode_from_proto(msg.mode),
+        expected_workers=msg.expected_workers,
+        optimizer=msg.optimizer,
+        pending_pushes=msg.pending_pushes,
+        server_version=msg.server_version,
+        workers=tuple(
+            WorkerInfo(
+                worker_id=w.worker_id,
+                role=role_from_proto(w.role),
+                session_id=w.session_id,
+                pushes=w.pushes,
+                seconds_since_seen=w.seconds_since_seen,
+                push_codec=codec_from_proto(w.push_codec),
+            )
+            for w in msg.workers
+        ),
+    )
+
+
+# ---- streaming messages: header via protobuf, chunks via the wire fast path ---------------
+
+def _wrapper_decoder(
+    wrapper: type[Any], header_field: str, header_from: Callable[[Any], Any]
+) -> Callable[[bytes], Any]:
+    """A deserializer returning the decoded header record or a `wire.Chunk`."""
+    header_type = type(getattr(wrapper(), header_field))
+
+    def decode(message: bytes) -> Any:
+        try:
+            field, body = wire.split_wrapper(message)
+            if field == wire.CHUNK_FIELD and body is not None:
+                return wire.decode_chunk(body)
+            if field == 1 and body is not None:
+                return header_from(header_type.FromString(body.tobytes()))
+        except (wire.WireError, ValueError) as exc:
+            return MalformedMessage(f"cannot decode {wrapper.__name__}: {exc}")
+        return MalformedMessage(f"{wrapper.__name__} carries neither a header nor a chunk")
+
+    return decode
+
+
+class MalformedMessage:
+    """Returned by deserializers instead of raising, so handlers can answer INVALID_ARGUMENT.
+
+    (An exception inside a grpc deserializer surfaces as INTERNAL with no useful message.)
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def encode_register_header(layout: ModelLayout, session_id: str, values_follow: bool) -> bytes:
+    header = pb.RegisterHeader(session_id=session_id, layout=layout_to_proto(layout),
+                               values_follow=values_follow)
+    return pb.RegisterRequest(header=header).SerializeToString()
+
+
+def register_header_from_proto(msg: pb.RegisterHeader) -> RegisterHeader:
+    return RegisterHeader(msg.session_id, layout_from_proto(msg.layout), msg.values_follow)
+
+
+def encode_push_header(header: PushHeader) -> bytes:
+    return pb.PushRequest(header=push_header_to_proto(header)).SerializeToString()
+
+
+def encode_pull_header(version: int, tensors: tuple[TensorSpec, ...]) -> bytes:
+    header = pb.PullHeader(version=version, tensors=[spec_to_proto(t) for t in tensors])
+    return pb.PullResponse(header=header).SerializeToString()
+
+
+def pull_header_from_proto(msg: pb.PullHeader) -> tuple[int, tuple[TensorSpec, ...]]:
+    return msg.version, tuple(spec_from_proto(t) for t in msg.tensors)
+
+
+decode_register_request = _wrapper_decoder(pb.RegisterRequest, "header",
+                                           register_header_from_proto)
+decode_push_request = _wrapper_decoder(pb.PushRequest, "header", push_header_from_proto)
+decode_pull_response = _wrapper_decoder(pb.PullResponse, "header", pull_header_from_proto)
+
+
+def identity(message: bytes) -> bytes:
+    """Serializer for messages that are already encoded."""
+    return message
+
+
+# Request/response types of the unary methods, for building handlers and stubs.
+UNARY_TYPES: dict[str, tuple[Any, Any]] = {
+    "Handshake": (pb.HandshakeRequest, pb.HandshakeResponse),
+    "Status": (pb.StatusRequest, pb.StatusResponse),
+    "Heartbeat": (pb.HeartbeatRequest, pb.HeartbeatResponse),
+}
+PushResponse = pb.PushResponse
+RegisterResponse = pb.RegisterResponse
+PullRequest = pb.PullRequest
+HeartbeatResponse = pb.HeartbeatResponse
+HeartbeatRequest = pb.HeartbeatRequest
+StatusRequest = pb.StatusRequest

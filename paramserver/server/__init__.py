@@ -1,0 +1,1 @@
+"""The parameter server: thin gRPC servicer over network-free handlers and state."""

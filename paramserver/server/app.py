@@ -1,0 +1,81 @@
+"""Run one parameter server process: gRPC server, health service, signal handling."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from paramserver import serde
+from paramserver.server.config import ServerConfig
+from paramserver.server.handlers import ParameterServerCore
+from paramserver.server.servicer import ParameterServerServicer, generic_handler
+from paramserver.transport import server_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningServer:
+    """A started server; `stop()` drains it and wakes every long poll."""
+
+    server: grpc.Server
+    core: ParameterServerCore
+    health: health.HealthServicer
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.core.close()
+        self.server.stop(grace_s).wait(grace_s + 1.0)
+
+
+def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
+                 max_threads: int = 64) -> RunningServer:
+    """Start serving on host:port (0 picks a free port) and return at once."""
+    core = ParameterServerCore(config)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
+                                                    thread_name_prefix="ps-rpc"),
+                         options=server_options(), maximum_concurrent_rpcs=max_threads * 4)
+    server.add_generic_rpc_handlers((generic_handler(ParameterServerServicer(core)),))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind {host}:{port}")
+    server.start()
+    for service in ("", serde.SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on %s:%d (%s, %d workers)", serde.SERVICE_NAME, host, bound,
+             config.mode.value, config.expected_workers)
+    return RunningServer(server, core, health_servicer, bound)
+
+
+def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,
+          grace_s: float = 5.0) -> None:
+    """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    running = start_server(config, host, port)
+    try:
+        if port_file is not None:
+            tmp = port_file.with_suffix(".tmp")
+            tmp.write_text(str(running.port))
+            tmp.replace(port_file)  # atomic: a reader never sees a half-written port
+        print(f"paramserver listening on {host}:{running.port}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        log.info("signal received, shutting down")
+    finally:
+        running.stop(grace_s)

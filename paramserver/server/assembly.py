@@ -1,0 +1,130 @@
+"""Reassemble a chunked tensor stream into flat buffers, validating as it goes.
+
+A push (or a registration's initial values) is only handed on once every tensor arrived
+whole, so a truncated, oversize or out-of-order stream changes no server state.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from paramserver.errors import InvalidArgument, NotFound
+from paramserver.types import TensorSpec
+from paramserver.wire import Chunk
+
+
+class BufferPool:
+    """Recycles flat tensors by (numel, dtype) so each step does not page-fault fresh memory.
+
+    `_lock` guards `_free`.
+    """
+
+    def __init__(self, max_per_key: int = 4) -> None:
+        self._free: dict[tuple[int, torch.dtype], list[torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        self._max_per_key = max_per_key
+
+    def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        with self._lock:
+            free = self._free.get((numel, dtype))
+            if free:
+                return free.pop()
+        return torch.empty(numel, dtype=dtype)
+
+    def give(self, tensor: torch.Tensor) -> None:
+        key = (tensor.numel(), tensor.dtype)
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            if len(free) < self._max_per_key:
+                free.append(tensor)
+
+
+def check_specs(offered: Sequence[TensorSpec], registered: Mapping[str, TensorSpec]) -> None:
+    """Every offered tensor must exist in the registered layout with the same shape and dtype."""
+    seen: set[str] = set()
+    for spec in offered:
+        if spec.name in seen:
+            raise InvalidArgument(f"tensor {spec.name!r} is listed twice in the header")
+        seen.add(spec.name)
+        known = registered.get(spec.name)
+        if known is None:
+            raise NotFound(f"unknown tensor {spec.name!r}; the model has "
+                           f"{sorted(registered)[:8]}{'...' if len(registered) > 8 else ''}")
+        if known != spec:
+            raise InvalidArgument(
+                f"tensor {spec.name!r} sent with shape {list(spec.shape)} dtype {spec.dtype}, "
+                f"but it is registered with shape {list(known.shape)} dtype {known.dtype}")
+
+
+class TensorAssembler:
+    """Collects the chunks of the tensors named in a header into flat buffers.
+
+    Chunks of one tensor must arrive in order and without gaps (the client sends them so);
+    tensors may interleave. Call `finish()` for the buffers or `discard()` to recycle them.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec], pool: BufferPool | None = None) -> None:
+        self.specs = tuple(specs)
+        self._pool = pool
+        self._received = [0] * len(self.specs)
+        self._buffers: list[torch.Tensor | None] = [None] * len(self.specs)
+        self._bytes: list[np.ndarray | None] = [None] * len(self.specs)
+        self.bytes_received = 0
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.tensor >= len(self.specs):
+            raise InvalidArgument(f"chunk for tensor index {chunk.tensor}, but the header "
+                                  f"lists {len(self.specs)} tensors")
+        spec = self.specs[chunk.tensor]
+        expected = self._received[chunk.tensor]
+        if chunk.offset != expected:
+            raise InvalidArgument(f"tensor {spec.name!r}: chunk at byte {chunk.offset}, expected "
+                                  f"{expected} (chunks must be in order, without gaps)")
+        end = chunk.offset + chunk.data.nbytes
+        if end > spec.nbytes:
+            raise InvalidArgument(f"payload larger than declared: tensor {spec.name!r} is "
+                                  f"{spec.nbytes} bytes but a chunk ends at byte {end}")
+        target = self._bytes[chunk.tensor]
+        if target is None:
+            target = self._allocate(chunk.tensor)
+        target[chunk.offset:end] = np.frombuffer(chunk.data, dtype=np.uint8)
+        self._received[chunk.tensor] = end
+        self.bytes_received += chunk.data.nbytes
+
+    def _allocate(self, index: int) -> np.ndarray:
+        spec = self.specs[index]
+        pool = self._pool
+        flat = (pool.take(spec.numel, spec.dtype) if pool
+                else torch.empty(spec.numel, dtype=spec.dtype))
+        self._buffers[index] = flat
+        as_bytes = flat.view(torch.uint8).numpy()
+        self._bytes[index] = as_bytes
+        return as_bytes
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """The flat tensors by name; raises InvalidArgument (and recycles) if any is short."""
+        for index, spec in enumerate(self.specs):
+            if self._received[index] != spec.nbytes:
+                self.discard()
+                raise InvalidArgument(
+                    f"truncated stream: tensor {spec.name!r} received "
+                    f"{self._received[index]} of {spec.nbytes} bytes")
+        out: dict[str, torch.Tensor] = {}
+        for index, spec in enumerate(self.specs):
+            buffer = self._buffers[index]
+            out[spec.name] = buffer if buffer is not None else torch.empty(0, dtype=spec.dtype)
+        self._buffers = [None] * len(self.specs)
+        return out
+
+    def discard(self) -> None:
+        """Give every buffer back to the pool; the assembler is unusable afterwards."""
+        if self._pool is not None:
+            for buffer in self._buffers:
+                if buffer is not None:
+                    self._pool.give(buffer)
+        self._buffers = [None] * len(self.specs)
+        self._bytes = [None] * len(self.specs)

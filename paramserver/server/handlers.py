@@ -1,0 +1,192 @@
+"""Network-free request handlers: decoded records in, records (or encoded chunks) out.
+
+The gRPC servicer (`servicer.py`) is a thin shell around `ParameterServerCore`; tests drive
+the core directly without a network. Handlers raise `paramserver.errors` exceptions, never
+touch gRPC, and leave state untouched when they raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+from paramserver import __version__, serde, wire
+from paramserver.codecs import negotiate
+from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
+from paramserver.server.assembly import BufferPool, TensorAssembler, check_specs
+from paramserver.server.async_policy import AsyncPolicy
+from paramserver.server.config import ServerConfig
+from paramserver.server.membership import Membership
+from paramserver.server.policy import UpdatePolicy
+from paramserver.server.store import ParameterStore
+from paramserver.server.sync_policy import SyncPolicy
+from paramserver.transport import chunk_ranges
+from paramserver.types import (
+    Aggregation,
+    CodecSpec,
+    Mode,
+    ModelLayout,
+    PushHeader,
+    PushResult,
+    RegisterHeader,
+    Role,
+    ServerStatus,
+    Session,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _first_message(stream: Iterator[object], what: str) -> object:
+    first = next(stream, None)
+    if first is None:
+        raise InvalidArgument(f"empty {what} stream: the first message must be a header")
+    if isinstance(first, serde.MalformedMessage):
+        raise InvalidArgument(first.reason)
+    if isinstance(first, wire.Chunk):
+        raise InvalidArgument(f"{what} stream must open with a header, not a chunk")
+    return first
+
+
+def _drain_chunks(stream: Iterable[object], assembler: TensorAssembler, what: str) -> None:
+    """Feed every remaining message to the assembler; a header or garbage is an error."""
+    for message in stream:
+        if isinstance(message, wire.Chunk):
+            assembler.add(message)
+        elif isinstance(message, serde.MalformedMessage):
+            raise InvalidArgument(message.reason)
+        else:
+            raise InvalidArgument(f"a {what} stream carries exactly one header, at the start")
+
+
+class ParameterServerCore:
+    """One parameter server's state and request handling."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = ParameterStore(config.optimizer)
+        self.members = Membership(config.mode, config.expected_workers)
+        self._pool = BufferPool()
+        self.policy: UpdatePolicy = (
+            SyncPolicy(self.store, config.expected_workers, self._pool)
+            if config.mode is Mode.SYNC else AsyncPolicy(self.store, self._pool))
+
+    # ---- handshake, status, heartbeat ----------------------------------------------------
+
+    def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
+                  pull_offers: list[CodecSpec]) -> Session:
+        push = negotiate("push", push_offers, self.config.codecs)
+        pull = negotiate("pull", pull_offers, self.config.codecs)
+        record = self.members.open(worker_id, role, push, pull)
+        log.info("session %s opened by %s %r (push %s, pull %s)", record.session_id[:8],
+                 role.value, worker_id, push, pull)
+        return Session(record.session_id, push, pull, self.store.layout, self.store.version,
+                       self.config.mode, self.config.expected_workers, self.config.chunk_bytes)
+
+    def heartbeat(self, session_id: str) -> int:
+        self.members.touch(session_id)
+        return self.store.version
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            layout=self.store.layout,
+            version=self.store.version,
+            mode=self.config.mode,
+            expected_workers=self.config.expected_workers,
+            optimizer=self.config.optimizer.describe(),
+            pending_pushes=self.policy.pending(),
+            server_version=__version__,
+            workers=self.members.snapshot(),
+        )
+
+    # ---- register ------------------------------------------------------------------------
+
+    def register(self, stream: Iterator[object]) -> tuple[bool, int, ModelLayout]:
+        """Create the model from a header plus initial values, or join an identical one."""
+        header = _first_message(stream, "register")
+        if not isinstance(header, RegisterHeader):
+            raise InvalidArgument("register stream must open with a RegisterHeader")
+        layout, values_follow = header.layout, header.values_follow
+        self.members.require_worker(header.session_id)
+        if layout is None:
+            raise InvalidArgument("register header carries an empty layout")
+        with self.store.lock:
+            if self.store.layout is not None:
+                self.store.require_same_layout(layout)
+                return False, self.store.version, self.store.layout
+        if not values_follow:
+            raise FailedPrecondition("no model is registered yet; the first worker must send "
+                                     "initial values (values_follow=true)")
+        assembler = TensorAssembler(layout.tensors)
+        _drain_chunks(stream, assembler, "register")
+        created = self.store.create(layout, assembler.finish())
+        if created:
+            log.info("model registered: %d tensors, %d bytes", len(layout.tensors), layout.nbytes)
+        return created, self.store.version, layout
+
+    # ---- push ----------------------------------------------------------------------------
+
+    def push(self, stream: Iterator[object]) -> PushResult:
+        """Receive one gradient push; hand it to the update policy only once it is whole."""
+        header = _first_message(stream, "push")
+        if not isinstance(header, PushHeader):
+            raise InvalidArgument("push stream must open with a PushHeader")
+        record = self.members.require_worker(header.session_id)
+        layout = self.store.require_layout()
+        check_specs(header.tensors, layout.by_name())
+        weight = self._weight_of(header)
+        self.policy.check_step(record.worker_id, header.step)
+        assembler = TensorAssembler(header.tensors, self._pool)
+        try:
+            _drain_chunks(stream, assembler, "push")
+        except BaseException:
+            assembler.discard()
+            raise
+        result = self.policy.submit(record.worker_id, header.step, weight, assembler.finish())
+        self.members.count_push(header.session_id)
+        return result
+
+    def _weight_of(self, header: PushHeader) -> float:
+        if self.config.aggregation is Aggregation.MEAN:
+            return 1.0
+        if header.num_samples <= 0:
+            raise InvalidArgument(f"weighted aggregation needs num_samples > 0, "
+                                  f"got {header.num_samples}")
+        return float(header.num_samples)
+
+    # ---- pull ----------------------------------------------------------------------------
+
+    def pull(self, session_id: str, min_version: int, names: list[str],
+             timeout_s: float) -> Iterator[bytes]:
+        """Encoded PullResponse messages: a header, then each tensor's chunks.
+
+        Each chunk is copied under the store lock, so it never mixes two versions. In sync
+        mode a member's pull is also version-consistent as a whole, since the version cannot
+        advance before that member pushes again; an async pull may span updates (Hogwild).
+        """
+        self.members.touch(session_id)
+        layout = self.store.require_layout()
+        specs = layout.tensors
+        if names:
+            by_name = layout.by_name()
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise NotFound(f"unknown tensors {missing}")
+            specs = tuple(by_name[n] for n in names)
+        version = self.store.wait_for_version(min_version,
+                                              min(timeout_s, self.config.max_wait_s))
+        return self._pull_messages(version, specs)
+
+    def _pull_messages(self, version: int, specs: tuple) -> Iterator[bytes]:
+        yield serde.encode_pull_header(version, specs)
+        chunk = self.config.chunk_bytes
+        for index, spec in enumerate(specs):
+            for start, end in chunk_ranges(spec.nbytes, chunk):
+                with self.store.lock:
+                    data = self.store.byte_view(spec.name)[start:end]
+                    message = wire.encode_chunk(index, start, data)
+                yield message
+
+    def close(self) -> None:
+        """Wake every waiter with UNAVAILABLE; called on shutdown."""
+        self.store.close()

@@ -1,0 +1,23 @@
+"""The interface every update policy (sync, async; SSP and quorum later) implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from paramserver.types import PushResult
+
+
+class UpdatePolicy(Protocol):
+    """Decides when pushed gradients become a parameter update."""
+
+    def check_step(self, worker_id: str, step: int) -> None:
+        """Raise before any payload is read if a push for `step` cannot be accepted."""
+
+    def submit(self, worker_id: str, step: int, weight: float,
+               grads: dict[str, torch.Tensor]) -> PushResult:
+        """Take ownership of the flat gradient buffers of one complete, validated push."""
+
+    def pending(self) -> int:
+        """Pushes received but not yet applied."""

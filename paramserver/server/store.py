@@ -1,0 +1,110 @@
+"""The parameters, their optimizer and the version: the state a server exists to keep."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Mapping
+
+import torch
+
+from paramserver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from paramserver.server.optimizer import OptimizerConfig
+from paramserver.types import ModelLayout
+
+
+class ParameterStore:
+    """Parameters in torch CPU tensors, updated by one optimizer, versioned by update count.
+
+    `lock` (a Condition) guards `params`, the optimizer, `version` and `layout`; waiters on
+    it are woken whenever the version advances or the store closes.
+    """
+
+    def __init__(self, optimizer: OptimizerConfig) -> None:
+        self.lock = threading.Condition()
+        self.layout: ModelLayout | None = None
+        self.params: dict[str, torch.Tensor] = {}
+        self.version = 0
+        self._optimizer_config = optimizer
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._closed = False
+
+    def create(self, layout: ModelLayout, values: Mapping[str, torch.Tensor]) -> bool:
+        """Install the model once; False when an identical layout was already installed.
+
+        Raises FailedPrecondition if a different layout is registered.
+        """
+        with self.lock:
+            if self.layout is not None:
+                self.require_same_layout(layout)
+                return False
+            self.params = {s.name: values[s.name].view(s.shape) for s in layout.tensors}
+            self._optimizer = self._optimizer_config.build(self.params.values())
+            self.layout = layout
+            self.version = 0
+            self.lock.notify_all()
+            return True
+
+    def require_same_layout(self, layout: ModelLayout) -> None:
+        assert self.layout is not None
+        reason = self.layout.describe_difference(layout)
+        if reason:
+            raise FailedPrecondition(
+                f"a different model is already registered on this server: {reason}")
+
+    def require_layout(self) -> ModelLayout:
+        if self.layout is None:
+            raise FailedPrecondition("no model is registered yet; call Register first")
+        return self.layout
+
+    def apply(self, grads: Mapping[str, torch.Tensor]) -> int:
+        """One optimizer step with `grads` (flat, by name); returns the new version.
+
+        Tensors without a gradient are skipped, as torch.optim skips params whose grad is None.
+        """
+        with self.lock:
+            assert self._optimizer is not None
+            for name, param in self.params.items():
+                grad = grads.get(name)
+                param.grad = None if grad is None else grad.view(param.shape)
+            self._optimizer.step()
+            for param in self.params.values():
+                param.grad = None
+            self.version += 1
+            self.lock.notify_all()
+            return self.version
+
+    def wait_for_version(self, min_version: int, timeout_s: float) -> int:
+        """Block until version >= min_version; DeadlineExceeded after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while self.version < min_version or self.layout is None:
+                if self._closed:
+                    raise Unavailable("server is shutting down")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(
+                        f"version {min_version} not reached within {timeout_s:.1f}s "
+                        f"(server is at version {self.version})")
+                self.lock.wait(remaining)
+            return self.version
+
+    def byte_view(self, name: str) -> memoryview:
+        """The raw little-endian bytes of one parameter; read it only under `lock`."""
+        flat = self.params[name].view(-1)
+        return memoryview(flat.view(torch.uint8).numpy())
+
+    def state_hash(self) -> str:
+        """SHA-256 over version and parameter bytes, for tests that check nothing changed."""
+        with self.lock:
+            digest = hashlib.sha256(str(self.version).encode())
+            for name, param in self.params.items():
+                digest.update(name.encode())
+                digest.update(self.byte_view(name))
+            return digest.hexdigest()
+
+    def close(self) -> None:
+        with self.lock:
+            self._closed = True
+            self.lock.notify_all()

@@ -1,0 +1,57 @@
+"""The one place that owns gRPC channel and server options and the chunk size.
+
+Figures behind the defaults (grpcio 1.85, 2 cores, loopback; see benchmarks/RESULTS.md):
+a stream of ~1 MiB messages is the sweet spot; 64 KiB pieces reach a third of it; single
+messages of 32 MiB or more collapse because each fresh buffer page-faults. Turning off BDP
+probing with a fixed 64 MiB flow-control window gave about +19%.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB of tensor payload per TensorChunk
+MAX_MESSAGE_BYTES = 64 << 20  # headers may carry large layouts; chunks stay ~1 MiB
+FLOW_CONTROL_WINDOW = 64 << 20
+
+_COMMON_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", FLOW_CONTROL_WINDOW),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    """Options for every client channel."""
+    return list(_COMMON_OPTIONS)
+
+
+def server_options() -> list[tuple[str, Any]]:
+    """Options for every server."""
+    return [
+        *_COMMON_OPTIONS,
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def insecure_channel(address: str) -> grpc.Channel:
+    """A channel to `address` ("host:port") with the project's options."""
+    return grpc.insecure_channel(address, options=channel_options())
+
+
+def chunk_ranges(nbytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:
+    """Split [0, nbytes) into consecutive (start, end) ranges of at most chunk_bytes.
+
+    A zero-byte payload yields no ranges: an empty tensor needs no chunk.
+    """
+    if chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    return [(start, min(start + chunk_bytes, nbytes)) for start in range(0, nbytes, chunk_bytes)]

@@ -1,0 +1,189 @@
+"""Plain records shared by the server and the workers.
+
+Only `paramserver.serde` converts these to and from protobuf; everything else works on these
+dataclasses and on torch tensors.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+class Mode(enum.Enum):
+    """How the server applies pushed gradients."""
+
+    SYNC = "sync"  # one push per worker per step, aggregated and applied once
+    ASYNC = "async"  # each push applied as it arrives
+
+
+class Role(enum.Enum):
+    """What a session is for: workers count as job members, observers only read."""
+
+    WORKER = "worker"
+    OBSERVER = "observer"
+
+
+class Aggregation(enum.Enum):
+    """How the pushes of one synchronous step are combined."""
+
+    MEAN = "mean"  # plain average over the workers that pushed the tensor
+    WEIGHTED = "weighted"  # average weighted by each push's num_samples
+
+
+# Torch dtypes the wire format carries; all are stored little-endian.
+SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int32,
+    torch.int64,
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and dtype of one model tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    @classmethod
+    def of(cls, name: str, tensor: torch.Tensor) -> TensorSpec:
+        return cls(name, tuple(tensor.shape), tensor.dtype)
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """The model's tensors in registration order."""
+
+    tensors: tuple[TensorSpec, ...]
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tensors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate tensor names in layout: {names}")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def by_name(self) -> dict[str, TensorSpec]:
+        return {t.name: t for t in self.tensors}
+
+    def describe_difference(self, other: ModelLayout) -> str:
+        """A human-readable reason why `other` differs from this layout ('' if equal)."""
+        mine, theirs = self.by_name(), other.by_name()
+        for name in mine.keys() - theirs.keys():
+            return f"tensor {name!r} is registered but missing from the offered layout"
+        for name in theirs.keys() - mine.keys():
+            return f"tensor {name!r} is not in the registered layout"
+        for name, spec in mine.items():
+            if theirs[name] != spec:
+                return f"tensor {name!r}: registered {_fmt(spec)}, offered {_fmt(theirs[name])}"
+        if self.tensors != other.tensors:
+            return "same tensors in a different order"
+        return ""
+
+
+def _fmt(spec: TensorSpec) -> str:
+    return f"shape {list(spec.shape)} dtype {str(spec.dtype).removeprefix('torch.')}"
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """A compression codec and its parameters, e.g. CodecSpec('topk', {'ratio': '0.01'})."""
+
+    name: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> CodecSpec:
+        """Parse 'name' or 'name:key=value,key=value'."""
+        name, _, rest = text.strip().partition(":")
+        params = []
+        for item in filter(None, rest.split(",")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"codec parameter {item!r} in {text!r} is not key=value")
+            params.append((key.strip(), value.strip()))
+        return cls(name.strip().lower(), tuple(sorted(params)))
+
+    def __str__(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.name}:{args}" if args else self.name
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the handshake agreed on for one connection."""
+
+    session_id: str
+    push_codec: CodecSpec
+    pull_codec: CodecSpec
+    layout: ModelLayout | None
+    version: int
+    mode: Mode
+    expected_workers: int
+    chunk_bytes: int
+
+
+@dataclass(frozen=True)
+class RegisterHeader:
+    """Opening message of a register stream."""
+
+    session_id: str
+    layout: ModelLayout | None
+    values_follow: bool
+
+
+@dataclass(frozen=True)
+class PushHeader:
+    """Opening message of a push stream."""
+
+    session_id: str
+    step: int
+    num_samples: int
+    tensors: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    version: int
+    applied: bool
+    staleness: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    role: Role
+    session_id: str
+    pushes: int
+    seconds_since_seen: float
+    push_codec: CodecSpec
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    layout: ModelLayout | None
+    version: int
+    mode: Mode
+    expected_workers: int
+    optimizer: str
+    pending_pushes: int
+    server_version: str
+    workers: tuple[WorkerInfo, ...] = field(default=())

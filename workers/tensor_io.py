@@ -1,0 +1,48 @@
+"""Byte views of torch tensors for the wire, with pinned host staging for CUDA tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def host_bytes(tensor: torch.Tensor) -> memoryview:
+    """Raw little-endian bytes of a contiguous CPU tensor, without copying."""
+    flat = tensor.detach().reshape(-1)
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+class HostMirror:
+    """A CPU copy of one device tensor, pinned when CUDA is in use, reused every step.
+
+    For CPU tensors the mirror *is* the tensor: reads and writes go straight to its storage.
+    """
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.device = like.device
+        if like.device.type == "cpu":
+            self.host = None
+        else:
+            self.host = torch.empty(like.numel(), dtype=like.dtype,
+                                    pin_memory=torch.cuda.is_available())
+
+    def bytes_of(self, tensor: torch.Tensor) -> memoryview:
+        """Bytes of `tensor` on the host (copies device -> pinned host first when needed)."""
+        if self.host is None:
+            return host_bytes(tensor)
+        self.host.copy_(tensor.detach().reshape(-1), non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host_bytes(self.host)
+
+    def writable_bytes(self, tensor: torch.Tensor) -> np.ndarray:
+        """A writable uint8 view that `commit` moves into `tensor`."""
+        target = tensor.data if self.host is None else self.host
+        if not target.is_contiguous():
+            raise ValueError("parameters must be contiguous to be pulled in place")
+        return target.view(-1).view(torch.uint8).numpy()
+
+    def commit(self, tensor: torch.Tensor) -> None:
+        if self.host is not None:
+            tensor.data.view(-1).copy_(self.host, non_blocking=True)
