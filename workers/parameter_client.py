@@ -37,6 +37,7 @@ class ParameterClient:
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0) -> None:
         self.worker_id = worker_id
+        self.role = role
         self.connection = ServerConnection(address, timeout_s)
         self.connection.wait_ready(connect_timeout_s)
         self.session: Session = self.connection.handshake(worker_id, role, push_codecs,
@@ -68,10 +69,14 @@ class ParameterClient:
             reason = registered.describe_difference(layout)
             if reason:
                 raise FailedPrecondition(f"server holds a different model: {reason}")
-            result = self.connection.register(layout, None)
-        else:
-            values = [self._mirrors[n].bytes_of(p) for n, p in params.items()]
-            result = self.connection.register(layout, values)
+        if self.role is Role.OBSERVER:  # observers read; they never register
+            if registered is None:
+                raise FailedPrecondition("no model is registered on the server yet")
+            self.pull(0)
+            return False
+        values = None if registered is not None else [
+            self._mirrors[n].bytes_of(p) for n, p in params.items()]
+        result = self.connection.register(layout, values)
         self.pull(result.version)
         return result.created
 

@@ -1,0 +1,67 @@
+"""Argument groups and helpers that several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from paramserver.types import CodecSpec
+
+
+def add_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log verbosity (default: WARNING)")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def add_training(parser: argparse.ArgumentParser) -> None:
+    """Options of the built-in digits trainer, shared by `worker` and `launch`."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=10, help="passes over the data (10)")
+    group.add_argument("--batch-size", type=int, default=32, help="per-worker batch size (32)")
+    group.add_argument("--data", choices=["split", "replicate"], default="split",
+                       help="split: disjoint shard per worker; replicate: all data on every "
+                            "worker in its own order (split)")
+    group.add_argument("--seed", type=int, default=0, help="model init and shuffling seed")
+    group.add_argument("--codec", type=parse_codecs, default=(CodecSpec("none"),),
+                       help="codecs to offer for pushes, most preferred first, e.g. "
+                            "'none' (default: none)")
+
+
+def add_server(parser: argparse.ArgumentParser) -> None:
+    """Options of a parameter server, shared by `serve` and `launch`."""
+    group = parser.add_argument_group("server")
+    group.add_argument("--mode", choices=["sync", "async"], default="sync",
+                       help="sync: aggregate one push per worker per step; async: apply each "
+                            "push as it arrives (sync)")
+    group.add_argument("--aggregate", choices=["mean", "weighted"], default="mean",
+                       help="sync: plain mean, or weighted by each push's sample count (mean)")
+    group.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    group.add_argument("--lr", type=float, default=0.1, help="learning rate (0.1)")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
+    group.add_argument("--weight-decay", type=float, default=0.0)
+
+
+def parse_codecs(text: str) -> tuple[CodecSpec, ...]:
+    """'topk:ratio=0.01;none' or 'none' -> codec offers. Specs are separated by ';' or ' '."""
+    parts = [p for p in text.replace(";", " ").split() if p]
+    try:
+        return tuple(CodecSpec.parse(p) for p in parts)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,133 @@
+"""`paramserver launch`: a local cluster that trains the digits MLP end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from paramserver.cli.common import add_logging, add_server, add_training, write_json
+from paramserver.cli.local_cluster import ClusterError, LocalCluster
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "launch", help="run a local cluster of server and worker processes",
+        description="Start servers and workers as separate processes on 127.0.0.1, train the "
+                    "digits MLP, show progress, and print a summary.")
+    parser.add_argument("--servers", type=int, default=1, help="parameter servers (1)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    parser.add_argument("--report", type=Path, help="write a JSON summary here")
+    parser.add_argument("--run-dir", type=Path,
+                        help="where process logs go (default: a temporary directory)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="give up (and stop every process) after this many seconds")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_server(parser)
+    add_training(parser)
+    add_logging(parser)
+    parser.set_defaults(func=run)
+
+
+def _server_args(args: argparse.Namespace) -> list[str]:
+    return ["--mode", args.mode, "--workers", str(args.workers), "--aggregate", args.aggregate,
+            "--optimizer", args.optimizer, "--lr", str(args.lr), "--momentum",
+            str(args.momentum), "--weight-decay", str(args.weight_decay),
+            "--log-level", args.log_level]
+
+
+def _worker_args(args: argparse.Namespace, rank: int, address: str, report: Path) -> list[str]:
+    return ["worker", "--server", address, "--rank", str(rank), "--num-workers",
+            str(args.workers), "--worker-id", f"worker-{rank}", "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--data", args.data, "--seed", str(args.seed),
+            "--codec", " ".join(str(c) for c in args.codec), "--report", str(report),
+            "--log-level", args.log_level]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.servers != 1:
+        print("launch: only --servers 1 is supported so far; sharding the model across "
+              "several servers is tracked in issue #3")
+        return 2
+    if args.workers < 1:
+        print("launch: --workers must be at least 1")
+        return 2
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="paramserver-launch-"))
+    try:
+        summary = _launch(args, run_dir)
+    except ClusterError as error:
+        print(f"launch failed: {error}\n(logs in {run_dir})")
+        return 1
+    write_json(args.report, summary)
+    print(f"accuracy {summary['accuracy']:.4f}  steps {summary['steps']}  "
+          f"wall {summary['wall_s']:.1f}s  pushed {summary['bytes_pushed'] / 1e6:.2f} MB  "
+          f"pulled {summary['bytes_pulled'] / 1e6:.2f} MB  ({args.mode}, {args.workers} "
+          f"workers, {args.servers} server, logs in {run_dir})")
+    return 0
+
+
+def _launch(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
+    from workers.trainer import TrainConfig, evaluate_server_model, total_steps
+
+    started = time.perf_counter()
+    with LocalCluster(run_dir) as cluster:
+        server, address = cluster.start_server("server-0", _server_args(args))
+        reports = [run_dir / f"worker-{rank}.json" for rank in range(args.workers)]
+        workers = [cluster.spawn(f"worker-{rank}", _worker_args(args, rank, address, report))
+                   for rank, report in enumerate(reports)]
+        steps = total_steps(TrainConfig(server=address, worker_id="", num_workers=args.workers,
+                                        epochs=args.epochs, batch_size=args.batch_size,
+                                        data=args.data))
+        updates = steps if args.mode == "sync" else steps * args.workers
+        _wait_with_progress(cluster, [server, *workers], address, updates, args)
+        accuracy, version = evaluate_server_model(address)
+        cluster.stop(server)
+    worker_reports = [json.loads(path.read_text()) for path in reports]
+    return {
+        "accuracy": accuracy,
+        "steps": version,
+        "wall_s": time.perf_counter() - started,
+        "bytes_pushed": sum(r["bytes_pushed"] for r in worker_reports),
+        "bytes_pulled": sum(r["bytes_pulled"] for r in worker_reports),
+        "mode": args.mode,
+        "codec": worker_reports[0]["codec"],
+        "servers": args.servers,
+        "workers": args.workers,
+        "epochs": args.epochs,
+        "data": args.data,
+        "worker_accuracy": [r["accuracy"] for r in worker_reports],
+    }
+
+
+def _wait_with_progress(cluster: LocalCluster, processes: list, address: str,
+                        updates: int, args: argparse.Namespace) -> None:
+    """Poll the server's version into a progress bar until every worker exits."""
+    from tqdm import tqdm
+
+    from paramserver.errors import ParamServerError
+    from workers.connection import ServerConnection
+
+    server, workers = processes[0], processes[1:]
+    deadline = time.monotonic() + args.timeout
+    connection = ServerConnection(address, timeout_s=2.0)
+    bar = tqdm(total=updates, unit="update", desc=f"{args.mode} x{args.workers}",
+               disable=args.no_progress, dynamic_ncols=True)
+    try:
+        while any(w.process.poll() is None for w in workers):
+            cluster.check_failed(processes)
+            if server.process.poll() is not None:
+                raise ClusterError(f"server exited early:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"training did not finish within {args.timeout}s")
+            try:
+                bar.update(connection.status().version - bar.n)
+            except ParamServerError:
+                pass  # the server may be busy; the next poll will tell
+            time.sleep(0.2)
+        cluster.check_failed(workers)
+        bar.update(updates - bar.n)
+    finally:
+        bar.close()
+        connection.close()

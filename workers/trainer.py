@@ -1,0 +1,113 @@
+"""The built-in trainer behind `paramserver worker`: digits MLP against a parameter server."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from paramserver.types import CodecSpec, Mode, Role
+from workers.data import epoch_batches, load_digits_dataset, shard_indices, steps_per_epoch
+from workers.models import accuracy, digits_mlp
+from workers.parameter_client import ParameterClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    server: str
+    worker_id: str
+    rank: int = 0
+    num_workers: int = 1
+    epochs: int = 10
+    batch_size: int = 32
+    data: str = "split"
+    seed: int = 0
+    hidden: int = 128
+    codecs: tuple[CodecSpec, ...] = field(default_factory=lambda: (CodecSpec("none"),))
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    worker_id: str
+    accuracy: float
+    steps: int
+    version: int
+    wall_s: float
+    bytes_pushed: int
+    bytes_pulled: int
+    mode: str
+    codec: str
+    final_loss: float
+
+
+# Called after each epoch with (epoch, mean training loss, test accuracy).
+EpochCallback = Callable[[int, float, float], None]
+
+
+def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainReport:
+    """Train the digits MLP with the server holding the parameters and the optimizer."""
+    torch.set_num_threads(1)  # workers share the cores with the server and each other
+    data = load_digits_dataset()
+    model = digits_mlp(config.hidden, config.seed)
+    started = time.perf_counter()
+    with ParameterClient(config.server, config.worker_id, push_codecs=config.codecs,
+                         timeout_s=config.timeout_s) as client:
+        client.attach(model)
+        n = len(data.x_train)
+        mine = shard_indices(n, config.rank, config.num_workers, config.data)
+        steps = steps_per_epoch(n, config.num_workers, config.data, config.batch_size)
+        loss_fn = nn.CrossEntropyLoss()
+        steps_done, loss = 0, float("nan")
+        for epoch in range(config.epochs):
+            seed = config.seed * 1_000_003 + epoch * 1_009 + config.rank
+            losses = []
+            for batch in epoch_batches(mine, steps, config.batch_size, seed):
+                model.zero_grad(set_to_none=True)
+                out = loss_fn(model(data.x_train[batch]), data.y_train[batch])
+                out.backward()
+                client.step(num_samples=len(batch))
+                losses.append(float(out))
+                steps_done += 1
+            loss = sum(losses) / len(losses)
+            acc = accuracy(model, data.x_test, data.y_test)
+            log.info("%s epoch %d loss %.4f test accuracy %.4f (version %d)",
+                     config.worker_id, epoch + 1, loss, acc, client.version)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, loss, acc)
+        if client.session.mode is Mode.ASYNC:
+            client.pull(0)  # the freshest parameters, including other workers' updates
+        return TrainReport(
+            worker_id=config.worker_id,
+            accuracy=accuracy(model, data.x_test, data.y_test),
+            steps=steps_done,
+            version=client.version,
+            wall_s=time.perf_counter() - started,
+            bytes_pushed=client.bytes_pushed,
+            bytes_pulled=client.bytes_pulled,
+            mode=client.session.mode.value,
+            codec=str(client.session.push_codec),
+            final_loss=loss,
+        )
+
+
+def evaluate_server_model(address: str, hidden: int = 128,
+                          timeout_s: float = 30.0) -> tuple[float, int]:
+    """(test accuracy, version) of the server's current parameters, read by an observer."""
+    data = load_digits_dataset()
+    model = digits_mlp(hidden)
+    with ParameterClient(address, "evaluator", role=Role.OBSERVER, timeout_s=timeout_s) as client:
+        client.attach(model)
+        return accuracy(model, data.x_test, data.y_test), client.version
+
+
+def total_steps(config: TrainConfig) -> int:
+    n = len(load_digits_dataset().x_train)
+    return config.epochs * steps_per_epoch(n, config.num_workers, config.data, config.batch_size)
+
