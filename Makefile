@@ -1,0 +1,37 @@
+# Everything installs into .venv from the project's own files; `make demo` and `make test`
+# are the two commands a newcomer needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test protos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: 2.13.0 is a local CPU wheel; a looser pin pulls GBs of CUDA.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## demo: a local cluster (1 server, 2 workers, sync) trains the digits MLP
+demo: setup
+	$(VENV)/bin/paramserver launch --servers 1 --workers 2 --mode sync --epochs 10
+
+## test: the whole test suite (CPU; GPU tests skip without CUDA)
+test: setup
+	$(PY) -m pytest
+
+## protos: regenerate paramserver/proto/ from protos/ (commit the result)
+protos: setup
+	$(PY) tools/protoc.py
+
+## bench: push+pull throughput against the bare gRPC ceiling
+bench: setup
+	$(PY) benchmarks/throughput.py --report benchmarks/throughput.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,27 @@
+"""Shared fixtures: in-process servers on 127.0.0.1:0, stopped after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from paramserver.server.app import RunningServer, start_server
+from paramserver.server.config import ServerConfig
+
+ServerFactory = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def server_factory() -> Iterator[ServerFactory]:
+    """start(**ServerConfig fields) -> RunningServer on an ephemeral loopback port."""
+    started: list[RunningServer] = []
+
+    def start(**config: object) -> RunningServer:
+        server = start_server(ServerConfig(**config), "127.0.0.1", 0)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace_s=0.5)

@@ -1,0 +1,82 @@
+"""The command line end to end: real server and worker processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from paramserver.cli.local_cluster import CLI
+
+REPORT_KEYS = {"accuracy", "steps", "wall_s", "bytes_pushed", "bytes_pulled", "mode", "codec",
+               "servers", "workers"}
+
+
+def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "launch", "status"])
+def test_every_command_has_help(command: str) -> None:
+    result = _run([command, "--help"], timeout=60)
+    assert result.returncode == 0 and "usage: paramserver" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_launch_trains_digits_to_the_accuracy_bar(mode: str, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = _run(["launch", "--servers", "1", "--workers", "2", "--mode", mode, "--epochs", "10",
+                   "--report", str(report), "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(report.read_text())
+    assert REPORT_KEYS <= summary.keys()
+    assert summary["accuracy"] >= 0.95, summary
+    assert summary["mode"] == mode and summary["workers"] == 2 and summary["codec"] == "none"
+    assert summary["steps"] == (220 if mode == "sync" else 440)
+    assert summary["bytes_pushed"] > 0 and summary["bytes_pulled"] > 0
+
+
+def test_launch_refuses_several_servers_until_sharding_exists() -> None:
+    result = _run(["launch", "--servers", "2", "--workers", "1"], timeout=60)
+    assert result.returncode == 2 and "issue #3" in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_serve_shuts_down_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    process = subprocess.Popen([*CLI, "serve", "--port", "0", "--port-file", str(port_file)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        status = _run(["status", "--server", f"127.0.0.1:{port_file.read_text()}"], timeout=30)
+        assert status.returncode == 0 and "no model registered" in status.stdout
+        started = time.monotonic()
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(15) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_worker_without_a_server_fails_with_a_clear_message() -> None:
+    result = subprocess.run([sys.executable, "-c", (
+        "from workers import ParameterClient\n"
+        "try:\n"
+        "    ParameterClient('127.0.0.1:9', 'w', connect_timeout_s=0.5)\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, e)\n")], capture_output=True, text=True, timeout=60)
+    assert "not reachable" in result.stdout, result.stdout + result.stderr

@@ -1,0 +1,68 @@
+"""Records, codec specs, negotiation and chunking."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from paramserver import serde
+from paramserver.codecs import negotiate
+from paramserver.errors import FailedPrecondition
+from paramserver.transport import chunk_ranges
+from paramserver.types import CodecSpec, ModelLayout, TensorSpec
+
+
+def test_codec_spec_parse_and_str_round_trip() -> None:
+    spec = CodecSpec.parse("TopK:ratio=0.01,mode=approx")
+    assert spec.name == "topk"
+    assert dict(spec.params) == {"ratio": "0.01", "mode": "approx"}
+    assert CodecSpec.parse(str(spec)) == spec
+    with pytest.raises(ValueError, match="not key=value"):
+        CodecSpec.parse("qsgd:bits")
+
+
+def test_negotiation_picks_first_allowed_offer() -> None:
+    offers = [CodecSpec("topk", (("ratio", "0.01"),)), CodecSpec("none")]
+    assert negotiate("push", offers, ["none"]) == CodecSpec("none")
+    assert negotiate("push", [], ["none"]) == CodecSpec("none")  # no offer means `none`
+
+
+def test_negotiation_failure_names_both_sides() -> None:
+    with pytest.raises(FailedPrecondition) as info:
+        negotiate("push", [CodecSpec("topk", (("ratio", "0.01"),))], ["none"])
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "topk:ratio=0.01" in info.value.message and "none" in info.value.message
+
+
+def test_layout_differences_are_explained() -> None:
+    a = ModelLayout((TensorSpec("w", (2, 3), torch.float32), TensorSpec("b", (3,), torch.float32)))
+    assert a.describe_difference(a) == ""
+    b = ModelLayout((TensorSpec("w", (3, 2), torch.float32), TensorSpec("b", (3,), torch.float32)))
+    assert "'w'" in a.describe_difference(b) and "[2, 3]" in a.describe_difference(b)
+    c = ModelLayout((TensorSpec("w", (2, 3), torch.float32),))
+    assert "missing" in a.describe_difference(c)
+    with pytest.raises(ValueError, match="duplicate"):
+        ModelLayout((TensorSpec("w", (1,), torch.float32), TensorSpec("w", (1,), torch.float32)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                                   torch.int32, torch.int64])
+def test_layout_proto_round_trip(dtype: torch.dtype) -> None:
+    layout = ModelLayout((TensorSpec("x", (4, 0, 2), dtype), TensorSpec("y", (), dtype)))
+    assert serde.layout_from_proto(serde.layout_to_proto(layout)) == layout
+
+
+def test_unsupported_dtype_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="cannot travel"):
+        serde.spec_to_proto(TensorSpec("c", (2,), torch.complex64))
+
+
+@given(nbytes=st.integers(0, 10_000), chunk=st.integers(1, 3000))
+def test_chunk_ranges_cover_exactly_once(nbytes: int, chunk: int) -> None:
+    ranges = chunk_ranges(nbytes, chunk)
+    assert sum(end - start for start, end in ranges) == nbytes
+    assert all(0 < end - start <= chunk for start, end in ranges)
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
