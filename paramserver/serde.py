@@ -13,6 +13,7 @@ import torch
 
 from paramserver import wire
 from paramserver.proto import paramserver_pb2 as pb
+from paramserver.sharding.plan import PartitionPlan, TensorSlice
 from paramserver.types import (
     CodecSpec,
     Mode,
@@ -101,6 +102,26 @@ def layout_from_proto(msg: pb.ModelLayout) -> ModelLayout | None:
     return ModelLayout(tuple(spec_from_proto(t) for t in msg.tensors))
 
 
+def plan_to_proto(plan: PartitionPlan | None) -> pb.PartitionPlan:
+    if plan is None:
+        return pb.PartitionPlan()
+    return pb.PartitionPlan(
+        num_shards=plan.num_shards,
+        layout=layout_to_proto(plan.layout),
+        slices=[pb.TensorSlice(tensor=s.tensor, start=s.start, length=s.length, shard=s.shard)
+                for s in plan.slices],
+    )
+
+
+def plan_from_proto(msg: pb.PartitionPlan) -> PartitionPlan | None:
+    """None for an empty plan; ValueError for one that does not cover the model exactly."""
+    layout = layout_from_proto(msg.layout)
+    if msg.num_shards == 0 or layout is None:
+        return None
+    slices = tuple(TensorSlice(s.tensor, s.start, s.length, s.shard) for s in msg.slices)
+    return PartitionPlan(layout, msg.num_shards, slices)
+
+
 def codec_to_proto(codec: CodecSpec) -> pb.CodecSpec:
     return pb.CodecSpec(name=codec.name, params=dict(codec.params))
 
@@ -132,6 +153,8 @@ def session_to_proto(session: Session, server_version: str) -> pb.HandshakeRespo
         expected_workers=session.expected_workers,
         chunk_bytes=session.chunk_bytes,
         server_version=server_version,
+        plan=plan_to_proto(session.plan),
+        shard_index=session.shard_index,
     )
 
 
@@ -145,6 +168,8 @@ def session_from_proto(msg: pb.HandshakeResponse) -> Session:
         mode=mode_from_proto(msg.mode),
         expected_workers=msg.expected_workers,
         chunk_bytes=msg.chunk_bytes,
+        plan=plan_from_proto(msg.plan),
+        shard_index=msg.shard_index,
     )
 
 
@@ -185,6 +210,8 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         optimizer=status.optimizer,
         pending_pushes=status.pending_pushes,
         server_version=status.server_version,
+        plan=plan_to_proto(status.plan),
+        shard_index=status.shard_index,
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -212,6 +239,8 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         optimizer=msg.optimizer,
         pending_pushes=msg.pending_pushes,
         server_version=msg.server_version,
+        plan=plan_from_proto(msg.plan),
+        shard_index=msg.shard_index,
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,
@@ -258,14 +287,17 @@ class MalformedMessage:
         self.reason = reason
 
 
-def encode_register_header(layout: ModelLayout, session_id: str, values_follow: bool) -> bytes:
-    header = pb.RegisterHeader(session_id=session_id, layout=layout_to_proto(layout),
-                               values_follow=values_follow)
-    return pb.RegisterRequest(header=header).SerializeToString()
+def encode_register_header(header: RegisterHeader) -> bytes:
+    message = pb.RegisterHeader(session_id=header.session_id,
+                                layout=layout_to_proto(header.layout),
+                                values_follow=header.values_follow,
+                                plan=plan_to_proto(header.plan), shard_index=header.shard_index)
+    return pb.RegisterRequest(header=message).SerializeToString()
 
 
 def register_header_from_proto(msg: pb.RegisterHeader) -> RegisterHeader:
-    return RegisterHeader(msg.session_id, layout_from_proto(msg.layout), msg.values_follow)
+    return RegisterHeader(msg.session_id, layout_from_proto(msg.layout), msg.values_follow,
+                          plan_from_proto(msg.plan), msg.shard_index)
 
 
 def encode_push_header(header: PushHeader) -> bytes:

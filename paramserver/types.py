@@ -9,8 +9,12 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from paramserver.sharding.plan import PartitionPlan
 
 
 class Mode(enum.Enum):
@@ -139,6 +143,8 @@ class Session:
     mode: Mode
     expected_workers: int
     chunk_bytes: int
+    plan: PartitionPlan | None = None  # recorded at registration
+    shard_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,8 +152,10 @@ class RegisterHeader:
     """Opening message of a register stream."""
 
     session_id: str
-    layout: ModelLayout | None
+    layout: ModelLayout | None  # this shard's stored tensors
     values_follow: bool
+    plan: PartitionPlan | None = None
+    shard_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,3 +195,5 @@ class ServerStatus:
     pending_pushes: int
     server_version: str
     workers: tuple[WorkerInfo, ...] = field(default=())
+    plan: PartitionPlan | None = None
+    shard_index: int = 0

@@ -13,12 +13,14 @@ import grpc
 
 from paramserver import __version__, serde, wire
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
+from paramserver.sharding import PartitionPlan
 from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, insecure_channel
 from paramserver.types import (
     CodecSpec,
     ModelLayout,
     PushHeader,
     PushResult,
+    RegisterHeader,
     Role,
     ServerStatus,
     Session,
@@ -102,9 +104,15 @@ class ServerConnection:
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session
 
-    def register(self, layout: ModelLayout, values: Sequence[memoryview] | None) -> RegisterResult:
-        """Create the model with `values` (raw bytes per tensor), or join it when None."""
-        header = serde.encode_register_header(layout, self.session_id, values is not None)
+    def register(self, layout: ModelLayout, values: Sequence[memoryview] | None,
+                 plan: PartitionPlan | None = None, shard_index: int = 0) -> RegisterResult:
+        """Create the model with `values` (raw bytes per tensor), or join it when None.
+
+        `layout` is what this server stores (shard `shard_index` of `plan`); without a plan
+        the server holds the whole model.
+        """
+        header = serde.encode_register_header(RegisterHeader(
+            self.session_id, layout, values is not None, plan, shard_index))
         messages = self._messages(header, values or ())
         response = self._call(self._register, messages)
         return RegisterResult(response.created, response.version,

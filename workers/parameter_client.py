@@ -1,150 +1,234 @@
 """Model-level client: register a torch model, push its gradients, pull its parameters.
 
-Pulled parameters are written into the model's own tensors in place (through a pinned host
-mirror when the model is on a GPU), so optimizers and hooks that hold references still see
-the current values.
+The model may be split over several servers (shards) by a partition plan; pushes and pulls
+go to every shard concurrently, and pulled bytes land straight in the model's own tensors
+(through a pinned host mirror when the model is on a GPU), so optimizers and hooks holding
+references keep seeing current values and no full-model copy is made.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import CodecSpec, Mode, ModelLayout, PushResult, Role, Session, TensorSpec
 from workers.connection import ServerConnection
+from workers.routes import ShardRoutes
 from workers.tensor_io import HostMirror
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def parse_servers(servers: str | Sequence[str]) -> list[str]:
+    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2']; the order is the shard order."""
+    items = servers.split(",") if isinstance(servers, str) else list(servers)
+    addresses = [a.strip() for a in items if a.strip()]
+    if not addresses:
+        raise InvalidArgument("no server address given")
+    return addresses
 
 
 class ParameterClient:
-    """A worker (or observer) attached to one parameter server.
+    """A worker (or observer) attached to the shards of one parameter-server job.
 
     Typical loop, after `attach(model)`:
 
         loss.backward()
         client.step(num_samples=len(batch))
 
-    `version` is the server version of the parameters now in the model.
+    `version` is the server version of the parameters now in the model (the lowest over the
+    shards; in sync mode all shards move in lockstep).
     """
 
-    def __init__(self, address: str, worker_id: str, role: Role = Role.WORKER,
+    def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0) -> None:
         self.worker_id = worker_id
         self.role = role
-        self.connection = ServerConnection(address, timeout_s)
-        self.connection.wait_ready(connect_timeout_s)
-        self.session: Session = self.connection.handshake(worker_id, role, push_codecs,
-                                                          pull_codecs)
-        self.version = self.session.version
-        self.model: nn.Module | None = None
+        addresses = parse_servers(servers)
+        self.connections = [ServerConnection(a, timeout_s) for a in addresses]
+        self._pool = ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="shard")
+        self._fan_out(lambda c: c.wait_ready(connect_timeout_s))
+        self.sessions: list[Session] = self._fan_out(
+            lambda c: c.handshake(worker_id, role, push_codecs, pull_codecs))
+        self.versions = [s.version for s in self.sessions]
+        self.plan: PartitionPlan | None = None
+        self._routes: ShardRoutes | None = None
         self._params: dict[str, nn.Parameter] = {}
         self._specs: dict[str, TensorSpec] = {}
         self._mirrors: dict[str, HostMirror] = {}
+
+    @property
+    def session(self) -> Session:
+        return self.sessions[0]
+
+    @property
+    def version(self) -> int:
+        return min(self.versions)
+
+    def _fan_out(self, call: Callable[[ServerConnection], T]) -> list[T]:
+        """Run `call` on every connection concurrently; results in shard order."""
+        if len(self.connections) == 1:
+            return [call(self.connections[0])]
+        return list(self._pool.map(call, self.connections))
 
     # ---- setup -----------------------------------------------------------------------
 
     def attach(self, model: nn.Module) -> bool:
         """Register the model's parameters (or join the registered model), then pull them.
 
-        Returns True when this call created the model on the server. Every worker starts
-        from the same parameters: the server's, not its own initialisation.
+        Returns True when this call created the model on some shard. Every worker starts
+        from the same parameters: the servers', not its own initialisation.
         """
         params = dict(model.named_parameters())
         if not params:
             raise InvalidArgument("the model has no parameters to train")
         layout = ModelLayout(tuple(TensorSpec.of(n, p) for n, p in params.items()))
-        self.model = model
+        plan = self._recorded_plan(layout) or plan_partition(layout, len(self.connections))
+        self.plan, self._routes = plan, ShardRoutes.from_plan(plan)
         self._params = params
         self._specs = {s.name: s for s in layout.tensors}
         self._mirrors = {n: HostMirror(p) for n, p in params.items()}
-        registered = self.session.layout
-        if registered is not None:
-            reason = registered.describe_difference(layout)
-            if reason:
-                raise FailedPrecondition(f"server holds a different model: {reason}")
         if self.role is Role.OBSERVER:  # observers read; they never register
-            if registered is None:
-                raise FailedPrecondition("no model is registered on the server yet")
+            if self.sessions[0].plan is None:
+                raise FailedPrecondition("no model is registered on the servers yet")
             self.pull(0)
             return False
-        values = None if registered is not None else [
-            self._mirrors[n].bytes_of(p) for n, p in params.items()]
-        result = self.connection.register(layout, values)
-        self.pull(result.version)
-        return result.created
+        whole = {n: self._mirrors[n].bytes_of(p) for n, p in params.items()}
+
+        def register(shard: int) -> tuple[bool, int]:
+            routes = self._routes.routes[shard]  # type: ignore[union-attr]
+            values = None if self.sessions[shard].plan is not None else [
+                whole[r.param][r.byte_start:r.byte_start + r.nbytes] for r in routes]
+            result = self.connections[shard].register(
+                plan.shard_layout(shard), values, plan, shard)
+            return result.created, result.version
+
+        results = self._fan_out_indexed(register)
+        self.pull(max(version for _, version in results))
+        return any(created for created, _ in results)
+
+    def _recorded_plan(self, layout: ModelLayout) -> PartitionPlan | None:
+        """The plan the servers recorded, checked against this model and server list."""
+        plans = [s.plan for s in self.sessions]
+        recorded = next((p for p in plans if p is not None), None)
+        if recorded is None:
+            return None
+        for shard, (plan, session) in enumerate(zip(plans, self.sessions)):
+            if plan is not None and plan != recorded:
+                raise FailedPrecondition(f"{self.connections[shard].address} recorded a "
+                                         "different partition plan from its peers")
+            if plan is not None and session.shard_index != shard:
+                raise FailedPrecondition(
+                    f"{self.connections[shard].address} holds shard {session.shard_index}, but "
+                    f"is listed at position {shard}: list servers in the job's shard order")
+        if recorded.num_shards != len(self.connections):
+            raise FailedPrecondition(f"the job's model is split over {recorded.num_shards} "
+                                     f"servers, but {len(self.connections)} were given")
+        reason = recorded.layout.describe_difference(layout)
+        if reason:
+            raise FailedPrecondition(f"servers hold a different model: {reason}")
+        return recorded
+
+    def _fan_out_indexed(self, call: Callable[[int], T]) -> list[T]:
+        if len(self.connections) == 1:
+            return [call(0)]
+        return list(self._pool.map(call, range(len(self.connections))))
 
     # ---- the step --------------------------------------------------------------------
 
-    def push(self, step: int | None = None, num_samples: int = 1) -> PushResult:
-        """Push `param.grad` of every parameter that has one; `step` defaults to `version`."""
-        names = [n for n, p in self._params.items() if p.grad is not None]
-        if not names:
+    def push(self, num_samples: int = 1) -> list[PushResult]:
+        """Push `param.grad` of every parameter that has one, to every shard concurrently."""
+        if self._routes is None:
+            raise FailedPrecondition("attach(model) first")
+        grads = {n: self._mirrors[n].bytes_of(p.grad)
+                 for n, p in self._params.items() if p.grad is not None}
+        if not grads:
             raise InvalidArgument("no parameter has a gradient: call backward() first")
-        specs = [self._specs[n] for n in names]
-        payloads = [self._mirrors[n].bytes_of(self._params[n].grad) for n in names]
-        return self.connection.push(self.version if step is None else step, specs, payloads,
-                                    num_samples)
 
-    def pull(self, min_version: int = 0, timeout_s: float | None = None) -> int:
-        """Wait for version >= min_version and copy the parameters into the model in place."""
-        targets: dict[int, np.ndarray] = {}
-        names: list[str] = []
+        def push_shard(shard: int) -> PushResult:
+            routes = [r for r in self._routes.routes[shard] if r.param in grads]  # type: ignore[union-attr]
+            payloads = [grads[r.param][r.byte_start:r.byte_start + r.nbytes] for r in routes]
+            return self.connections[shard].push(self.versions[shard], [r.stored for r in routes],
+                                                payloads, num_samples)
 
-        def sink(index: int, offset: int, data: memoryview) -> None:
-            target = targets.get(index)
-            if target is None:
-                name = names[index]
-                target = targets[index] = self._mirrors[name].writable_bytes(self._params[name])
-            if offset + data.nbytes > target.nbytes:
-                raise InvalidArgument(f"server sent {offset + data.nbytes} bytes for "
-                                      f"{names[index]!r}, which holds {target.nbytes}")
-            target[offset:offset + data.nbytes] = np.frombuffer(data, dtype=np.uint8)
+        return self._fan_out_indexed(push_shard)
 
-        def on_header(version: int, specs: tuple[TensorSpec, ...]) -> None:
-            for spec in specs:
-                if self._specs.get(spec.name) != spec:
-                    raise FailedPrecondition(f"server tensor {spec.name!r} does not match "
-                                             "the attached model")
-            names.extend(s.name for s in specs)
+    def pull(self, min_version: int | Sequence[int] = 0, timeout_s: float | None = None) -> int:
+        """Wait until every shard reaches its min version; copy parameters in place."""
+        if self._routes is None:
+            raise FailedPrecondition("attach(model) first")
+        wanted = ([min_version] * len(self.connections) if isinstance(min_version, int)
+                  else list(min_version))
+        targets = {n: self._mirrors[n].writable_bytes(p) for n, p in self._params.items()}
+
+        def pull_shard(shard: int) -> int:
+            by_key = self._routes.by_key(shard)  # type: ignore[union-attr]
+            places: list[tuple[np.ndarray, int, int]] = []
+
+            def on_header(version: int, specs: tuple[TensorSpec, ...]) -> None:
+                for spec in specs:
+                    route = by_key.get(spec.name)
+                    if route is None or route.stored != spec:
+                        raise FailedPrecondition(f"shard {shard} sent {spec.name!r}, which does "
+                                                 "not match the attached model")
+                    places.append((targets[route.param], route.byte_start, route.nbytes))
+
+            def sink(index: int, offset: int, data: memoryview) -> None:
+                target, base, nbytes = places[index]
+                if offset + data.nbytes > nbytes:
+                    raise InvalidArgument(f"shard {shard} sent too many bytes for tensor {index}")
+                start = base + offset
+                target[start:start + data.nbytes] = np.frombuffer(data, dtype=np.uint8)
+
+            version, _ = self.connections[shard].pull(wanted[shard], sink, timeout_s=timeout_s,
+                                                      on_header=on_header)
+            return version
 
         with torch.no_grad():
-            version, specs = self.connection.pull(min_version, sink, timeout_s=timeout_s,
-                                                  on_header=on_header)
-            for name in names:
-                self._mirrors[name].commit(self._params[name])
-        self.version = version
-        return version
+            self.versions = self._fan_out_indexed(pull_shard)
+            for name, param in self._params.items():
+                self._mirrors[name].commit(param)
+        return self.version
 
-    def step(self, num_samples: int = 1) -> PushResult:
-        """Push this step's gradients and bring back the parameters of the next version."""
-        result = self.push(num_samples=num_samples)
-        # Sync: wait for the step to close. Async: at least our own update is in.
-        self.pull(self.version + 1 if self.session.mode is Mode.SYNC else result.version)
-        return result
+    def step(self, num_samples: int = 1) -> list[PushResult]:
+        """Push this step's gradients and bring back the parameters of the next version.
+
+        Sync: waits until every shard closed the step. Async: until our own update is in.
+        """
+        results = self.push(num_samples=num_samples)
+        if self.session.mode is Mode.SYNC:
+            self.pull([v + 1 for v in self.versions])
+        else:
+            self.pull([r.version for r in results])
+        return results
 
     # ---- misc ------------------------------------------------------------------------
 
     @property
     def bytes_pushed(self) -> int:
-        return self.connection.bytes_pushed
+        return sum(c.bytes_pushed for c in self.connections)
 
     @property
     def bytes_pulled(self) -> int:
-        return self.connection.bytes_pulled
+        return sum(c.bytes_pulled for c in self.connections)
 
     def close(self) -> None:
-        self.connection.close()
+        for connection in self.connections:
+            connection.close()
+        self._pool.shutdown(wait=False)
 
     def __enter__(self) -> ParameterClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    server: str
+    servers: str  # "host:port[,host:port...]" in shard order
     worker_id: str
     rank: int = 0
     num_workers: int = 1
@@ -57,7 +57,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
     data = load_digits_dataset()
     model = digits_mlp(config.hidden, config.seed)
     started = time.perf_counter()
-    with ParameterClient(config.server, config.worker_id, push_codecs=config.codecs,
+    with ParameterClient(config.servers, config.worker_id, push_codecs=config.codecs,
                          timeout_s=config.timeout_s) as client:
         client.attach(model)
         n = len(data.x_train)
@@ -97,12 +97,12 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
         )
 
 
-def evaluate_server_model(address: str, hidden: int = 128,
+def evaluate_server_model(servers: str, hidden: int = 128,
                           timeout_s: float = 30.0) -> tuple[float, int]:
-    """(test accuracy, version) of the server's current parameters, read by an observer."""
+    """(test accuracy, version) of the servers' current parameters, read by an observer."""
     data = load_digits_dataset()
     model = digits_mlp(hidden)
-    with ParameterClient(address, "evaluator", role=Role.OBSERVER, timeout_s=timeout_s) as client:
+    with ParameterClient(servers, "evaluator", role=Role.OBSERVER, timeout_s=timeout_s) as client:
         client.attach(model)
         return accuracy(model, data.x_test, data.y_test), client.version
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from paramserver.cli.common import add_logging, add_server, add_training, write_json
-from paramserver.cli.local_cluster import ClusterError, LocalCluster
+from paramserver.cli.local_cluster import ClusterError, LocalCluster, ManagedProcess
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "launch", help="run a local cluster of server and worker processes",
         description="Start servers and workers as separate processes on 127.0.0.1, train the "
                     "digits MLP, show progress, and print a summary.")
-    parser.add_argument("--servers", type=int, default=1, help="parameter servers (1)")
+    parser.add_argument("--servers", type=int, default=1,
+                        help="parameter servers the model is sharded over (1)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--report", type=Path, help="write a JSON summary here")
     parser.add_argument("--run-dir", type=Path,
@@ -38,8 +39,8 @@ def _server_args(args: argparse.Namespace) -> list[str]:
             "--log-level", args.log_level]
 
 
-def _worker_args(args: argparse.Namespace, rank: int, address: str, report: Path) -> list[str]:
-    return ["worker", "--server", address, "--rank", str(rank), "--num-workers",
+def _worker_args(args: argparse.Namespace, rank: int, servers: str, report: Path) -> list[str]:
+    return ["worker", "--servers", servers, "--rank", str(rank), "--num-workers",
             str(args.workers), "--worker-id", f"worker-{rank}", "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--data", args.data, "--seed", str(args.seed),
             "--codec", " ".join(str(c) for c in args.codec), "--report", str(report),
@@ -47,12 +48,8 @@ def _worker_args(args: argparse.Namespace, rank: int, address: str, report: Path
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.servers != 1:
-        print("launch: only --servers 1 is supported so far; sharding the model across "
-              "several servers is tracked in issue #3")
-        return 2
-    if args.workers < 1:
-        print("launch: --workers must be at least 1")
+    if args.servers < 1 or args.workers < 1:
+        print("launch: --servers and --workers must be at least 1")
         return 2
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="paramserver-launch-"))
     try:
@@ -63,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.report, summary)
     print(f"accuracy {summary['accuracy']:.4f}  steps {summary['steps']}  "
           f"wall {summary['wall_s']:.1f}s  pushed {summary['bytes_pushed'] / 1e6:.2f} MB  "
-          f"pulled {summary['bytes_pulled'] / 1e6:.2f} MB  ({args.mode}, {args.workers} "
-          f"workers, {args.servers} server, logs in {run_dir})")
+          f"pulled {summary['bytes_pulled'] / 1e6:.2f} MB  shard bytes {summary['shard_bytes']}  "
+          f"({args.mode}, {args.workers} workers, {args.servers} servers, logs in {run_dir})")
     return 0
 
 
@@ -73,17 +70,20 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
 
     started = time.perf_counter()
     with LocalCluster(run_dir) as cluster:
-        server, address = cluster.start_server("server-0", _server_args(args))
+        servers = cluster.start_servers(args.servers, _server_args(args))
+        addresses = ",".join(address for _, address in servers)
         reports = [run_dir / f"worker-{rank}.json" for rank in range(args.workers)]
-        workers = [cluster.spawn(f"worker-{rank}", _worker_args(args, rank, address, report))
+        workers = [cluster.spawn(f"worker-{rank}", _worker_args(args, rank, addresses, report))
                    for rank, report in enumerate(reports)]
-        steps = total_steps(TrainConfig(server=address, worker_id="", num_workers=args.workers,
-                                        epochs=args.epochs, batch_size=args.batch_size,
+        steps = total_steps(TrainConfig(servers=addresses, worker_id="", epochs=args.epochs,
+                                        num_workers=args.workers, batch_size=args.batch_size,
                                         data=args.data))
         updates = steps if args.mode == "sync" else steps * args.workers
-        _wait_with_progress(cluster, [server, *workers], address, updates, args)
-        accuracy, version = evaluate_server_model(address)
-        cluster.stop(server)
+        _wait_with_progress(cluster, [m for m, _ in servers], workers, addresses, updates, args)
+        accuracy, version = evaluate_server_model(addresses)
+        shard_bytes = _shard_bytes(addresses)
+        for managed, _ in servers:
+            cluster.stop(managed)
     worker_reports = [json.loads(path.read_text()) for path in reports]
     return {
         "accuracy": accuracy,
@@ -95,30 +95,46 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
         "codec": worker_reports[0]["codec"],
         "servers": args.servers,
         "workers": args.workers,
+        "shard_bytes": shard_bytes,
         "epochs": args.epochs,
         "data": args.data,
         "worker_accuracy": [r["accuracy"] for r in worker_reports],
     }
 
 
-def _wait_with_progress(cluster: LocalCluster, processes: list, address: str,
-                        updates: int, args: argparse.Namespace) -> None:
-    """Poll the server's version into a progress bar until every worker exits."""
+def _shard_bytes(addresses: str) -> list[int]:
+    from workers.connection import ServerConnection
+
+    sizes = []
+    for address in addresses.split(","):
+        connection = ServerConnection(address, timeout_s=10.0)
+        try:
+            layout = connection.status().layout
+            sizes.append(layout.nbytes if layout else 0)
+        finally:
+            connection.close()
+    return sizes
+
+
+def _wait_with_progress(cluster: LocalCluster, servers: list[ManagedProcess],
+                        workers: list[ManagedProcess], addresses: str, updates: int,
+                        args: argparse.Namespace) -> None:
+    """Poll the first shard's version into a progress bar until every worker exits."""
     from tqdm import tqdm
 
     from paramserver.errors import ParamServerError
     from workers.connection import ServerConnection
 
-    server, workers = processes[0], processes[1:]
     deadline = time.monotonic() + args.timeout
-    connection = ServerConnection(address, timeout_s=2.0)
+    connection = ServerConnection(addresses.split(",")[0], timeout_s=2.0)
     bar = tqdm(total=updates, unit="update", desc=f"{args.mode} x{args.workers}",
                disable=args.no_progress, dynamic_ncols=True)
     try:
         while any(w.process.poll() is None for w in workers):
-            cluster.check_failed(processes)
-            if server.process.poll() is not None:
-                raise ClusterError(f"server exited early:\n{server.log_tail()}")
+            cluster.check_failed(workers)
+            for server in servers:
+                if server.process.poll() is not None:
+                    raise ClusterError(f"{server.name} exited early:\n{server.log_tail()}")
             if time.monotonic() > deadline:
                 raise ClusterError(f"training did not finish within {args.timeout}s")
             try:

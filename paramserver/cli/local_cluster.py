@@ -60,23 +60,30 @@ class LocalCluster:
         self.processes.append(managed)
         return managed
 
-    def start_server(self, name: str, server_args: Sequence[str],
-                     timeout_s: float = 60.0) -> tuple[ManagedProcess, str]:
-        """Start `paramserver serve` on a free port; return it and its address once bound."""
-        port_file = self.run_dir / f"{name}.port"
-        port_file.unlink(missing_ok=True)
-        managed = self.spawn(name, ["serve", "--host", "127.0.0.1", "--port", "0",
-                                    "--port-file", str(port_file), *server_args])
+    def start_servers(self, count: int, server_args: Sequence[str],
+                      timeout_s: float = 60.0) -> list[tuple[ManagedProcess, str]]:
+        """Start `count` servers at once on free ports; return them with their addresses
+        (in shard order) once all are bound."""
+        started = []
+        for index in range(count):
+            port_file = self.run_dir / f"server-{index}.port"
+            port_file.unlink(missing_ok=True)
+            managed = self.spawn(f"server-{index}", [
+                "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
+                *server_args])
+            started.append((managed, port_file))
         deadline = time.monotonic() + timeout_s
-        while not port_file.exists():
-            if managed.process.poll() is not None:
-                raise ClusterError(f"{name} exited with code {managed.process.returncode} "
-                                   f"before serving:\n{managed.log_tail()}")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"{name} did not start within {timeout_s}s:\n"
-                                   f"{managed.log_tail()}")
-            time.sleep(0.05)
-        return managed, f"127.0.0.1:{int(port_file.read_text())}"
+        for managed, port_file in started:
+            while not port_file.exists():
+                if managed.process.poll() is not None:
+                    raise ClusterError(f"{managed.name} exited with code "
+                                       f"{managed.process.returncode} before serving:\n"
+                                       f"{managed.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"{managed.name} did not start within {timeout_s}s:\n"
+                                       f"{managed.log_tail()}")
+                time.sleep(0.05)
+        return [(m, f"127.0.0.1:{int(f.read_text())}") for m, f in started]
 
     def check_failed(self, group: Sequence[ManagedProcess]) -> None:
         """Raise ClusterError if any process in `group` exited non-zero."""

@@ -1,15 +1,17 @@
-"""`paramserver status`: print what a running server holds."""
+"""`paramserver status`: print what each shard of a running job holds."""
 
 from __future__ import annotations
 
 import argparse
 
 from paramserver.errors import ParamServerError
+from paramserver.types import ServerStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("status", help="show a server's model, version and workers")
-    parser.add_argument("--server", default="127.0.0.1:50051", help="server host:port")
+    parser = sub.add_parser("status", help="show each shard's tensors, version and workers")
+    parser.add_argument("--servers", "--server", dest="servers", default="127.0.0.1:50051",
+                        help="server host:port, or several comma-separated")
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.set_defaults(func=run)
 
@@ -17,26 +19,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from workers.connection import ServerConnection
 
-    connection = ServerConnection(args.server, timeout_s=args.timeout)
-    try:
-        status = connection.status()
-    except ParamServerError as error:
-        print(f"cannot read status of {args.server}: {error.code.name}: {error.message}")
-        return 1
-    finally:
-        connection.close()
-    print(f"server {args.server}  version {status.version}  mode {status.mode.value}  "
-          f"expected workers {status.expected_workers}  optimizer {status.optimizer}")
-    print(f"pending pushes for the open step: {status.pending_pushes}")
-    if status.layout is None:
-        print("no model registered")
-    else:
-        print(f"{'tensor':<32} {'shape':<16} {'dtype':<10} {'bytes':>12}")
+    failed = 0
+    for address in [a.strip() for a in args.servers.split(",") if a.strip()]:
+        connection = ServerConnection(address, timeout_s=args.timeout)
+        try:
+            print(format_status(address, connection.status()))
+        except ParamServerError as error:
+            print(f"{address}: cannot read status: {error.code.name}: {error.message}\n")
+            failed += 1
+        finally:
+            connection.close()
+    return 1 if failed else 0
+
+
+def format_status(address: str, status: ServerStatus) -> str:
+    """A table of one shard: its tensors and slices, bytes, version, connected workers."""
+    plan = status.plan
+    shard = f"shard {status.shard_index} of {plan.num_shards}" if plan else "no model"
+    lines = [f"== {address}  {shard}  version {status.version}  mode {status.mode.value}  "
+             f"expected workers {status.expected_workers}  pending pushes "
+             f"{status.pending_pushes}",
+             f"   optimizer {status.optimizer}"]
+    if status.layout is not None:
+        lines.append(f"   {'tensor (or slice)':<40} {'shape':<16} {'dtype':<10} {'bytes':>12}")
         for spec in status.layout.tensors:
-            print(f"{spec.name:<32} {str(list(spec.shape)):<16} "
-                  f"{str(spec.dtype).removeprefix('torch.'):<10} {spec.nbytes:>12}")
-        print(f"{'total':<60} {status.layout.nbytes:>12}")
+            dtype = str(spec.dtype).removeprefix("torch.")
+            lines.append(f"   {spec.name:<40} {str(list(spec.shape)):<16} {dtype:<10} "
+                         f"{spec.nbytes:>12}")
+        lines.append(f"   {'total':<68} {status.layout.nbytes:>12}")
+    lines.append(f"   connected: {len(status.workers)}")
     for worker in status.workers:
-        print(f"{worker.role.value:<9} {worker.worker_id:<20} pushes {worker.pushes:<8} "
-              f"seen {worker.seconds_since_seen:.1f}s ago  codec {worker.push_codec}")
-    return 0
+        lines.append(f"   {worker.role.value:<9} {worker.worker_id:<20} pushes {worker.pushes:<8} "
+                     f"seen {worker.seconds_since_seen:.1f}s ago  codec {worker.push_codec}")
+    return "\n".join(lines) + "\n"

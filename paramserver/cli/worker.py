@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "worker", help="train the digits MLP against a server",
         description="Train an MLP 64-128-10 on scikit-learn's digits; the server holds the "
                     "parameters and the optimizer.")
-    parser.add_argument("--server", default="127.0.0.1:50051", help="server host:port")
+    parser.add_argument("--servers", "--server", dest="servers", default="127.0.0.1:50051",
+                        help="server host:port, or several comma-separated in shard order")
     parser.add_argument("--worker-id", help="stable identity (default: worker-RANK)")
     parser.add_argument("--rank", type=int, default=0, help="this worker's index (0)")
     parser.add_argument("--num-workers", type=int, default=1,
@@ -31,13 +32,14 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     config = TrainConfig(
-        server=args.server, worker_id=args.worker_id or f"worker-{args.rank}", rank=args.rank,
+        servers=args.servers, worker_id=args.worker_id or f"worker-{args.rank}", rank=args.rank,
         num_workers=args.num_workers, epochs=args.epochs, batch_size=args.batch_size,
         data=args.data, seed=args.seed, codecs=args.codec, timeout_s=args.timeout)
     report = train(config, on_epoch=lambda e, loss, acc: print(
         f"[{config.worker_id}] epoch {e}/{config.epochs} loss {loss:.4f} "
         f"test accuracy {acc:.4f}", flush=True))
-    summary = {**dataclasses.asdict(report), "servers": 1, "workers": args.num_workers}
+    summary = {**dataclasses.asdict(report), "servers": len(args.servers.split(",")),
+               "workers": args.num_workers}
     write_json(args.report, summary)
     print(f"[{config.worker_id}] done: accuracy {report.accuracy:.4f}, {report.steps} steps, "
           f"{report.wall_s:.1f}s", flush=True)

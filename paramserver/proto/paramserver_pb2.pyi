@@ -73,6 +73,28 @@ class ModelLayout(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     def __init__(self, tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ...) -> None: ...
 
+class TensorSlice(_message.Message):
+    __slots__ = ("tensor", "start", "length", "shard")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    tensor: str
+    start: int
+    length: int
+    shard: int
+    def __init__(self, tensor: _Optional[str] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
+
+class PartitionPlan(_message.Message):
+    __slots__ = ("num_shards", "layout", "slices")
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    num_shards: int
+    layout: ModelLayout
+    slices: _containers.RepeatedCompositeFieldContainer[TensorSlice]
+    def __init__(self, num_shards: _Optional[int] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., slices: _Optional[_Iterable[_Union[TensorSlice, _Mapping]]] = ...) -> None: ...
+
 class TensorChunk(_message.Message):
     __slots__ = ("tensor", "offset", "data")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -98,7 +120,7 @@ class HandshakeRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
-    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version")
+    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODEC_FIELD_NUMBER: _ClassVar[int]
     PULL_CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +130,8 @@ class HandshakeResponse(_message.Message):
     EXPECTED_WORKERS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     push_codec: CodecSpec
     pull_codec: CodecSpec
@@ -117,17 +141,23 @@ class HandshakeResponse(_message.Message):
     expected_workers: int
     chunk_bytes: int
     server_version: str
-    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...
+    plan: PartitionPlan
+    shard_index: int
+    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
 
 class RegisterHeader(_message.Message):
-    __slots__ = ("session_id", "layout", "values_follow")
+    __slots__ = ("session_id", "layout", "values_follow", "plan", "shard_index")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     VALUES_FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     layout: ModelLayout
     values_follow: bool
-    def __init__(self, session_id: _Optional[str] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., values_follow: _Optional[bool] = ...) -> None: ...
+    plan: PartitionPlan
+    shard_index: int
+    def __init__(self, session_id: _Optional[str] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., values_follow: _Optional[bool] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -232,7 +262,7 @@ class TensorStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version")
+    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +272,8 @@ class StatusResponse(_message.Message):
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     PENDING_PUSHES_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     layout: ModelLayout
     version: int
     mode: Mode
@@ -251,7 +283,9 @@ class StatusResponse(_message.Message):
     optimizer: str
     pending_pushes: int
     server_version: str
-    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...
+    plan: PartitionPlan
+    shard_index: int
+    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -20,6 +20,7 @@ from paramserver.server.membership import Membership
 from paramserver.server.policy import UpdatePolicy
 from paramserver.server.store import ParameterStore
 from paramserver.server.sync_policy import SyncPolicy
+from paramserver.sharding import plan_partition
 from paramserver.transport import chunk_ranges
 from paramserver.types import (
     Aggregation,
@@ -80,8 +81,10 @@ class ParameterServerCore:
         record = self.members.open(worker_id, role, push, pull)
         log.info("session %s opened by %s %r (push %s, pull %s)", record.session_id[:8],
                  role.value, worker_id, push, pull)
-        return Session(record.session_id, push, pull, self.store.layout, self.store.version,
-                       self.config.mode, self.config.expected_workers, self.config.chunk_bytes)
+        with self.store.lock:
+            return Session(record.session_id, push, pull, self.store.layout, self.store.version,
+                           self.config.mode, self.config.expected_workers,
+                           self.config.chunk_bytes, self.store.plan, self.store.shard_index)
 
     def heartbeat(self, session_id: str) -> int:
         self.members.touch(session_id)
@@ -97,6 +100,8 @@ class ParameterServerCore:
             pending_pushes=self.policy.pending(),
             server_version=__version__,
             workers=self.members.snapshot(),
+            plan=self.store.plan,
+            shard_index=self.store.shard_index,
         )
 
     # ---- register ------------------------------------------------------------------------
@@ -110,18 +115,24 @@ class ParameterServerCore:
         self.members.require_worker(header.session_id)
         if layout is None:
             raise InvalidArgument("register header carries an empty layout")
+        # A client that sends no plan (one server, or a foreign client) holds the whole model.
+        plan = header.plan or plan_partition(layout, 1)
+        if plan.shard_layout(header.shard_index) != layout:
+            raise InvalidArgument(f"the header's layout is not shard {header.shard_index} of "
+                                  "the plan it carries")
         with self.store.lock:
             if self.store.layout is not None:
-                self.store.require_same_layout(layout)
+                self.store.require_same_model(layout, plan, header.shard_index)
                 return False, self.store.version, self.store.layout
         if not values_follow:
             raise FailedPrecondition("no model is registered yet; the first worker must send "
                                      "initial values (values_follow=true)")
         assembler = TensorAssembler(layout.tensors)
         _drain_chunks(stream, assembler, "register")
-        created = self.store.create(layout, assembler.finish())
+        created = self.store.create(layout, assembler.finish(), plan, header.shard_index)
         if created:
-            log.info("model registered: %d tensors, %d bytes", len(layout.tensors), layout.nbytes)
+            log.info("model registered: shard %d of %d, %d tensors, %d bytes",
+                     header.shard_index, plan.num_shards, len(layout.tensors), layout.nbytes)
         return created, self.store.version, layout
 
     # ---- push ----------------------------------------------------------------------------

@@ -11,34 +11,40 @@ import torch
 
 from paramserver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from paramserver.server.optimizer import OptimizerConfig
+from paramserver.sharding import PartitionPlan
 from paramserver.types import ModelLayout
 
 
 class ParameterStore:
     """Parameters in torch CPU tensors, updated by one optimizer, versioned by update count.
 
-    `lock` (a Condition) guards `params`, the optimizer, `version` and `layout`; waiters on
-    it are woken whenever the version advances or the store closes.
+    `lock` (a Condition) guards `params`, the optimizer, `version`, `layout` and `plan`;
+    waiters on it are woken whenever the version advances or the store closes. `layout` is
+    this shard's part of the model; `plan` says how the whole model is split.
     """
 
     def __init__(self, optimizer: OptimizerConfig) -> None:
         self.lock = threading.Condition()
         self.layout: ModelLayout | None = None
+        self.plan: PartitionPlan | None = None
+        self.shard_index = 0
         self.params: dict[str, torch.Tensor] = {}
         self.version = 0
         self._optimizer_config = optimizer
         self._optimizer: torch.optim.Optimizer | None = None
         self._closed = False
 
-    def create(self, layout: ModelLayout, values: Mapping[str, torch.Tensor]) -> bool:
-        """Install the model once; False when an identical layout was already installed.
+    def create(self, layout: ModelLayout, values: Mapping[str, torch.Tensor],
+               plan: PartitionPlan, shard_index: int) -> bool:
+        """Install the model once; False when the same model was already installed.
 
-        Raises FailedPrecondition if a different layout is registered.
+        Raises FailedPrecondition if a different layout or plan is registered.
         """
         with self.lock:
             if self.layout is not None:
-                self.require_same_layout(layout)
+                self.require_same_model(layout, plan, shard_index)
                 return False
+            self.plan, self.shard_index = plan, shard_index
             self.params = {s.name: values[s.name].view(s.shape) for s in layout.tensors}
             self._optimizer = self._optimizer_config.build(self.params.values())
             self.layout = layout
@@ -46,12 +52,23 @@ class ParameterStore:
             self.lock.notify_all()
             return True
 
-    def require_same_layout(self, layout: ModelLayout) -> None:
-        assert self.layout is not None
+    def require_same_model(self, layout: ModelLayout, plan: PartitionPlan,
+                           shard_index: int) -> None:
+        assert self.layout is not None and self.plan is not None
         reason = self.layout.describe_difference(layout)
         if reason:
             raise FailedPrecondition(
                 f"a different model is already registered on this server: {reason}")
+        if shard_index != self.shard_index:
+            raise FailedPrecondition(
+                f"this server holds shard {self.shard_index} of the plan, not shard "
+                f"{shard_index}: list the servers in the order the job was started with")
+        if plan != self.plan:
+            raise FailedPrecondition(
+                f"partition plan differs from the one recorded at registration "
+                f"({self.plan.num_shards} shards, {len(self.plan.slices)} slices; offered "
+                f"{plan.num_shards} shards, {len(plan.slices)} slices): use the recorded plan "
+                "from the handshake")
 
     def require_layout(self) -> ModelLayout:
         if self.layout is None:

@@ -20,6 +20,7 @@ from workers.models import digits_mlp
 
 STEPS = 12
 OPT = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)
+ADAM = OptimizerConfig(name="adam", lr=0.01, weight_decay=1e-3)
 
 
 def _batches(sizes: tuple[int, int]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -55,16 +56,16 @@ def _worker(address: str, rank: int, batches, results: dict, errors: list) -> No
         errors.append(error)
 
 
-def _train_two_workers(server, sizes: tuple[int, int]):  # type: ignore[no-untyped-def]
+def _train_two_workers(address: str, sizes: tuple[int, int]):  # type: ignore[no-untyped-def]
     """Run 2 worker threads over the same batches; return (batches, per-rank parameters)."""
     # The server's initial parameters come from the first registration: make it seed 3.
-    with ParameterClient(server.address, "w0", timeout_s=20) as registrar:
+    with ParameterClient(address, "w0", timeout_s=20) as registrar:
         registrar.attach(digits_mlp(seed=3))
     batches = _batches(sizes)
     results: dict[int, dict[str, torch.Tensor]] = {}
     errors: list[BaseException] = []
-    threads = [threading.Thread(target=_worker, args=(server.address, r, batches, results,
-                                                      errors)) for r in range(2)]
+    threads = [threading.Thread(target=_worker, args=(address, r, batches, results, errors))
+               for r in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -73,26 +74,39 @@ def _train_two_workers(server, sizes: tuple[int, int]):  # type: ignore[no-untyp
     return batches, results
 
 
-@pytest.mark.parametrize("aggregation, sizes", [(Aggregation.MEAN, (16, 16)),
-                                                (Aggregation.WEIGHTED, (8, 24))])
+@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("aggregation, sizes, optimizer", [
+    (Aggregation.MEAN, (16, 16), OPT),
+    (Aggregation.WEIGHTED, (8, 24), OPT),
+    (Aggregation.MEAN, (16, 16), ADAM),
+])
 @pytest.mark.timeout(120)
-def test_two_sync_workers_match_one_process(server_factory, aggregation, sizes) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory(expected_workers=2, aggregation=aggregation, optimizer=OPT)
-    batches, results = _train_two_workers(server, sizes)
-    assert server.core.store.version == STEPS
-    expected = _reference(batches, OPT)
+def test_two_sync_workers_match_one_process(server_factory, aggregation, sizes, optimizer,  # type: ignore[no-untyped-def]
+                                            shards) -> None:
+    """Also across 1, 2 and 3 shards: slicing tensors must not change the math (issue #3)."""
+    servers = [server_factory(expected_workers=2, aggregation=aggregation, optimizer=optimizer)
+               for _ in range(shards)]
+    address = ",".join(s.address for s in servers)
+    batches, results = _train_two_workers(address, sizes)
+    assert [s.core.store.version for s in servers] == [STEPS] * shards
+    held = [s.core.store.layout.nbytes for s in servers]
+    assert all(s.core.store.plan.num_shards == shards for s in servers)
+    assert len(held) == 1 or max(held) < sum(held)  # the model really is split
+    expected = _reference(batches, optimizer)
     for rank in range(2):
         for name, value in expected.items():
             torch.testing.assert_close(results[rank][name], value, rtol=1e-5, atol=1e-6)
-    for name, value in expected.items():
-        torch.testing.assert_close(server.core.store.params[name], value, rtol=1e-5, atol=1e-6)
+    if shards == 1:
+        for name, value in expected.items():
+            torch.testing.assert_close(servers[0].core.store.params[name], value, rtol=1e-5,
+                                       atol=1e-6)
 
 
 @pytest.mark.timeout(120)
 def test_mean_of_unequal_batches_is_not_the_concatenation(server_factory) -> None:  # type: ignore[no-untyped-def]
     """The test above can fail: plain mean over unequal batches differs from the reference."""
     server = server_factory(expected_workers=2, aggregation=Aggregation.MEAN, optimizer=OPT)
-    batches, results = _train_two_workers(server, (4, 28))
+    batches, results = _train_two_workers(server.address, (4, 28))
     expected = _reference(batches, OPT)
     assert any(not torch.allclose(results[0][n], v, rtol=1e-5, atol=1e-6)
                for n, v in expected.items())
