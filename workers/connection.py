@@ -52,6 +52,7 @@ class ServerConnection:
         self.chunk_bytes = DEFAULT_CHUNK_BYTES
         self.bytes_pushed = 0
         self.bytes_pulled = 0
+        self.gradient_bytes_pushed = 0  # the part of bytes_pushed that carried gradients
         self._handshake = self._unary("Handshake")
         self._status = self._unary("Status")
         self._heartbeat = self._unary("Heartbeat")
@@ -125,7 +126,11 @@ class ServerConnection:
             raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
         header = serde.encode_push_header(
             PushHeader(self.session_id, step, num_samples, tuple(tensors)))
-        response = self._call(self._push, self._messages(header, payloads))
+        before = self.bytes_pushed
+        try:
+            response = self._call(self._push, self._messages(header, payloads))
+        finally:
+            self.gradient_bytes_pushed += self.bytes_pushed - before
         return serde.push_result_from_proto(response)
 
     def pull(self, min_version: int, sink: ChunkSink, names: Sequence[str] = (),

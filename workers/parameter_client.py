@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from paramserver.codecs import Codec, ErrorFeedback, make_codec
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import CodecSpec, Mode, ModelLayout, PushResult, Role, Session, TensorSpec
 from workers.connection import ServerConnection
 from workers.routes import ShardRoutes
-from workers.tensor_io import HostMirror
+from workers.tensor_io import HostMirror, widen
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,7 +52,8 @@ class ParameterClient:
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
-                 timeout_s: float = 60.0, connect_timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
+                 error_feedback: bool = True, ef_momentum: float = 0.0) -> None:
         self.worker_id = worker_id
         self.role = role
         addresses = parse_servers(servers)
@@ -61,6 +63,11 @@ class ParameterClient:
         self.sessions: list[Session] = self._fan_out(
             lambda c: c.handshake(worker_id, role, push_codecs, pull_codecs))
         self.versions = [s.version for s in self.sessions]
+        # Per shard: the agreed push codec, and error feedback when it is biased.
+        self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
+        self._feedback = [ErrorFeedback(c, ef_momentum) if c.biased and error_feedback else None
+                          for c in self.push_codecs]
+        self.dense_bytes_pushed = 0  # what the pushed gradients would take uncompressed
         self.plan: PartitionPlan | None = None
         self._routes: ShardRoutes | None = None
         self._params: dict[str, nn.Parameter] = {}
@@ -150,18 +157,35 @@ class ParameterClient:
         """Push `param.grad` of every parameter that has one, to every shard concurrently."""
         if self._routes is None:
             raise FailedPrecondition("attach(model) first")
-        grads = {n: self._mirrors[n].bytes_of(p.grad)
-                 for n, p in self._params.items() if p.grad is not None}
-        if not grads:
+        with_grad = {n: p for n, p in self._params.items() if p.grad is not None}
+        if not with_grad:
             raise InvalidArgument("no parameter has a gradient: call backward() first")
+        raw = None
+        if any(c.spec.name == "none" for c in self.push_codecs):
+            raw = {n: self._mirrors[n].bytes_of(p.grad) for n, p in with_grad.items()}
 
         def push_shard(shard: int) -> PushResult:
-            routes = [r for r in self._routes.routes[shard] if r.param in grads]  # type: ignore[union-attr]
-            payloads = [grads[r.param][r.byte_start:r.byte_start + r.nbytes] for r in routes]
+            routes = [r for r in self._routes.routes[shard] if r.param in with_grad]  # type: ignore[union-attr]
+            codec, feedback = self.push_codecs[shard], self._feedback[shard]
+            if codec.spec.name == "none":
+                payloads = [raw[r.param][r.byte_start:r.byte_start + r.nbytes]  # type: ignore[index]
+                            for r in routes]
+            else:  # encode on the gradient's device; only the payload is copied to the host
+                payloads = []
+                for r in routes:
+                    flat = with_grad[r.param].grad.detach().reshape(-1)  # type: ignore[union-attr]
+                    item = flat.element_size()
+                    piece = flat[r.byte_start // item:(r.byte_start + r.nbytes) // item]
+                    encoded = (feedback.encode(r.stored.name, piece) if feedback
+                               else codec.encode(piece))
+                    payloads.append(memoryview(encoded.cpu().numpy()))
             return self.connections[shard].push(self.versions[shard], [r.stored for r in routes],
                                                 payloads, num_samples)
 
-        return self._fan_out_indexed(push_shard)
+        results = self._fan_out_indexed(push_shard)
+        self.dense_bytes_pushed += sum(
+            r.nbytes for shard in self._routes.routes for r in shard if r.param in with_grad)
+        return results
 
     def pull(self, min_version: int | Sequence[int] = 0, timeout_s: float | None = None) -> int:
         """Wait until every shard reaches its min version; copy parameters in place."""
@@ -169,11 +193,12 @@ class ParameterClient:
             raise FailedPrecondition("attach(model) first")
         wanted = ([min_version] * len(self.connections) if isinstance(min_version, int)
                   else list(min_version))
-        targets = {n: self._mirrors[n].writable_bytes(p) for n, p in self._params.items()}
+        targets = {n: self._mirrors[n].writable_values(p) for n, p in self._params.items()}
 
         def pull_shard(shard: int) -> int:
             by_key = self._routes.by_key(shard)  # type: ignore[union-attr]
             places: list[tuple[np.ndarray, int, int]] = []
+            wire = self.sessions[shard].pull_codec.name
 
             def on_header(version: int, specs: tuple[TensorSpec, ...]) -> None:
                 for spec in specs:
@@ -185,10 +210,14 @@ class ParameterClient:
 
             def sink(index: int, offset: int, data: memoryview) -> None:
                 target, base, nbytes = places[index]
+                if wire != "none":  # 16-bit values: widen to the parameter's dtype
+                    item = target.itemsize
+                    values = widen(data, wire, target.dtype)
+                    offset, data = offset // 2 * item, memoryview(values).cast("B")
                 if offset + data.nbytes > nbytes:
                     raise InvalidArgument(f"shard {shard} sent too many bytes for tensor {index}")
                 start = base + offset
-                target[start:start + data.nbytes] = np.frombuffer(data, dtype=np.uint8)
+                target.view(np.uint8)[start:start + data.nbytes] = np.frombuffer(data, np.uint8)
 
             version, _ = self.connections[shard].pull(wanted[shard], sink, timeout_s=timeout_s,
                                                       on_header=on_header)
@@ -221,6 +250,17 @@ class ParameterClient:
     @property
     def bytes_pulled(self) -> int:
         return sum(c.bytes_pulled for c in self.connections)
+
+    @property
+    def gradient_bytes_pushed(self) -> int:
+        """Bytes of gradient pushes on the wire (payloads, framing and headers)."""
+        return sum(c.gradient_bytes_pushed for c in self.connections)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Uncompressed gradient bytes / gradient bytes actually sent."""
+        sent = self.gradient_bytes_pushed
+        return self.dense_bytes_pushed / sent if sent else 1.0
 
     def close(self) -> None:
         for connection in self.connections:

@@ -36,13 +36,27 @@ class HostMirror:
         torch.cuda.current_stream(self.device).synchronize()
         return host_bytes(self.host)
 
-    def writable_bytes(self, tensor: torch.Tensor) -> np.ndarray:
-        """A writable uint8 view that `commit` moves into `tensor`."""
+    def writable_values(self, tensor: torch.Tensor) -> np.ndarray:
+        """A writable flat numpy view (of the tensor's dtype, or its raw bytes when numpy has
+        no such dtype) that `commit` moves into `tensor`."""
         target = tensor.data if self.host is None else self.host
         if not target.is_contiguous():
             raise ValueError("parameters must be contiguous to be pulled in place")
-        return target.view(-1).view(torch.uint8).numpy()
+        flat = target.view(-1)
+        if flat.dtype == torch.bfloat16:
+            return flat.view(torch.uint8).numpy()
+        return flat.numpy()
 
     def commit(self, tensor: torch.Tensor) -> None:
         if self.host is not None:
             tensor.data.view(-1).copy_(self.host, non_blocking=True)
+
+
+def widen(data: memoryview, wire: str, target: np.dtype) -> np.ndarray:
+    """Values pulled with a 16-bit codec (`fp16`, `bf16`) as an array of `target` dtype."""
+    if wire == "fp16":
+        return np.frombuffer(data, dtype="<f2").astype(target)
+    if wire == "bf16":  # bfloat16 is the top half of a float32
+        as_f32 = (np.frombuffer(data, dtype="<u2").astype("<u4") << 16).view("<f4")
+        return as_f32.astype(target, copy=False)
+    raise ValueError(f"cannot pull with codec {wire!r}; use none, fp16 or bf16")

@@ -30,6 +30,9 @@ class TrainConfig:
     seed: int = 0
     hidden: int = 128
     codecs: tuple[CodecSpec, ...] = field(default_factory=lambda: (CodecSpec("none"),))
+    pull_codecs: tuple[CodecSpec, ...] = field(default_factory=lambda: (CodecSpec("none"),))
+    error_feedback: bool = True
+    ef_momentum: float = 0.0  # momentum correction for biased codecs (server momentum 0)
     timeout_s: float = 60.0
 
 
@@ -44,6 +47,9 @@ class TrainReport:
     bytes_pulled: int
     mode: str
     codec: str
+    pull_codec: str
+    compression_ratio: float  # uncompressed gradient bytes / gradient bytes sent
+    bytes_pushed_gradients: int
     final_loss: float
 
 
@@ -58,7 +64,9 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
     model = digits_mlp(config.hidden, config.seed)
     started = time.perf_counter()
     with ParameterClient(config.servers, config.worker_id, push_codecs=config.codecs,
-                         timeout_s=config.timeout_s) as client:
+                         pull_codecs=config.pull_codecs, timeout_s=config.timeout_s,
+                         error_feedback=config.error_feedback,
+                         ef_momentum=config.ef_momentum) as client:
         client.attach(model)
         n = len(data.x_train)
         mine = shard_indices(n, config.rank, config.num_workers, config.data)
@@ -93,6 +101,9 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
             bytes_pulled=client.bytes_pulled,
             mode=client.session.mode.value,
             codec=str(client.session.push_codec),
+            pull_codec=str(client.session.pull_codec),
+            compression_ratio=client.compression_ratio,
+            bytes_pushed_gradients=client.gradient_bytes_pushed,
             final_loss=loss,
         )
 

@@ -31,8 +31,16 @@ def add_training(parser: argparse.ArgumentParser) -> None:
                             "worker in its own order (split)")
     group.add_argument("--seed", type=int, default=0, help="model init and shuffling seed")
     group.add_argument("--codec", type=parse_codecs, default=(CodecSpec("none"),),
-                       help="codecs to offer for pushes, most preferred first, e.g. "
-                            "'none' (default: none)")
+                       help="codecs to offer for pushes, most preferred first: SPEC[,SPEC...], "
+                            "e.g. 'topk:ratio=0.01,qsgd:bits=8,none' (default: none)")
+    group.add_argument("--pull-codec", type=parse_codecs, default=(CodecSpec("none"),),
+                       help="codecs to offer for pulls: none, fp16 or bf16 (default: none)")
+    group.add_argument("--no-error-feedback", action="store_true",
+                       help="do not keep the residual of biased codecs such as top-k")
+    group.add_argument("--ef-momentum", type=float, default=0.0,
+                       help="momentum correction for biased codecs (DGC): the worker applies "
+                            "this Nesterov momentum before compressing; run the server with "
+                            "--momentum 0 (default 0: off)")
 
 
 def add_server(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +58,21 @@ def add_server(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_codecs(text: str) -> tuple[CodecSpec, ...]:
-    """'topk:ratio=0.01;none' or 'none' -> codec offers. Specs are separated by ';' or ' '."""
-    parts = [p for p in text.replace(";", " ").split() if p]
+    """'topk:ratio=0.01,mode=approx,none' -> [topk:ratio=0.01,mode=approx, none].
+
+    Specs are separated by commas (or ';' or spaces); a comma-separated piece of the form
+    key=value continues the parameters of the spec before it.
+    """
+    specs: list[str] = []
+    for piece in (p.strip() for p in text.replace(";", ",").replace(" ", ",").split(",")):
+        if not piece:
+            continue
+        if "=" in piece and ":" not in piece and specs:
+            specs[-1] += ("," if ":" in specs[-1] else ":") + piece
+        else:
+            specs.append(piece)
     try:
-        return tuple(CodecSpec.parse(p) for p in parts)
+        return tuple(CodecSpec.parse(s) for s in specs)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

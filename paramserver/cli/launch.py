@@ -43,13 +43,19 @@ def _worker_args(args: argparse.Namespace, rank: int, servers: str, report: Path
     return ["worker", "--servers", servers, "--rank", str(rank), "--num-workers",
             str(args.workers), "--worker-id", f"worker-{rank}", "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--data", args.data, "--seed", str(args.seed),
-            "--codec", " ".join(str(c) for c in args.codec), "--report", str(report),
-            "--log-level", args.log_level]
+            "--codec", " ".join(str(c) for c in args.codec),
+            "--pull-codec", " ".join(str(c) for c in args.pull_codec), "--report", str(report),
+            "--log-level", args.log_level, "--ef-momentum", str(args.ef_momentum),
+            *(["--no-error-feedback"] if args.no_error_feedback else [])]
 
 
 def run(args: argparse.Namespace) -> int:
     if args.servers < 1 or args.workers < 1:
         print("launch: --servers and --workers must be at least 1")
+        return 2
+    if args.ef_momentum and args.momentum:
+        print(f"launch: --ef-momentum {args.ef_momentum} moves momentum to the workers; also "
+              f"pass --momentum 0, or momentum is applied twice")
         return 2
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="paramserver-launch-"))
     try:
@@ -60,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.report, summary)
     print(f"accuracy {summary['accuracy']:.4f}  steps {summary['steps']}  "
           f"wall {summary['wall_s']:.1f}s  pushed {summary['bytes_pushed'] / 1e6:.2f} MB  "
-          f"pulled {summary['bytes_pulled'] / 1e6:.2f} MB  shard bytes {summary['shard_bytes']}  "
+          f"pulled {summary['bytes_pulled'] / 1e6:.2f} MB  codec {summary['codec']} "
+          f"(x{summary['compression_ratio']:.1f})  shard bytes {summary['shard_bytes']}  "
           f"({args.mode}, {args.workers} workers, {args.servers} servers, logs in {run_dir})")
     return 0
 
@@ -93,6 +100,8 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
         "bytes_pulled": sum(r["bytes_pulled"] for r in worker_reports),
         "mode": args.mode,
         "codec": worker_reports[0]["codec"],
+        "pull_codec": worker_reports[0]["pull_codec"],
+        "compression_ratio": _overall_ratio(worker_reports),
         "servers": args.servers,
         "workers": args.workers,
         "shard_bytes": shard_bytes,
@@ -100,6 +109,13 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
         "data": args.data,
         "worker_accuracy": [r["accuracy"] for r in worker_reports],
     }
+
+
+def _overall_ratio(reports: list[dict]) -> float:
+    """Uncompressed / sent gradient bytes over all workers (each report has its own ratio)."""
+    sent = sum(r["bytes_pushed_gradients"] for r in reports)
+    dense = sum(r["bytes_pushed_gradients"] * r["compression_ratio"] for r in reports)
+    return dense / sent if sent else 1.0
 
 
 def _shard_bytes(addresses: str) -> list[int]:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from paramserver.cli.common import add_logging, add_server, setup_logging
-from paramserver.codecs import codec_names
+from paramserver.codecs import CodecLimits, codec_names
 from paramserver.server.app import serve
 from paramserver.server.config import ServerConfig
 from paramserver.server.optimizer import OptimizerConfig
@@ -23,7 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--workers", type=int, default=1,
                         help="sync mode: number of workers that form the job (1)")
     parser.add_argument("--codecs", default=",".join(codec_names()),
-                        help=f"allowed codecs, comma-separated (known: {', '.join(codec_names())})")
+                        help=f"allowed codecs, comma-separated (default: all known: "
+                             f"{', '.join(codec_names())})")
+    parser.add_argument("--min-ratio", type=float, default=0.001,
+                        help="smallest top-k/random-k ratio accepted; smaller offers are "
+                             "raised to it (0.001)")
+    parser.add_argument("--min-bits", type=int, default=2,
+                        help="fewest quantisation bits accepted; fewer are raised to it (2)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds to drain in-flight calls on shutdown (5)")
     add_server(parser)
@@ -38,7 +44,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         aggregation=Aggregation(args.aggregate),
         optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum,
                                   weight_decay=args.weight_decay),
-        codecs=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
+        codecs=CodecLimits(allowed=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
+                           min_ratio=args.min_ratio, min_bits=args.min_bits),
     )
 
 

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         servers=args.servers, worker_id=args.worker_id or f"worker-{args.rank}", rank=args.rank,
         num_workers=args.num_workers, epochs=args.epochs, batch_size=args.batch_size,
-        data=args.data, seed=args.seed, codecs=args.codec, timeout_s=args.timeout)
+        data=args.data, seed=args.seed, codecs=args.codec, pull_codecs=args.pull_codec,
+        error_feedback=not args.no_error_feedback, ef_momentum=args.ef_momentum,
+        timeout_s=args.timeout)
     report = train(config, on_epoch=lambda e, loss, acc: print(
         f"[{config.worker_id}] epoch {e}/{config.epochs} loss {loss:.4f} "
         f"test accuracy {acc:.4f}", flush=True))

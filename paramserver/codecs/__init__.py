@@ -1,10 +1,13 @@
-"""Compression codecs: a registry by name and per-connection negotiation.
+"""Compression codecs: one module per family, a registry by name, per-connection negotiation.
 
-Only `none` exists so far; the codecs issue (#4) adds top-k, random-k, quantisation and
-casts behind the same registry, and the handshake already carries the offers.
+Spec strings name a codec and its parameters: `none`, `fp16`, `bf16`, `topk:ratio=0.01`
+(`mode=approx` for the sampled threshold), `randomk:ratio=0.01`, `qsgd:bits=4`.
 """
 
-from paramserver.codecs.negotiation import negotiate
-from paramserver.codecs.registry import KNOWN_CODECS, codec_names
+from paramserver.codecs.base import Codec, CodecError, DenseUpdate, SparseUpdate, Update
+from paramserver.codecs.error_feedback import ErrorFeedback
+from paramserver.codecs.negotiation import CodecLimits, negotiate
+from paramserver.codecs.registry import PULL_CODECS, codec_names, make_codec
 
-__all__ = ["KNOWN_CODECS", "codec_names", "negotiate"]
+__all__ = ["Codec", "CodecError", "CodecLimits", "DenseUpdate", "ErrorFeedback",
+           "PULL_CODECS", "SparseUpdate", "Update", "codec_names", "make_codec", "negotiate"]

@@ -3,28 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from paramserver.codecs.registry import KNOWN_CODECS
+from paramserver.codecs.base import CodecError
+from paramserver.codecs.registry import PULL_CODECS, make_codec
 from paramserver.errors import FailedPrecondition
 from paramserver.types import CodecSpec
 
 DEFAULT_OFFER = (CodecSpec("none"),)
 
 
-def negotiate(direction: str, offers: Sequence[CodecSpec], allowed: Sequence[str]) -> CodecSpec:
-    """The first offer (in the worker's order of preference) that the server allows.
+@dataclass(frozen=True)
+class CodecLimits:
+    """What the server accepts: an allow-list and bounds it adjusts offers into."""
 
-    An empty offer list means the worker only speaks `none`. Raises FailedPrecondition
-    naming what each side supports when nothing matches.
+    allowed: tuple[str, ...] = ("none", "fp16", "bf16", "topk", "randomk", "qsgd")
+    min_ratio: float = 0.001  # sparsifiers: smallest fraction of values a push may carry
+    min_bits: int = 2  # quantisers: fewest bits per value
+
+    def adjust(self, spec: CodecSpec) -> CodecSpec:
+        """The offer moved inside the limits (e.g. a smaller ratio raised to min_ratio)."""
+        params = dict(spec.params)
+        if "ratio" in params and float(params["ratio"]) < self.min_ratio:
+            params["ratio"] = f"{self.min_ratio:g}"
+        if "bits" in params and int(float(params["bits"])) < self.min_bits:
+            params["bits"] = str(self.min_bits)
+        return CodecSpec(spec.name, tuple(sorted(params.items())))
+
+
+def negotiate(direction: str, offers: Sequence[CodecSpec], limits: CodecLimits) -> CodecSpec:
+    """The first offer, in the worker's order of preference, that the server accepts,
+    adjusted into its limits and in canonical form. An empty list offers only `none`.
+
+    Raises FailedPrecondition naming what each side supports when nothing matches.
     """
     offers = tuple(offers) or DEFAULT_OFFER
+    usable = limits.allowed if direction == "push" else tuple(
+        n for n in limits.allowed if n in PULL_CODECS)
+    rejected = []
     for offer in offers:
-        accepted = KNOWN_CODECS.get(offer.name)
-        if offer.name in allowed and accepted is not None:
-            unknown = {key for key, _ in offer.params} - accepted
-            if not unknown:
-                return offer
+        if offer.name not in usable:
+            rejected.append(f"{offer} (not allowed for {direction})")
+            continue
+        try:
+            return make_codec(limits.adjust(offer)).spec
+        except (CodecError, ValueError) as error:
+            rejected.append(f"{offer} ({error})")
     raise FailedPrecondition(
-        f"no common {direction} codec: the worker offers "
-        f"[{', '.join(str(o) for o in offers)}], the server allows [{', '.join(allowed)}]"
-    )
+        f"no common {direction} codec: the worker offers [{'; '.join(rejected)}], the server "
+        f"allows [{', '.join(usable)}] with ratio >= {limits.min_ratio:g}, "
+        f"bits >= {limits.min_bits}")

@@ -1,12 +1,41 @@
-"""Codec registry: a plain dict from name to the parameters the codec accepts."""
+"""Codec registry: a plain dict from name to factory; duplicates raise, misses list names."""
 
 from __future__ import annotations
 
-# name -> parameter names it accepts. `none` sends raw little-endian tensor bytes.
-KNOWN_CODECS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-}
+from collections.abc import Callable
+
+from paramserver.codecs.base import Codec, CodecError
+from paramserver.codecs.dense import Raw, bf16, fp16
+from paramserver.codecs.qsgd import QSGD
+from paramserver.codecs.sparse import RandomK, TopK
+from paramserver.types import CodecSpec
+
+CodecFactory = Callable[[CodecSpec], Codec]
+CODECS: dict[str, CodecFactory] = {}
+# Codecs whose decode is elementwise and dense: the only ones parameters can be pulled with.
+PULL_CODECS = ("none", "fp16", "bf16")
+
+
+def register(name: str, factory: CodecFactory) -> None:
+    if name in CODECS:
+        raise ValueError(f"codec {name!r} is already registered")
+    CODECS[name] = factory
 
 
 def codec_names() -> list[str]:
-    return sorted(KNOWN_CODECS)
+    return sorted(CODECS)
+
+
+def make_codec(spec: CodecSpec | str) -> Codec:
+    """The configured codec for `spec`; CodecError for unknown names or bad parameters."""
+    if isinstance(spec, str):
+        spec = CodecSpec.parse(spec)
+    factory = CODECS.get(spec.name)
+    if factory is None:
+        raise CodecError(f"unknown codec {spec.name!r}; known: {', '.join(codec_names())}")
+    return factory(spec)
+
+
+for _name, _factory in (("none", Raw), ("fp16", fp16), ("bf16", bf16), ("topk", TopK),
+                        ("randomk", RandomK), ("qsgd", QSGD)):
+    register(_name, _factory)

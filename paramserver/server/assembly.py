@@ -18,29 +18,31 @@ from paramserver.wire import Chunk
 
 
 class BufferPool:
-    """Recycles flat tensors by (numel, dtype) so each step does not page-fault fresh memory.
+    """Recycles byte buffers by size so each step does not page-fault fresh memory.
 
-    `_lock` guards `_free`.
+    Buffers are 1-D uint8 tensors; callers view them as the dtype they need. `_lock`
+    guards `_free`.
     """
 
-    def __init__(self, max_per_key: int = 4) -> None:
-        self._free: dict[tuple[int, torch.dtype], list[torch.Tensor]] = {}
+    def __init__(self, max_per_size: int = 4) -> None:
+        self._free: dict[int, list[torch.Tensor]] = {}
         self._lock = threading.Lock()
-        self._max_per_key = max_per_key
+        self._max_per_size = max_per_size
 
-    def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def take(self, nbytes: int) -> torch.Tensor:
         with self._lock:
-            free = self._free.get((numel, dtype))
+            free = self._free.get(nbytes)
             if free:
                 return free.pop()
-        return torch.empty(numel, dtype=dtype)
+        return torch.empty(nbytes, dtype=torch.uint8)
 
-    def give(self, tensor: torch.Tensor) -> None:
-        key = (tensor.numel(), tensor.dtype)
+    def give(self, buffer: torch.Tensor) -> None:
+        if buffer.dtype != torch.uint8 or buffer.dim() != 1:
+            raise ValueError("only 1-D uint8 buffers from take() go back to the pool")
         with self._lock:
-            free = self._free.setdefault(key, [])
-            if len(free) < self._max_per_key:
-                free.append(tensor)
+            free = self._free.setdefault(buffer.numel(), [])
+            if len(free) < self._max_per_size:
+                free.append(buffer)
 
 
 def check_specs(offered: Sequence[TensorSpec], registered: Mapping[str, TensorSpec]) -> None:
@@ -61,14 +63,17 @@ def check_specs(offered: Sequence[TensorSpec], registered: Mapping[str, TensorSp
 
 
 class TensorAssembler:
-    """Collects the chunks of the tensors named in a header into flat buffers.
+    """Collects the chunks of each tensor's payload named in a header into byte buffers.
 
     Chunks of one tensor must arrive in order and without gaps (the client sends them so);
-    tensors may interleave. Call `finish()` for the buffers or `discard()` to recycle them.
+    tensors may interleave. A payload may not exceed `limits[i]` bytes (the tensor's size,
+    or its codec's bound). Call `finish()` for the payloads or `discard()` to recycle them.
     """
 
-    def __init__(self, specs: Sequence[TensorSpec], pool: BufferPool | None = None) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], pool: BufferPool | None = None,
+                 limits: Sequence[int] | None = None) -> None:
         self.specs = tuple(specs)
+        self.limits = tuple(limits) if limits is not None else tuple(s.nbytes for s in specs)
         self._pool = pool
         self._received = [0] * len(self.specs)
         self._buffers: list[torch.Tensor | None] = [None] * len(self.specs)
@@ -85,9 +90,10 @@ class TensorAssembler:
             raise InvalidArgument(f"tensor {spec.name!r}: chunk at byte {chunk.offset}, expected "
                                   f"{expected} (chunks must be in order, without gaps)")
         end = chunk.offset + chunk.data.nbytes
-        if end > spec.nbytes:
-            raise InvalidArgument(f"payload larger than declared: tensor {spec.name!r} is "
-                                  f"{spec.nbytes} bytes but a chunk ends at byte {end}")
+        if end > self.limits[chunk.tensor]:
+            raise InvalidArgument(f"payload larger than declared: tensor {spec.name!r} takes "
+                                  f"at most {self.limits[chunk.tensor]} bytes but a chunk ends "
+                                  f"at byte {end}")
         target = self._bytes[chunk.tensor]
         if target is None:
             target = self._allocate(chunk.tensor)
@@ -96,29 +102,38 @@ class TensorAssembler:
         self.bytes_received += chunk.data.nbytes
 
     def _allocate(self, index: int) -> np.ndarray:
-        spec = self.specs[index]
-        pool = self._pool
-        flat = (pool.take(spec.numel, spec.dtype) if pool
-                else torch.empty(spec.numel, dtype=spec.dtype))
-        self._buffers[index] = flat
-        as_bytes = flat.view(torch.uint8).numpy()
+        limit = self.limits[index]
+        buffer = self._pool.take(limit) if self._pool else torch.empty(limit, dtype=torch.uint8)
+        self._buffers[index] = buffer
+        as_bytes = buffer.numpy()
         self._bytes[index] = as_bytes
         return as_bytes
 
+    def finish_payloads(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(payload bytes as received, the pooled buffer holding them) per tensor.
+
+        The caller owns the buffers from here on and gives them back to the pool.
+        """
+        out = []
+        for index in range(len(self.specs)):
+            buffer = self._buffers[index]
+            received = self._received[index]
+            payload = buffer[:received] if buffer is not None else torch.empty(0, dtype=torch.uint8)
+            out.append((payload, buffer))
+        self._buffers = [None] * len(self.specs)
+        self._bytes = [None] * len(self.specs)
+        return out
+
     def finish(self) -> dict[str, torch.Tensor]:
-        """The flat tensors by name; raises InvalidArgument (and recycles) if any is short."""
+        """Uncompressed tensors by name (flat); InvalidArgument (and recycles) if any is short."""
         for index, spec in enumerate(self.specs):
             if self._received[index] != spec.nbytes:
                 self.discard()
                 raise InvalidArgument(
                     f"truncated stream: tensor {spec.name!r} received "
                     f"{self._received[index]} of {spec.nbytes} bytes")
-        out: dict[str, torch.Tensor] = {}
-        for index, spec in enumerate(self.specs):
-            buffer = self._buffers[index]
-            out[spec.name] = buffer if buffer is not None else torch.empty(0, dtype=spec.dtype)
-        self._buffers = [None] * len(self.specs)
-        return out
+        return {spec.name: payload.view(spec.dtype)
+                for spec, (payload, _) in zip(self.specs, self.finish_payloads())}
 
     def discard(self) -> None:
         """Give every buffer back to the pool; the assembler is unusable afterwards."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from paramserver.codecs import Update
+from paramserver.codecs.base import to_dense
 from paramserver.errors import FailedPrecondition
 from paramserver.server.assembly import BufferPool
 from paramserver.server.store import ParameterStore
@@ -25,16 +27,20 @@ class AsyncPolicy:
         if step < 0:
             raise FailedPrecondition(f"negative step {step}")
 
-    def submit(self, worker_id: str, step: int, weight: float,
-               grads: dict[str, torch.Tensor]) -> PushResult:
+    def submit(self, worker_id: str, step: int, weight: float, updates: dict[str, Update],
+               buffers: list[torch.Tensor]) -> PushResult:
         try:
+            grads = {}
+            for name, update in updates.items():
+                spec = self._store.spec(name)
+                grads[name] = to_dense(update, spec.numel, spec.dtype)
             with self._store.lock:
                 self.check_step(worker_id, step)
                 staleness = self._store.version - step
                 version = self._store.apply(grads)
         finally:
-            for grad in grads.values():
-                self._pool.give(grad)
+            for buffer in buffers:
+                self._pool.give(buffer)
         return PushResult(version=version, applied=True, staleness=staleness)
 
     def pending(self) -> int:

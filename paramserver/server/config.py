@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from paramserver.codecs import CodecLimits
 from paramserver.server.optimizer import OptimizerConfig
 from paramserver.transport import DEFAULT_CHUNK_BYTES
 from paramserver.types import Aggregation, Mode
@@ -15,7 +16,7 @@ class ServerConfig:
     expected_workers: int = 1  # sync mode: the workers that form the job
     aggregation: Aggregation = Aggregation.MEAN
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    codecs: tuple[str, ...] = ("none",)  # allow-list for negotiation
+    codecs: CodecLimits = field(default_factory=CodecLimits)  # negotiation allow-list, limits
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_wait_s: float = 300.0  # upper bound on any long poll, whatever the client's deadline
 

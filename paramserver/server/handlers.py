@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 
+import torch
+
 from paramserver import __version__, serde, wire
-from paramserver.codecs import negotiate
+from paramserver.codecs import Codec, CodecError, Update, negotiate
 from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
 from paramserver.server.assembly import BufferPool, TensorAssembler, check_specs
 from paramserver.server.async_policy import AsyncPolicy
@@ -33,6 +35,7 @@ from paramserver.types import (
     Role,
     ServerStatus,
     Session,
+    TensorSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -147,15 +150,34 @@ class ParameterServerCore:
         check_specs(header.tensors, layout.by_name())
         weight = self._weight_of(header)
         self.policy.check_step(record.worker_id, header.step)
-        assembler = TensorAssembler(header.tensors, self._pool)
+        codec = record.push_decoder
+        limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
+        assembler = TensorAssembler(header.tensors, self._pool, limits)
         try:
             _drain_chunks(stream, assembler, "push")
         except BaseException:
             assembler.discard()
             raise
-        result = self.policy.submit(record.worker_id, header.step, weight, assembler.finish())
+        payloads = assembler.finish_payloads()
+        buffers = [buffer for _, buffer in payloads if buffer is not None]
+        try:
+            updates = {spec.name: self._decode(codec, spec, payload)
+                       for spec, (payload, _) in zip(header.tensors, payloads)}
+        except BaseException:
+            for buffer in buffers:
+                self._pool.give(buffer)
+            raise
+        result = self.policy.submit(record.worker_id, header.step, weight, updates, buffers)
         self.members.count_push(header.session_id)
         return result
+
+    @staticmethod
+    def _decode(codec: Codec, spec: TensorSpec, payload: torch.Tensor) -> Update:
+        try:
+            return codec.decode(payload, spec.numel, spec.dtype)
+        except CodecError as error:
+            raise InvalidArgument(f"tensor {spec.name!r}: payload does not decode under codec "
+                                  f"{codec.spec}: {error}") from None
 
     def _weight_of(self, header: PushHeader) -> float:
         if self.config.aggregation is Aggregation.MEAN:
@@ -175,7 +197,7 @@ class ParameterServerCore:
         mode a member's pull is also version-consistent as a whole, since the version cannot
         advance before that member pushes again; an async pull may span updates (Hogwild).
         """
-        self.members.touch(session_id)
+        record = self.members.touch(session_id)
         layout = self.store.require_layout()
         specs = layout.tensors
         if names:
@@ -186,16 +208,24 @@ class ParameterServerCore:
             specs = tuple(by_name[n] for n in names)
         version = self.store.wait_for_version(min_version,
                                               min(timeout_s, self.config.max_wait_s))
-        return self._pull_messages(version, specs)
+        return self._pull_messages(version, specs, record.pull_encoder)
 
-    def _pull_messages(self, version: int, specs: tuple) -> Iterator[bytes]:
+    def _pull_messages(self, version: int, specs: tuple[TensorSpec, ...],
+                       codec: Codec) -> Iterator[bytes]:
+        """The header, then chunks of each tensor encoded with the session's pull codec.
+
+        Pull codecs are elementwise (none, fp16, bf16), so each chunk is a range of
+        elements encoded on its own and the chunk offset is in encoded bytes.
+        """
         yield serde.encode_pull_header(version, specs)
-        chunk = self.config.chunk_bytes
         for index, spec in enumerate(specs):
-            for start, end in chunk_ranges(spec.nbytes, chunk):
+            wire_item = codec.max_payload_nbytes(1, spec.dtype)
+            per_chunk = max(1, self.config.chunk_bytes // wire_item)
+            for start, end in chunk_ranges(spec.numel, per_chunk):
                 with self.store.lock:
-                    data = self.store.byte_view(spec.name)[start:end]
-                    message = wire.encode_chunk(index, start, data)
+                    flat = self.store.params[spec.name].view(-1)[start:end]
+                    data = memoryview(codec.encode(flat).numpy())
+                    message = wire.encode_chunk(index, start * wire_item, data)
                 yield message
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from paramserver.codecs import Codec, make_codec
 from paramserver.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from paramserver.types import CodecSpec, Mode, Role, WorkerInfo
 
@@ -24,6 +25,12 @@ class SessionRecord:
     pull_codec: CodecSpec
     last_seen: float = field(default_factory=time.monotonic)
     pushes: int = 0
+    push_decoder: Codec = field(init=False)  # decodes this session's pushes
+    pull_encoder: Codec = field(init=False)  # encodes this session's pulls
+
+    def __post_init__(self) -> None:
+        self.push_decoder = make_codec(self.push_codec)
+        self.pull_encoder = make_codec(self.pull_codec)
 
 
 class Membership:

@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 
+from paramserver.codecs import Update
 from paramserver.types import PushResult
 
 
@@ -15,9 +16,10 @@ class UpdatePolicy(Protocol):
     def check_step(self, worker_id: str, step: int) -> None:
         """Raise before any payload is read if a push for `step` cannot be accepted."""
 
-    def submit(self, worker_id: str, step: int, weight: float,
-               grads: dict[str, torch.Tensor]) -> PushResult:
-        """Take ownership of the flat gradient buffers of one complete, validated push."""
+    def submit(self, worker_id: str, step: int, weight: float, updates: dict[str, Update],
+               buffers: list[torch.Tensor]) -> PushResult:
+        """Take one complete, decoded push. `buffers` are the pooled byte buffers the
+        updates may view; the policy gives each back to the pool once done with it."""
 
     def pending(self) -> int:
         """Pushes received but not yet applied."""

@@ -12,7 +12,7 @@ import torch
 from paramserver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from paramserver.server.optimizer import OptimizerConfig
 from paramserver.sharding import PartitionPlan
-from paramserver.types import ModelLayout
+from paramserver.types import ModelLayout, TensorSpec
 
 
 class ParameterStore:
@@ -28,6 +28,7 @@ class ParameterStore:
         self.layout: ModelLayout | None = None
         self.plan: PartitionPlan | None = None
         self.shard_index = 0
+        self._specs: dict[str, TensorSpec] = {}
         self.params: dict[str, torch.Tensor] = {}
         self.version = 0
         self._optimizer_config = optimizer
@@ -45,6 +46,7 @@ class ParameterStore:
                 self.require_same_model(layout, plan, shard_index)
                 return False
             self.plan, self.shard_index = plan, shard_index
+            self._specs = layout.by_name()
             self.params = {s.name: values[s.name].view(s.shape) for s in layout.tensors}
             self._optimizer = self._optimizer_config.build(self.params.values())
             self.layout = layout
@@ -74,6 +76,10 @@ class ParameterStore:
         if self.layout is None:
             raise FailedPrecondition("no model is registered yet; call Register first")
         return self.layout
+
+    def spec(self, name: str) -> TensorSpec:
+        """The stored spec of tensor `name` (the model must be registered)."""
+        return self._specs[name]
 
     def apply(self, grads: Mapping[str, torch.Tensor]) -> int:
         """One optimizer step with `grads` (flat, by name); returns the new version.

@@ -1,7 +1,8 @@
 """Synchronous steps: one push from every worker, aggregated, applied once.
 
 A tensor's aggregate is the (weighted) mean over the workers that pushed it; a tensor nobody
-pushed gets no gradient, which torch.optim treats like `param.grad is None`.
+pushed gets no gradient, which torch.optim treats like `param.grad is None`. Sparse pushes
+are added into the aggregate with index_add_, never densified first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import threading
 
 import torch
 
+from paramserver.codecs import DenseUpdate, Update
+from paramserver.codecs.base import add_into
 from paramserver.errors import FailedPrecondition
 from paramserver.server.assembly import BufferPool
 from paramserver.server.store import ParameterStore
@@ -29,7 +32,8 @@ class SyncPolicy:
         self._expected = expected_workers
         self._pool = pool
         self._lock = threading.Lock()
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a pooled buffer
+        self._sum_buffers: list[torch.Tensor] = []
         self._weights: dict[str, float] = {}
         self._pushed: set[str] = set()
 
@@ -46,40 +50,64 @@ class SyncPolicy:
         if worker_id in self._pushed:
             raise FailedPrecondition(f"worker {worker_id!r} already pushed step {step}")
 
-    def submit(self, worker_id: str, step: int, weight: float,
-               grads: dict[str, torch.Tensor]) -> PushResult:
-        with self._lock:
-            try:
+    def submit(self, worker_id: str, step: int, weight: float, updates: dict[str, Update],
+               buffers: list[torch.Tensor]) -> PushResult:
+        adopted: set[int] = set()
+        try:
+            with self._lock:
                 self._check(worker_id, step)
-            except FailedPrecondition:
-                self._release(grads.values())
-                raise
-            for name, grad in grads.items():
-                self._accumulate(name, grad, weight)
-            self._pushed.add(worker_id)
-            if len(self._pushed) < self._expected:
-                return PushResult(version=self._store.version, applied=False)
-            means = {name: total.div_(self._weights[name]) for name, total in self._sums.items()}
-            version = self._store.apply(means)
-            self._release(self._sums.values())
-            self._sums, self._weights, self._pushed = {}, {}, set()
-            return PushResult(version=version, applied=True)
+                for name, update in updates.items():
+                    self._accumulate(name, update, weight, buffers, adopted)
+                self._pushed.add(worker_id)
+                if len(self._pushed) < self._expected:
+                    return PushResult(version=self._store.version, applied=False)
+                means = {n: total.div_(self._weights[n]) for n, total in self._sums.items()}
+                version = self._store.apply(means)
+                for buffer in self._sum_buffers:
+                    self._pool.give(buffer)
+                self._sums, self._sum_buffers, self._weights, self._pushed = {}, [], {}, set()
+                return PushResult(version=version, applied=True)
+        finally:
+            for buffer in buffers:
+                if id(buffer) not in adopted:
+                    self._pool.give(buffer)
 
-    def _accumulate(self, name: str, grad: torch.Tensor, weight: float) -> None:
+    def _accumulate(self, name: str, update: Update, weight: float,
+                    buffers: list[torch.Tensor], adopted: set[int]) -> None:
         total = self._sums.get(name)
-        if total is None:
-            # The first push's buffer becomes the sum: no copy, no zero-fill.
-            self._sums[name] = grad.mul_(weight) if weight != 1.0 else grad
-            self._weights[name] = weight
+        if total is not None:
+            add_into(total, update, weight)
+            self._weights[name] += weight
             return
-        total.add_(grad, alpha=weight)
-        self._weights[name] += weight
-        self._pool.give(grad)
-
-    def _release(self, tensors: object) -> None:
-        for tensor in tensors:  # type: ignore[attr-defined]
-            self._pool.give(tensor)
+        spec = self._store.spec(name)
+        owner = _owning_buffer(update, buffers, spec.dtype)
+        if owner is not None:
+            # The first dense push's buffer becomes the sum: no copy, no zero-fill.
+            total = update.values  # type: ignore[union-attr]
+            if weight != 1.0:
+                total.mul_(weight)
+            adopted.add(id(owner))
+            self._sum_buffers.append(owner)
+        else:
+            buffer = self._pool.take(spec.nbytes)
+            self._sum_buffers.append(buffer)
+            total = buffer.view(spec.dtype).zero_()
+            add_into(total, update, weight)
+        self._sums[name] = total
+        self._weights[name] = weight
 
     def pending(self) -> int:
         with self._lock:
             return len(self._pushed)
+
+
+def _owning_buffer(update: Update, buffers: list[torch.Tensor],
+                   dtype: torch.dtype) -> torch.Tensor | None:
+    """The pooled buffer a dense update of the right dtype views, if any."""
+    if not isinstance(update, DenseUpdate) or update.values.dtype != dtype:
+        return None
+    pointer = update.values.data_ptr()
+    for buffer in buffers:
+        if buffer.data_ptr() == pointer and buffer.numel() == update.values.nbytes:
+            return buffer
+    return None

@@ -9,6 +9,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from paramserver.codecs import CodecLimits
 from paramserver.errors import ParamServerError
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.proto import paramserver_pb2_grpc as pb_grpc
@@ -123,12 +124,12 @@ def test_bad_input_gets_the_right_status_code_over_the_wire(server_factory) -> N
 
 
 def test_no_common_codec_fails_the_handshake(server_factory) -> None:  # type: ignore[no-untyped-def]
-    server = server_factory()
+    server = server_factory(codecs=CodecLimits(allowed=("none", "fp16")))
     connection = ServerConnection(server.address, timeout_s=5)
     with pytest.raises(ParamServerError) as info:
         connection.handshake("a", Role.WORKER, [CodecSpec.parse("topk:ratio=0.01")])
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "topk:ratio=0.01" in info.value.message and "none" in info.value.message
+    assert "topk:ratio=0.01" in info.value.message and "none, fp16" in info.value.message
 
 
 def test_pull_deadline_and_health_and_status(server_factory) -> None:  # type: ignore[no-untyped-def]

@@ -63,7 +63,9 @@ def test_check_specs_codes() -> None:
 
 def test_pool_recycles_buffers() -> None:
     pool = BufferPool()
-    first = pool.take(12, torch.float32)
+    first = pool.take(48)
     pool.give(first)
-    assert pool.take(12, torch.float32) is first
-    assert pool.take(12, torch.float32) is not first
+    assert pool.take(48) is first
+    assert pool.take(48) is not first
+    with pytest.raises(ValueError, match="uint8"):
+        pool.give(torch.empty(12))

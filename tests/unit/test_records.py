@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paramserver import serde
-from paramserver.codecs import negotiate
+from paramserver.codecs import CodecLimits, negotiate
 from paramserver.errors import FailedPrecondition
 from paramserver.transport import chunk_ranges
 from paramserver.types import CodecSpec, ModelLayout, TensorSpec
@@ -24,15 +24,35 @@ def test_codec_spec_parse_and_str_round_trip() -> None:
         CodecSpec.parse("qsgd:bits")
 
 
+ONLY_NONE = CodecLimits(allowed=("none",))
+
+
 def test_negotiation_picks_first_allowed_offer() -> None:
-    offers = [CodecSpec("topk", (("ratio", "0.01"),)), CodecSpec("none")]
-    assert negotiate("push", offers, ["none"]) == CodecSpec("none")
-    assert negotiate("push", [], ["none"]) == CodecSpec("none")  # no offer means `none`
+    offers = [CodecSpec.parse("topk:ratio=0.01"), CodecSpec("none")]
+    assert negotiate("push", offers, ONLY_NONE) == CodecSpec("none")
+    assert negotiate("push", [], ONLY_NONE) == CodecSpec("none")  # no offer means `none`
+    assert negotiate("push", offers, CodecLimits()) == CodecSpec.parse(
+        "topk:ratio=0.01,mode=exact")  # canonical form, defaults filled in
+
+
+def test_negotiation_adjusts_offers_into_the_servers_limits() -> None:
+    limits = CodecLimits(min_ratio=0.005, min_bits=4)
+    assert negotiate("push", [CodecSpec.parse("randomk:ratio=0.0001")], limits) == \
+        CodecSpec.parse("randomk:ratio=0.005")
+    assert negotiate("push", [CodecSpec.parse("qsgd:bits=2")], limits) == \
+        CodecSpec.parse("qsgd:bits=4,bucket=512")
+
+
+def test_pulls_only_negotiate_dense_codecs_and_bad_params_are_skipped() -> None:
+    offers = [CodecSpec.parse("topk:ratio=0.01"), CodecSpec("fp16")]
+    assert negotiate("pull", offers, CodecLimits()) == CodecSpec("fp16")
+    assert negotiate("push", [CodecSpec.parse("qsgd:bits=3"), CodecSpec("bf16")],
+                     CodecLimits()) == CodecSpec("bf16")
 
 
 def test_negotiation_failure_names_both_sides() -> None:
     with pytest.raises(FailedPrecondition) as info:
-        negotiate("push", [CodecSpec("topk", (("ratio", "0.01"),))], ["none"])
+        negotiate("push", [CodecSpec.parse("topk:ratio=0.01")], ONLY_NONE)
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "topk:ratio=0.01" in info.value.message and "none" in info.value.message
 
