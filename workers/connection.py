@@ -14,7 +14,12 @@ import grpc
 from paramserver import __version__, serde, wire
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.sharding import PartitionPlan
-from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, insecure_channel
+from paramserver.transport import (
+    DEFAULT_CHUNK_BYTES,
+    TokenBucket,
+    chunk_ranges,
+    insecure_channel,
+)
 from paramserver.types import (
     CodecSpec,
     ModelLayout,
@@ -44,8 +49,12 @@ class ServerConnection:
     Not thread-safe for concurrent pushes of the same step; byte counters are per connection.
     """
 
-    def __init__(self, address: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 60.0,
+                 bandwidth_bytes_per_s: float | None = None) -> None:
         self.address = address
+        # Emulated link speed (benchmarks): each direction has its own bucket.
+        self._uplink = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
+        self._downlink = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
         self.timeout_s = timeout_s
         self.channel = insecure_channel(address)
         self.session: Session | None = None
@@ -182,6 +191,8 @@ class ServerConnection:
             for start, end in chunk_ranges(payload.nbytes, self.chunk_bytes):
                 message = wire.encode_chunk(index, start, payload[start:end])
                 self.bytes_pushed += len(message)
+                if self._uplink is not None:
+                    self._uplink.charge(len(message))
                 yield message
 
 
@@ -189,5 +200,7 @@ def _counting(connection: ServerConnection,
               decode: Callable[[bytes], object]) -> Callable[[bytes], object]:
     def decode_and_count(message: bytes) -> object:
         connection.bytes_pulled += len(message)
+        if connection._downlink is not None:
+            connection._downlink.charge(len(message))
         return decode(message)
     return decode_and_count

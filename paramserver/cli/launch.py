@@ -108,6 +108,7 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
         "epochs": args.epochs,
         "data": args.data,
         "worker_accuracy": [r["accuracy"] for r in worker_reports],
+        "worker_step_s": [r["wall_s"] / max(r["steps"], 1) for r in worker_reports],
     }
 
 

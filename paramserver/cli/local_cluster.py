@@ -60,12 +60,12 @@ class LocalCluster:
         self.processes.append(managed)
         return managed
 
-    def start_servers(self, count: int, server_args: Sequence[str],
-                      timeout_s: float = 60.0) -> list[tuple[ManagedProcess, str]]:
+    def start_servers(self, count: int, server_args: Sequence[str], timeout_s: float = 60.0,
+                      first_index: int = 0) -> list[tuple[ManagedProcess, str]]:
         """Start `count` servers at once on free ports; return them with their addresses
-        (in shard order) once all are bound."""
+        (in shard order) once all are bound. Names run from server-{first_index}."""
         started = []
-        for index in range(count):
+        for index in range(first_index, first_index + count):
             port_file = self.run_dir / f"server-{index}.port"
             port_file.unlink(missing_ok=True)
             managed = self.spawn(f"server-{index}", [

@@ -28,9 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
+    from paramserver.runtime import tune_process
     from workers.trainer import TrainConfig, train
 
     setup_logging(args.log_level)
+    tune_process()
     config = TrainConfig(
         servers=args.servers, worker_id=args.worker_id or f"worker-{args.rank}", rank=args.rank,
         num_workers=args.num_workers, epochs=args.epochs, batch_size=args.batch_size,

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paramserver import serde
+from paramserver.runtime import tune_process
 from paramserver.server.config import ServerConfig
 from paramserver.server.handlers import ParameterServerCore
 from paramserver.server.servicer import ParameterServerServicer, generic_handler
@@ -68,6 +69,7 @@ def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = N
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     running = start_server(config, host, port)
+    tune_process()
     try:
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")

@@ -218,13 +218,16 @@ class ParameterServerCore:
         elements encoded on its own and the chunk offset is in encoded bytes.
         """
         yield serde.encode_pull_header(version, specs)
+        raw = codec.spec.name == "none"
         for index, spec in enumerate(specs):
             wire_item = codec.max_payload_nbytes(1, spec.dtype)
             per_chunk = max(1, self.config.chunk_bytes // wire_item)
+            flat = self.store.params[spec.name].view(-1)
+            as_bytes = self.store.byte_view(spec.name) if raw else None  # one view per tensor
             for start, end in chunk_ranges(spec.numel, per_chunk):
                 with self.store.lock:
-                    flat = self.store.params[spec.name].view(-1)[start:end]
-                    data = memoryview(codec.encode(flat).numpy())
+                    data = (as_bytes[start * wire_item:end * wire_item] if as_bytes is not None
+                            else memoryview(codec.encode(flat[start:end]).numpy()))
                     message = wire.encode_chunk(index, start * wire_item, data)
                 yield message
 

@@ -61,7 +61,8 @@ class SyncPolicy:
                 self._pushed.add(worker_id)
                 if len(self._pushed) < self._expected:
                     return PushResult(version=self._store.version, applied=False)
-                means = {n: total.div_(self._weights[n]) for n, total in self._sums.items()}
+                means = {n: total if self._weights[n] == 1.0 else total.div_(self._weights[n])
+                         for n, total in self._sums.items()}
                 version = self._store.apply(means)
                 for buffer in self._sum_buffers:
                     self._pool.give(buffer)

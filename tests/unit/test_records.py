@@ -86,3 +86,18 @@ def test_chunk_ranges_cover_exactly_once(nbytes: int, chunk: int) -> None:
     assert sum(end - start for start, end in ranges) == nbytes
     assert all(0 < end - start <= chunk for start, end in ranges)
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+
+
+def test_token_bucket_caps_the_rate() -> None:
+    import time
+
+    from paramserver.transport import TokenBucket, parse_bandwidth
+
+    assert parse_bandwidth("100mbit") == 12.5e6 and parse_bandwidth("unlimited") is None
+    assert parse_bandwidth("10Gbit/s") == 1.25e9
+    bucket = TokenBucket(1e6, burst_bytes=1000)  # 1 MB/s
+    started = time.monotonic()
+    for _ in range(10):
+        bucket.charge(20_000)  # 200 kB in all: about 0.2 s at 1 MB/s
+    elapsed = time.monotonic() - started
+    assert 0.15 < elapsed < 1.0

@@ -1,0 +1,58 @@
+"""The digits job per codec (issue #4): accuracy, bytes pushed, compression, step time.
+
+Each row is one `paramserver launch --servers 1 --workers 2 --mode sync --epochs 10` run.
+
+    python benchmarks/codec_digits.py [--report FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "paramserver.cli.main"]
+ROWS: list[tuple[str, list[str]]] = [
+    ("none", ["--codec", "none"]),
+    ("fp16", ["--codec", "fp16"]),
+    ("qsgd:bits=8", ["--codec", "qsgd:bits=8"]),
+    ("qsgd:bits=4", ["--codec", "qsgd:bits=4"]),
+    ("qsgd:bits=2", ["--codec", "qsgd:bits=2"]),
+    ("topk:ratio=0.01, EF", ["--codec", "topk:ratio=0.01"]),
+    ("topk:ratio=0.01, no EF", ["--codec", "topk:ratio=0.01", "--no-error-feedback"]),
+    ("topk:ratio=0.01, EF + momentum correction",
+     ["--codec", "topk:ratio=0.01", "--ef-momentum", "0.9", "--momentum", "0"]),
+    ("topk:ratio=0.01,mode=approx, EF + momentum correction",
+     ["--codec", "topk:ratio=0.01,mode=approx", "--ef-momentum", "0.9", "--momentum", "0"]),
+    ("randomk:ratio=0.05", ["--codec", "randomk:ratio=0.05"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--report", type=Path)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-codec-digits-"))
+    results = []
+    print(f"| codec | accuracy | bytes pushed | compression | step time |")
+    print(f"| --- | ---: | ---: | ---: | ---: |")
+    for index, (label, extra) in enumerate(ROWS):
+        report = workdir / f"{index}.json"
+        subprocess.run([*CLI, "launch", "--servers", "1", "--workers", "2", "--mode", "sync",
+                        "--epochs", "10", "--no-progress", "--report", str(report), *extra],
+                       check=True, capture_output=True, timeout=600)
+        summary = json.loads(report.read_text())
+        step_ms = 1e3 * sum(summary["worker_step_s"]) / len(summary["worker_step_s"])
+        results.append({"label": label, **summary, "step_ms": step_ms})
+        print(f"| {label} | {summary['accuracy']:.4f} | {summary['bytes_pushed'] / 1e6:.2f} MB "
+              f"| x{summary['compression_ratio']:.1f} | {step_ms:.1f} ms |", flush=True)
+    if args.report:
+        args.report.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
