@@ -24,7 +24,6 @@ from pathlib import Path
 import grpc
 import google.protobuf
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,6 +32,8 @@ from paramserver.codecs import make_codec  # noqa: E402
 from paramserver.transport import DEFAULT_CHUNK_BYTES, parse_bandwidth  # noqa: E402
 from paramserver.types import CodecSpec  # noqa: E402
 from workers import ParameterClient  # noqa: E402
+
+from benchmarks.common import Blob, median_spread  # noqa: E402
 
 CODECS = ["none", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "qsgd:bits=2",
           "topk:ratio=0.01", "topk:ratio=0.01,mode=approx", "randomk:ratio=0.01"]
@@ -43,10 +44,6 @@ SPEED_NUMEL = 25_000_000
 MODEL_MB = 100
 CAP_MODEL_MB = 16
 REPS = 3
-
-
-def median_spread(samples: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
 def codec_speed(device: str, numel: int, reps: int) -> list[dict[str, object]]:
@@ -79,18 +76,6 @@ def codec_speed(device: str, numel: int, reps: int) -> list[dict[str, object]]:
     return rows
 
 
-class Blob(nn.Module):
-    """A model of `megabytes` float32 split over 4 tensors, gradients fixed and random."""
-
-    def __init__(self, megabytes: float) -> None:
-        super().__init__()
-        numel = int(megabytes * 1e6 / 4)
-        sizes = [numel // 2, numel // 4, numel // 8, numel - numel // 2 - numel // 4 - numel // 8]
-        self.tensors = nn.ParameterList([nn.Parameter(torch.zeros(n)) for n in sizes])
-        for p in self.tensors:
-            p.grad = torch.randn(p.numel()) * 1e-3
-
-
 def step_times(address: str, model_mb: float, codec: str, bandwidth: float | None,
                reps: int) -> tuple[dict[str, float], int, int]:
     """Seconds per sync step, and bytes sent up and down per step."""
@@ -100,8 +85,7 @@ def step_times(address: str, model_mb: float, codec: str, bandwidth: float | Non
     _cap(client, bandwidth)
     try:
         client.attach(model)
-        for p in model.tensors:  # attach pulled parameters; restore the fixed gradients
-            p.grad = torch.randn(p.numel()) * 1e-3
+        model.set_gradients()  # attach pulled the parameters; the gradients stay fixed
         client.step()  # warm-up
         up0, down0 = client.gradient_bytes_pushed, client.bytes_pulled
         samples = []

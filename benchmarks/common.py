@@ -1,0 +1,28 @@
+"""Pieces the benchmark scripts share: a synthetic model and a median with its spread."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+from torch import nn
+
+
+def median_spread(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+class Blob(nn.Module):
+    """A model of `megabytes` float32 in 4 tensors (1/2, 1/4, 1/8, 1/8) with fixed gradients."""
+
+    def __init__(self, megabytes: float) -> None:
+        super().__init__()
+        numel = int(megabytes * 1e6 / 4)
+        sizes = [numel // 2, numel // 4, numel // 8, numel - numel // 2 - numel // 4 - numel // 8]
+        self.tensors = nn.ParameterList([nn.Parameter(torch.zeros(n)) for n in sizes])
+        self.set_gradients()
+
+    def set_gradients(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        for p in self.tensors:
+            p.grad = torch.randn(p.numel(), generator=generator) * 1e-3
