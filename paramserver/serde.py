@@ -179,6 +179,7 @@ def push_header_to_proto(header: PushHeader) -> pb.PushHeader:
         step=header.step,
         num_samples=header.num_samples,
         tensors=[spec_to_proto(t) for t in header.tensors],
+        more_parts=header.more_parts,
     )
 
 
@@ -188,6 +189,7 @@ def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
         step=msg.step,
         num_samples=msg.num_samples,
         tensors=tuple(spec_from_proto(t) for t in msg.tensors),
+        more_parts=msg.more_parts,
     )
 
 

@@ -115,6 +115,23 @@ class CodecSpec:
     params: tuple[tuple[str, str], ...] = ()
 
     @classmethod
+    def parse_list(cls, text: str) -> tuple[CodecSpec, ...]:
+        """'topk:ratio=0.01,mode=approx,none' -> (topk:ratio=0.01,mode=approx, none).
+
+        Specs are separated by commas (or ';' or spaces); a comma-separated piece of the form
+        key=value continues the parameters of the spec before it.
+        """
+        specs: list[str] = []
+        for piece in (p.strip() for p in text.replace(";", ",").replace(" ", ",").split(",")):
+            if not piece:
+                continue
+            if "=" in piece and ":" not in piece and specs:
+                specs[-1] += ("," if ":" in specs[-1] else ":") + piece
+            else:
+                specs.append(piece)
+        return tuple(cls.parse(s) for s in specs)
+
+    @classmethod
     def parse(cls, text: str) -> CodecSpec:
         """Parse 'name' or 'name:key=value,key=value'."""
         name, _, rest = text.strip().partition(":")
@@ -166,6 +183,7 @@ class PushHeader:
     step: int
     num_samples: int
     tensors: tuple[TensorSpec, ...]
+    more_parts: bool = False  # a part of the step's push; a later part closes it
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ def register_stream(session_id: str, tensors: Mapping[str, torch.Tensor],
 
 
 def push_stream(session_id: str, step: int, grads: Mapping[str, torch.Tensor],
-                num_samples: int = 1) -> list[object]:
+                num_samples: int = 1, more_parts: bool = False) -> list[object]:
     specs = tuple(TensorSpec.of(n, g) for n, g in grads.items())
-    return [PushHeader(session_id, step, num_samples, specs), *chunks(list(grads.values()))]
+    return [PushHeader(session_id, step, num_samples, specs, more_parts),
+            *chunks(list(grads.values()))]

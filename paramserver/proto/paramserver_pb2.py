@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#paramserver/proto/paramserver.proto\x12\x0eparamserver.v1\"\x7f\n\tCodecSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x06params\x18\x02 \x03(\x0b\x32%.paramserver.v1.CodecSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x05\x64type\x18\x03 \x01(\x0e\x32\x15.paramserver.v1.DType\":\n\x0bModelLayout\x12+\n\x07tensors\x18\x01 \x03(\x0b\x32\x1a.paramserver.v1.TensorSpec\"K\n\x0bTensorSlice\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\x12\r\n\x05shard\x18\x04 \x01(\r\"}\n\rPartitionPlan\x12\x12\n\nnum_shards\x18\x01 \x01(\r\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12+\n\x06slices\x18\x03 \x03(\x0b\x32\x1b.paramserver.v1.TensorSlice\";\n\x0bTensorChunk\x12\x0e\n\x06tensor\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xc1\x01\n\x10HandshakeRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.paramserver.v1.Role\x12.\n\x0bpush_codecs\x18\x03 \x03(\x0b\x32\x19.paramserver.v1.CodecSpec\x12.\n\x0bpull_codecs\x18\x04 \x03(\x0b\x32\x19.paramserver.v1.CodecSpec\x12\x16\n\x0e\x63lient_version\x18\x05 \x01(\t\"\xf0\x02\n\x11HandshakeResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\npush_codec\x18\x02 \x01(\x0b\x32\x19.paramserver.v1.CodecSpec\x12-\n\npull_codec\x18\x03 \x01(\x0b\x32\x19.paramserver.v1.CodecSpec\x12+\n\x06layout\x18\x04 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\"\n\x04mode\x18\x06 \x01(\x0e\x32\x14.paramserver.v1.Mode\x12\x18\n\x10\x65xpected_workers\x18\x07 \x01(\x05\x12\x13\n\x0b\x63hunk_bytes\x18\x08 \x01(\x03\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12+\n\x04plan\x18\n \x01(\x0b\x32\x1d.paramserver.v1.PartitionPlan\x12\x13\n\x0bshard_index\x18\x0b \x01(\r\"\xaa\x01\n\x0eRegisterHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12\x15\n\rvalues_follow\x18\x03 \x01(\x08\x12+\n\x04plan\x18\x04 \x01(\x0b\x32\x1d.paramserver.v1.PartitionPlan\x12\x13\n\x0bshard_index\x18\x05 \x01(\r\"y\n\x0fRegisterRequest\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.paramserver.v1.RegisterHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.TensorChunkH\x00\x42\x06\n\x04kind\"a\n\x10RegisterResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12+\n\x06layout\x18\x03 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\"p\n\nPushHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12+\n\x07tensors\x18\x04 \x03(\x0b\x32\x1a.paramserver.v1.TensorSpec\"q\n\x0bPushRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paramserver.v1.PushHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.TensorChunkH\x00\x42\x06\n\x04kind\"C\n\x0cPushResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tstaleness\x18\x03 \x01(\x03\"G\n\x0bPullRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x03\x12\x0f\n\x07tensors\x18\x03 \x03(\t\"J\n\nPullHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12+\n\x07tensors\x18\x02 \x03(\x0b\x32\x1a.paramserver.v1.TensorSpec\"r\n\x0cPullResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paramserver.v1.PullHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"\xb4\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.paramserver.v1.Role\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06pushes\x18\x04 \x01(\x03\x12\x1a\n\x12seconds_since_seen\x18\x05 \x01(\x01\x12-\n\npush_codec\x18\x06 \x01(\x0b\x32\x19.paramserver.v1.CodecSpec\"G\n\x0cTensorStatus\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.paramserver.v1.TensorSpec\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\xef\x02\n\x0eStatusResponse\x12+\n\x06layout\x18\x01 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.paramserver.v1.Mode\x12\x18\n\x10\x65xpected_workers\x18\x04 \x01(\x05\x12-\n\x07workers\x18\x05 \x03(\x0b\x32\x1c.paramserver.v1.WorkerStatus\x12-\n\x07tensors\x18\x06 \x03(\x0b\x32\x1c.paramserver.v1.TensorStatus\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x16\n\x0epending_pushes\x18\x08 \x01(\x03\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12+\n\x04plan\x18\n \x01(\x0b\x32\x1d.paramserver.v1.PartitionPlan\x12\x13\n\x0bshard_index\x18\x0b \x01(\r\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\x11HeartbeatResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03*i\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\x0c\n\x08\x42\x46LOAT16\x10\x04\x12\t\n\x05INT32\x10\x05\x12\t\n\x05INT64\x10\x06*1\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04SYNC\x10\x01\x12\t\n\x05\x41SYNC\x10\x02*6\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\n\n\x06WORKER\x10\x01\x12\x0c\n\x08OBSERVER\x10\x02\x32\xd9\x03\n\x0fParameterServer\x12P\n\tHandshake\x12 .paramserver.v1.HandshakeRequest\x1a!.paramserver.v1.HandshakeResponse\x12O\n\x08Register\x12\x1f.paramserver.v1.RegisterRequest\x1a .paramserver.v1.RegisterResponse(\x01\x12\x43\n\x04Push\x12\x1b.paramserver.v1.PushRequest\x1a\x1c.paramserver.v1.PushResponse(\x01\x12\x43\n\x04Pull\x12\x1b.paramserver.v1.PullRequest\x1a\x1c.paramserver.v1.PullResponse0\x01\x12G\n\x06Status\x12\x1d.paramserver.v1.StatusRequest\x1a\x1e.paramserver.v1.StatusResponse\x12P\n\tHeartbeat\x12 .paramserver.v1.HeartbeatRequest\x1a!.paramserver.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#paramserver/proto/paramserver.proto\x12\x0eparamserver.v1\"\x7f\n\tCodecSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x06params\x18\x02 \x03(\x0b\x32%.paramserver.v1.CodecSpec.ParamsEntry\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12$\n\x05\x64type\x18\x03 \x01(\x0e\x32\x15.paramserver.v1.DType\":\n\x0bModelLayout\x12+\n\x07tensors\x18\x01 \x03(\x0b\x32\x1a.paramserver.v1.TensorSpec\"K\n\x0bTensorSlice\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\x12\r\n\x05shard\x18\x04 \x01(\r\"}\n\rPartitionPlan\x12\x12\n\nnum_shards\x18\x01 \x01(\r\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12+\n\x06slices\x18\x03 \x03(\x0b\x32\x1b.paramserver.v1.TensorSlice\";\n\x0bTensorChunk\x12\x0e\n\x06tensor\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xc1\x01\n\x10HandshakeRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.paramserver.v1.Role\x12.\n\x0bpush_codecs\x18\x03 \x03(\x0b\x32\x19.paramserver.v1.CodecSpec\x12.\n\x0bpull_codecs\x18\x04 \x03(\x0b\x32\x19.paramserver.v1.CodecSpec\x12\x16\n\x0e\x63lient_version\x18\x05 \x01(\t\"\xf0\x02\n\x11HandshakeResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\npush_codec\x18\x02 \x01(\x0b\x32\x19.paramserver.v1.CodecSpec\x12-\n\npull_codec\x18\x03 \x01(\x0b\x32\x19.paramserver.v1.CodecSpec\x12+\n\x06layout\x18\x04 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12\"\n\x04mode\x18\x06 \x01(\x0e\x32\x14.paramserver.v1.Mode\x12\x18\n\x10\x65xpected_workers\x18\x07 \x01(\x05\x12\x13\n\x0b\x63hunk_bytes\x18\x08 \x01(\x03\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12+\n\x04plan\x18\n \x01(\x0b\x32\x1d.paramserver.v1.PartitionPlan\x12\x13\n\x0bshard_index\x18\x0b \x01(\r\"\xaa\x01\n\x0eRegisterHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12\x15\n\rvalues_follow\x18\x03 \x01(\x08\x12+\n\x04plan\x18\x04 \x01(\x0b\x32\x1d.paramserver.v1.PartitionPlan\x12\x13\n\x0bshard_index\x18\x05 \x01(\r\"y\n\x0fRegisterRequest\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.paramserver.v1.RegisterHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.TensorChunkH\x00\x42\x06\n\x04kind\"a\n\x10RegisterResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12+\n\x06layout\x18\x03 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\"\x84\x01\n\nPushHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12+\n\x07tensors\x18\x04 \x03(\x0b\x32\x1a.paramserver.v1.TensorSpec\x12\x12\n\nmore_parts\x18\x05 \x01(\x08\"q\n\x0bPushRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paramserver.v1.PushHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.TensorChunkH\x00\x42\x06\n\x04kind\"C\n\x0cPushResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\x12\x11\n\tstaleness\x18\x03 \x01(\x03\"G\n\x0bPullRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x03\x12\x0f\n\x07tensors\x18\x03 \x03(\t\"J\n\nPullHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12+\n\x07tensors\x18\x02 \x03(\x0b\x32\x1a.paramserver.v1.TensorSpec\"r\n\x0cPullResponse\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.paramserver.v1.PullHeaderH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.paramserver.v1.TensorChunkH\x00\x42\x06\n\x04kind\"\x0f\n\rStatusRequest\"\xb4\x01\n\x0cWorkerStatus\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\"\n\x04role\x18\x02 \x01(\x0e\x32\x14.paramserver.v1.Role\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0e\n\x06pushes\x18\x04 \x01(\x03\x12\x1a\n\x12seconds_since_seen\x18\x05 \x01(\x01\x12-\n\npush_codec\x18\x06 \x01(\x0b\x32\x19.paramserver.v1.CodecSpec\"G\n\x0cTensorStatus\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.paramserver.v1.TensorSpec\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\xef\x02\n\x0eStatusResponse\x12+\n\x06layout\x18\x01 \x01(\x0b\x32\x1b.paramserver.v1.ModelLayout\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\"\n\x04mode\x18\x03 \x01(\x0e\x32\x14.paramserver.v1.Mode\x12\x18\n\x10\x65xpected_workers\x18\x04 \x01(\x05\x12-\n\x07workers\x18\x05 \x03(\x0b\x32\x1c.paramserver.v1.WorkerStatus\x12-\n\x07tensors\x18\x06 \x03(\x0b\x32\x1c.paramserver.v1.TensorStatus\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12\x16\n\x0epending_pushes\x18\x08 \x01(\x03\x12\x16\n\x0eserver_version\x18\t \x01(\t\x12+\n\x04plan\x18\n \x01(\x0b\x32\x1d.paramserver.v1.PartitionPlan\x12\x13\n\x0bshard_index\x18\x0b \x01(\r\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\x11HeartbeatResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03*i\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\x0c\n\x08\x42\x46LOAT16\x10\x04\x12\t\n\x05INT32\x10\x05\x12\t\n\x05INT64\x10\x06*1\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04SYNC\x10\x01\x12\t\n\x05\x41SYNC\x10\x02*6\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\n\n\x06WORKER\x10\x01\x12\x0c\n\x08OBSERVER\x10\x02\x32\xd9\x03\n\x0fParameterServer\x12P\n\tHandshake\x12 .paramserver.v1.HandshakeRequest\x1a!.paramserver.v1.HandshakeResponse\x12O\n\x08Register\x12\x1f.paramserver.v1.RegisterRequest\x1a .paramserver.v1.RegisterResponse(\x01\x12\x43\n\x04Push\x12\x1b.paramserver.v1.PushRequest\x1a\x1c.paramserver.v1.PushResponse(\x01\x12\x43\n\x04Pull\x12\x1b.paramserver.v1.PullRequest\x1a\x1c.paramserver.v1.PullResponse0\x01\x12G\n\x06Status\x12\x1d.paramserver.v1.StatusRequest\x1a\x1e.paramserver.v1.StatusResponse\x12P\n\tHeartbeat\x12 .paramserver.v1.HeartbeatRequest\x1a!.paramserver.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CODECSPEC_PARAMSENTRY']._loaded_options = None
   _globals['_CODECSPEC_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=2836
-  _globals['_DTYPE']._serialized_end=2941
-  _globals['_MODE']._serialized_start=2943
-  _globals['_MODE']._serialized_end=2992
-  _globals['_ROLE']._serialized_start=2994
-  _globals['_ROLE']._serialized_end=3048
+  _globals['_DTYPE']._serialized_start=2857
+  _globals['_DTYPE']._serialized_end=2962
+  _globals['_MODE']._serialized_start=2964
+  _globals['_MODE']._serialized_end=3013
+  _globals['_ROLE']._serialized_start=3015
+  _globals['_ROLE']._serialized_end=3069
   _globals['_CODECSPEC']._serialized_start=55
   _globals['_CODECSPEC']._serialized_end=182
   _globals['_CODECSPEC_PARAMSENTRY']._serialized_start=137
@@ -63,30 +63,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST']._serialized_end=1451
   _globals['_REGISTERRESPONSE']._serialized_start=1453
   _globals['_REGISTERRESPONSE']._serialized_end=1550
-  _globals['_PUSHHEADER']._serialized_start=1552
-  _globals['_PUSHHEADER']._serialized_end=1664
-  _globals['_PUSHREQUEST']._serialized_start=1666
-  _globals['_PUSHREQUEST']._serialized_end=1779
-  _globals['_PUSHRESPONSE']._serialized_start=1781
-  _globals['_PUSHRESPONSE']._serialized_end=1848
-  _globals['_PULLREQUEST']._serialized_start=1850
-  _globals['_PULLREQUEST']._serialized_end=1921
-  _globals['_PULLHEADER']._serialized_start=1923
-  _globals['_PULLHEADER']._serialized_end=1997
-  _globals['_PULLRESPONSE']._serialized_start=1999
-  _globals['_PULLRESPONSE']._serialized_end=2113
-  _globals['_STATUSREQUEST']._serialized_start=2115
-  _globals['_STATUSREQUEST']._serialized_end=2130
-  _globals['_WORKERSTATUS']._serialized_start=2133
-  _globals['_WORKERSTATUS']._serialized_end=2313
-  _globals['_TENSORSTATUS']._serialized_start=2315
-  _globals['_TENSORSTATUS']._serialized_end=2386
-  _globals['_STATUSRESPONSE']._serialized_start=2389
-  _globals['_STATUSRESPONSE']._serialized_end=2756
-  _globals['_HEARTBEATREQUEST']._serialized_start=2758
-  _globals['_HEARTBEATREQUEST']._serialized_end=2796
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2798
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2834
-  _globals['_PARAMETERSERVER']._serialized_start=3051
-  _globals['_PARAMETERSERVER']._serialized_end=3524
+  _globals['_PUSHHEADER']._serialized_start=1553
+  _globals['_PUSHHEADER']._serialized_end=1685
+  _globals['_PUSHREQUEST']._serialized_start=1687
+  _globals['_PUSHREQUEST']._serialized_end=1800
+  _globals['_PUSHRESPONSE']._serialized_start=1802
+  _globals['_PUSHRESPONSE']._serialized_end=1869
+  _globals['_PULLREQUEST']._serialized_start=1871
+  _globals['_PULLREQUEST']._serialized_end=1942
+  _globals['_PULLHEADER']._serialized_start=1944
+  _globals['_PULLHEADER']._serialized_end=2018
+  _globals['_PULLRESPONSE']._serialized_start=2020
+  _globals['_PULLRESPONSE']._serialized_end=2134
+  _globals['_STATUSREQUEST']._serialized_start=2136
+  _globals['_STATUSREQUEST']._serialized_end=2151
+  _globals['_WORKERSTATUS']._serialized_start=2154
+  _globals['_WORKERSTATUS']._serialized_end=2334
+  _globals['_TENSORSTATUS']._serialized_start=2336
+  _globals['_TENSORSTATUS']._serialized_end=2407
+  _globals['_STATUSRESPONSE']._serialized_start=2410
+  _globals['_STATUSRESPONSE']._serialized_end=2777
+  _globals['_HEARTBEATREQUEST']._serialized_start=2779
+  _globals['_HEARTBEATREQUEST']._serialized_end=2817
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2819
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2855
+  _globals['_PARAMETERSERVER']._serialized_start=3072
+  _globals['_PARAMETERSERVER']._serialized_end=3545
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,7 @@ from paramserver.server.assembly import BufferPool, TensorAssembler, check_specs
 from paramserver.server.async_policy import AsyncPolicy
 from paramserver.server.config import ServerConfig
 from paramserver.server.membership import Membership
+from paramserver.server.parts import PartAssembler
 from paramserver.server.policy import UpdatePolicy
 from paramserver.server.store import ParameterStore
 from paramserver.server.sync_policy import SyncPolicy
@@ -71,6 +72,7 @@ class ParameterServerCore:
         self.store = ParameterStore(config.optimizer)
         self.members = Membership(config.mode, config.expected_workers)
         self._pool = BufferPool()
+        self._parts = PartAssembler(self._pool.give)
         self.policy: UpdatePolicy = (
             SyncPolicy(self.store, config.expected_workers, self._pool)
             if config.mode is Mode.SYNC else AsyncPolicy(self.store, self._pool))
@@ -141,14 +143,16 @@ class ParameterServerCore:
     # ---- push ----------------------------------------------------------------------------
 
     def push(self, stream: Iterator[object]) -> PushResult:
-        """Receive one gradient push; hand it to the update policy only once it is whole."""
+        """Receive one gradient push (or one part of it); hand it to the update policy only
+        once it is whole: all chunks received and, for a push in parts, the closing part in."""
         header = _first_message(stream, "push")
         if not isinstance(header, PushHeader):
             raise InvalidArgument("push stream must open with a PushHeader")
         record = self.members.require_worker(header.session_id)
         layout = self.store.require_layout()
         check_specs(header.tensors, layout.by_name())
-        weight = self._weight_of(header)
+        self._parts.check(header.session_id, header.step, [s.name for s in header.tensors])
+        weight = 1.0 if header.more_parts else self._weight_of(header)
         self.policy.check_step(record.worker_id, header.step)
         codec = record.push_decoder
         limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
@@ -163,6 +167,11 @@ class ParameterServerCore:
         try:
             updates = {spec.name: self._decode(codec, spec, payload)
                        for spec, (payload, _) in zip(header.tensors, payloads)}
+            if header.more_parts:
+                self._parts.hold(header.session_id, header.step, updates, buffers)
+                return PushResult(version=self.store.version, applied=False)
+            updates, buffers = self._parts.close(header.session_id, header.step, updates,
+                                                 buffers)
         except BaseException:
             for buffer in buffers:
                 self._pool.give(buffer)
