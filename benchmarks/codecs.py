@@ -81,8 +81,8 @@ def step_times(address: str, model_mb: float, codec: str, bandwidth: float | Non
     """Seconds per sync step, and bytes sent up and down per step."""
     model = Blob(model_mb)
     client = ParameterClient(address, f"bench-{time.monotonic_ns()}",
-                             push_codecs=[CodecSpec.parse(codec)], timeout_s=600)
-    _cap(client, bandwidth)
+                             push_codecs=[CodecSpec.parse(codec)], timeout_s=600,
+                             bandwidth_bytes_per_s=bandwidth)
     try:
         client.attach(model)
         model.set_gradients()  # attach pulled the parameters; the gradients stay fixed
@@ -98,15 +98,6 @@ def step_times(address: str, model_mb: float, codec: str, bandwidth: float | Non
         return median_spread(samples), up, down
     finally:
         client.close()
-
-
-def _cap(client: ParameterClient, bandwidth: float | None) -> None:
-    """Emulate a link of `bandwidth` bytes/s for this worker, each direction."""
-    from paramserver.transport import TokenBucket
-
-    for connection in client.connections:
-        connection._uplink = TokenBucket(bandwidth) if bandwidth else None
-        connection._downlink = TokenBucket(bandwidth) if bandwidth else None
 
 
 def run_steps(cluster: LocalCluster, model_mb: float, caps: list[str], codecs: list[str],

@@ -1,13 +1,20 @@
 """The client side of paramserver: what training code imports.
 
-    from workers import ParameterClient
-    client = ParameterClient("127.0.0.1:50051", worker_id="w0")
-    client.attach(model)           # register (or join) and pull the initial parameters
-    ...; loss.backward()
-    client.step(num_samples=len(batch))   # push param.grad, pull the new parameters in place
+    import workers
+
+    ps = workers.attach(model, "127.0.0.1:50051")   # register (or join), pull the parameters
+    ...; loss.backward()                             # pushes overlap backward, bucket by bucket
+    ps.step(num_samples=len(batch))                  # finish the push, pull the new parameters
+
+`ps.optimizer(existing_optimizer)` gives a drop-in whose `optimizer.step()` does the same.
+`ParameterClient` is the lower-level client (no hooks, explicit push and pull).
 """
 
+from workers.attach import AttachedModel, ServerOptimizer, attach
 from workers.connection import ServerConnection
+from workers.environment import WorkerIdentity
+from workers.federated import FedAvg
 from workers.parameter_client import ParameterClient
 
-__all__ = ["ParameterClient", "ServerConnection"]
+__all__ = ["AttachedModel", "FedAvg", "ParameterClient", "ServerConnection", "ServerOptimizer",
+           "WorkerIdentity", "attach"]

@@ -129,12 +129,16 @@ class ServerConnection:
                               serde.layout_from_proto(response.layout) or layout)
 
     def push(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[memoryview],
-             num_samples: int = 1) -> PushResult:
-        """Push one gradient per spec; payloads are the raw little-endian bytes."""
+             num_samples: int = 1, more_parts: bool = False) -> PushResult:
+        """Push one gradient per spec; payloads are the encoded little-endian bytes.
+
+        `more_parts=True` sends one part of the step's push; the server holds it until a
+        part with `more_parts=False` closes the push.
+        """
         if len(tensors) != len(payloads):
             raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
         header = serde.encode_push_header(
-            PushHeader(self.session_id, step, num_samples, tuple(tensors)))
+            PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts))
         before = self.bytes_pushed
         try:
             response = self._call(self._push, self._messages(header, payloads))

@@ -9,7 +9,7 @@ references keep seeing current values and no full-model copy is made.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -53,11 +53,14 @@ class ParameterClient:
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
-                 error_feedback: bool = True, ef_momentum: float = 0.0) -> None:
+                 error_feedback: bool = True, ef_momentum: float = 0.0,
+                 bandwidth_bytes_per_s: float | None = None) -> None:
         self.worker_id = worker_id
         self.role = role
         addresses = parse_servers(servers)
-        self.connections = [ServerConnection(a, timeout_s) for a in addresses]
+        # bandwidth_bytes_per_s emulates a slower link to each shard (benchmarks).
+        self.connections = [ServerConnection(a, timeout_s, bandwidth_bytes_per_s)
+                            for a in addresses]
         self._pool = ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="shard")
         self._fan_out(lambda c: c.wait_ready(connect_timeout_s))
         self.sessions: list[Session] = self._fan_out(
@@ -147,25 +150,43 @@ class ParameterClient:
         return recorded
 
     def _fan_out_indexed(self, call: Callable[[int], T]) -> list[T]:
-        if len(self.connections) == 1:
-            return [call(0)]
-        return list(self._pool.map(call, range(len(self.connections))))
+        return self._fan_out_over(call, range(len(self.connections)))
+
+    def _fan_out_over(self, call: Callable[[int], T], shards: Iterable[int]) -> list[T]:
+        """Run `call(shard)` for the given shards concurrently; results in the given order."""
+        shards = list(shards)
+        if len(shards) <= 1:
+            return [call(shard) for shard in shards]
+        return list(self._pool.map(call, shards))
 
     # ---- the step --------------------------------------------------------------------
 
-    def push(self, num_samples: int = 1) -> list[PushResult]:
-        """Push `param.grad` of every parameter that has one, to every shard concurrently."""
+    def push(self, num_samples: int = 1, names: Collection[str] | None = None,
+             more_parts: bool = False) -> list[PushResult]:
+        """Push `param.grad` to every shard concurrently.
+
+        `names` limits the push to those parameters (default: every one with a gradient).
+        `more_parts=True` sends one part of the step's push, to the shards that hold any of
+        `names`; the push with `more_parts=False` closes the step on every shard.
+        """
         if self._routes is None:
             raise FailedPrecondition("attach(model) first")
-        with_grad = {n: p for n, p in self._params.items() if p.grad is not None}
-        if not with_grad:
+        wanted = self._params.keys() if names is None else names
+        unknown = [n for n in wanted if n not in self._params]
+        if unknown:
+            raise InvalidArgument(f"no parameters named {unknown} in the attached model")
+        with_grad = {n: self._params[n] for n in wanted if self._params[n].grad is not None}
+        if not with_grad and names is None:
             raise InvalidArgument("no parameter has a gradient: call backward() first")
         raw = None
         if any(c.spec.name == "none" for c in self.push_codecs):
             raw = {n: self._mirrors[n].bytes_of(p.grad) for n, p in with_grad.items()}
+        shard_routes = [[r for r in routes if r.param in with_grad]
+                        for routes in self._routes.routes]
+        shards = [i for i, routes in enumerate(shard_routes) if routes or not more_parts]
 
         def push_shard(shard: int) -> PushResult:
-            routes = [r for r in self._routes.routes[shard] if r.param in with_grad]  # type: ignore[union-attr]
+            routes = shard_routes[shard]
             codec, feedback = self.push_codecs[shard], self._feedback[shard]
             if codec.spec.name == "none":
                 payloads = [raw[r.param][r.byte_start:r.byte_start + r.nbytes]  # type: ignore[index]
@@ -180,11 +201,10 @@ class ParameterClient:
                                else codec.encode(piece))
                     payloads.append(memoryview(encoded.cpu().numpy()))
             return self.connections[shard].push(self.versions[shard], [r.stored for r in routes],
-                                                payloads, num_samples)
+                                                payloads, num_samples, more_parts)
 
-        results = self._fan_out_indexed(push_shard)
-        self.dense_bytes_pushed += sum(
-            r.nbytes for shard in self._routes.routes for r in shard if r.param in with_grad)
+        results = self._fan_out_over(push_shard, shards)
+        self.dense_bytes_pushed += sum(r.nbytes for routes in shard_routes for r in routes)
         return results
 
     def pull(self, min_version: int | Sequence[int] = 0, timeout_s: float | None = None) -> int:
@@ -229,12 +249,14 @@ class ParameterClient:
                 self._mirrors[name].commit(param)
         return self.version
 
-    def step(self, num_samples: int = 1) -> list[PushResult]:
-        """Push this step's gradients and bring back the parameters of the next version.
+    def step(self, num_samples: int = 1,
+             names: Collection[str] | None = None) -> list[PushResult]:
+        """Push (or close) this step's push and bring back the parameters of the next version.
 
+        `names`: what is left to push after parts sent with `push(more_parts=True)`.
         Sync: waits until every shard closed the step. Async: until our own update is in.
         """
-        results = self.push(num_samples=num_samples)
+        results = self.push(num_samples=num_samples, names=names)
         if self.session.mode is Mode.SYNC:
             self.pull([v + 1 for v in self.versions])
         else:

@@ -58,21 +58,9 @@ def add_server(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_codecs(text: str) -> tuple[CodecSpec, ...]:
-    """'topk:ratio=0.01,mode=approx,none' -> [topk:ratio=0.01,mode=approx, none].
-
-    Specs are separated by commas (or ';' or spaces); a comma-separated piece of the form
-    key=value continues the parameters of the spec before it.
-    """
-    specs: list[str] = []
-    for piece in (p.strip() for p in text.replace(";", ",").replace(" ", ",").split(",")):
-        if not piece:
-            continue
-        if "=" in piece and ":" not in piece and specs:
-            specs[-1] += ("," if ":" in specs[-1] else ":") + piece
-        else:
-            specs.append(piece)
+    """argparse type for a codec offer list; see `CodecSpec.parse_list`."""
     try:
-        return tuple(CodecSpec.parse(s) for s in specs)
+        return CodecSpec.parse_list(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -6,16 +6,21 @@ failed or interrupted run never leaves strays behind (and never touches anyone e
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 CLI = [sys.executable, "-m", "paramserver.cli.main"]
+R = TypeVar("R")
 
 
 class ClusterError(RuntimeError):
@@ -108,3 +113,42 @@ class LocalCluster:
     def stop_all(self) -> None:
         for managed in reversed(self.processes):
             self.stop(managed)
+
+
+def run_in_processes(target: Callable[..., R], args_per_process: Sequence[tuple[Any, ...]],
+                     timeout_s: float = 600.0) -> list[R]:
+    """Run `target(*args)` in one fresh (spawned) process per args tuple, concurrently, and
+    return the results in order. A process that fails or outlives `timeout_s` is ended
+    (by its own pid) and raises ClusterError: nothing is left running, nothing hangs."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_report_to, args=(results, index, target, args),
+                                 daemon=True) for index, args in enumerate(args_per_process)]
+    for process in processes:
+        process.start()
+    collected: dict[int, R] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(collected) < len(processes):
+            try:
+                index, ok, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise ClusterError(f"processes still running after {timeout_s}s") from None
+            if not ok:
+                raise ClusterError(f"process {index} failed:\n{value}")
+            collected[index] = value
+    finally:
+        for process in processes:
+            process.join(timeout=5.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [collected[i] for i in range(len(processes))]
+
+
+def _report_to(results: Any, index: int, target: Callable[..., Any],
+               args: tuple[Any, ...]) -> None:
+    try:
+        results.put((index, True, target(*args)))
+    except BaseException:  # noqa: BLE001 - the parent raises it with the traceback
+        results.put((index, False, traceback.format_exc()))
