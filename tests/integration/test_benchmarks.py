@@ -45,3 +45,12 @@ def test_codecs_quick(tmp_path: Path) -> None:
     report = _run("codecs.py", tmp_path)
     assert {row["codec"] for row in report["codec_speed"]} >= {"none", "qsgd:bits=8,bucket=512"}
     assert report["step_caps"] and "fp16" in report["break_even"]
+
+
+def test_overlap_quick(tmp_path: Path) -> None:
+    report = _run("overlap.py", tmp_path)
+    assert report["parts_pushed"] > 0  # buckets really left during backward
+    timings = report["timings"]
+    assert timings["step_overlap"]["median"] > 0 and timings["step_plain"]["median"] > 0
+    assert report["hideable_s"] == pytest.approx(min(timings["backward"]["median"],
+                                                     timings["push"]["median"]))
