@@ -37,6 +37,29 @@ class FailedPrecondition(ParamServerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class SessionExpired(FailedPrecondition):
+    """The session is gone (its worker was evicted, or the server restarted): handshake again.
+
+    Sent as FAILED_PRECONDITION whose message starts with SESSION_EXPIRED, so that clients
+    in any language can tell it from other precondition failures.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        if not message.startswith(SESSION_EXPIRED):
+            message = SESSION_EXPIRED + message
+        super().__init__(message, code)
+
+
+SESSION_EXPIRED = "session expired: "
+
+
+class Aborted(ParamServerError):
+    """The push lost a race it cannot win: its step closed without it, its sequence was
+    already used, or its gradient is staler than the bound. Pull and go on."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class NotFound(ParamServerError):
     """The request names something the server does not have (tensor, session)."""
 
@@ -65,8 +88,11 @@ def from_rpc_error(error: grpc.RpcError) -> ParamServerError:
     """Turn a failed gRPC call into a ParamServerError carrying the same code and details."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and (details or "").startswith(
+            SESSION_EXPIRED):
+        return SessionExpired(details)
     for cls in (InvalidArgument, FailedPrecondition, NotFound, ResourceExhausted,
-                DeadlineExceeded, Unavailable):
+                DeadlineExceeded, Unavailable, Aborted):
         if cls.code == code:
             return cls(details or code.name)
     return ParamServerError(details or str(code), code)

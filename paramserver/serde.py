@@ -48,7 +48,8 @@ _DTYPES: dict[torch.dtype, int] = {
     torch.int64: pb.INT64,
 }
 _DTYPES_BACK = {v: k for k, v in _DTYPES.items()}
-_MODES = {Mode.SYNC: pb.SYNC, Mode.ASYNC: pb.ASYNC}
+_MODES = {Mode.SYNC: pb.SYNC, Mode.ASYNC: pb.ASYNC, Mode.SSP: pb.SSP,
+          Mode.FEDERATED: pb.FEDERATED, Mode.FEDBUFF: pb.FEDBUFF}
 _MODES_BACK = {v: k for k, v in _MODES.items()}
 _ROLES = {Role.WORKER: pb.WORKER, Role.OBSERVER: pb.OBSERVER}
 _ROLES_BACK = {v: k for k, v in _ROLES.items()}
@@ -155,6 +156,10 @@ def session_to_proto(session: Session, server_version: str) -> pb.HandshakeRespo
         server_version=server_version,
         plan=plan_to_proto(session.plan),
         shard_index=session.shard_index,
+        incarnation=session.incarnation,
+        heartbeat_interval_s=session.heartbeat_interval_s,
+        lease_s=session.lease_s,
+        staleness=session.staleness,
     )
 
 
@@ -170,6 +175,10 @@ def session_from_proto(msg: pb.HandshakeResponse) -> Session:
         chunk_bytes=msg.chunk_bytes,
         plan=plan_from_proto(msg.plan),
         shard_index=msg.shard_index,
+        incarnation=msg.incarnation,
+        heartbeat_interval_s=msg.heartbeat_interval_s,
+        lease_s=msg.lease_s,
+        staleness=msg.staleness,
     )
 
 
@@ -180,6 +189,8 @@ def push_header_to_proto(header: PushHeader) -> pb.PushHeader:
         num_samples=header.num_samples,
         tensors=[spec_to_proto(t) for t in header.tensors],
         more_parts=header.more_parts,
+        incarnation=header.incarnation,
+        sequence=header.sequence,
     )
 
 
@@ -190,16 +201,19 @@ def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
         num_samples=msg.num_samples,
         tensors=tuple(spec_from_proto(t) for t in msg.tensors),
         more_parts=msg.more_parts,
+        incarnation=msg.incarnation,
+        sequence=msg.sequence,
     )
 
 
 def push_result_to_proto(result: PushResult) -> pb.PushResponse:
     return pb.PushResponse(version=result.version, applied=result.applied,
-                           staleness=result.staleness)
+                           staleness=result.staleness, duplicate=result.duplicate)
 
 
 def push_result_from_proto(msg: pb.PushResponse) -> PushResult:
-    return PushResult(version=msg.version, applied=msg.applied, staleness=msg.staleness)
+    return PushResult(version=msg.version, applied=msg.applied, staleness=msg.staleness,
+                      duplicate=msg.duplicate)
 
 
 def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
@@ -214,6 +228,12 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         server_version=status.server_version,
         plan=plan_to_proto(status.plan),
         shard_index=status.shard_index,
+        max_lead=status.max_lead,
+        evicted=list(status.evicted),
+        state_hash=status.state_hash,
+        restored_version=status.restored_version,
+        dropouts=list(status.dropouts),
+        skipped_rounds=list(status.skipped_rounds),
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -222,6 +242,8 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
                 pushes=w.pushes,
                 seconds_since_seen=w.seconds_since_seen,
                 push_codec=codec_to_proto(w.push_codec),
+                incarnation=w.incarnation,
+                clock=w.clock,
             )
             for w in status.workers
         ],
@@ -243,6 +265,12 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         server_version=msg.server_version,
         plan=plan_from_proto(msg.plan),
         shard_index=msg.shard_index,
+        max_lead=msg.max_lead,
+        evicted=tuple(msg.evicted),
+        state_hash=msg.state_hash,
+        restored_version=msg.restored_version,
+        dropouts=tuple(msg.dropouts),
+        skipped_rounds=tuple(msg.skipped_rounds),
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,
@@ -251,6 +279,8 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
                 pushes=w.pushes,
                 seconds_since_seen=w.seconds_since_seen,
                 push_codec=codec_from_proto(w.push_codec),
+                incarnation=w.incarnation,
+                clock=w.clock,
             )
             for w in msg.workers
         ),
@@ -331,6 +361,8 @@ UNARY_TYPES: dict[str, tuple[Any, Any]] = {
     "Handshake": (pb.HandshakeRequest, pb.HandshakeResponse),
     "Status": (pb.StatusRequest, pb.StatusResponse),
     "Heartbeat": (pb.HeartbeatRequest, pb.HeartbeatResponse),
+    "Leave": (pb.LeaveRequest, pb.LeaveResponse),
+    "JoinRound": (pb.JoinRoundRequest, pb.JoinRoundResponse),
 }
 PushResponse = pb.PushResponse
 RegisterResponse = pb.RegisterResponse
@@ -338,3 +370,7 @@ PullRequest = pb.PullRequest
 HeartbeatResponse = pb.HeartbeatResponse
 HeartbeatRequest = pb.HeartbeatRequest
 StatusRequest = pb.StatusRequest
+LeaveRequest = pb.LeaveRequest
+LeaveResponse = pb.LeaveResponse
+JoinRoundRequest = pb.JoinRoundRequest
+JoinRoundResponse = pb.JoinRoundResponse

@@ -22,6 +22,9 @@ class Mode(enum.Enum):
 
     SYNC = "sync"  # one push per worker per step, aggregated and applied once
     ASYNC = "async"  # each push applied as it arrives
+    SSP = "ssp"  # applied as they arrive; nobody more than `staleness` pushes ahead
+    FEDERATED = "federated"  # rounds of sampled clients' model updates
+    FEDBUFF = "fedbuff"  # asynchronous federated, buffered K updates
 
 
 class Role(enum.Enum):
@@ -162,6 +165,10 @@ class Session:
     chunk_bytes: int
     plan: PartitionPlan | None = None  # recorded at registration
     shard_index: int = 0
+    incarnation: int = 0  # this worker's session count on the server
+    heartbeat_interval_s: float = 0.0  # 0: the server wants no heartbeats
+    lease_s: float = 0.0
+    staleness: int = 0  # SSP bound
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,8 @@ class PushHeader:
     num_samples: int
     tensors: tuple[TensorSpec, ...]
     more_parts: bool = False  # a part of the step's push; a later part closes it
+    incarnation: int = 0
+    sequence: int = 0  # exactly-once: 0 opts out of deduplication
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,7 @@ class PushResult:
     version: int
     applied: bool
     staleness: int = 0
+    duplicate: bool = False  # the answer to an earlier identical push (not applied again)
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,8 @@ class WorkerInfo:
     pushes: int
     seconds_since_seen: float
     push_codec: CodecSpec
+    incarnation: int = 0
+    clock: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,3 +227,9 @@ class ServerStatus:
     workers: tuple[WorkerInfo, ...] = field(default=())
     plan: PartitionPlan | None = None
     shard_index: int = 0
+    max_lead: int = 0
+    evicted: tuple[str, ...] = ()
+    state_hash: str = ""
+    restored_version: int = -1
+    dropouts: tuple[str, ...] = ()
+    skipped_rounds: tuple[int, ...] = ()

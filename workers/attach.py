@@ -192,7 +192,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            pull_codecs: Codecs = "none", mode: str | Mode | None = None,
            worker_id: str | None = None, overlap: bool = True,
            bucket_mb: float = DEFAULT_BUCKET_BYTES / 2**20, error_feedback: bool = True,
-           ef_momentum: float = 0.0, timeout_s: float = 60.0,
+           ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
            bandwidth_bytes_per_s: float | None = None) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
@@ -201,7 +201,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     order of preference ('topk:ratio=0.01,none'). `mode`: if given, the mode the servers must
     run in ('sync' or 'async'); a mismatch raises FailedPrecondition. `worker_id`: defaults to
     'rank-$RANK' under torchrun, else host-pid. The model should already be on its device
-    (`WorkerIdentity.from_env().device()` gives cuda:LOCAL_RANK or the CPU).
+    (`WorkerIdentity.from_env().device()` gives cuda:LOCAL_RANK or the CPU). Each call
+    waits at most `timeout_s`; unreachable servers are retried for `retry_s`, then the
+    error is raised in the training loop.
     """
     identity = WorkerIdentity.from_env()
     if worker_id is not None:
@@ -210,7 +212,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     client = ParameterClient(servers, identity.worker_id, push_codecs=_specs(codecs),
                              pull_codecs=_specs(pull_codecs), timeout_s=timeout_s,
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
-                             bandwidth_bytes_per_s=bandwidth_bytes_per_s)
+                             bandwidth_bytes_per_s=bandwidth_bytes_per_s, retry_s=retry_s)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

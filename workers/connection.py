@@ -1,13 +1,22 @@
-"""One worker's connection to one parameter server: the six RPCs with deadlines.
+"""One worker's connection to one parameter server: the RPCs, with deadlines and retries.
 
 Payloads go out and come back as raw bytes through the chunk fast path; callers provide
 byte views to send and a sink to receive into, so no full-model copy is made here.
+
+Every call has a deadline. UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential
+backoff until `retry_s` has passed, then raised with the attempt count. gRPC's own retry
+never re-sends a request above 256 KiB, so pushes are retried here, carrying the same
+(incarnation, sequence): the server's ledger answers a retry of an applied push without
+applying it again.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -32,6 +41,11 @@ from paramserver.types import (
     TensorSpec,
 )
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+MAX_BACKOFF_S = 2.0
+
 # (index into the pull header's tensors, byte offset, payload view)
 ChunkSink = Callable[[int, int, memoryview], None]
 
@@ -50,8 +64,11 @@ class ServerConnection:
     """
 
     def __init__(self, address: str, timeout_s: float = 60.0,
-                 bandwidth_bytes_per_s: float | None = None) -> None:
+                 bandwidth_bytes_per_s: float | None = None, retry_s: float = 60.0) -> None:
         self.address = address
+        self.retry_s = retry_s
+        self.retries = 0  # calls that were tried again
+        self._sequence = 0
         # Emulated link speed (benchmarks): each direction has its own bucket.
         self._uplink = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
         self._downlink = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
@@ -65,6 +82,9 @@ class ServerConnection:
         self._handshake = self._unary("Handshake")
         self._status = self._unary("Status")
         self._heartbeat = self._unary("Heartbeat")
+        self._leave = self._unary("Leave")
+        self._join_round = self._unary("JoinRound")
+        self.duplicates = 0  # pushes the server answered as retries of applied ones
         self._register = self.channel.stream_unary(
             serde.method_path("Register"), request_serializer=serde.identity,
             response_deserializer=serde.RegisterResponse.FromString)
@@ -83,10 +103,30 @@ class ServerConnection:
 
     def _call(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
         kwargs.setdefault("timeout", self.timeout_s)
-        try:
-            return fn(*args, **kwargs)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+        return self._retrying(lambda: fn(*args, **kwargs))
+
+    def _retrying(self, attempt: Callable[[], T],
+                  retried: tuple[grpc.StatusCode, ...] = RETRIED) -> T:
+        """Run `attempt` until it succeeds, fails for good, or `retry_s` has passed."""
+        deadline = time.monotonic() + self.retry_s
+        delay, tries = 0.05, 0
+        while True:
+            tries += 1
+            try:
+                return attempt()
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+            except ParamServerError as own_error:
+                error = own_error
+            if error.code not in retried or time.monotonic() + delay > deadline:
+                if tries > 1:
+                    error.args = (f"{error.message} (gave up after {tries} attempts over "
+                                  f"{self.retry_s:.0f}s to {self.address})",)
+                raise error from None
+            log.debug("%s: %s; retrying in %.2fs", self.address, error.message, delay)
+            self.retries += 1
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
 
     @property
     def session_id(self) -> str:
@@ -123,8 +163,8 @@ class ServerConnection:
         """
         header = serde.encode_register_header(RegisterHeader(
             self.session_id, layout, values is not None, plan, shard_index))
-        messages = self._messages(header, values or ())
-        response = self._call(self._register, messages)
+        response = self._retrying(lambda: self._register(self._messages(header, values or ()),
+                                                         timeout=self.timeout_s))
         return RegisterResult(response.created, response.version,
                               serde.layout_from_proto(response.layout) or layout)
 
@@ -137,14 +177,21 @@ class ServerConnection:
         """
         if len(tensors) != len(payloads):
             raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
+        assert self.session is not None
+        self._sequence += 1
         header = serde.encode_push_header(
-            PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts))
+            PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts,
+                       self.session.incarnation, self._sequence))
         before = self.bytes_pushed
         try:
-            response = self._call(self._push, self._messages(header, payloads))
+            response = self._retrying(lambda: self._push(self._messages(header, payloads),
+                                                         timeout=self.timeout_s))
         finally:
             self.gradient_bytes_pushed += self.bytes_pushed - before
-        return serde.push_result_from_proto(response)
+        result = serde.push_result_from_proto(response)
+        if result.duplicate:
+            self.duplicates += 1
+        return result
 
     def pull(self, min_version: int, sink: ChunkSink, names: Sequence[str] = (),
              timeout_s: float | None = None,
@@ -156,6 +203,14 @@ class ServerConnection:
         """
         request = serde.PullRequest(session_id=self.session_id, min_version=min_version,
                                     tensors=list(names))
+        # A long poll that ran out of time is an answer (the version did not come), not a
+        # transport failure: only UNAVAILABLE is retried here.
+        return self._retrying(lambda: self._pull_once(request, sink, timeout_s, on_header),
+                              (grpc.StatusCode.UNAVAILABLE,))
+
+    def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
+                   on_header: Callable[[int, tuple[TensorSpec, ...]], None] | None,
+                   ) -> tuple[int, tuple[TensorSpec, ...]]:
         header: tuple[int, tuple[TensorSpec, ...]] | None = None
         try:
             for message in self._pull(request, timeout=timeout_s or self.timeout_s):
@@ -175,12 +230,32 @@ class ServerConnection:
             raise InvalidArgument("pull stream ended without a header")
         return header
 
-    def status(self) -> ServerStatus:
-        return serde.status_from_proto(self._call(self._status, serde.StatusRequest()))
+    def status(self, include_state_hash: bool = False) -> ServerStatus:
+        return serde.status_from_proto(self._call(
+            self._status, serde.StatusRequest(include_state_hash=include_state_hash)))
 
     def heartbeat(self) -> int:
         request = serde.HeartbeatRequest(session_id=self.session_id)
-        return int(self._call(self._heartbeat, request).version)
+        try:  # one attempt: the next heartbeat is the retry
+            return int(self._heartbeat(request, timeout=self.timeout_s).version)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def join_round(self, round_: int, timeout_s: float | None = None) -> tuple[int, bool, int]:
+        """Federated: wait for round >= round_; (round, sampled?, how many were sampled)."""
+        request = serde.JoinRoundRequest(session_id=self.session_id, round=round_)
+        response = self._call(self._join_round, request, timeout=timeout_s or self.timeout_s)
+        return int(response.round), bool(response.sampled), int(response.sampled_count)
+
+    def leave(self, timeout_s: float = 2.0) -> None:
+        """Tell the server this worker is done, so no step waits for it (best effort)."""
+        if self.session is None:
+            return
+        try:
+            self._leave(serde.LeaveRequest(session_id=self.session.session_id),
+                        timeout=timeout_s)
+        except grpc.RpcError as error:
+            log.debug("%s: leave failed: %s", self.address, error)
 
     def close(self) -> None:
         self.channel.close()

@@ -9,6 +9,7 @@ references keep seeing current values and no full-model copy is made.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -18,7 +19,13 @@ import torch
 from torch import nn
 
 from paramserver.codecs import Codec, ErrorFeedback, make_codec
-from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    ParamServerError,
+    SessionExpired,
+)
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import CodecSpec, Mode, ModelLayout, PushResult, Role, Session, TensorSpec
 from workers.connection import ServerConnection
@@ -48,18 +55,26 @@ class ParameterClient:
 
     `version` is the server version of the parameters now in the model (the lowest over the
     shards; in sync mode all shards move in lockstep).
+
+    Faults: a background thread heartbeats every shard so the servers know this worker is
+    alive. A shard that answers SessionExpired (this worker was evicted, or the shard
+    restarted) is rejoined: new handshake and incarnation, register (join), pull its current
+    parameters; that step's push to it is dropped. A push ABORTED because its step closed
+    without it (backup workers) or its gradient was too stale is dropped likewise. `close()`
+    leaves the job so that nobody waits for this worker.
     """
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
                  error_feedback: bool = True, ef_momentum: float = 0.0,
-                 bandwidth_bytes_per_s: float | None = None) -> None:
+                 bandwidth_bytes_per_s: float | None = None, retry_s: float = 60.0) -> None:
         self.worker_id = worker_id
         self.role = role
+        self._offers = (tuple(push_codecs), tuple(pull_codecs))
         addresses = parse_servers(servers)
         # bandwidth_bytes_per_s emulates a slower link to each shard (benchmarks).
-        self.connections = [ServerConnection(a, timeout_s, bandwidth_bytes_per_s)
+        self.connections = [ServerConnection(a, timeout_s, bandwidth_bytes_per_s, retry_s)
                             for a in addresses]
         self._pool = ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="shard")
         self._fan_out(lambda c: c.wait_ready(connect_timeout_s))
@@ -68,14 +83,50 @@ class ParameterClient:
         self.versions = [s.version for s in self.sessions]
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
-        self._feedback = [ErrorFeedback(c, ef_momentum) if c.biased and error_feedback else None
-                          for c in self.push_codecs]
+        self._error_feedback, self._ef_momentum = error_feedback, ef_momentum
+        self._feedback = [self._feedback_for(c) for c in self.push_codecs]
+        self.rejoins = 0  # shards re-entered after SessionExpired
+        self.aborted_pushes = 0  # pushes dropped: their step closed, or too stale
+        self._targets = list(self.versions)  # per shard: the version to pull after a push
+        self._stop_heartbeats = threading.Event()
+        self._heartbeats = self._start_heartbeats()
         self.dense_bytes_pushed = 0  # what the pushed gradients would take uncompressed
         self.plan: PartitionPlan | None = None
         self._routes: ShardRoutes | None = None
         self._params: dict[str, nn.Parameter] = {}
         self._specs: dict[str, TensorSpec] = {}
         self._mirrors: dict[str, HostMirror] = {}
+
+    def _feedback_for(self, codec: Codec) -> ErrorFeedback | None:
+        if codec.biased and self._error_feedback:
+            return ErrorFeedback(codec, self._ef_momentum)
+        return None
+
+    def _start_heartbeats(self) -> threading.Thread | None:
+        intervals = [s.heartbeat_interval_s for s in self.sessions if s.heartbeat_interval_s]
+        if self.role is not Role.WORKER or not intervals:
+            return None
+        thread = threading.Thread(target=self._heartbeat_loop, args=(min(intervals),),
+                                  name="ps-heartbeat", daemon=True)
+        thread.start()
+        return thread
+
+    def _heartbeat_loop(self, interval_s: float) -> None:
+        while not self._stop_heartbeats.wait(interval_s):
+            for connection in self.connections:
+                try:
+                    connection.heartbeat()
+                except ParamServerError as error:  # the next push or pull deals with it
+                    log.debug("heartbeat to %s failed: %s", connection.address, error.message)
+
+    @property
+    def _stepwise(self) -> bool:
+        """Modes where a push joins a step (round) that closes for everyone at once."""
+        return self.session.mode in (Mode.SYNC, Mode.FEDERATED)
+
+    def join_round(self, round_: int, timeout_s: float | None = None) -> tuple[int, bool, int]:
+        """Federated: wait for round >= round_ (asks shard 0, which samples the clients)."""
+        return self.connections[0].join_round(round_, timeout_s)
 
     @property
     def session(self) -> Session:
@@ -113,19 +164,37 @@ class ParameterClient:
                 raise FailedPrecondition("no model is registered on the servers yet")
             self.pull(0)
             return False
-        whole = {n: self._mirrors[n].bytes_of(p) for n, p in params.items()}
-
-        def register(shard: int) -> tuple[bool, int]:
-            routes = self._routes.routes[shard]  # type: ignore[union-attr]
-            values = None if self.sessions[shard].plan is not None else [
-                whole[r.param][r.byte_start:r.byte_start + r.nbytes] for r in routes]
-            result = self.connections[shard].register(
-                plan.shard_layout(shard), values, plan, shard)
-            return result.created, result.version
-
-        results = self._fan_out_indexed(register)
-        self.pull(max(version for _, version in results))
+        results = self._fan_out_indexed(self._register)
+        self.pull([version for _, version in results])
         return any(created for created, _ in results)
+
+    def _register(self, shard: int) -> tuple[bool, int]:
+        """Create this shard's part of the model from our values, or join it."""
+        assert self._routes is not None and self.plan is not None
+        values = None
+        if self.sessions[shard].plan is None:  # nobody registered it (or the shard lost it)
+            routes = self._routes.routes[shard]
+            values = [self._mirrors[r.param].bytes_of(self._params[r.param])[
+                r.byte_start:r.byte_start + r.nbytes] for r in routes]
+        result = self.connections[shard].register(self.plan.shard_layout(shard), values,
+                                                  self.plan, shard)
+        return result.created, result.version
+
+    def _rejoin(self, shard: int, why: str) -> None:
+        """New session on a shard that forgot ours (we were evicted, or it restarted)."""
+        connection = self.connections[shard]
+        log.warning("%s: %s; rejoining", connection.address, why)
+        session = connection.handshake(self.worker_id, self.role, *self._offers)
+        self.sessions[shard] = session
+        if session.push_codec != self.push_codecs[shard].spec:
+            self.push_codecs[shard] = make_codec(session.push_codec)
+            self._feedback[shard] = self._feedback_for(self.push_codecs[shard])
+        if self.role is Role.WORKER and self._routes is not None:
+            _, version = self._register(shard)
+        else:
+            version = session.version
+        self.versions[shard] = self._targets[shard] = version
+        self.rejoins += 1
 
     def _recorded_plan(self, layout: ModelLayout) -> PartitionPlan | None:
         """The plan the servers recorded, checked against this model and server list."""
@@ -200,8 +269,22 @@ class ParameterClient:
                     encoded = (feedback.encode(r.stored.name, piece) if feedback
                                else codec.encode(piece))
                     payloads.append(memoryview(encoded.cpu().numpy()))
-            return self.connections[shard].push(self.versions[shard], [r.stored for r in routes],
-                                                payloads, num_samples, more_parts)
+            try:
+                result = self.connections[shard].push(
+                    self.versions[shard], [r.stored for r in routes], payloads, num_samples,
+                    more_parts)
+            except SessionExpired as error:
+                self._rejoin(shard, error.message)
+                return PushResult(self.versions[shard], applied=False)
+            except Aborted as error:
+                log.info("%s: push dropped: %s", self.connections[shard].address, error.message)
+                self.aborted_pushes += 1
+                closed = self.versions[shard] + (1 if self._stepwise else 0)
+                self._targets[shard] = closed
+                return PushResult(closed, applied=False)
+            self._targets[shard] = (self.versions[shard] + 1 if self._stepwise
+                                    else result.version)
+            return result
 
         results = self._fan_out_over(push_shard, shards)
         self.dense_bytes_pushed += sum(r.nbytes for routes in shard_routes for r in routes)
@@ -221,6 +304,7 @@ class ParameterClient:
             wire = self.sessions[shard].pull_codec.name
 
             def on_header(version: int, specs: tuple[TensorSpec, ...]) -> None:
+                places.clear()  # a retried pull starts over
                 for spec in specs:
                     route = by_key.get(spec.name)
                     if route is None or route.stored != spec:
@@ -239,8 +323,15 @@ class ParameterClient:
                 start = base + offset
                 target.view(np.uint8)[start:start + data.nbytes] = np.frombuffer(data, np.uint8)
 
-            version, _ = self.connections[shard].pull(wanted[shard], sink, timeout_s=timeout_s,
-                                                      on_header=on_header)
+            try:
+                version, _ = self.connections[shard].pull(wanted[shard], sink,
+                                                          timeout_s=timeout_s,
+                                                          on_header=on_header)
+            except SessionExpired as error:
+                self._rejoin(shard, error.message)
+                version, _ = self.connections[shard].pull(
+                    min(wanted[shard], self.versions[shard]), sink, timeout_s=timeout_s,
+                    on_header=on_header)
             return version
 
         with torch.no_grad():
@@ -257,10 +348,7 @@ class ParameterClient:
         Sync: waits until every shard closed the step. Async: until our own update is in.
         """
         results = self.push(num_samples=num_samples, names=names)
-        if self.session.mode is Mode.SYNC:
-            self.pull([v + 1 for v in self.versions])
-        else:
-            self.pull([r.version for r in results])
+        self.pull(list(self._targets))
         return results
 
     # ---- misc ------------------------------------------------------------------------
@@ -285,6 +373,10 @@ class ParameterClient:
         return self.dense_bytes_pushed / sent if sent else 1.0
 
     def close(self) -> None:
+        """Stop heartbeating, leave the job (nobody waits for us), close the channels."""
+        self._stop_heartbeats.set()
+        if self.role is Role.WORKER:
+            self._fan_out(lambda c: c.leave())
         for connection in self.connections:
             connection.close()
         self._pool.shutdown(wait=False)

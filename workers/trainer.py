@@ -34,6 +34,8 @@ class TrainConfig:
     error_feedback: bool = True
     ef_momentum: float = 0.0  # momentum correction for biased codecs (server momentum 0)
     timeout_s: float = 60.0
+    retry_s: float = 60.0  # how long to retry an unreachable server before failing
+    step_delay_s: float = 0.0  # sleep per step: a deliberate straggler (fault tests)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class TrainReport:
     compression_ratio: float  # uncompressed gradient bytes / gradient bytes sent
     bytes_pushed_gradients: int
     final_loss: float
+    rejoins: int = 0  # shards re-entered after eviction or a shard restart
+    aborted_pushes: int = 0  # pushes dropped (step closed without them, or too stale)
+    duplicate_pushes: int = 0  # retried pushes the server had already applied
+    retries: int = 0  # calls retried after UNAVAILABLE / DEADLINE_EXCEEDED
 
 
 # Called after each epoch with (epoch, mean training loss, test accuracy).
@@ -66,7 +72,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
     with ParameterClient(config.servers, config.worker_id, push_codecs=config.codecs,
                          pull_codecs=config.pull_codecs, timeout_s=config.timeout_s,
                          error_feedback=config.error_feedback,
-                         ef_momentum=config.ef_momentum) as client:
+                         ef_momentum=config.ef_momentum, retry_s=config.retry_s) as client:
         client.attach(model)
         n = len(data.x_train)
         mine = shard_indices(n, config.rank, config.num_workers, config.data)
@@ -80,6 +86,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
                 model.zero_grad(set_to_none=True)
                 out = loss_fn(model(data.x_train[batch]), data.y_train[batch])
                 out.backward()
+                if config.step_delay_s:
+                    time.sleep(config.step_delay_s)
                 client.step(num_samples=len(batch))
                 losses.append(float(out))
                 steps_done += 1
@@ -89,7 +97,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
                      config.worker_id, epoch + 1, loss, acc, client.version)
             if on_epoch is not None:
                 on_epoch(epoch + 1, loss, acc)
-        if client.session.mode is Mode.ASYNC:
+        if client.session.mode in (Mode.ASYNC, Mode.SSP):
             client.pull(0)  # the freshest parameters, including other workers' updates
         return TrainReport(
             worker_id=config.worker_id,
@@ -105,6 +113,10 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
             compression_ratio=client.compression_ratio,
             bytes_pushed_gradients=client.gradient_bytes_pushed,
             final_loss=loss,
+            rejoins=client.rejoins,
+            aborted_pushes=client.aborted_pushes,
+            duplicate_pushes=sum(c.duplicates for c in client.connections),
+            retries=sum(c.retries for c in client.connections),
         )
 
 

@@ -8,7 +8,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from paramserver.cli.common import add_logging, add_server, add_training, write_json
+from paramserver.cli.common import (
+    add_logging,
+    add_server,
+    add_training,
+    server_cli_args,
+    write_json,
+)
 from paramserver.cli.local_cluster import ClusterError, LocalCluster, ManagedProcess
 
 
@@ -33,10 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _server_args(args: argparse.Namespace) -> list[str]:
-    return ["--mode", args.mode, "--workers", str(args.workers), "--aggregate", args.aggregate,
-            "--optimizer", args.optimizer, "--lr", str(args.lr), "--momentum",
-            str(args.momentum), "--weight-decay", str(args.weight_decay),
-            "--log-level", args.log_level]
+    if args.checkpoint_dir is not None and "{index}" not in str(args.checkpoint_dir):
+        args.checkpoint_dir = args.checkpoint_dir / "shard-{index}"  # one directory per shard
+    return ["--workers", str(args.workers), *server_cli_args(args), "--log-level",
+            args.log_level]
 
 
 def _worker_args(args: argparse.Namespace, rank: int, servers: str, report: Path) -> list[str]:
@@ -85,7 +91,7 @@ def _launch(args: argparse.Namespace, run_dir: Path) -> dict[str, object]:
         steps = total_steps(TrainConfig(servers=addresses, worker_id="", epochs=args.epochs,
                                         num_workers=args.workers, batch_size=args.batch_size,
                                         data=args.data))
-        updates = steps if args.mode == "sync" else steps * args.workers
+        updates = steps if args.mode == "sync" else steps * args.workers  # async and ssp
         _wait_with_progress(cluster, [m for m, _ in servers], workers, addresses, updates, args)
         accuracy, version = evaluate_server_model(addresses)
         shard_bytes = _shard_bytes(addresses)

@@ -55,9 +55,11 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
-    def spawn(self, name: str, args: Sequence[str]) -> ManagedProcess:
+    def spawn(self, name: str, args: Sequence[str],
+              env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start `paramserver ARGS` with its output in RUN_DIR/NAME.log; `env` adds to ours."""
         log_path = self.run_dir / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         with open(log_path, "wb") as log:
             process = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
@@ -66,16 +68,18 @@ class LocalCluster:
         return managed
 
     def start_servers(self, count: int, server_args: Sequence[str], timeout_s: float = 60.0,
-                      first_index: int = 0) -> list[tuple[ManagedProcess, str]]:
+                      first_index: int = 0, env: dict[str, str] | None = None,
+                      ) -> list[tuple[ManagedProcess, str]]:
         """Start `count` servers at once on free ports; return them with their addresses
-        (in shard order) once all are bound. Names run from server-{first_index}."""
+        (in shard order) once all are bound. Names run from server-{first_index}; the text
+        '{index}' in an argument becomes the server's index (a checkpoint dir per shard)."""
         started = []
         for index in range(first_index, first_index + count):
             port_file = self.run_dir / f"server-{index}.port"
             port_file.unlink(missing_ok=True)
             managed = self.spawn(f"server-{index}", [
                 "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                *server_args])
+                *(arg.replace("{index}", str(index)) for arg in server_args)], env=env)
             started.append((managed, port_file))
         deadline = time.monotonic() + timeout_s
         for managed, port_file in started:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from paramserver.cli.common import add_logging, add_server, setup_logging
+from paramserver.cli.common import add_logging, add_server, server_config_fields, setup_logging
 from paramserver.codecs import CodecLimits, codec_names
 from paramserver.server.app import serve
 from paramserver.server.config import ServerConfig
@@ -46,6 +46,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                                   weight_decay=args.weight_decay),
         codecs=CodecLimits(allowed=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
                            min_ratio=args.min_ratio, min_bits=args.min_bits),
+        **server_config_fields(args),
     )
 
 

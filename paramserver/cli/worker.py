@@ -21,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--num-workers", type=int, default=1,
                         help="workers in the job, for --data split (1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, s")
+    parser.add_argument("--retry", type=float, default=60.0,
+                        help="seconds to keep retrying an unreachable server (60)")
+    parser.add_argument("--step-delay", type=float, default=0.0,
+                        help="sleep this long every step: a deliberate straggler (0)")
     parser.add_argument("--report", type=Path, help="write a JSON summary here")
     add_training(parser)
     add_logging(parser)
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers, epochs=args.epochs, batch_size=args.batch_size,
         data=args.data, seed=args.seed, codecs=args.codec, pull_codecs=args.pull_codec,
         error_feedback=not args.no_error_feedback, ef_momentum=args.ef_momentum,
-        timeout_s=args.timeout)
+        timeout_s=args.timeout, retry_s=args.retry, step_delay_s=args.step_delay)
     report = train(config, on_epoch=lambda e, loss, acc: print(
         f"[{config.worker_id}] epoch {e}/{config.epochs} loss {loss:.4f} "
         f"test accuracy {acc:.4f}", flush=True))

@@ -64,6 +64,16 @@ class ParameterServerStub:
                 request_serializer=paramserver_dot_proto_dot_paramserver__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/Leave',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.LeaveResponse.FromString,
+                _registered_method=True)
+        self.JoinRound = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/JoinRound',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -105,6 +115,18 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinRound(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +159,16 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.HeartbeatRequest.FromString,
                     response_serializer=paramserver_dot_proto_dot_paramserver__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.LeaveRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.LeaveResponse.SerializeToString,
+            ),
+            'JoinRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinRound,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +333,60 @@ class ParameterServer:
             '/paramserver.v1.ParameterServer/Heartbeat',
             paramserver_dot_proto_dot_paramserver__pb2.HeartbeatRequest.SerializeToString,
             paramserver_dot_proto_dot_paramserver__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/Leave',
+            paramserver_dot_proto_dot_paramserver__pb2.LeaveRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/JoinRound',
+            paramserver_dot_proto_dot_paramserver__pb2.JoinRoundRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.JoinRoundResponse.FromString,
             options,
             channel_credentials,
             insecure,

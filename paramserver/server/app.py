@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +31,24 @@ class RunningServer:
     core: ParameterServerCore
     health: health.HealthServicer
     port: int
+    ticker: threading.Thread | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace_s: float = 5.0) -> None:
+        """Drain: health NOT_SERVING, long polls woken, in-flight pushes finish within the
+        grace period, then a final checkpoint (when checkpointing is on)."""
         self.health.enter_graceful_shutdown()
         self.core.close()
         self.server.stop(grace_s).wait(grace_s + 1.0)
+        if self.ticker is not None:
+            self.ticker.join(timeout=2.0)
+        try:
+            self.core.checkpoint()
+        except Exception:  # a failed final checkpoint must not hide the shutdown
+            log.exception("final checkpoint failed")
 
 
 def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
@@ -59,7 +69,22 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d (%s, %d workers)", serde.SERVICE_NAME, host, bound,
              config.mode.value, config.expected_workers)
-    return RunningServer(server, core, health_servicer, bound)
+    running = RunningServer(server, core, health_servicer, bound)
+    running.ticker = threading.Thread(target=_tick, args=(running,), daemon=True,
+                                      name="ps-lease")
+    running.ticker.start()
+    return running
+
+
+def _tick(running: RunningServer) -> None:
+    """Evict workers whose lease ran out, a few times per lease, until the server stops."""
+    period = min(0.5, running.core.config.lease_s / 4) if running.core.config.lease_s else 0.5
+    while not running.core.store.closed:
+        time.sleep(period)
+        try:
+            running.core.tick()
+        except Exception:  # keep ticking: an eviction bug must not stop all evictions
+            log.exception("lease check failed")
 
 
 def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,

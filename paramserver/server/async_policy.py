@@ -1,4 +1,8 @@
-"""Asynchronous updates: every push is applied as it arrives (Hogwild-style PS)."""
+"""Asynchronous updates: every push is applied as it arrives (Hogwild-style PS).
+
+`max_staleness` bounds how old the parameters behind a gradient may be: a push computed on
+a version more than that many updates behind is ABORTED, with its staleness in the message.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 
 from paramserver.codecs import Update
 from paramserver.codecs.base import to_dense
-from paramserver.errors import FailedPrecondition
+from paramserver.errors import Aborted, FailedPrecondition
 from paramserver.server.assembly import BufferPool
 from paramserver.server.store import ParameterStore
 from paramserver.types import PushResult
@@ -15,9 +19,11 @@ from paramserver.types import PushResult
 class AsyncPolicy:
     """Applies each gradient at once; staleness = server version - version it was computed on."""
 
-    def __init__(self, store: ParameterStore, pool: BufferPool) -> None:
+    def __init__(self, store: ParameterStore, pool: BufferPool,
+                 max_staleness: int | None = None) -> None:
         self._store = store
         self._pool = pool
+        self._max_staleness = max_staleness
 
     def check_step(self, worker_id: str, step: int) -> None:
         current = self._store.version
@@ -26,6 +32,11 @@ class AsyncPolicy:
                 f"push computed on version {step}, but the server is only at version {current}")
         if step < 0:
             raise FailedPrecondition(f"negative step {step}")
+        staleness = current - step
+        if self._max_staleness is not None and staleness > self._max_staleness:
+            raise Aborted(f"gradient staleness {staleness} exceeds --max-staleness "
+                          f"{self._max_staleness} (computed on version {step}, server at "
+                          f"{current}); pull and recompute")
 
     def submit(self, worker_id: str, step: int, weight: float, updates: dict[str, Update],
                buffers: list[torch.Tensor]) -> PushResult:
@@ -41,7 +52,30 @@ class AsyncPolicy:
         finally:
             for buffer in buffers:
                 self._pool.give(buffer)
+        self.applied(worker_id)
         return PushResult(version=version, applied=True, staleness=staleness)
+
+    def applied(self, worker_id: str) -> None:
+        """Hook after a push is applied (SSP counts clocks here)."""
+
+    def members_changed(self) -> None:
+        return None
+
+    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+        return None
+
+    def waiting_for(self) -> tuple[float, list[str]]:
+        return 0.0, []
+
+    def clocks(self) -> dict[str, int]:
+        return {}
+
+    def tick(self) -> None:
+        return None
+
+    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> tuple[int, bool, int]:
+        raise FailedPrecondition("this server does not run federated rounds (--mode "
+                                 "federated or fedbuff)")
 
     def pending(self) -> int:
         return 0

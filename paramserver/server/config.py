@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from paramserver.codecs import CodecLimits
+from paramserver.federated.config import FederatedConfig
 from paramserver.server.optimizer import OptimizerConfig
 from paramserver.transport import DEFAULT_CHUNK_BYTES
 from paramserver.types import Aggregation, Mode
@@ -19,9 +21,20 @@ class ServerConfig:
     codecs: CodecLimits = field(default_factory=CodecLimits)  # negotiation allow-list, limits
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_wait_s: float = 300.0  # upper bound on any long poll, whatever the client's deadline
+    lease_s: float = 10.0  # a worker silent this long is evicted; 0 never evicts
+    sync_quorum: int = 0  # sync: close a step after this many pushes (0: every live worker)
+    staleness: int = 0  # ssp: the bound S
+    max_staleness: int | None = None  # async: refuse gradients staler than this
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 0  # steps between checkpoints (0: only on shutdown)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)  # federated modes
 
     def __post_init__(self) -> None:
         if self.expected_workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.expected_workers}")
+        if self.lease_s < 0 or self.sync_quorum < 0 or self.staleness < 0:
+            raise ValueError("--lease-timeout, --sync-quorum and --staleness must be >= 0")
+        if self.checkpoint_every and self.checkpoint_dir is None:
+            raise ValueError("--checkpoint-every needs --checkpoint-dir")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes}")

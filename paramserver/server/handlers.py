@@ -8,7 +8,10 @@ touch gRPC, and leave state untouched when they raise.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -18,10 +21,15 @@ from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
 from paramserver.server.assembly import BufferPool, TensorAssembler, check_specs
 from paramserver.server.async_policy import AsyncPolicy
 from paramserver.server.config import ServerConfig
-from paramserver.server.membership import Membership
+from paramserver.federated.fedbuff import FedBuffPolicy
+from paramserver.federated.rounds import RoundPolicy
+from paramserver.server.checkpoint import CheckpointStore, ShardState
+from paramserver.server.ledger import PushLedger
+from paramserver.server.membership import Membership, SessionRecord
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policy import UpdatePolicy
 from paramserver.server.store import ParameterStore
+from paramserver.server.ssp_policy import SspPolicy
 from paramserver.server.sync_policy import SyncPolicy
 from paramserver.sharding import plan_partition
 from paramserver.transport import chunk_ranges
@@ -53,6 +61,12 @@ def _first_message(stream: Iterator[object], what: str) -> object:
     return first
 
 
+def _skip_chunks(stream: Iterable[object]) -> None:
+    """Consume the rest of a push whose answer is already known (a duplicate)."""
+    for _ in stream:
+        pass
+
+
 def _drain_chunks(stream: Iterable[object], assembler: TensorAssembler, what: str) -> None:
     """Feed every remaining message to the assembler; a header or garbage is an error."""
     for message in stream:
@@ -70,12 +84,29 @@ class ParameterServerCore:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.store = ParameterStore(config.optimizer)
-        self.members = Membership(config.mode, config.expected_workers)
+        self.members = Membership(config.mode, config.expected_workers, config.lease_s)
+        self.ledger = PushLedger()
         self._pool = BufferPool()
         self._parts = PartAssembler(self._pool.give)
-        self.policy: UpdatePolicy = (
-            SyncPolicy(self.store, config.expected_workers, self._pool)
-            if config.mode is Mode.SYNC else AsyncPolicy(self.store, self._pool))
+        self.policy: UpdatePolicy = self._make_policy(config)
+        self.checkpoints = (CheckpointStore(config.checkpoint_dir)
+                            if config.checkpoint_dir is not None else None)
+        self._checkpoint_lock = threading.Lock()
+        self.restored_version = -1
+        self._last_wait_log = 0.0
+        if self.checkpoints is not None:
+            self._restore()
+
+    def _make_policy(self, config: ServerConfig) -> UpdatePolicy:
+        if config.mode is Mode.SYNC:
+            return SyncPolicy(self.store, self.members, self._pool, config.sync_quorum)
+        if config.mode is Mode.SSP:
+            return SspPolicy(self.store, self.members, self._pool, config.staleness)
+        if config.mode is Mode.FEDERATED:
+            return RoundPolicy(self.store, self.members, self._pool, config.federated)
+        if config.mode is Mode.FEDBUFF:
+            return FedBuffPolicy(self.store, self._pool, config.federated)
+        return AsyncPolicy(self.store, self._pool, config.max_staleness)
 
     # ---- handshake, status, heartbeat ----------------------------------------------------
 
@@ -84,18 +115,55 @@ class ParameterServerCore:
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
         record = self.members.open(worker_id, role, push, pull)
-        log.info("session %s opened by %s %r (push %s, pull %s)", record.session_id[:8],
-                 role.value, worker_id, push, pull)
+        log.info("session %s opened by %s %r, incarnation %d (push %s, pull %s)",
+                 record.session_id[:8], role.value, worker_id, record.incarnation, push, pull)
+        lease = self.config.lease_s
         with self.store.lock:
             return Session(record.session_id, push, pull, self.store.layout, self.store.version,
                            self.config.mode, self.config.expected_workers,
-                           self.config.chunk_bytes, self.store.plan, self.store.shard_index)
+                           self.config.chunk_bytes, self.store.plan, self.store.shard_index,
+                           record.incarnation, lease / 4 if lease else 0.0, lease,
+                           self.config.staleness)
 
     def heartbeat(self, session_id: str) -> int:
         self.members.touch(session_id)
         return self.store.version
 
-    def status(self) -> ServerStatus:
+    def join_round(self, session_id: str, round_: int, timeout_s: float) -> tuple[int, bool, int]:
+        """Federated: wait for round >= `round_`; (round, sampled?, sampled count)."""
+        record = self.members.require_worker(session_id)
+        return self.policy.join_round(record.worker_id, round_,
+                                      min(timeout_s, self.config.max_wait_s))
+
+    def leave(self, session_id: str) -> None:
+        """A worker that is done: drop its session so no step waits for it."""
+        record = self.members.leave(session_id)
+        if record is not None:
+            log.info("worker %r left at step %d", record.worker_id, self.store.version)
+            self._parts.discard(session_id)
+            self.policy.members_changed()
+
+    def tick(self) -> None:
+        """Periodic duties (the server runs this every fraction of a lease): evict workers
+        whose lease ran out, and say which workers a long-waiting step waits for."""
+        evicted = self.members.evict_silent(self.store.version)
+        for record in evicted:
+            log.warning("evicted worker %r (incarnation %d) at step %d: no heartbeat for "
+                        "%.1fs", record.worker_id, record.incarnation, self.store.version,
+                        self.config.lease_s)
+            self._parts.discard(record.session_id)
+        if evicted:
+            self.policy.members_changed()
+        self.policy.tick()
+        waited, missing = self.policy.waiting_for()
+        now = time.monotonic()
+        if missing and waited > max(1.0, self.config.lease_s / 2) and (
+                now - self._last_wait_log > max(1.0, self.config.lease_s / 2)):
+            self._last_wait_log = now
+            log.warning("step %d has waited %.1fs for workers %s", self.store.version, waited,
+                        missing)
+
+    def status(self, include_state_hash: bool = False) -> ServerStatus:
         return ServerStatus(
             layout=self.store.layout,
             version=self.store.version,
@@ -104,9 +172,15 @@ class ParameterServerCore:
             optimizer=self.config.optimizer.describe(),
             pending_pushes=self.policy.pending(),
             server_version=__version__,
-            workers=self.members.snapshot(),
+            workers=self.members.snapshot(self.policy.clocks()),
             plan=self.store.plan,
             shard_index=self.store.shard_index,
+            max_lead=getattr(self.policy, "max_lead", 0),
+            evicted=tuple(self.members.evictions),
+            state_hash=self.store.state_hash() if include_state_hash else "",
+            restored_version=self.restored_version,
+            dropouts=tuple(getattr(self.policy, "dropouts", ())),
+            skipped_rounds=tuple(getattr(self.policy, "skipped_rounds", ())),
         )
 
     # ---- register ------------------------------------------------------------------------
@@ -149,6 +223,28 @@ class ParameterServerCore:
         if not isinstance(header, PushHeader):
             raise InvalidArgument("push stream must open with a PushHeader")
         record = self.members.require_worker(header.session_id)
+        key = (record.worker_id, header.incarnation, header.sequence)
+        if header.sequence and header.incarnation != record.incarnation:
+            raise FailedPrecondition(
+                f"push from incarnation {header.incarnation} of worker {record.worker_id!r}, "
+                f"whose session is incarnation {record.incarnation}: handshake again")
+        earlier = self.ledger.begin(*key, timeout_s=self.config.max_wait_s)
+        if earlier is not None:
+            _skip_chunks(stream)
+            log.info("push %d of %r (incarnation %d) is a retry: answered, not applied again",
+                     header.sequence, record.worker_id, header.incarnation)
+            return earlier
+        result = None
+        try:
+            result = self._push(header, record, stream)
+        finally:
+            self.ledger.finish(*key, result)
+        if result.applied:
+            self._maybe_checkpoint(result.version)
+        return result
+
+    def _push(self, header: PushHeader, record: SessionRecord,
+              stream: Iterator[object]) -> PushResult:
         layout = self.store.require_layout()
         check_specs(header.tensors, layout.by_name())
         self._parts.check(header.session_id, header.step, [s.name for s in header.tensors])
@@ -215,8 +311,12 @@ class ParameterServerCore:
             if missing:
                 raise NotFound(f"unknown tensors {missing}")
             specs = tuple(by_name[n] for n in names)
+        timeout_s = min(timeout_s, self.config.max_wait_s)
+        started = time.monotonic()
+        if record.role is Role.WORKER:
+            self.policy.wait_turn(record.worker_id, timeout_s)
         version = self.store.wait_for_version(min_version,
-                                              min(timeout_s, self.config.max_wait_s))
+                                              timeout_s - (time.monotonic() - started))
         return self._pull_messages(version, specs, record.pull_encoder)
 
     def _pull_messages(self, version: int, specs: tuple[TensorSpec, ...],
@@ -239,6 +339,42 @@ class ParameterServerCore:
                             else memoryview(codec.encode(flat[start:end]).numpy()))
                     message = wire.encode_chunk(index, start * wire_item, data)
                 yield message
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def checkpoint(self) -> Path | None:
+        """Write this shard's state (atomically, with a checksum); None without a model."""
+        if self.checkpoints is None or self.store.layout is None:
+            return None
+        with self._checkpoint_lock:
+            version, params, optimizer = self.store.snapshot()
+            assert self.store.layout is not None and self.store.plan is not None
+            state = ShardState(version, self.store.layout, self.store.plan,
+                               self.store.shard_index, params, optimizer,
+                               {"ledger": self.ledger.table(),
+                                "incarnations": self.members.incarnations()})
+            path = self.checkpoints.save(state)
+        log.info("checkpoint of step %d written to %s", version, path)
+        return path
+
+    def _maybe_checkpoint(self, version: int) -> None:
+        every = self.config.checkpoint_every
+        if every and version % every == 0:
+            self.checkpoint()
+
+    def _restore(self) -> None:
+        assert self.checkpoints is not None
+        state = self.checkpoints.load_latest()
+        if state is None:
+            return
+        self.store.restore(state.layout, state.plan, state.shard_index, state.params,
+                           state.optimizer, state.version)
+        self.ledger.restore(state.extra.get("ledger", {}))
+        self.members.restore_incarnations(state.extra.get("incarnations", {}))
+        self.members.mark_formed()
+        self.restored_version = state.version
+        log.warning("resumed shard %d from the checkpoint of step %d (state %s)",
+                    state.shard_index, state.version, self.store.state_hash())
 
     def close(self) -> None:
         """Wake every waiter with UNAVAILABLE; called on shutdown."""

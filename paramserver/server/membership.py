@@ -1,19 +1,30 @@
-"""Sessions: who is connected, in which role, with which codecs.
+"""Sessions and the job's live workers: leases, incarnations, joining, leaving, eviction.
 
-In sync mode the job has a fixed number of workers (`--workers N`), so step 0 never starts
-with whoever registered first; the faults issue (#5) makes membership dynamic.
+Every worker session holds a lease renewed by any request it makes (the client heartbeats
+in the background); a worker silent for `lease_s` is evicted, so a synchronous step never
+waits for the dead. Each handshake of a worker starts a new incarnation; the previous
+session is fenced off, and a request on it gets SessionExpired (handshake again).
+
+A synchronous job is *formed* once `expected_workers` workers have joined (so step 0 never
+starts with whoever came first); from then on workers may join and leave freely.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from paramserver.codecs import Codec, make_codec
-from paramserver.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from paramserver.errors import FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.types import CodecSpec, Mode, Role, WorkerInfo
+
+log = logging.getLogger(__name__)
+EXPIRED_MEMORY = 4096  # why-expired answers kept for sessions that are gone
 
 
 @dataclass
@@ -23,6 +34,7 @@ class SessionRecord:
     role: Role
     push_codec: CodecSpec
     pull_codec: CodecSpec
+    incarnation: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     pushes: int = 0
     push_decoder: Codec = field(init=False)  # decodes this session's pushes
@@ -34,40 +46,49 @@ class SessionRecord:
 
 
 class Membership:
-    """Open sessions by id; `_lock` guards `_sessions` and every record in it."""
+    """Open sessions by id; `_lock` guards every field and every record."""
 
-    def __init__(self, mode: Mode, expected_workers: int) -> None:
+    def __init__(self, mode: Mode, expected_workers: int, lease_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._mode = mode
         self._expected = expected_workers
+        self.lease_s = lease_s  # 0: nobody is ever evicted
+        self._clock = clock
         self._sessions: dict[str, SessionRecord] = {}
+        self._incarnations: dict[str, int] = {}  # worker_id -> last incarnation handed out
+        self._expired: OrderedDict[str, str] = OrderedDict()  # session_id -> why
+        self._formed = mode not in (Mode.SYNC, Mode.FEDERATED)  # these wait for N workers
+        self.evictions: list[str] = []  # "worker@step", oldest first
         self._lock = threading.Lock()
 
+    # ---- sessions --------------------------------------------------------------------------
+
     def open(self, worker_id: str, role: Role, push: CodecSpec, pull: CodecSpec) -> SessionRecord:
-        """A new session; a worker that handshakes again replaces its old session."""
+        """A new session and incarnation; the worker's previous session is fenced off."""
         if not worker_id:
             raise InvalidArgument("worker_id must not be empty")
         with self._lock:
-            workers = {r.worker_id for r in self._sessions.values() if r.role is Role.WORKER}
-            if (role is Role.WORKER and self._mode is Mode.SYNC
-                    and worker_id not in workers and len(workers) >= self._expected):
-                raise ResourceExhausted(
-                    f"this synchronous job has {self._expected} workers "
-                    f"({', '.join(sorted(workers))}); worker {worker_id!r} cannot join")
             for old in [s for s, r in self._sessions.items()
                         if r.worker_id == worker_id and r.role is role]:
-                del self._sessions[old]
-            record = SessionRecord(uuid.uuid4().hex, worker_id, role, push, pull)
+                self._forget(old, f"worker {worker_id!r} opened a newer session")
+            incarnation = self._incarnations.get(worker_id, 0) + 1
+            if role is Role.WORKER:
+                self._incarnations[worker_id] = incarnation
+            record = SessionRecord(uuid.uuid4().hex, worker_id, role, push, pull, incarnation,
+                                   self._clock())
             self._sessions[record.session_id] = record
+            if len(self._workers()) >= self._expected:
+                self._formed = True
             return record
 
     def touch(self, session_id: str) -> SessionRecord:
-        """The open session `session_id`, marked as seen now."""
+        """The open session `session_id`, its lease renewed."""
         with self._lock:
             record = self._sessions.get(session_id)
             if record is None:
-                raise FailedPrecondition(
-                    f"unknown session {session_id!r}; call Handshake to open a new one")
-            record.last_seen = time.monotonic()
+                why = self._expired.get(session_id, "this server does not know it (restarted?)")
+                raise SessionExpired(f"session {session_id[:8]}: {why}; handshake again")
+            record.last_seen = self._clock()
             return record
 
     def require_worker(self, session_id: str) -> SessionRecord:
@@ -77,17 +98,77 @@ class Membership:
                                      "cannot push or register")
         return record
 
+    def leave(self, session_id: str) -> SessionRecord | None:
+        """A worker that is done: nobody waits for it any more."""
+        with self._lock:
+            record = self._sessions.get(session_id)
+            if record is not None:
+                self._forget(session_id, f"worker {record.worker_id!r} left the job")
+            return record
+
+    def evict_silent(self, step: int) -> list[SessionRecord]:
+        """Evict every worker whose lease ran out; returns them."""
+        if self.lease_s <= 0:
+            return []
+        now = self._clock()
+        with self._lock:
+            silent = [r for r in self._sessions.values()
+                      if r.role is Role.WORKER and now - r.last_seen > self.lease_s]
+            for record in silent:
+                self._forget(record.session_id,
+                             f"worker {record.worker_id!r} (incarnation {record.incarnation}) "
+                             f"was evicted at step {step} after {now - record.last_seen:.1f}s "
+                             "without a heartbeat")
+                self.evictions.append(f"{record.worker_id}@{step}")
+            return silent
+
+    def _forget(self, session_id: str, why: str) -> None:
+        del self._sessions[session_id]
+        self._expired[session_id] = why
+        while len(self._expired) > EXPIRED_MEMORY:
+            self._expired.popitem(last=False)
+
+    # ---- the job ---------------------------------------------------------------------------
+
+    def _workers(self) -> set[str]:
+        return {r.worker_id for r in self._sessions.values() if r.role is Role.WORKER}
+
+    def live_workers(self) -> set[str]:
+        with self._lock:
+            return self._workers()
+
+    @property
+    def formed(self) -> bool:
+        with self._lock:
+            return self._formed
+
+    def mark_formed(self) -> None:
+        """A job restored from a checkpoint was formed before the restart."""
+        with self._lock:
+            self._formed = True
+
+    def incarnations(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._incarnations)
+
+    def restore_incarnations(self, table: dict[str, int]) -> None:
+        with self._lock:
+            for worker_id, incarnation in table.items():
+                self._incarnations[worker_id] = max(incarnation,
+                                                    self._incarnations.get(worker_id, 0))
+
     def count_push(self, session_id: str) -> None:
         with self._lock:
             record = self._sessions.get(session_id)
             if record is not None:
                 record.pushes += 1
 
-    def snapshot(self) -> tuple[WorkerInfo, ...]:
-        now = time.monotonic()
+    def snapshot(self, clocks: dict[str, int] | None = None) -> tuple[WorkerInfo, ...]:
+        now = self._clock()
+        clocks = clocks or {}
         with self._lock:
             return tuple(
                 WorkerInfo(r.worker_id, r.role, r.session_id, r.pushes, now - r.last_seen,
-                           r.push_codec)
+                           r.push_codec, r.incarnation, clocks.get(r.worker_id, r.pushes))
                 for r in sorted(self._sessions.values(), key=lambda r: r.worker_id)
             )

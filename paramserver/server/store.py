@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -98,6 +100,28 @@ class ParameterStore:
             self.lock.notify_all()
             return self.version
 
+    def snapshot(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+        """A consistent copy of version, parameters and optimizer state (for checkpoints)."""
+        with self.lock:
+            assert self._optimizer is not None
+            params = {name: param.detach().clone() for name, param in self.params.items()}
+            return self.version, params, copy.deepcopy(self._optimizer.state_dict())
+
+    def restore(self, layout: ModelLayout, plan: PartitionPlan, shard_index: int,
+                params: Mapping[str, torch.Tensor], optimizer_state: dict[str, Any],
+                version: int) -> None:
+        """Install a checkpointed state (at start, before any request is served)."""
+        with self.lock:
+            self.plan, self.shard_index = plan, shard_index
+            self._specs = layout.by_name()
+            self.params = {s.name: params[s.name].reshape(s.shape).clone()
+                           for s in layout.tensors}
+            self._optimizer = self._optimizer_config.build(self.params.values())
+            self._optimizer.load_state_dict(optimizer_state)
+            self.layout = layout
+            self.version = version
+            self.lock.notify_all()
+
     def wait_for_version(self, min_version: int, timeout_s: float) -> int:
         """Block until version >= min_version; DeadlineExceeded after timeout_s."""
         deadline = time.monotonic() + timeout_s
@@ -126,6 +150,10 @@ class ParameterStore:
                 digest.update(name.encode())
                 digest.update(self.byte_view(name))
             return digest.hexdigest()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         with self.lock:

@@ -1,20 +1,27 @@
-"""Synchronous steps: one push from every worker, aggregated, applied once.
+"""Synchronous steps: one push from every live worker, aggregated, applied once.
 
 A tensor's aggregate is the (weighted) mean over the workers that pushed it; a tensor nobody
 pushed gets no gradient, which torch.optim treats like `param.grad is None`. Sparse pushes
 are added into the aggregate with index_add_, never densified first.
+
+Membership is dynamic: the step closes once every *live* worker pushed (a worker evicted or
+gone after pushing still counts; one that never pushed is not waited for), or, with a
+quorum K (backup workers, Chen et al. 2016), as soon as K pushes arrived. A push for a step
+that already closed is ABORTED: the late worker pulls and catches up.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
 from paramserver.codecs import DenseUpdate, Update
 from paramserver.codecs.base import add_into
-from paramserver.errors import FailedPrecondition
+from paramserver.errors import Aborted, FailedPrecondition
 from paramserver.server.assembly import BufferPool
+from paramserver.server.membership import Membership
 from paramserver.server.store import ParameterStore
 from paramserver.types import PushResult
 
@@ -25,17 +32,20 @@ class SyncPolicy:
     Lock order: `_lock` before `store.lock`.
     """
 
-    def __init__(self, store: ParameterStore, expected_workers: int, pool: BufferPool) -> None:
-        if expected_workers < 1:
-            raise ValueError(f"a synchronous job needs at least one worker, got {expected_workers}")
+    def __init__(self, store: ParameterStore, members: Membership, pool: BufferPool,
+                 quorum: int = 0) -> None:
+        if quorum < 0:
+            raise ValueError(f"--sync-quorum must be >= 0, got {quorum}")
         self._store = store
-        self._expected = expected_workers
+        self._members = members
+        self._quorum = quorum
         self._pool = pool
         self._lock = threading.Lock()
         self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a pooled buffer
         self._sum_buffers: list[torch.Tensor] = []
         self._weights: dict[str, float] = {}
         self._pushed: set[str] = set()
+        self._opened_at: float | None = None  # first push of the open step
 
     def check_step(self, worker_id: str, step: int) -> None:
         with self._lock:
@@ -43,7 +53,10 @@ class SyncPolicy:
 
     def _check(self, worker_id: str, step: int) -> None:
         current = self._store.version
-        if step != current:
+        if step < current:
+            raise Aborted(f"step {step} already closed without this push (the server is at "
+                          f"step {current}); pull version {current} and go on")
+        if step > current:
             raise FailedPrecondition(
                 f"push for step {step}, but the server is assembling step {current}; "
                 f"pull version {current} and recompute the gradient")
@@ -59,19 +72,37 @@ class SyncPolicy:
                 for name, update in updates.items():
                     self._accumulate(name, update, weight, buffers, adopted)
                 self._pushed.add(worker_id)
-                if len(self._pushed) < self._expected:
+                if self._opened_at is None:
+                    self._opened_at = time.monotonic()
+                if not self._ready():
                     return PushResult(version=self._store.version, applied=False)
-                means = {n: total if self._weights[n] == 1.0 else total.div_(self._weights[n])
-                         for n, total in self._sums.items()}
-                version = self._store.apply(means)
-                for buffer in self._sum_buffers:
-                    self._pool.give(buffer)
-                self._sums, self._sum_buffers, self._weights, self._pushed = {}, [], {}, set()
-                return PushResult(version=version, applied=True)
+                return PushResult(version=self._close(), applied=True)
         finally:
             for buffer in buffers:
                 if id(buffer) not in adopted:
                     self._pool.give(buffer)
+
+    def members_changed(self) -> None:
+        with self._lock:
+            if self._pushed and self._ready():
+                self._close()
+
+    def _ready(self) -> bool:
+        if not self._members.formed:
+            return False
+        if self._quorum and len(self._pushed) >= self._quorum:
+            return True
+        return self._members.live_workers() <= self._pushed
+
+    def _close(self) -> int:
+        means = {n: total if self._weights[n] == 1.0 else total.div_(self._weights[n])
+                 for n, total in self._sums.items()}
+        version = self._store.apply(means)
+        for buffer in self._sum_buffers:
+            self._pool.give(buffer)
+        self._sums, self._sum_buffers, self._weights, self._pushed = {}, [], {}, set()
+        self._opened_at = None
+        return version
 
     def _accumulate(self, name: str, update: Update, weight: float,
                     buffers: list[torch.Tensor], adopted: set[int]) -> None:
@@ -96,6 +127,26 @@ class SyncPolicy:
             add_into(total, update, weight)
         self._sums[name] = total
         self._weights[name] = weight
+
+    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+        return None
+
+    def waiting_for(self) -> tuple[float, list[str]]:
+        with self._lock:
+            if self._opened_at is None:
+                return 0.0, []
+            missing = sorted(self._members.live_workers() - self._pushed)
+            return time.monotonic() - self._opened_at, missing
+
+    def clocks(self) -> dict[str, int]:
+        return {}
+
+    def tick(self) -> None:
+        return None
+
+    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> tuple[int, bool, int]:
+        raise FailedPrecondition("this server does not run federated rounds (--mode "
+                                 "federated or fedbuff)")
 
     def pending(self) -> int:
         with self._lock:

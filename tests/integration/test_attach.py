@@ -225,7 +225,7 @@ def test_a_dead_server_raises_in_the_loop_instead_of_hanging(
         server_factory: ServerFactory) -> None:
     server = server_factory(mode=Mode.SYNC, expected_workers=1, optimizer=SGD)
     model = Net()
-    ps = attach(model, server.address, worker_id="w0", timeout_s=3.0,
+    ps = attach(model, server.address, worker_id="w0", timeout_s=3.0, retry_s=2.0,
                 bucket_mb=SMALL_BUCKET_MB)
     try:
         _loss(model, _batches(1)[0]).backward()

@@ -82,6 +82,7 @@ def test_push_and_pull_reach_every_shard(server_factory) -> None:  # type: ignor
         big.weight.grad = torch.ones_like(big.weight)
         big.bias.grad = torch.ones_like(big.bias)
         results = client.step()
+        assert all(s.core.members.snapshot()[0].pushes == 1 for s in servers)
     assert len(results) == 2 and all(r.applied for r in results)
     assert [s.core.store.version for s in servers] == [1, 1]
-    assert all(s.core.members.snapshot()[0].pushes == 1 for s in servers)
+    assert all(not s.core.members.snapshot() for s in servers)  # it left on close

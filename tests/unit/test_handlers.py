@@ -96,7 +96,8 @@ def test_async_applies_each_push_and_reports_staleness() -> None:
 
 
 @pytest.mark.parametrize("case", ["truncated", "oversize", "unknown", "shape", "dtype",
-                                  "wrong_step", "twice", "no_header", "bad_session", "observer"])
+                                  "wrong_step", "old_step", "twice", "no_header", "bad_session",
+                                  "observer"])
 def test_bad_pushes_are_refused_and_change_nothing(case: str) -> None:
     core = _core()
     s1, s2 = _join(core, "a", "b")
@@ -113,6 +114,7 @@ def test_bad_pushes_are_refused_and_change_nothing(case: str) -> None:
                   grpc.StatusCode.INVALID_ARGUMENT),
         "wrong_step": (push_stream(s2, 1, {"b": torch.ones(3)}),
                        grpc.StatusCode.FAILED_PRECONDITION),
+        "old_step": (push_stream(s2, -1, {"b": torch.ones(3)}), grpc.StatusCode.ABORTED),
         "twice": (push_stream(s1, 0, {"b": torch.ones(3)}), grpc.StatusCode.FAILED_PRECONDITION),
         "no_header": (good[1:], grpc.StatusCode.INVALID_ARGUMENT),
         "bad_session": (push_stream("nope", 0, {"b": torch.ones(3)}),
@@ -128,14 +130,19 @@ def test_bad_pushes_are_refused_and_change_nothing(case: str) -> None:
     assert core.push(iter(good)).applied
 
 
-def test_sync_job_is_full_with_expected_workers() -> None:
+def test_sync_job_forms_with_expected_workers_then_others_may_join() -> None:
     core = _core(workers=2)
-    _join(core, "a", "b")
-    message = _refused(grpc.StatusCode.RESOURCE_EXHAUSTED, core.handshake, "c", Role.WORKER,
-                       [], [])
-    assert "2 workers" in message
-    core.handshake("a", Role.WORKER, [], [])  # a known worker may reconnect
+    s1 = core.handshake("a", Role.WORKER, [], []).session_id
+    core.register(iter(register_stream(s1, INIT)))
+    assert not core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)}))).applied
+    assert core.store.version == 0  # not formed: step 0 waits for the second worker
+    s2 = core.handshake("b", Role.WORKER, [], []).session_id
+    assert core.push(iter(push_stream(s2, 0, {"b": torch.ones(3)}))).applied
+    s3 = core.handshake("c", Role.WORKER, [], []).session_id  # joins the running job
     core.handshake("viewer", Role.OBSERVER, [], [])  # observers never count
+    for session in (s1, s2):
+        assert not core.push(iter(push_stream(session, 1, {"b": torch.ones(3)}))).applied
+    assert core.push(iter(push_stream(s3, 1, {"b": torch.ones(3)}))).applied  # waited for c
 
 
 def test_pull_long_polls_until_the_version_exists() -> None:

@@ -1,0 +1,127 @@
+"""Fault injection on a local cluster: kill, freeze and restart processes we started, and
+watch the servers react. Used by the fault tests and `benchmarks/faults.py`.
+
+Only processes this module's caller started are signalled, always by their own pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from paramserver.cli.local_cluster import ClusterError, LocalCluster, ManagedProcess
+from paramserver.types import ServerStatus
+from workers.connection import ServerConnection
+
+T = TypeVar("T")
+
+
+class Hang(ClusterError):
+    """Something that must happen within a bound did not: counted as a hang."""
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float,
+             period_s: float = 0.05) -> T:
+    """Poll `probe` until it returns something truthy, and return that; Hang otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise Hang(f"{what}: not within {timeout_s:.1f}s")
+        time.sleep(period_s)
+
+
+def status(address: str, include_state_hash: bool = False,
+           timeout_s: float = 5.0) -> ServerStatus | None:
+    """The server's status, or None when it does not answer."""
+    connection = ServerConnection(address, timeout_s, retry_s=0.0)
+    try:
+        return connection.status(include_state_hash)
+    except Exception:  # noqa: BLE001 - a dead or starting server: the caller polls again
+        return None
+    finally:
+        connection.close()
+
+
+def signal_process(managed: ManagedProcess, signum: signal.Signals) -> None:
+    """Send `signum` to a process we started (by its pid)."""
+    if managed.process.poll() is None:
+        os.kill(managed.process.pid, signum)
+
+
+@dataclass
+class WorkerSpec:
+    rank: int
+    num_workers: int
+    extra: Sequence[str] = ()
+
+
+def spawn_worker(cluster: LocalCluster, servers: str, spec: WorkerSpec, epochs: int,
+                 report: Path, name: str | None = None) -> ManagedProcess:
+    """A `paramserver worker` process with short deadlines, suited to fault runs."""
+    return cluster.spawn(name or f"worker-{spec.rank}", [
+        "worker", "--servers", servers, "--rank", str(spec.rank), "--num-workers",
+        str(spec.num_workers), "--worker-id", f"worker-{spec.rank}", "--epochs", str(epochs),
+        "--report", str(report), "--log-level", "INFO", "--timeout", "20", *spec.extra])
+
+
+def restart_server(cluster: LocalCluster, old: ManagedProcess, port: int,
+                   server_args: Sequence[str], timeout_s: float = 60.0,
+                   env: dict[str, str] | None = None) -> ManagedProcess:
+    """Start a server again with the same arguments on the same port."""
+    managed = cluster.spawn(f"{old.name}-restarted", [
+        "serve", "--host", "127.0.0.1", "--port", str(port), *server_args], env=env)
+    wait_for(f"{managed.name} serving", lambda: status(f"127.0.0.1:{port}") is not None or (
+        managed.process.poll() is not None and _died(managed)), timeout_s)
+    return managed
+
+
+def _died(managed: ManagedProcess) -> bool:
+    raise ClusterError(f"{managed.name} exited with {managed.process.returncode}:\n"
+                       f"{managed.log_tail()}")
+
+
+def wait_exit(managed: ManagedProcess, timeout_s: float) -> int:
+    """The exit code of a process that must end by itself within `timeout_s`."""
+    try:
+        return managed.process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        raise Hang(f"{managed.name} still running after {timeout_s:.0f}s:\n"
+                   f"{managed.log_tail()}") from None
+
+
+def version_of(address: str) -> int:
+    """The server's version, or -1 while it does not answer."""
+    current = status(address)
+    return -1 if current is None else current.version
+
+
+@dataclass
+class DeathTrial:
+    """A worker hit by `fault` mid-training: when the server evicted it, when a step closed."""
+
+    evicted: tuple[str, ...]
+    evicted_after_s: float
+    step_closed_after_s: float
+
+
+def hit_worker(address: str, victim: ManagedProcess, fault: signal.Signals,
+               start_version: int = 15, timeout_s: float = 90.0) -> DeathTrial:
+    """Wait until the job passed `start_version`, hit `victim`, and time the server's answer:
+    its eviction, then the next step closing without it."""
+    wait_for("training under way", lambda: version_of(address) >= start_version, timeout_s)
+    signal_process(victim, fault)
+    hit = time.monotonic()
+    before = version_of(address)
+    evicted = wait_for("eviction", lambda: (s := status(address)) and s.evicted, 30)
+    evicted_after = time.monotonic() - hit
+    wait_for("the next step", lambda: version_of(address) > before + 1, 30)
+    return DeathTrial(evicted, evicted_after, time.monotonic() - hit)

@@ -1,0 +1,28 @@
+"""What a federated server is started with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    fraction: float = 1.0  # of the live clients sampled each round
+    seed: int = 0  # sampling is reproducible from (seed, round, client ids)
+    min_clients: int = 1  # sampled at least, and reports needed for a round to count
+    round_timeout_s: float = 60.0  # a round closes then with whoever reported
+    min_completion_rate: float = 0.0  # of the sampled clients that must report
+    clip_norm: float = 0.0  # scale updates down to this L2 norm (0: off)
+    reject_norm: float = 1e6  # refuse updates above this L2 norm (0: off)
+    buffer: int = 2  # fedbuff: apply once this many updates arrived
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.min_clients < 1 or self.buffer < 1:
+            raise ValueError("--min-clients and --buffer must be at least 1")
+        if not 0 <= self.min_completion_rate <= 1:
+            raise ValueError(f"--min-completion-rate must be in [0, 1], "
+                             f"got {self.min_completion_rate}")
+        if self.round_timeout_s <= 0:
+            raise ValueError(f"--round-timeout must be positive, got {self.round_timeout_s}")

@@ -1,0 +1,303 @@
+"""Crash-safe checkpoints of one shard's state: written aside and renamed, verified on load.
+
+A checkpoint file is a fixed header followed by a payload:
+
+    magic (8 bytes) | format version (u32) | payload length (u64) | SHA-256 of payload (32 bytes)
+
+all little-endian. The payload is a `torch.save` of a dict of tensors and primitives only, so
+`torch.load(..., weights_only=True)` reads it and loading a checkpoint never runs pickled
+code. Layout and plan travel in it as protobuf bytes from `paramserver.serde`; `extra` as JSON.
+
+Saving follows the POSIX recipe for atomic replacement: write a uniquely named temp file,
+fsync it, rename it to its final name, fsync the directory so the rename itself survives a
+power cut. A final name therefore only ever holds a complete file; a crash mid-save leaves at
+most a `*.tmp` file, which is never read (and is safe to delete when no save is running).
+Damage that happens anyway (disk errors, a bad copy) fails the checksum: `load_latest` skips
+such a file with a warning and falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import signal
+import struct
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import torch
+
+from paramserver import serde
+from paramserver.sharding import PartitionPlan
+from paramserver.types import ModelLayout
+
+log = logging.getLogger(__name__)
+
+CRASH_HOOK_ENV = "PARAMSERVER_TEST_CRASH_IN_CHECKPOINT"
+MAGIC = b"PSCKPT\r\n"  # the CR LF is mangled by text-mode copies, as in PNG's signature
+FORMAT_VERSION = 1
+TEMP_SUFFIX = ".tmp"
+_HEADER = struct.Struct("<8sIQ32s")
+_NAME = re.compile(r"shard-(\d{4,})-v(\d{12,})\.ckpt")
+_save_calls = itertools.count(1)  # process-wide count of saves, for the crash hook
+
+
+@dataclass
+class ShardState:
+    """Everything one shard needs to resume where it stopped."""
+
+    version: int
+    layout: ModelLayout  # this shard's stored tensors
+    plan: PartitionPlan  # how the whole model is split
+    shard_index: int
+    params: dict[str, torch.Tensor]  # CPU tensors by name, in layout order
+    optimizer: dict[str, Any]  # a torch.optim.Optimizer.state_dict()
+    extra: dict[str, Any]  # plain JSON data; comes back as json.loads returns it
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that does not verify; the message says why."""
+
+
+def state_digest(version: int, params: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 hex over the version and each parameter's name and raw bytes, in mapping order.
+
+    The same value as `ParameterStore.state_hash()`: tests use it to check that a restored
+    shard holds exactly the state that was saved.
+    """
+    digest = hashlib.sha256(str(version).encode())
+    for name, param in params.items():
+        digest.update(name.encode())
+        flat = param.detach().reshape(-1).contiguous()
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def checkpoint_name(shard_index: int, version: int) -> str:
+    """'shard-0003-v000000001200.ckpt': zero-padded, so names sort like versions."""
+    return f"shard-{shard_index:04d}-v{version:012d}.ckpt"
+
+
+class CheckpointStore:
+    """The checkpoint files in one directory: atomic saves, newest-valid loads, pruning.
+
+    Pass `shard_index` when several shards share the directory: the store then sees only that
+    shard's files. Without it the store sees every checkpoint file, and `load_latest` refuses
+    a directory holding more than one shard rather than guess which to resume.
+    Concurrent saves (a periodic one and one on SIGTERM) are safe without a lock: each writes
+    its own temp file, and the last rename wins.
+    """
+
+    def __init__(self, directory: Path, keep: int = 3, *, shard_index: int | None = None) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+        self.shard_index = shard_index
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def paths(self) -> list[Path]:
+        """Complete checkpoint files (final names; contents not checked), newest first."""
+        return [path for _, path in self._listing()]
+
+    def save(self, state: ShardState) -> Path:
+        """Write `state` atomically and return its path; then keep the newest `keep` files of
+        that shard (never deleting the one just written).
+
+        `state` must be a consistent snapshot (copied under the store's lock): tensors are
+        written as they are while this runs. ValueError, before anything is written, for a
+        state that could not be restored.
+
+        Test-only hook: with PARAMSERVER_TEST_CRASH_IN_CHECKPOINT=K in the environment, the
+        K-th save of the process writes about half of its temp file, flushes it and SIGKILLs
+        its own process, to simulate a crash mid-write. Never set it outside tests.
+        """
+        crash = _crash_requested()
+        if self.shard_index not in (None, state.shard_index):
+            raise ValueError(f"this store holds shard {self.shard_index}, "
+                             f"not shard {state.shard_index}")
+        body = _encode_payload(state)
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest())
+        final = self.directory / checkpoint_name(state.shard_index, state.version)
+        fd, temp = tempfile.mkstemp(prefix=final.name + ".", suffix=TEMP_SUFFIX,
+                                    dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if crash:
+                    _write_half_and_die(out, header + body)
+                out.write(header)
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        _fsync_directory(self.directory)
+        self._prune(state.shard_index, written=final)
+        return final
+
+    def load_latest(self) -> ShardState | None:
+        """The newest checkpoint that verifies, or None when there is none.
+
+        Each file skipped (torn, corrupt, unreadable) is logged as a warning naming it and why.
+        """
+        listing = self._listing()
+        shards = sorted({shard for (_, shard), _ in listing})
+        if len(shards) > 1:
+            raise ValueError(f"{self.directory} holds checkpoints of shards {shards}: "
+                             "pass shard_index to CheckpointStore to pick one")
+        for _, path in listing:
+            try:
+                return read_checkpoint(path)
+            except CorruptCheckpoint as exc:
+                log.warning("skipping checkpoint %s: %s", path, exc)
+            except FileNotFoundError:
+                pass  # pruned by a concurrent save since we listed it
+        return None
+
+    def _listing(self) -> list[tuple[tuple[int, int], Path]]:
+        """((version, shard), path) of this store's checkpoint files, newest first."""
+        found = []
+        for path in self.directory.iterdir():
+            if _NAME.fullmatch(path.name):
+                shard, version = _parse_name(path)
+                if self.shard_index in (None, shard):
+                    found.append(((version, shard), path))
+        return sorted(found, reverse=True)
+
+    def _prune(self, shard_index: int, written: Path) -> None:
+        # Files newer than `written` exist only when they failed to load; they still count,
+        # so the good file just written must be spared explicitly.
+        mine = [path for (_, shard), path in self._listing() if shard == shard_index]
+        for old in mine[self.keep:]:
+            if old != written:
+                old.unlink(missing_ok=True)  # a concurrent save may have pruned it already
+
+
+def read_checkpoint(path: Path) -> ShardState:
+    """Read and verify one checkpoint file; CorruptCheckpoint says what is wrong with it."""
+    data = path.read_bytes()
+    if len(data) < _HEADER.size:
+        raise CorruptCheckpoint(f"short file: {len(data)} bytes, the header alone is "
+                                f"{_HEADER.size}")
+    magic, fmt, length, checksum = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptCheckpoint(f"bad magic bytes {magic!r}, not a checkpoint")
+    if fmt != FORMAT_VERSION:
+        raise CorruptCheckpoint(f"format version {fmt}; this code reads {FORMAT_VERSION}")
+    body = data[_HEADER.size:]
+    if len(body) != length:
+        raise CorruptCheckpoint(f"payload is {len(body)} bytes, the header says {length} "
+                                "(torn or truncated write)")
+    if hashlib.sha256(body).digest() != checksum:
+        raise CorruptCheckpoint("payload checksum mismatch")
+    try:
+        state = _decode_payload(body)
+    except Exception as exc:  # a verified payload that will not decode is as unusable
+        raise CorruptCheckpoint(f"unreadable payload: {type(exc).__name__}: {exc}") from exc
+    if _parse_name(path) != (state.shard_index, state.version):
+        raise CorruptCheckpoint(f"holds shard {state.shard_index} version {state.version}, "
+                                "not what its name says")
+    return state
+
+
+def _encode_payload(state: ShardState) -> bytes:
+    _check_restorable(state)
+    buffer = io.BytesIO()
+    torch.save({
+        "version": state.version,
+        "shard_index": state.shard_index,
+        "layout": serde.layout_to_proto(state.layout).SerializeToString(),
+        "plan": serde.plan_to_proto(state.plan).SerializeToString(),
+        "params": {name: _compact(t) for name, t in state.params.items()},
+        "optimizer": state.optimizer,
+        "extra": json.dumps(state.extra),
+    }, buffer)
+    return buffer.getvalue()
+
+
+def _decode_payload(body: bytes) -> ShardState:
+    payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    # serde owns the message types: it hands us empty messages to parse into.
+    layout_msg = serde.layout_to_proto(None)
+    layout_msg.ParseFromString(payload["layout"])
+    plan_msg = serde.plan_to_proto(None)
+    plan_msg.ParseFromString(payload["plan"])
+    plan = serde.plan_from_proto(plan_msg)
+    if plan is None:
+        raise ValueError("no partition plan recorded")
+    return ShardState(
+        version=int(payload["version"]),
+        layout=serde.layout_from_proto(layout_msg) or ModelLayout(()),  # a shard may be empty
+        plan=plan,
+        shard_index=int(payload["shard_index"]),
+        params=dict(payload["params"]),
+        optimizer=payload["optimizer"],
+        extra=json.loads(payload["extra"]),
+    )
+
+
+def _check_restorable(state: ShardState) -> None:
+    """Refuse at save time what could not be restored, rather than find out on restart."""
+    if state.version < 0 or state.shard_index < 0:
+        raise ValueError(f"version {state.version} and shard index {state.shard_index} "
+                         "must not be negative")
+    names = [spec.name for spec in state.layout.tensors]
+    if list(state.params) != names:
+        raise ValueError(f"params {list(state.params)} do not match the layout's tensors {names}")
+    for spec in state.layout.tensors:
+        param = state.params[spec.name]
+        if (tuple(param.shape), param.dtype) != (spec.shape, spec.dtype):
+            raise ValueError(f"param {spec.name!r} is {tuple(param.shape)} {param.dtype}, "
+                             f"the layout says {spec.shape} {spec.dtype}")
+
+
+def _compact(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a compact copy when it views a larger storage (torch.save writes storages
+    whole, so a view into a flat buffer would save the entire buffer)."""
+    tensor = tensor.detach()
+    if (tensor.is_contiguous() and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.nbytes):
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _parse_name(path: Path) -> tuple[int, int]:
+    """(shard index, version) from a checkpoint file's name."""
+    match = _NAME.fullmatch(path.name)
+    assert match is not None, path
+    return int(match[1]), int(match[2])
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable: POSIX only promises that once the directory itself is synced."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _crash_requested() -> bool:
+    """Test-only: True for the K-th save of this process when CRASH_HOOK_ENV is K."""
+    call = next(_save_calls)
+    target = os.environ.get(CRASH_HOOK_ENV, "")
+    return bool(target) and call == int(target)
+
+
+def _write_half_and_die(out: IO[bytes], blob: bytes) -> NoReturn:
+    """Test-only: leave a torn temp file on disk and die as a power cut or OOM kill would."""
+    out.write(blob[: len(blob) // 2])
+    out.flush()
+    os.fsync(out.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("SIGKILL cannot be caught")

@@ -1,0 +1,75 @@
+"""Stale-synchronous parallel (Ho et al. 2013): pushes are applied as they arrive, but no
+worker runs more than `staleness` steps ahead of the slowest live worker.
+
+Each worker's clock counts its applied pushes. A worker's pull (which starts its next step)
+waits while its clock exceeds the slowest live worker's by more than S; S=0 is lockstep like
+sync, a large S is async. Dead workers are evicted from membership and stop holding anyone
+back; a worker that joins starts at the slowest clock. `max_lead` records the largest lead
+any worker ever started a step with, for tests and status.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from paramserver.errors import DeadlineExceeded
+from paramserver.server.assembly import BufferPool
+from paramserver.server.async_policy import AsyncPolicy
+from paramserver.server.membership import Membership
+from paramserver.server.store import ParameterStore
+
+
+class SspPolicy(AsyncPolicy):
+    def __init__(self, store: ParameterStore, members: Membership, pool: BufferPool,
+                 staleness: int) -> None:
+        if staleness < 0:
+            raise ValueError(f"--staleness must be >= 0, got {staleness}")
+        super().__init__(store, pool)
+        self.staleness = staleness
+        self._members = members
+        self._clock: dict[str, int] = {}
+        self._changed = threading.Condition()
+        self.max_lead = 0
+
+    def _slowest(self, live: set[str]) -> int:
+        return min((self._clock.get(w, 0) for w in live if w in self._clock), default=0)
+
+    def _join(self, worker_id: str, live: set[str]) -> int:
+        if worker_id not in self._clock:
+            self._clock[worker_id] = self._slowest(live)
+        return self._clock[worker_id]
+
+    def applied(self, worker_id: str) -> None:
+        with self._changed:
+            self._join(worker_id, self._members.live_workers())
+            self._clock[worker_id] += 1
+            self._changed.notify_all()
+
+    def members_changed(self) -> None:
+        live = self._members.live_workers()
+        with self._changed:
+            for gone in set(self._clock) - live:
+                del self._clock[gone]
+            self._changed.notify_all()
+
+    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                live = self._members.live_workers() | {worker_id}
+                mine = self._join(worker_id, live)
+                lead = mine - self._slowest(live)
+                if lead <= self.staleness:
+                    self.max_lead = max(self.max_lead, lead)
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(
+                        f"worker {worker_id!r} is {lead} steps ahead of the slowest live "
+                        f"worker (bound {self.staleness}) and waited {timeout_s:.1f}s")
+                self._changed.wait(min(remaining, 1.0))
+
+    def clocks(self) -> dict[str, int]:
+        with self._changed:
+            return dict(self._clock)

@@ -1,0 +1,108 @@
+"""Leases, eviction, leaving, and the ledger that makes pushes exactly-once; checkpoints
+restore a core bit-identically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from paramserver.errors import ParamServerError, SessionExpired
+from paramserver.server.config import ServerConfig
+from paramserver.server.handlers import ParameterServerCore
+from paramserver.server.ledger import PushLedger
+from paramserver.server.membership import Membership
+from paramserver.server.optimizer import OptimizerConfig
+from paramserver.types import CodecSpec, Mode, PushResult, Role
+from tests.helpers import push_stream, register_stream
+
+NONE = CodecSpec("none")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_silent_workers_are_evicted_and_their_sessions_expire() -> None:
+    clock = FakeClock()
+    members = Membership(Mode.SYNC, 2, lease_s=2.0, clock=clock)
+    a = members.open("a", Role.WORKER, NONE, NONE)
+    b = members.open("b", Role.WORKER, NONE, NONE)
+    assert members.formed and members.live_workers() == {"a", "b"}
+    clock.now += 1.5
+    members.touch(a.session_id)  # a heartbeats, b does not
+    clock.now += 1.0
+    evicted = members.evict_silent(step=7)
+    assert [r.worker_id for r in evicted] == ["b"] and members.evictions == ["b@7"]
+    assert members.live_workers() == {"a"}
+    with pytest.raises(SessionExpired, match="evicted at step 7"):
+        members.touch(b.session_id)
+    again = members.open("b", Role.WORKER, NONE, NONE)  # it rejoins, a new incarnation
+    assert again.incarnation == b.incarnation + 1
+    members.leave(a.session_id)
+    assert members.live_workers() == {"b"}
+
+
+def test_sync_step_closes_when_the_missing_worker_is_evicted() -> None:
+    core = ParameterServerCore(ServerConfig(mode=Mode.SYNC, expected_workers=2, lease_s=5.0))
+    clock = FakeClock()
+    core.members._clock = clock
+    s1 = core.handshake("a", Role.WORKER, [], []).session_id
+    core.handshake("b", Role.WORKER, [], [])
+    core.register(iter(register_stream(s1, {"w": torch.ones(3)})))
+    assert not core.push(iter(push_stream(s1, 0, {"w": torch.ones(3)}))).applied
+    clock.now += 3.0
+    core.heartbeat(s1)
+    clock.now += 3.0
+    core.tick()  # b is silent for 6s > 5s: evicted, and the step closes with a's push
+    assert core.store.version == 1
+    assert core.status().evicted == ("b@0",)
+
+
+def test_ledger_answers_a_retry_with_the_original_result() -> None:
+    ledger = PushLedger()
+    assert ledger.begin("w", 1, 1, timeout_s=1) is None
+    ledger.finish("w", 1, 1, PushResult(version=4, applied=True))
+    again = ledger.begin("w", 1, 1, timeout_s=1)
+    assert again == PushResult(version=4, applied=True, duplicate=True)
+    assert ledger.begin("w", 1, 2, timeout_s=1) is None
+    ledger.finish("w", 1, 2, None)  # refused: a retry is processed again
+    assert ledger.begin("w", 1, 2, timeout_s=1) is None
+    ledger.finish("w", 1, 2, PushResult(version=5, applied=True))
+    with pytest.raises(ParamServerError) as replay:
+        ledger.begin("w", 1, 1, timeout_s=1)
+    assert replay.value.code == grpc.StatusCode.ABORTED
+    assert ledger.begin("w", 2, 1, timeout_s=1) is None  # a new incarnation starts afresh
+    with pytest.raises(ParamServerError) as fenced:
+        ledger.begin("w", 1, 9, timeout_s=1)
+    assert fenced.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(ledger) == 1  # one entry per worker, not per push
+    copy = PushLedger()
+    copy.restore(ledger.table())
+    assert copy.table() == ledger.table()
+
+
+def test_checkpoint_restores_a_core_bit_identically(tmp_path: Path) -> None:
+    config = ServerConfig(mode=Mode.ASYNC, checkpoint_dir=tmp_path, checkpoint_every=2,
+                          optimizer=OptimizerConfig(name="adam", lr=0.01))
+    core = ParameterServerCore(config)
+    session = core.handshake("a", Role.WORKER, [], []).session_id
+    core.register(iter(register_stream(session, {"w": torch.randn(4, 3), "b": torch.zeros(3)})))
+    grads = [{"w": torch.randn(4, 3), "b": torch.randn(3)} for _ in range(4)]
+    for step, grad in enumerate(grads[:2]):
+        core.push(iter(push_stream(session, step, grad)))  # step 2 writes a checkpoint
+    saved_hash = core.store.state_hash()
+    restored = ParameterServerCore(config)
+    assert restored.restored_version == 2 and restored.store.state_hash() == saved_hash
+    assert restored.members.incarnations() == {"a": 1}
+    again = restored.handshake("a", Role.WORKER, [], []).session_id
+    for step, grad in enumerate(grads[2:], start=2):  # Adam's moments came back too
+        core.push(iter(push_stream(session, step, grad)))
+        restored.push(iter(push_stream(again, step, grad)))
+    assert restored.store.state_hash() == core.store.state_hash()
