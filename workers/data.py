@@ -64,3 +64,15 @@ def epoch_batches(indices: np.ndarray, steps: int, batch_size: int,
     """`steps` batches of this worker's shard in a fresh order drawn from `seed`."""
     order = np.random.default_rng(seed).permutation(indices)
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def client_shard(data: Dataset, spec: str, clients: int, index: int,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Client `index`'s private training data under partition `spec` (federated)."""
+    from paramserver.federated.partition import partition
+
+    if not 0 <= index < clients:
+        raise ValueError(f"client index {index} outside [0, {clients})")
+    mine = partition(spec, data.y_train.numpy(), clients, seed)[index]
+    picked = torch.from_numpy(mine)
+    return data.x_train[picked], data.y_train[picked]

@@ -1,20 +1,31 @@
-"""Federated averaging on the parameter servers: the `torch.nn.FedAvg` the source document
-calls, which does not exist in PyTorch, made real.
+"""Federated clients on the parameter servers.
 
-A client trains locally with its own optimizer for a round, then pushes its model update
-(global - local parameters) as the gradient, weighted by its number of examples. A sync
-server started with `--aggregate weighted --optimizer sgd --lr 1 --momentum 0` applies
-global -= weighted mean(global - local), i.e. global = sum(n_k * local_k) / sum(n_k):
-FedAvg (McMahan et al. 2017), with the connection's negotiated codec on the update.
+`FedAvg` is the source document's `torch.nn.FedAvg`, made real: after local training, one
+call pushes the model update (global - local) weighted by the client's examples; a server
+with `--aggregate weighted --optimizer sgd --lr 1 --momentum 0` makes the new global model
+the example-weighted average of the client models.
+
+`FederatedClient` runs whole rounds against a `--mode federated` (or `fedbuff`) server:
+wait for a round it is sampled in, pull the global model, train E local epochs on its own
+data (FedProx's proximal term, resampling of a small client, as configured), push.
 """
 
 from __future__ import annotations
 
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+from torch import nn
 
 from paramserver.errors import FailedPrecondition
-from paramserver.types import PushResult
+from paramserver.types import Mode, PushResult
 from workers.attach import AttachedModel
+
+log = logging.getLogger(__name__)
 
 
 class FedAvg:
@@ -31,6 +42,14 @@ class FedAvg:
     def _snapshot(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.attached.model.named_parameters()}
 
+    def refresh(self) -> None:
+        """The model now holds the global parameters (after a pull): remember them."""
+        self._global = self._snapshot()
+
+    @property
+    def global_params(self) -> dict[str, torch.Tensor]:
+        return self._global
+
     @torch.no_grad()
     def step(self, num_examples: int) -> list[PushResult]:
         """Push this round's update and load the new global model into the local one."""
@@ -41,6 +60,108 @@ class FedAvg:
         results = self.attached.step(num_samples=num_examples)
         for param in self.attached.model.parameters():
             param.grad = None
-        self._global = self._snapshot()
+        self.refresh()
         self.rounds += 1
         return results
+
+
+def client_weight(examples: int, weighting: str) -> int:
+    """The weight a client reports: its examples, 1 (uniform), or examples capped at N."""
+    if weighting == "examples":
+        return examples
+    if weighting == "uniform":
+        return 1
+    name, _, cap = weighting.partition(":")
+    if name == "capped" and cap.isdigit() and int(cap) > 0:
+        return min(examples, int(cap))
+    raise ValueError(f"unknown weighting {weighting!r}; use examples, uniform or capped:N")
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.2
+    momentum: float = 0.5
+    prox_mu: float = 0.0  # FedProx: + mu/2 * ||w - w_global||^2
+    resample_to: int = 0  # a client with fewer examples draws (with replacement) up to this
+    weighting: str = "examples"
+    dropout: float = 0.0  # chance that a sampled client silently skips a round (simulation)
+
+
+@dataclass
+class ClientReport:
+    client_id: str
+    examples: int
+    rounds_trained: int
+    rounds_dropped: int
+    bytes_pushed: int
+    bytes_pulled: int
+
+
+class FederatedClient:
+    """One client with its private data, training the rounds it is sampled for."""
+
+    def __init__(self, attached: AttachedModel, x: torch.Tensor, y: torch.Tensor,
+                 training: LocalTraining, seed: int = 0) -> None:
+        client = getattr(attached, "client", None)  # a stand-in in unit tests has none
+        if client is not None and len(client.connections) > 1:
+            raise FailedPrecondition("federated rounds run on one server: each server would "
+                                     "sample its own clients for a round")
+        self.attached = attached
+        self.fedavg = FedAvg(attached)
+        self.x, self.y = x, y
+        self.training = training
+        self._rng = np.random.default_rng(seed)
+        self._coin = random.Random(seed)
+        self.rounds_trained = self.rounds_dropped = 0
+
+    def run(self, rounds: int, deadline_s: float = 600.0) -> ClientReport:
+        """Take part until the global model reached round `rounds`."""
+        client = self.attached.client
+        stop = time.monotonic() + deadline_s
+        next_round = 0
+        while time.monotonic() < stop:
+            round_, sampled, _ = client.join_round(next_round)
+            if round_ >= rounds:
+                break
+            next_round = round_ + 1
+            if not sampled:
+                continue
+            if self._coin.random() < self.training.dropout:
+                self.rounds_dropped += 1  # a device that went away this round
+                continue
+            client.pull(round_)
+            if client.version != round_ and client.session.mode is Mode.FEDERATED:
+                continue  # the round closed while we were away: wait for the next
+            self.fedavg.refresh()
+            self._train_locally()
+            self.fedavg.step(client_weight(len(self.y), self.training.weighting))
+            self.rounds_trained += 1
+        return ClientReport(client.worker_id, len(self.y), self.rounds_trained,
+                            self.rounds_dropped, client.bytes_pushed, client.bytes_pulled)
+
+    def _epoch_order(self) -> np.ndarray:
+        n = len(self.y)
+        if self.training.resample_to > n:  # oversample a small client up to the target
+            return self._rng.choice(n, self.training.resample_to, replace=True)
+        return self._rng.permutation(n)
+
+    def _train_locally(self) -> None:
+        model, t = self.attached.model, self.training
+        optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum)
+        anchor = self.fedavg.global_params
+        params = dict(model.named_parameters())
+        for _ in range(t.epochs):
+            order = self._epoch_order()
+            for start in range(0, len(order), t.batch_size):
+                batch = torch.from_numpy(order[start:start + t.batch_size])
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(self.x[batch]), self.y[batch])
+                if t.prox_mu:
+                    loss = loss + t.prox_mu / 2 * sum(
+                        (params[n] - anchor[n]).square().sum() for n in params)
+                loss.backward()
+                optimizer.step()
+        for param in model.parameters():
+            param.grad = None

@@ -1,0 +1,60 @@
+"""Running a federated client, and evaluating the global model round by round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from paramserver.types import CodecSpec, Role
+from workers import ParameterClient, attach
+from workers.data import client_shard, load_digits_dataset
+from workers.federated import ClientReport, FederatedClient, LocalTraining
+from workers.models import accuracy, digits_mlp
+
+
+def run_client(servers: str, index: int, clients: int, rounds: int, training: LocalTraining,
+               partition: str, codecs: Sequence[CodecSpec], seed: int = 0) -> ClientReport:
+    """One client on its own partition of digits, until the global model reaches `rounds`."""
+    data = load_digits_dataset()
+    x, y = client_shard(data, partition, clients, index, seed)
+    model = digits_mlp(seed=seed)
+    with attach(model, servers, worker_id=f"client-{index}", codecs=codecs,
+                overlap=False) as attached:
+        return FederatedClient(attached, x, y, training, seed=seed * 7919 + index).run(rounds)
+
+
+def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], None],
+                  alive: Callable[[], bool], poll_s: float = 2.0) -> list[float]:
+    """Test accuracy of the global model after each round (an observer pulls every version),
+    until `rounds`; raises RuntimeError if `alive()` turns false before (no client left)."""
+    from paramserver.errors import DeadlineExceeded
+
+    from paramserver.chaos import wait_for, status
+
+    data = load_digits_dataset()
+    model = digits_mlp()
+    accuracies: list[float] = []
+
+    def registered() -> bool:
+        if not alive():
+            raise RuntimeError("every client exited before the model was registered")
+        current = status(servers)
+        return current is not None and current.layout is not None
+
+    wait_for("the first client registering the model", registered, timeout_s=300,
+             period_s=0.2)
+    with ParameterClient(servers, "round-observer", role=Role.OBSERVER, timeout_s=poll_s,
+                         retry_s=0.0) as observer:
+        observer.attach(model)
+        while len(accuracies) < rounds:
+            try:
+                version = observer.pull(len(accuracies) + 1, timeout_s=poll_s)
+            except DeadlineExceeded:
+                if not alive():
+                    raise RuntimeError(f"no client is left: the federation stopped after "
+                                       f"{len(accuracies)} of {rounds} rounds") from None
+                continue
+            value = accuracy(model, data.x_test, data.y_test)
+            while len(accuracies) < min(version, rounds):
+                accuracies.append(value)
+                on_round(len(accuracies), value)
+    return accuracies

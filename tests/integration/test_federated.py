@@ -1,0 +1,56 @@
+"""`paramserver federated` on digits: the accuracy bars of the issue, separate client
+processes (`paramserver client`), dropouts, and a clear error when no client is left."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def _federated(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]
+    report = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "paramserver.cli.main", "federated", "--report", str(report),
+         "--run-dir", str(tmp_path / "run"), *args],
+        capture_output=True, text=True, timeout=280, cwd=REPO, stdin=subprocess.DEVNULL)
+    return result, (json.loads(report.read_text()) if report.exists() else {})
+
+
+@pytest.mark.parametrize(("partition", "bar"), [("dirichlet:0.5", 0.90), ("iid", 0.95)])
+def test_fedavg_on_ten_clients_reaches_the_bar(tmp_path: Path, partition: str,
+                                               bar: float) -> None:
+    result, report = _federated(tmp_path, "--clients", "10", "--rounds", "30", "--fraction",
+                                "1.0", "--local-epochs", "1", "--partition", partition,
+                                "--strategy", "fedavg", "--simulate")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert report["rounds"] == 30 and len(report["round_accuracy"]) == 30
+    assert report["round_accuracy"][-1] >= bar
+    assert report["bytes_pushed"] > 0 and report["bytes_pulled"] > 0
+    assert len(report["client_examples"]) == 10 and sum(report["client_examples"]) == 1347
+    assert "round 30/30 accuracy" in result.stdout  # progress per round
+
+
+def test_separate_client_processes_with_sampling_and_dropouts(tmp_path: Path) -> None:
+    result, report = _federated(tmp_path, "--clients", "4", "--rounds", "6", "--fraction",
+                                "0.5", "--partition", "quantity:1.0", "--strategy", "fedprox",
+                                "--dropout", "0.3", "--round-timeout", "3",
+                                "--codec", "qsgd:bits=8")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert report["rounds"] == 6 and report["codec"].startswith("qsgd")
+    assert report["dropouts"], "a 30% dropout over 12 sampled slots left no trace"
+    assert all("@" in d for d in report["dropouts"])
+
+
+def test_no_client_left_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    # Every client fails on its first report (an invalid weighting): nobody is left.
+    result, _ = _federated(tmp_path, "--clients", "2", "--rounds", "3", "--weighting",
+                           "capped:x")
+    assert result.returncode == 1
+    assert "no client is left" in result.stdout or "every client exited" in result.stdout
