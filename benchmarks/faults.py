@@ -48,7 +48,7 @@ def worker_trial(fault: signal.Signals, lease: float) -> DeathTrial:
                                                    str(lease)])
         workers = [spawn_worker(cluster, address, WorkerSpec(r, 4), 10,
                                 cluster.run_dir / f"w{r}.json") for r in range(4)]
-        trial = hit_worker(address, workers[3], fault)
+        trial = hit_worker(address, workers[3], "worker-3", fault)
         if fault is signal.SIGSTOP:
             signal_process(workers[3], signal.SIGCONT)
         for worker in workers[:3] if fault is signal.SIGKILL else workers:

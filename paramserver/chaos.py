@@ -113,15 +113,22 @@ class DeathTrial:
     step_closed_after_s: float
 
 
-def hit_worker(address: str, victim: ManagedProcess, fault: signal.Signals,
+def hit_worker(address: str, victim: ManagedProcess, victim_id: str, fault: signal.Signals,
                start_version: int = 15, timeout_s: float = 90.0) -> DeathTrial:
     """Wait until the job passed `start_version`, hit `victim`, and time the server's answer:
-    its eviction, then the next step closing without it."""
+    the victim's eviction, then the next step closing without it."""
     wait_for("training under way", lambda: version_of(address) >= start_version, timeout_s)
+    earlier = set(wait_for("status", lambda: status(address), 10).evicted)
     signal_process(victim, fault)
     hit = time.monotonic()
     before = version_of(address)
-    evicted = wait_for("eviction", lambda: (s := status(address)) and s.evicted, 30)
+
+    def victim_evicted() -> tuple[str, ...]:
+        current = status(address)
+        new = [e for e in (current.evicted if current else ()) if e not in earlier]
+        return tuple(new) if any(e.startswith(victim_id + "@") for e in new) else ()
+
+    evicted = wait_for("eviction", victim_evicted, 30)
     evicted_after = time.monotonic() - hit
     wait_for("the next step", lambda: version_of(address) > before + 1, 30)
     return DeathTrial(evicted, evicted_after, time.monotonic() - hit)

@@ -164,7 +164,7 @@ class ParameterClient:
                 raise FailedPrecondition("no model is registered on the servers yet")
             self.pull(0)
             return False
-        results = self._fan_out_indexed(self._register)
+        results = self._fan_out_indexed(self._register_or_rejoin)
         self.pull([version for _, version in results])
         return any(created for created, _ in results)
 
@@ -179,6 +179,13 @@ class ParameterClient:
         result = self.connections[shard].register(self.plan.shard_layout(shard), values,
                                                   self.plan, shard)
         return result.created, result.version
+
+    def _register_or_rejoin(self, shard: int) -> tuple[bool, int]:
+        try:
+            return self._register(shard)
+        except SessionExpired as error:  # evicted while starting up (a starved process)
+            self._rejoin(shard, error.message)
+            return False, self.versions[shard]
 
     def _rejoin(self, shard: int, why: str) -> None:
         """New session on a shard that forgot ours (we were evicted, or it restarted)."""
