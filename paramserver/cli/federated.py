@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from paramserver.cli.client import add_client_training, training_from_args
-from paramserver.cli.common import add_logging, add_server, server_cli_args, setup_logging
-from paramserver.cli.common import write_json
+from paramserver.cli.common import (
+    add_logging,
+    add_server,
+    server_cli_args,
+    setup_logging,
+    write_json,
+)
 from paramserver.cli.local_cluster import ClusterError, LocalCluster
 
 

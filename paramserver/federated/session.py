@@ -26,9 +26,8 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
                   alive: Callable[[], bool], poll_s: float = 2.0) -> list[float]:
     """Test accuracy of the global model after each round (an observer pulls every version),
     until `rounds`; raises RuntimeError if `alive()` turns false before (no client left)."""
+    from paramserver.chaos import status, wait_for
     from paramserver.errors import DeadlineExceeded
-
-    from paramserver.chaos import wait_for, status
 
     data = load_digits_dataset()
     model = digits_mlp()

@@ -18,18 +18,18 @@ import torch
 from paramserver import __version__, serde, wire
 from paramserver.codecs import Codec, CodecError, Update, negotiate
 from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
-from paramserver.server.assembly import BufferPool, TensorAssembler, check_specs
-from paramserver.server.async_policy import AsyncPolicy
-from paramserver.server.config import ServerConfig
 from paramserver.federated.fedbuff import FedBuffPolicy
 from paramserver.federated.rounds import RoundPolicy
+from paramserver.server.assembly import BufferPool, TensorAssembler, check_specs
+from paramserver.server.async_policy import AsyncPolicy
 from paramserver.server.checkpoint import CheckpointStore, ShardState
+from paramserver.server.config import ServerConfig
 from paramserver.server.ledger import PushLedger
 from paramserver.server.membership import Membership, SessionRecord
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policy import UpdatePolicy
-from paramserver.server.store import ParameterStore
 from paramserver.server.ssp_policy import SspPolicy
+from paramserver.server.store import ParameterStore
 from paramserver.server.sync_policy import SyncPolicy
 from paramserver.sharding import plan_partition
 from paramserver.transport import chunk_ranges

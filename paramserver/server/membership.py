@@ -11,7 +11,6 @@ starts with whoever came first); from then on workers may join and leave freely.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -23,7 +22,6 @@ from paramserver.codecs import Codec, make_codec
 from paramserver.errors import FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.types import CodecSpec, Mode, Role, WorkerInfo
 
-log = logging.getLogger(__name__)
 EXPIRED_MEMORY = 4096  # why-expired answers kept for sessions that are gone
 
 

@@ -9,9 +9,9 @@ import time
 import grpc
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import torch
 
 from paramserver.errors import ParamServerError
 from paramserver.federated import strategies
