@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test protos bench clean
+.PHONY: setup demo test protos bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,13 @@ test: setup
 protos: setup
 	$(PY) tools/protoc.py
 
-## bench: push+pull throughput against the bare gRPC ceiling
+## bench: the suite against the floor and the peers (~10 min; benchmarks/suite.json + .png)
 bench: setup
-	$(PY) benchmarks/throughput.py --report benchmarks/throughput.json
+	$(VENV)/bin/paramserver bench --report benchmarks/suite.json
+
+## bench-quick: a small subset of the suite in under a minute
+bench-quick: setup
+	$(VENV)/bin/paramserver bench --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

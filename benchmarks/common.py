@@ -12,14 +12,19 @@ def median_spread(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
 
+def blob_sizes(megabytes: float) -> list[int]:
+    """Element counts of Blob's 4 float32 tensors: 1/2, 1/4, 1/8 and the rest of the model."""
+    numel = int(megabytes * 1e6 / 4)
+    return [numel // 2, numel // 4, numel // 8, numel - numel // 2 - numel // 4 - numel // 8]
+
+
 class Blob(nn.Module):
-    """A model of `megabytes` float32 in 4 tensors (1/2, 1/4, 1/8, 1/8) with fixed gradients."""
+    """A model of `megabytes` float32 in 4 tensors (see `blob_sizes`) with fixed gradients."""
 
     def __init__(self, megabytes: float) -> None:
         super().__init__()
-        numel = int(megabytes * 1e6 / 4)
-        sizes = [numel // 2, numel // 4, numel // 8, numel - numel // 2 - numel // 4 - numel // 8]
-        self.tensors = nn.ParameterList([nn.Parameter(torch.zeros(n)) for n in sizes])
+        self.tensors = nn.ParameterList([nn.Parameter(torch.zeros(n))
+                                         for n in blob_sizes(megabytes)])
         self.set_gradients()
 
     def set_gradients(self) -> None:

@@ -264,12 +264,12 @@ def run_clients(name: str, target: Callable[..., list[Any]], args: tuple[Any, ..
         try:
             for _ in chunks:
                 stage_barrier.wait(TIMEOUT_S)
-                before, busy_before = sum(server.cpu_times()[:2]), _busy_seconds()
+                before, busy_before = sum(server.cpu_times()[:2]), busy_seconds()
                 started = time.monotonic()
                 stage_barrier.wait(TIMEOUT_S)
                 stage_wall.append(time.monotonic() - started)
                 server_cpu.append(sum(server.cpu_times()[:2]) - before)
-                machine_cpu.append(_busy_seconds() - busy_before)
+                machine_cpu.append(busy_seconds() - busy_before)
         except threading.BrokenBarrierError:
             pass  # a client failed; its traceback is on the queue
         outcomes = _collect(results, processes)
@@ -316,7 +316,7 @@ def _collect(results: Any, processes: list[Any]) -> list[tuple[int, Any, str | N
     return sorted(outcomes, key=lambda outcome: outcome[0])
 
 
-def _busy_seconds() -> float:
+def busy_seconds() -> float:
     """CPU seconds all cores have spent running tasks since boot.
 
     Interrupt time is left out: loopback TCP runs partly in softirq, which no process is
@@ -356,11 +356,15 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(5.0)
 
 
-def measure_ceiling(run_dir: Path, shapes: Shapes, reps: int, quick: bool,
-                    model_bytes: int) -> list[Result]:
+def bare_server_command(shapes: Shapes) -> list[str]:
+    """The command that runs the bare server for a model of `shapes` (add --port-file)."""
+    return [sys.executable, str(Path(__file__).resolve()), "--bare-server", "--shapes",
+            json.dumps(shapes)]
+
+
+def measure_ceiling(run_dir: Path, shapes: Shapes, reps: int, model_bytes: int) -> list[Result]:
     results = []
-    bare, address = start_server([sys.executable, str(Path(__file__).resolve()), "--bare-server",
-                                  *(["--quick"] if quick else [])], run_dir, "bare")
+    bare, address = start_server(bare_server_command(shapes), run_dir, "bare")
     try:
         for workers in WORKER_COUNTS:
             chunks = [DEFAULT_CHUNK_BYTES, *(SWEEP_CHUNKS if workers == 1 else [])]
@@ -412,9 +416,11 @@ def main() -> int:
     parser.add_argument("--report", type=Path, help="write every figure here as JSON")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args()
     shapes = QUICK_SHAPES if args.quick else MODEL_SHAPES
     if args.bare_server:
+        shapes = [tuple(s) for s in args.shapes] if args.shapes else shapes
         if args.port_file is None:
             parser.error("--bare-server needs --port-file")
         serve_bare(args.port_file, shapes)
@@ -426,7 +432,7 @@ def main() -> int:
           f"{grpc.__version__}, protobuf {protobuf_version}, {os.cpu_count()} cpus", flush=True)
     wall = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ps-bench-") as tmp:
-        results = measure_ceiling(Path(tmp), shapes, reps, args.quick, model_bytes)
+        results = measure_ceiling(Path(tmp), shapes, reps, model_bytes)
         results += measure_ours(Path(tmp), shapes, reps, model_bytes)
     print_table(results)
 

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def _run(script: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
     report = tmp_path / "report.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick",
-                             "--report", str(report)], capture_output=True, text=True,
+                             "--report", str(report)], check=False, capture_output=True, text=True,
                             timeout=240, cwd=REPO, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(report.read_text())
@@ -54,3 +54,45 @@ def test_overlap_quick(tmp_path: Path) -> None:
     assert timings["step_overlap"]["median"] > 0 and timings["step_plain"]["median"] > 0
     assert report["hideable_s"] == pytest.approx(min(timings["backward"]["median"],
                                                      timings["push"]["median"]))
+
+
+def _timings(node: object) -> list[dict]:  # type: ignore[type-arg]
+    """Every {median, min, max} figure anywhere in a report."""
+    if isinstance(node, dict):
+        found = [node] if {"median", "min", "max"} <= node.keys() else []
+        return found + [t for value in node.values() for t in _timings(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in _timings(value)]
+    return []
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    """`paramserver bench --quick`: every section reports, every figure is positive."""
+    report_path = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "paramserver.cli.main", "bench", "--quick", "--report",
+         str(report_path)], check=False, capture_output=True, text=True, timeout=90, cwd=REPO,
+        stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads(report_path.read_text())
+    machine = report["machine"]
+    assert machine["grpcio"] and machine["protobuf"] and machine["transport"]
+    assert machine["cpu_count"] >= 1 and machine["chunk_bytes"] > 0
+    assert {r["system"] for r in report["floor"]} == {"tcp", "grpc-stream"}
+    assert {r["codec"] for r in report["ours"]["sync"]} >= {"none", "topk:ratio=0.01"}
+    assert report["ours"]["async"] and report["soak"]["pushes"] > 0
+    assert {r["system"] for r in report["peers"]} == {"gloo-allreduce", "rpc-ps"}
+    assert {r["cap"] for r in report["caps"]["rows"]} == set(report["caps"]["caps"])
+    assert {r["mode"] for r in report["convergence"]["rows"]} >= {"sync", "async"}
+    assert report["targets"] and all("met" in t for t in report["targets"])
+    figures = _timings(report)
+    assert len(figures) >= 10
+    for figure in figures:
+        assert 0 < figure["min"] <= figure["median"] <= figure["max"], figure
+    for row in report["floor"]:
+        assert row["gbps"] > 0 and row["bytes_per_round"] > 0
+    for row in report["ours"]["sync"]:
+        assert row["bytes_up"] > 0 and row["bytes_down"] > 0
+        assert all(x > 0 for x in row["memory"]["peak_over_idle_x_model"])
+    if report.get("plot"):
+        assert Path(report["plot"]).stat().st_size > 0
