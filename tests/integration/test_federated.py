@@ -54,3 +54,15 @@ def test_no_client_left_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
                            "capped:x")
     assert result.returncode == 1
     assert "no client is left" in result.stdout or "every client exited" in result.stdout
+
+
+@pytest.mark.parametrize("remedy", [["--weighting", "capped:100"], ["--resample-to", "100"],
+                                    ["--strategy", "fedprox", "--prox-mu", "0.1"]])
+def test_imbalance_remedies_train_on_a_quantity_skewed_split(tmp_path: Path,
+                                                             remedy: list[str]) -> None:
+    result, report = _federated(tmp_path, "--clients", "10", "--rounds", "15", "--partition",
+                                "quantity:0.3", "--simulate", *remedy)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    sizes = report["client_examples"]
+    assert max(sizes) > 5 * min(sizes)  # the split really is skewed
+    assert report["round_accuracy"][-1] >= 0.90
