@@ -93,6 +93,7 @@ class ParameterServerCore:
                             if config.checkpoint_dir is not None else None)
         self._checkpoint_lock = threading.Lock()
         self.restored_version = -1
+        self._checkpointed_version = 0  # the version of the newest checkpoint
         self._last_wait_log = 0.0
         if self.checkpoints is not None:
             self._restore()
@@ -155,6 +156,7 @@ class ParameterServerCore:
         if evicted:
             self.policy.members_changed()
         self.policy.tick()
+        self._maybe_checkpoint()
         waited, missing = self.policy.waiting_for()
         now = time.monotonic()
         if missing and waited > max(1.0, self.config.lease_s / 2) and (
@@ -240,7 +242,7 @@ class ParameterServerCore:
         finally:
             self.ledger.finish(*key, result)
         if result.applied:
-            self._maybe_checkpoint(result.version)
+            self._maybe_checkpoint()
         return result
 
     def _push(self, header: PushHeader, record: SessionRecord,
@@ -342,11 +344,14 @@ class ParameterServerCore:
 
     # ---- checkpoints ---------------------------------------------------------------------
 
-    def checkpoint(self) -> Path | None:
-        """Write this shard's state (atomically, with a checksum); None without a model."""
+    def checkpoint(self, every: int = 0) -> Path | None:
+        """Write this shard's state (atomically, with a checksum); None without a model, or
+        when `every` is given and fewer steps than that passed since the last checkpoint."""
         if self.checkpoints is None or self.store.layout is None:
             return None
         with self._checkpoint_lock:
+            if every and self.store.version - self._checkpointed_version < every:
+                return None
             version, params, optimizer = self.store.snapshot()
             assert self.store.layout is not None and self.store.plan is not None
             state = ShardState(version, self.store.layout, self.store.plan,
@@ -354,13 +359,16 @@ class ParameterServerCore:
                                {"ledger": self.ledger.table(),
                                 "incarnations": self.members.incarnations()})
             path = self.checkpoints.save(state)
+            self._checkpointed_version = max(self._checkpointed_version, version)
         log.info("checkpoint of step %d written to %s", version, path)
         return path
 
-    def _maybe_checkpoint(self, version: int) -> None:
+    def _maybe_checkpoint(self) -> None:
+        """Checkpoint once `checkpoint_every` steps passed since the last one, whoever closed
+        them (a push, an eviction, a round timeout)."""
         every = self.config.checkpoint_every
-        if every and version % every == 0:
-            self.checkpoint()
+        if every and self.store.version - self._checkpointed_version >= every:
+            self.checkpoint(every)
 
     def _restore(self) -> None:
         assert self.checkpoints is not None
@@ -372,7 +380,7 @@ class ParameterServerCore:
         self.ledger.restore(state.extra.get("ledger", {}))
         self.members.restore_incarnations(state.extra.get("incarnations", {}))
         self.members.mark_formed()
-        self.restored_version = state.version
+        self.restored_version = self._checkpointed_version = state.version
         log.warning("resumed shard %d from the checkpoint of step %d (state %s)",
                     state.shard_index, state.version, self.store.state_hash())
 
