@@ -173,4 +173,8 @@ def test_ssp_bounds_the_lead_and_a_late_joiner_converges(cluster: LocalCluster) 
         assert len(leads) < 600, "the job did not finish within 120 s"
     assert all(w.process.returncode == 0 for w in workers)
     assert max(leads) <= 2  # the server's record: nobody ever ran more than 2 steps ahead
-    assert min(_report(p)["accuracy"] for p in reports) >= BAR
+    # The job converges: the final global model reaches the bar. A worker's own figure is
+    # the global model when *it* finished, possibly while the others were still moving it.
+    accuracy, _ = evaluate_server_model(address)
+    assert accuracy >= BAR
+    assert min(_report(p)["accuracy"] for p in reports) >= 0.85
