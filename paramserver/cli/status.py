@@ -50,5 +50,13 @@ def format_status(address: str, status: ServerStatus) -> str:
     lines.append(f"   connected: {len(status.workers)}")
     for worker in status.workers:
         lines.append(f"   {worker.role.value:<9} {worker.worker_id:<20} pushes {worker.pushes:<8} "
-                     f"seen {worker.seconds_since_seen:.1f}s ago  codec {worker.push_codec}")
+                     f"seen {worker.seconds_since_seen:.1f}s ago  codec {worker.push_codec}  "
+                     f"incarnation {worker.incarnation}")
+    events = [("restored from the checkpoint of step", [str(status.restored_version)]
+               if status.restored_version >= 0 else []),
+              ("evicted (worker@step)", list(status.evicted)),
+              ("largest SSP lead", [str(status.max_lead)] if status.mode.value == "ssp" else []),
+              ("federated dropouts (client@round)", list(status.dropouts)),
+              ("skipped rounds", [str(r) for r in status.skipped_rounds])]
+    lines += [f"   {label}: {', '.join(values)}" for label, values in events if values]
     return "\n".join(lines) + "\n"

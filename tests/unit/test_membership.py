@@ -106,3 +106,20 @@ def test_checkpoint_restores_a_core_bit_identically(tmp_path: Path) -> None:
         core.push(iter(push_stream(session, step, grad)))
         restored.push(iter(push_stream(again, step, grad)))
     assert restored.store.state_hash() == core.store.state_hash()
+
+
+def test_status_table_shows_incarnations_and_fault_events() -> None:
+    from paramserver.cli.status import format_status
+
+    core = ParameterServerCore(ServerConfig(mode=Mode.SYNC, expected_workers=2, lease_s=5.0))
+    clock = FakeClock()
+    core.members._clock = clock
+    s1 = core.handshake("a", Role.WORKER, [], []).session_id
+    core.handshake("b", Role.WORKER, [], [])
+    core.register(iter(register_stream(s1, {"w": torch.ones(3)})))
+    clock.now += 6.0
+    core.heartbeat(s1)
+    core.tick()
+    table = format_status("127.0.0.1:1", core.status())
+    assert "incarnation 1" in table and "evicted (worker@step): b@0" in table
+    assert "restored" not in table  # no checkpoint was loaded
