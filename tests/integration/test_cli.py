@@ -23,7 +23,8 @@ def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[s
                           stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("command", ["serve", "worker", "launch", "status"])
+@pytest.mark.parametrize("command", ["serve", "worker", "launch", "status", "federated",
+                                     "client", "bench"])
 def test_every_command_has_help(command: str) -> None:
     result = _run([command, "--help"], timeout=60)
     assert result.returncode == 0 and "usage: paramserver" in result.stdout
