@@ -12,11 +12,12 @@ from paramserver.codecs import Update
 from paramserver.codecs.base import to_dense
 from paramserver.errors import Aborted, FailedPrecondition
 from paramserver.server.assembly import BufferPool
+from paramserver.server.policy import PolicyDefaults
 from paramserver.server.store import ParameterStore
 from paramserver.types import PushResult
 
 
-class AsyncPolicy:
+class AsyncPolicy(PolicyDefaults):
     """Applies each gradient at once; staleness = server version - version it was computed on."""
 
     def __init__(self, store: ParameterStore, pool: BufferPool,
@@ -57,25 +58,6 @@ class AsyncPolicy:
 
     def applied(self, worker_id: str) -> None:
         """Hook after a push is applied (SSP counts clocks here)."""
-
-    def members_changed(self) -> None:
-        return None
-
-    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
-        return None
-
-    def waiting_for(self) -> tuple[float, list[str]]:
-        return 0.0, []
-
-    def clocks(self) -> dict[str, int]:
-        return {}
-
-    def tick(self) -> None:
-        return None
-
-    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> tuple[int, bool, int]:
-        raise FailedPrecondition("this server does not run federated rounds (--mode "
-                                 "federated or fedbuff)")
 
     def pending(self) -> int:
         return 0

@@ -7,6 +7,7 @@ from typing import Protocol
 import torch
 
 from paramserver.codecs import Update
+from paramserver.errors import FailedPrecondition
 from paramserver.types import PushResult
 
 
@@ -41,3 +42,26 @@ class UpdatePolicy(Protocol):
 
     def pending(self) -> int:
         """Pushes received but not yet applied."""
+
+
+class PolicyDefaults:
+    """What a policy does about the optional duties when it has nothing to do for them."""
+
+    def members_changed(self) -> None:
+        return None
+
+    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+        return None
+
+    def waiting_for(self) -> tuple[float, list[str]]:
+        return 0.0, []
+
+    def clocks(self) -> dict[str, int]:
+        return {}
+
+    def tick(self) -> None:
+        return None
+
+    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> tuple[int, bool, int]:
+        raise FailedPrecondition("this server does not run federated rounds (--mode "
+                                 "federated or fedbuff)")

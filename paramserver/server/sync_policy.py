@@ -22,11 +22,12 @@ from paramserver.codecs.base import add_into
 from paramserver.errors import Aborted, FailedPrecondition
 from paramserver.server.assembly import BufferPool
 from paramserver.server.membership import Membership
+from paramserver.server.policy import PolicyDefaults
 from paramserver.server.store import ParameterStore
 from paramserver.types import PushResult
 
 
-class SyncPolicy:
+class SyncPolicy(PolicyDefaults):
     """Aggregates the pushes of the current step; `_lock` guards the step's buffers.
 
     Lock order: `_lock` before `store.lock`.
@@ -128,25 +129,12 @@ class SyncPolicy:
         self._sums[name] = total
         self._weights[name] = weight
 
-    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
-        return None
-
     def waiting_for(self) -> tuple[float, list[str]]:
         with self._lock:
             if self._opened_at is None:
                 return 0.0, []
             missing = sorted(self._members.live_workers() - self._pushed)
             return time.monotonic() - self._opened_at, missing
-
-    def clocks(self) -> dict[str, int]:
-        return {}
-
-    def tick(self) -> None:
-        return None
-
-    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> tuple[int, bool, int]:
-        raise FailedPrecondition("this server does not run federated rounds (--mode "
-                                 "federated or fedbuff)")
 
     def pending(self) -> int:
         with self._lock:

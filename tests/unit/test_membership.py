@@ -49,13 +49,19 @@ def test_silent_workers_are_evicted_and_their_sessions_expire() -> None:
     assert members.live_workers() == {"b"}
 
 
-def test_sync_step_closes_when_the_missing_worker_is_evicted() -> None:
+def _two_worker_job() -> tuple[ParameterServerCore, FakeClock, str]:
+    """A formed sync job of workers a and b (lease 5 s, fake clock); a's session id."""
     core = ParameterServerCore(ServerConfig(mode=Mode.SYNC, expected_workers=2, lease_s=5.0))
     clock = FakeClock()
     core.members._clock = clock
-    s1 = core.handshake("a", Role.WORKER, [], []).session_id
+    session = core.handshake("a", Role.WORKER, [], []).session_id
     core.handshake("b", Role.WORKER, [], [])
-    core.register(iter(register_stream(s1, {"w": torch.ones(3)})))
+    core.register(iter(register_stream(session, {"w": torch.ones(3)})))
+    return core, clock, session
+
+
+def test_sync_step_closes_when_the_missing_worker_is_evicted() -> None:
+    core, clock, s1 = _two_worker_job()
     assert not core.push(iter(push_stream(s1, 0, {"w": torch.ones(3)}))).applied
     clock.now += 3.0
     core.heartbeat(s1)
@@ -111,12 +117,7 @@ def test_checkpoint_restores_a_core_bit_identically(tmp_path: Path) -> None:
 def test_status_table_shows_incarnations_and_fault_events() -> None:
     from paramserver.cli.status import format_status
 
-    core = ParameterServerCore(ServerConfig(mode=Mode.SYNC, expected_workers=2, lease_s=5.0))
-    clock = FakeClock()
-    core.members._clock = clock
-    s1 = core.handshake("a", Role.WORKER, [], []).session_id
-    core.handshake("b", Role.WORKER, [], [])
-    core.register(iter(register_stream(s1, {"w": torch.ones(3)})))
+    core, clock, s1 = _two_worker_job()
     clock.now += 6.0
     core.heartbeat(s1)
     core.tick()
