@@ -79,14 +79,13 @@ def restart_server(cluster: LocalCluster, old: ManagedProcess, port: int,
     """Start a server again with the same arguments on the same port."""
     managed = cluster.spawn(f"{old.name}-restarted", [
         "serve", "--host", "127.0.0.1", "--port", str(port), *server_args], env=env)
-    wait_for(f"{managed.name} serving", lambda: status(f"127.0.0.1:{port}") is not None or (
-        managed.process.poll() is not None and _died(managed)), timeout_s)
+
+    def serving() -> bool:
+        cluster.check_failed([managed])  # raises with its log if it died on the way up
+        return status(f"127.0.0.1:{port}") is not None
+
+    wait_for(f"{managed.name} serving", serving, timeout_s)
     return managed
-
-
-def _died(managed: ManagedProcess) -> bool:
-    raise ClusterError(f"{managed.name} exited with {managed.process.returncode}:\n"
-                       f"{managed.log_tail()}")
 
 
 def wait_exit(managed: ManagedProcess, timeout_s: float) -> int:

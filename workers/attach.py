@@ -102,10 +102,6 @@ class AttachedModel:
         """The server version of the parameters now in the model."""
         return self.client.version
 
-    @property
-    def mode(self) -> Mode:
-        return self.client.session.mode
-
     def close(self) -> None:
         for handle in self._hooks:
             handle.remove()

@@ -36,7 +36,6 @@ class FedAvg:
             raise FailedPrecondition("federated clients push once per round: attach the model "
                                      "with overlap=False")
         self.attached = attached
-        self.rounds = 0
         self._global = self._snapshot()
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
@@ -61,7 +60,6 @@ class FedAvg:
         for param in self.attached.model.parameters():
             param.grad = None
         self.refresh()
-        self.rounds += 1
         return results
 
 

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_client_training(parser)
     add_server(parser)
     add_logging(parser)
-    parser.set_defaults(func=run, mode="federated", lr=1.0, momentum=0.0, lease_timeout=10.0)
+    parser.set_defaults(func=run, mode="federated")
     parser.epilog = ("--lr/--momentum/--optimizer/--aggregate come from --strategy; --fraction, "
                      "--min-clients, --round-timeout, --min-completion-rate, --clip-norm, "
                      "--reject-norm and --buffer (fedbuff) shape the rounds.")
