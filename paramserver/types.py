@@ -41,15 +41,6 @@ class Aggregation(enum.Enum):
     WEIGHTED = "weighted"  # average weighted by each push's num_samples
 
 
-# Torch dtypes the wire format carries; all are stored little-endian.
-SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (
-    torch.float32,
-    torch.float64,
-    torch.float16,
-    torch.bfloat16,
-    torch.int32,
-    torch.int64,
-)
 
 
 @dataclass(frozen=True)
@@ -151,7 +142,7 @@ class CodecSpec:
         return f"{self.name}:{args}" if args else self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Session:
     """What the handshake agreed on for one connection."""
 
@@ -193,6 +184,24 @@ class PushHeader:
     more_parts: bool = False  # a part of the step's push; a later part closes it
     incarnation: int = 0
     sequence: int = 0  # exactly-once: 0 opts out of deduplication
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registration:
+    """The answer to Register: whether this call created the model, and what is stored."""
+
+    created: bool
+    version: int
+    layout: ModelLayout
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundJoin:
+    """The answer to JoinRound: the open round and whether the caller was sampled for it."""
+
+    round: int
+    sampled: bool
+    sampled_count: int
 
 
 @dataclass(frozen=True)

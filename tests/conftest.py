@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from paramserver.server.app import RunningServer, start_server
+from paramserver.server.app import RunningServer, ServerHooks, start_server
 from paramserver.server.config import ServerConfig
 
 ServerFactory = Callable[..., RunningServer]
@@ -14,11 +14,13 @@ ServerFactory = Callable[..., RunningServer]
 
 @pytest.fixture
 def server_factory() -> Iterator[ServerFactory]:
-    """start(**ServerConfig fields) -> RunningServer on an ephemeral loopback port."""
+    """start(hooks=None, **ServerConfig fields) -> RunningServer on an ephemeral loopback
+    port; `hooks` injects faults (tests/server_faults.py)."""
     started: list[RunningServer] = []
 
-    def start(**config: object) -> RunningServer:
-        server = start_server(ServerConfig(**config), "127.0.0.1", 0)  # type: ignore[arg-type]
+    def start(hooks: ServerHooks | None = None, **config: object) -> RunningServer:
+        server = start_server(ServerConfig(**config), "127.0.0.1", 0,  # type: ignore[arg-type]
+                              hooks=hooks)
         started.append(server)
         return server
 

@@ -9,7 +9,7 @@ from paramserver.cli.common import add_logging, add_server, server_config_fields
 from paramserver.codecs import CodecLimits, codec_names
 from paramserver.server.app import serve
 from paramserver.server.config import ServerConfig
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Aggregation, Mode
 
 

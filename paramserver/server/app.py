@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paramserver import serde
 from paramserver.runtime import tune_process
+from paramserver.server.checkpoint import BeforeWrite
 from paramserver.server.config import ServerConfig
-from paramserver.server.handlers import ParameterServerCore
+from paramserver.server.core import ParameterServerCore
 from paramserver.server.servicer import ParameterServerServicer, generic_handler
 from paramserver.transport import server_options
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerHooks:
+    """Injection points for tests and benchmarks (fault injection); production uses none."""
+
+    interceptors: Sequence[grpc.ServerInterceptor] = ()  # e.g. drop a reply after applying
+    before_checkpoint_write: BeforeWrite | None = None  # e.g. die halfway through a save
 
 
 @dataclass
@@ -52,12 +62,14 @@ class RunningServer:
 
 
 def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
-                 max_threads: int = 64) -> RunningServer:
+                 max_threads: int = 64, hooks: ServerHooks | None = None) -> RunningServer:
     """Start serving on host:port (0 picks a free port) and return at once."""
-    core = ParameterServerCore(config)
+    hooks = hooks or ServerHooks()
+    core = ParameterServerCore(config, before_checkpoint_write=hooks.before_checkpoint_write)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
                                                     thread_name_prefix="ps-rpc"),
-                         options=server_options(), maximum_concurrent_rpcs=max_threads * 4)
+                         interceptors=hooks.interceptors, options=server_options(),
+                         maximum_concurrent_rpcs=max_threads * 4)
     server.add_generic_rpc_handlers((generic_handler(ParameterServerServicer(core)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -88,12 +100,12 @@ def _tick(running: RunningServer) -> None:
 
 
 def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,
-          grace_s: float = 5.0) -> None:
+          grace_s: float = 5.0, hooks: ServerHooks | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    running = start_server(config, host, port)
+    running = start_server(config, host, port, hooks=hooks)
     tune_process()
     try:
         if port_file is not None:

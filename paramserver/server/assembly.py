@@ -6,43 +6,45 @@ whole, so a truncated, oversize or out-of-order stream changes no server state.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from paramserver import serde, wire
 from paramserver.errors import InvalidArgument, NotFound
+from paramserver.server.buffers import PooledBuffers
 from paramserver.types import TensorSpec
 from paramserver.wire import Chunk
 
 
-class BufferPool:
-    """Recycles byte buffers by size so each step does not page-fault fresh memory.
+def first_message(stream: Iterator[object], what: str) -> object:
+    """The header a client stream must open with (not yet type-checked)."""
+    first = next(stream, None)
+    if first is None:
+        raise InvalidArgument(f"empty {what} stream: the first message must be a header")
+    if isinstance(first, serde.MalformedMessage):
+        raise InvalidArgument(first.reason)
+    if isinstance(first, wire.Chunk):
+        raise InvalidArgument(f"{what} stream must open with a header, not a chunk")
+    return first
 
-    Buffers are 1-D uint8 tensors; callers view them as the dtype they need. `_lock`
-    guards `_free`.
-    """
 
-    def __init__(self, max_per_size: int = 4) -> None:
-        self._free: dict[int, list[torch.Tensor]] = {}
-        self._lock = threading.Lock()
-        self._max_per_size = max_per_size
+def skip_chunks(stream: Iterable[object]) -> None:
+    """Consume the rest of a push whose answer is already known (a duplicate)."""
+    for _ in stream:
+        pass
 
-    def take(self, nbytes: int) -> torch.Tensor:
-        with self._lock:
-            free = self._free.get(nbytes)
-            if free:
-                return free.pop()
-        return torch.empty(nbytes, dtype=torch.uint8)
 
-    def give(self, buffer: torch.Tensor) -> None:
-        if buffer.dtype != torch.uint8 or buffer.dim() != 1:
-            raise ValueError("only 1-D uint8 buffers from take() go back to the pool")
-        with self._lock:
-            free = self._free.setdefault(buffer.numel(), [])
-            if len(free) < self._max_per_size:
-                free.append(buffer)
+def drain_chunks(stream: Iterable[object], assembler: TensorAssembler, what: str) -> None:
+    """Feed every remaining message to the assembler; a header or garbage is an error."""
+    for message in stream:
+        if isinstance(message, wire.Chunk):
+            assembler.add(message)
+        elif isinstance(message, serde.MalformedMessage):
+            raise InvalidArgument(message.reason)
+        else:
+            raise InvalidArgument(f"a {what} stream carries exactly one header, at the start")
 
 
 def check_specs(offered: Sequence[TensorSpec], registered: Mapping[str, TensorSpec]) -> None:
@@ -67,18 +69,18 @@ class TensorAssembler:
 
     Chunks of one tensor must arrive in order and without gaps (the client sends them so);
     tensors may interleave. A payload may not exceed `limits[i]` bytes (the tensor's size,
-    or its codec's bound). Call `finish()` for the payloads or `discard()` to recycle them.
+    or its codec's bound). Buffers come from `owner` (which then owns them) or, without
+    one, are allocated fresh. Call `finish()` or `finish_payloads()` for the payloads.
     """
 
-    def __init__(self, specs: Sequence[TensorSpec], pool: BufferPool | None = None,
+    def __init__(self, specs: Sequence[TensorSpec], owner: PooledBuffers | None = None,
                  limits: Sequence[int] | None = None) -> None:
         self.specs = tuple(specs)
         self.limits = tuple(limits) if limits is not None else tuple(s.nbytes for s in specs)
-        self._pool = pool
+        self._owner = owner
         self._received = [0] * len(self.specs)
         self._buffers: list[torch.Tensor | None] = [None] * len(self.specs)
         self._bytes: list[np.ndarray | None] = [None] * len(self.specs)
-        self.bytes_received = 0
 
     def add(self, chunk: Chunk) -> None:
         if chunk.tensor >= len(self.specs):
@@ -99,47 +101,27 @@ class TensorAssembler:
             target = self._allocate(chunk.tensor)
         target[chunk.offset:end] = np.frombuffer(chunk.data, dtype=np.uint8)
         self._received[chunk.tensor] = end
-        self.bytes_received += chunk.data.nbytes
 
     def _allocate(self, index: int) -> np.ndarray:
         limit = self.limits[index]
-        buffer = self._pool.take(limit) if self._pool else torch.empty(limit, dtype=torch.uint8)
+        buffer = (self._owner.take(limit) if self._owner is not None
+                  else torch.empty(limit, dtype=torch.uint8))
         self._buffers[index] = buffer
         as_bytes = buffer.numpy()
         self._bytes[index] = as_bytes
         return as_bytes
 
-    def finish_payloads(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(payload bytes as received, the pooled buffer holding them) per tensor.
-
-        The caller owns the buffers from here on and gives them back to the pool.
-        """
-        out = []
-        for index in range(len(self.specs)):
-            buffer = self._buffers[index]
-            received = self._received[index]
-            payload = buffer[:received] if buffer is not None else torch.empty(0, dtype=torch.uint8)
-            out.append((payload, buffer))
-        self._buffers = [None] * len(self.specs)
-        self._bytes = [None] * len(self.specs)
-        return out
+    def finish_payloads(self) -> list[torch.Tensor]:
+        """Each tensor's payload bytes as received (views into the buffers)."""
+        return [buffer[:received] if buffer is not None else torch.empty(0, dtype=torch.uint8)
+                for buffer, received in zip(self._buffers, self._received)]
 
     def finish(self) -> dict[str, torch.Tensor]:
-        """Uncompressed tensors by name (flat); InvalidArgument (and recycles) if any is short."""
+        """Uncompressed tensors by name (flat); InvalidArgument if any is short."""
         for index, spec in enumerate(self.specs):
             if self._received[index] != spec.nbytes:
-                self.discard()
                 raise InvalidArgument(
                     f"truncated stream: tensor {spec.name!r} received "
                     f"{self._received[index]} of {spec.nbytes} bytes")
         return {spec.name: payload.view(spec.dtype)
-                for spec, (payload, _) in zip(self.specs, self.finish_payloads())}
-
-    def discard(self) -> None:
-        """Give every buffer back to the pool; the assembler is unusable afterwards."""
-        if self._pool is not None:
-            for buffer in self._buffers:
-                if buffer is not None:
-                    self._pool.give(buffer)
-        self._buffers = [None] * len(self.specs)
-        self._bytes = [None] * len(self.specs)
+                for spec, payload in zip(self.specs, self.finish_payloads())}

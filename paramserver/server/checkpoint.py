@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import logging
 import os
 import re
-import signal
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 import torch
 
@@ -41,13 +39,14 @@ from paramserver.types import ModelLayout
 
 log = logging.getLogger(__name__)
 
-CRASH_HOOK_ENV = "PARAMSERVER_TEST_CRASH_IN_CHECKPOINT"
 MAGIC = b"PSCKPT\r\n"  # the CR LF is mangled by text-mode copies, as in PNG's signature
 FORMAT_VERSION = 1
 TEMP_SUFFIX = ".tmp"
 _HEADER = struct.Struct("<8sIQ32s")
 _NAME = re.compile(r"shard-(\d{4,})-v(\d{12,})\.ckpt")
-_save_calls = itertools.count(1)  # process-wide count of saves, for the crash hook
+# Called with the open temp file and the bytes about to be written, before writing them:
+# the injection point for tests that crash a save halfway. Production passes none.
+BeforeWrite = Callable[[IO[bytes], bytes], None]
 
 
 @dataclass
@@ -67,20 +66,6 @@ class CorruptCheckpoint(Exception):
     """A checkpoint file that does not verify; the message says why."""
 
 
-def state_digest(version: int, params: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 hex over the version and each parameter's name and raw bytes, in mapping order.
-
-    The same value as `ParameterStore.state_hash()`: tests use it to check that a restored
-    shard holds exactly the state that was saved.
-    """
-    digest = hashlib.sha256(str(version).encode())
-    for name, param in params.items():
-        digest.update(name.encode())
-        flat = param.detach().reshape(-1).contiguous()
-        digest.update(flat.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
 def checkpoint_name(shard_index: int, version: int) -> str:
     """'shard-0003-v000000001200.ckpt': zero-padded, so names sort like versions."""
     return f"shard-{shard_index:04d}-v{version:012d}.ckpt"
@@ -96,12 +81,14 @@ class CheckpointStore:
     its own temp file, and the last rename wins.
     """
 
-    def __init__(self, directory: Path, keep: int = 3, *, shard_index: int | None = None) -> None:
+    def __init__(self, directory: Path, keep: int = 3, *, shard_index: int | None = None,
+                 before_write: BeforeWrite | None = None) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory = Path(directory)
         self.keep = keep
         self.shard_index = shard_index
+        self._before_write = before_write
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def paths(self) -> list[Path]:
@@ -110,17 +97,13 @@ class CheckpointStore:
 
     def save(self, state: ShardState) -> Path:
         """Write `state` atomically and return its path; then keep the newest `keep` files of
-        that shard (never deleting the one just written).
+        that shard (never deleting the one just written). `before_write`, if given, runs
+        on the open temp file first (tests use it to die mid-write).
 
         `state` must be a consistent snapshot (copied under the store's lock): tensors are
         written as they are while this runs. ValueError, before anything is written, for a
         state that could not be restored.
-
-        Test-only hook: with PARAMSERVER_TEST_CRASH_IN_CHECKPOINT=K in the environment, the
-        K-th save of the process writes about half of its temp file, flushes it and SIGKILLs
-        its own process, to simulate a crash mid-write. Never set it outside tests.
         """
-        crash = _crash_requested()
         if self.shard_index not in (None, state.shard_index):
             raise ValueError(f"this store holds shard {self.shard_index}, "
                              f"not shard {state.shard_index}")
@@ -131,8 +114,8 @@ class CheckpointStore:
                                     dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as out:
-                if crash:
-                    _write_half_and_die(out, header + body)
+                if self._before_write is not None:
+                    self._before_write(out, header + body)
                 out.write(header)
                 out.write(body)
                 out.flush()
@@ -285,19 +268,3 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _crash_requested() -> bool:
-    """Test-only: True for the K-th save of this process when CRASH_HOOK_ENV is K."""
-    call = next(_save_calls)
-    target = os.environ.get(CRASH_HOOK_ENV, "")
-    return bool(target) and call == int(target)
-
-
-def _write_half_and_die(out: IO[bytes], blob: bytes) -> NoReturn:
-    """Test-only: leave a torn temp file on disk and die as a power cut or OOM kill would."""
-    out.write(blob[: len(blob) // 2])
-    out.flush()
-    os.fsync(out.fileno())
-    os.kill(os.getpid(), signal.SIGKILL)
-    raise AssertionError("SIGKILL cannot be caught")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from paramserver.codecs import CodecLimits
 from paramserver.federated.config import FederatedConfig
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.transport import DEFAULT_CHUNK_BYTES
 from paramserver.types import Aggregation, Mode
 

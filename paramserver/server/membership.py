@@ -48,7 +48,6 @@ class Membership:
 
     def __init__(self, mode: Mode, expected_workers: int, lease_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._mode = mode
         self._expected = expected_workers
         self.lease_s = lease_s  # 0: nobody is ever evicted
         self._clock = clock

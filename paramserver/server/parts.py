@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
 
 from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.server.buffers import BufferPool, PooledBuffers
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +24,16 @@ class OpenPush:
     """The parts of one session's push received so far."""
 
     step: int
+    buffers: PooledBuffers  # what the held updates view
     updates: dict[str, Update] = field(default_factory=dict)
-    buffers: list[torch.Tensor] = field(default_factory=list)
 
 
 class PartAssembler:
-    """Per-session open pushes; `release` returns a discarded part's pooled buffers."""
+    """Per-session open pushes, each owning its parts' pooled buffers; `_lock` guards
+    `_open`."""
 
-    def __init__(self, release: Callable[[torch.Tensor], None]) -> None:
-        self._release = release
+    def __init__(self, pool: BufferPool) -> None:
+        self._pool = pool
         self._lock = threading.Lock()
         self._open: dict[str, OpenPush] = {}
 
@@ -56,22 +55,24 @@ class PartAssembler:
                                   f"of step {step}")
 
     def hold(self, session_id: str, step: int, updates: dict[str, Update],
-             buffers: list[torch.Tensor]) -> None:
-        """Keep a part (more_parts=true) until the closing part arrives."""
+             buffers: PooledBuffers) -> None:
+        """Keep a part (more_parts=true), and its buffers, until the closing part arrives."""
         with self._lock:
             self._check(session_id, step, list(updates))
             held = self._take_current(session_id, step)
             held.updates.update(updates)
-            held.buffers += buffers
+            buffers.transfer(into=held.buffers)
             self._open[session_id] = held
 
     def close(self, session_id: str, step: int, updates: dict[str, Update],
-              buffers: list[torch.Tensor]) -> tuple[dict[str, Update], list[torch.Tensor]]:
-        """The closing part merged with the held ones: the whole push, removed from here."""
+              buffers: PooledBuffers) -> dict[str, Update]:
+        """The closing part merged with the held ones: the whole push, removed from here;
+        the held parts' buffers move to `buffers`."""
         with self._lock:
             self._check(session_id, step, list(updates))
             held = self._take_current(session_id, step)
-        return {**held.updates, **updates}, held.buffers + buffers
+        held.buffers.transfer(into=buffers)
+        return {**held.updates, **updates}
 
     def _take_current(self, session_id: str, step: int) -> OpenPush:
         held = self._open.pop(session_id, None)
@@ -79,20 +80,16 @@ class PartAssembler:
             log.warning("session %s left push parts of step %d unfinished (%d tensors); "
                         "dropped them for step %d", session_id[:8], held.step,
                         len(held.updates), step)
-            self.discard_push(held)
+            held.buffers.release()
             held = None
-        return held or OpenPush(step)
+        return held or OpenPush(step, PooledBuffers(self._pool))
 
     def discard(self, session_id: str) -> None:
         """Drop a session's open parts (the session ended)."""
         with self._lock:
             held = self._open.pop(session_id, None)
         if held is not None:
-            self.discard_push(held)
-
-    def discard_push(self, held: OpenPush) -> None:
-        for buffer in held.buffers:
-            self._release(buffer)
+            held.buffers.release()
 
     def open_count(self) -> int:
         with self._lock:

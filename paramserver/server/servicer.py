@@ -2,24 +2,22 @@
 
 Streaming methods use the hand-written chunk (de)serializers from `paramserver.serde`;
 the unary ones use the generated messages. Every error is mapped to a status code in
-`_abort_on_error`, the one place that does so.
+`_abort_on_error`, the one place that does so. Fault injection for tests wraps this with a
+server interceptor (`app.ServerHooks`), never from inside it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import grpc
 
 from paramserver import __version__, serde
-from paramserver.errors import ParamServerError, Unavailable
-from paramserver.server.handlers import ParameterServerCore
-from paramserver.types import PushResult
+from paramserver.errors import ParamServerError
+from paramserver.server.core import ParameterServerCore
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,6 @@ class ParameterServerServicer:
 
     def __init__(self, core: ParameterServerCore) -> None:
         self.core = core
-        self._drop_replies = _DroppedReplies.from_env()
 
     def Handshake(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _abort_on_error(context, "Handshake"):
@@ -62,16 +59,14 @@ class ParameterServerServicer:
 
     def Register(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         with _abort_on_error(context, "Register"):
-            created, version, layout = self.core.register(request_iterator)
-            return serde.RegisterResponse(created=created, version=version,
-                                          layout=serde.layout_to_proto(layout))
+            registration = self.core.register(request_iterator)
+            return serde.RegisterResponse(created=registration.created,
+                                          version=registration.version,
+                                          layout=serde.layout_to_proto(registration.layout))
 
     def Push(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         with _abort_on_error(context, "Push"):
-            result = self.core.push(request_iterator)
-            if self._drop_replies.now(result):
-                raise Unavailable("test hook: the push was applied, its reply is dropped")
-            return serde.push_result_to_proto(result)
+            return serde.push_result_to_proto(self.core.push(request_iterator))
 
     def Pull(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
         with _abort_on_error(context, "Pull"):
@@ -92,37 +87,14 @@ class ParameterServerServicer:
         with _abort_on_error(context, "JoinRound"):
             remaining = context.time_remaining()
             timeout = self.core.config.max_wait_s if remaining is None else max(remaining, 0.0)
-            round_, sampled, count = self.core.join_round(request.session_id, request.round,
-                                                          timeout)
-            return serde.JoinRoundResponse(round=round_, sampled=sampled, sampled_count=count)
+            joined = self.core.join_round(request.session_id, request.round, timeout)
+            return serde.JoinRoundResponse(round=joined.round, sampled=joined.sampled,
+                                           sampled_count=joined.sampled_count)
 
     def Leave(self, request: Any, context: grpc.ServicerContext) -> Any:
         with _abort_on_error(context, "Leave"):
             self.core.leave(request.session_id)
             return serde.LeaveResponse()
-
-
-class _DroppedReplies:
-    """Test-only fault hook: with PARAMSERVER_TEST_DROP_REPLIES="3,7" the 3rd and 7th
-    non-duplicate pushes are applied and then answered with UNAVAILABLE, as if the reply
-    was lost on the network; the client's retry must not apply them twice."""
-
-    def __init__(self, which: set[int]) -> None:
-        self._which = which
-        self._count = 0
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_env(cls) -> _DroppedReplies:
-        raw = os.environ.get("PARAMSERVER_TEST_DROP_REPLIES", "")
-        return cls({int(n) for n in raw.split(",") if n.strip()})
-
-    def now(self, result: PushResult) -> bool:
-        if not self._which or result.duplicate:
-            return False
-        with self._lock:
-            self._count += 1
-            return self._count in self._which
 
 
 def generic_handler(servicer: ParameterServerServicer) -> grpc.GenericRpcHandler:

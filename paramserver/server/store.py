@@ -12,9 +12,23 @@ from typing import Any
 import torch
 
 from paramserver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.sharding import PartitionPlan
 from paramserver.types import ModelLayout, TensorSpec
+
+
+def state_digest(version: int, params: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 hex over the version and each parameter's name and raw bytes, in mapping order.
+
+    Tests use it to check that a refused request changed nothing, and that a restored shard
+    holds exactly the state that was saved.
+    """
+    digest = hashlib.sha256(str(version).encode())
+    for name, param in params.items():
+        digest.update(name.encode())
+        flat = param.detach().reshape(-1).contiguous()
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 class ParameterStore:
@@ -143,13 +157,9 @@ class ParameterStore:
         return memoryview(flat.view(torch.uint8).numpy())
 
     def state_hash(self) -> str:
-        """SHA-256 over version and parameter bytes, for tests that check nothing changed."""
+        """`state_digest` of the current version and parameters."""
         with self.lock:
-            digest = hashlib.sha256(str(self.version).encode())
-            for name, param in self.params.items():
-                digest.update(name.encode())
-                digest.update(self.byte_view(name))
-            return digest.hexdigest()
+            return state_digest(self.version, self.params)
 
     @property
     def closed(self) -> bool:

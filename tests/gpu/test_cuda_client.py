@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from workers import ParameterClient
 
 pytestmark = [pytest.mark.gpu,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from paramserver.errors import FailedPrecondition, ParamServerError
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Mode, Role
 from tests.conftest import ServerFactory
 from workers import ParameterClient, attach

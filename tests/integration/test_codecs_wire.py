@@ -9,7 +9,7 @@ import torch
 from paramserver.codecs import CodecLimits, make_codec
 from paramserver.codecs.base import to_dense
 from paramserver.errors import ParamServerError
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import CodecSpec, ModelLayout, TensorSpec
 from tests.helpers import raw
 from workers import ParameterClient
@@ -63,7 +63,7 @@ def test_payload_that_does_not_decode_is_invalid_argument_and_changes_nothing(
         connection.push(0, layout.tensors, [memoryview(payload.contiguous().numpy())])
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "does not decode" in info.value.message
-    assert server.core.store.state_hash() == before and server.core.policy.pending() == 0
+    assert server.core.store.state_hash() == before and server.core.policy.report().pending_pushes == 0
 
 
 def test_client_compresses_and_pulls_in_fp16(server_factory) -> None:  # type: ignore[no-untyped-def]

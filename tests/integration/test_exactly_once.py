@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from paramserver.errors import ParamServerError
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
+from paramserver.server.app import ServerHooks
 from paramserver.types import Mode, TensorSpec
 from tests.conftest import ServerFactory
+from tests.server_faults import DropReplies
 from workers import ParameterClient
 from workers.connection import ServerConnection
 
@@ -26,10 +28,9 @@ def _big_model() -> torch.nn.Module:
 
 @pytest.mark.parametrize("mode", [Mode.SYNC, Mode.ASYNC])
 def test_a_push_whose_reply_was_lost_is_applied_once(server_factory: ServerFactory,
-                                                     monkeypatch: pytest.MonkeyPatch,
                                                      mode: Mode) -> None:
-    monkeypatch.setenv("PARAMSERVER_TEST_DROP_REPLIES", "1")  # the first push's reply
-    server = server_factory(mode=mode, expected_workers=1, optimizer=PLAIN_SGD)
+    hooks = ServerHooks(interceptors=[DropReplies([1])])  # the first push's reply is lost
+    server = server_factory(hooks=hooks, mode=mode, expected_workers=1, optimizer=PLAIN_SGD)
     model = _big_model()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     with ParameterClient(server.address, "w0", timeout_s=10) as client:

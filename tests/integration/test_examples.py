@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from paramserver.cli.local_cluster import LocalCluster
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Aggregation, Mode
 from tests.conftest import ServerFactory
 from workers import FedAvg, attach

@@ -13,7 +13,7 @@ from paramserver.codecs import CodecLimits
 from paramserver.errors import ParamServerError
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.proto import paramserver_pb2_grpc as pb_grpc
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.transport import channel_options
 from paramserver.types import CodecSpec, ModelLayout, Role, TensorSpec
 from tests.helpers import raw
@@ -116,7 +116,7 @@ def test_bad_input_gets_the_right_status_code_over_the_wire(server_factory) -> N
         assert info.value.code() == code, name
         assert fragment in info.value.details(), (name, info.value.details())
     assert server.core.store.state_hash() == before
-    assert server.core.policy.pending() == 0
+    assert server.core.policy.report().pending_pushes == 0
     other = ModelLayout((TensorSpec("w", (5,), torch.float32),))
     with pytest.raises(ParamServerError) as refused:
         _connect(server.address, "b").register(other, [raw(torch.ones(5))])

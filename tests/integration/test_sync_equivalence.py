@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Aggregation
 from workers import ParameterClient
 from workers.models import digits_mlp

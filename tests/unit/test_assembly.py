@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from paramserver.errors import InvalidArgument, NotFound, ParamServerError
-from paramserver.server.assembly import BufferPool, TensorAssembler, check_specs
+from paramserver.server.assembly import TensorAssembler, check_specs
+from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.types import TensorSpec
 from paramserver.wire import Chunk
 
@@ -22,7 +23,7 @@ def _chunks(index: int, tensor: torch.Tensor, size: int) -> list[Chunk]:
 
 def test_interleaved_chunks_reassemble_exactly() -> None:
     w, b = torch.randn(4, 3), torch.randn(3, dtype=torch.float64)
-    assembler = TensorAssembler([W, B], BufferPool())
+    assembler = TensorAssembler([W, B], PooledBuffers(BufferPool()))
     for cw, cb in zip(_chunks(0, w, 7), _chunks(1, b, 5) + [None] * 10):  # type: ignore[operator]
         assembler.add(cw)
         if cb is not None:
@@ -69,3 +70,16 @@ def test_pool_recycles_buffers() -> None:
     assert pool.take(48) is not first
     with pytest.raises(ValueError, match="uint8"):
         pool.give(torch.empty(12))
+
+
+def test_pooled_buffers_release_what_they_still_own_on_exit() -> None:
+    pool = BufferPool()
+    adopted = PooledBuffers(pool)
+    with PooledBuffers(pool) as owned:
+        kept, moved = owned.take(8), owned.take(16)
+        owned.adopt(moved, into=adopted)
+        assert owned.owner_of(kept.view(torch.float32)) is kept and len(owned) == 1
+    assert pool.take(8) is kept  # released on exit
+    assert pool.take(16) is not moved  # still owned by `adopted`
+    adopted.release()
+    assert pool.take(16) is moved

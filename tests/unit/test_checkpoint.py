@@ -15,15 +15,13 @@ from typing import Any
 import pytest
 import torch
 
+from paramserver.optimizer import OptimizerConfig
 from paramserver.server import checkpoint
 from paramserver.server.checkpoint import (
-    CRASH_HOOK_ENV,
     CheckpointStore,
     ShardState,
-    state_digest,
 )
-from paramserver.server.optimizer import OptimizerConfig
-from paramserver.server.store import ParameterStore
+from paramserver.server.store import ParameterStore, state_digest
 from paramserver.sharding import plan_partition
 from tests.helpers import layout_of
 
@@ -282,8 +280,9 @@ CHILD = """
 import sys
 from pathlib import Path
 from paramserver.server.checkpoint import CheckpointStore
+from tests.server_faults import crash_on_save
 from tests.unit.test_checkpoint import make_state
-store = CheckpointStore(Path(sys.argv[1]))
+store = CheckpointStore(Path(sys.argv[1]), before_write=crash_on_save(2))
 store.save(make_state(1))
 print("first saved", flush=True)
 store.save(make_state(2))
@@ -293,8 +292,7 @@ print("second saved: the hook did not fire", flush=True)
 
 def test_crash_while_saving_resumes_from_the_previous_checkpoint(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    env = {**os.environ, CRASH_HOOK_ENV: "2"}
-    child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], cwd=REPO, env=env,
+    child = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], cwd=REPO,
                            capture_output=True, text=True, timeout=60, check=False)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert child.stdout == "first saved\n"

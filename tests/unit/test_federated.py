@@ -4,8 +4,6 @@ data partitioners."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import numpy as np
 import pytest
@@ -17,9 +15,9 @@ from paramserver.errors import ParamServerError
 from paramserver.federated import strategies
 from paramserver.federated.config import FederatedConfig
 from paramserver.federated.partition import partition
-from paramserver.federated.rounds import sample_clients
+from paramserver.federated.sampling import sample_clients
 from paramserver.server.config import ServerConfig
-from paramserver.server.handlers import ParameterServerCore
+from paramserver.server.core import ParameterServerCore
 from paramserver.types import Mode, Role
 from tests.helpers import push_stream, register_stream
 from workers.federated import client_weight
@@ -27,12 +25,24 @@ from workers.federated import client_weight
 GLOBAL0 = np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32)
 
 
+class FakeClock:
+    """Time that moves only when a test says so: round timeouts without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _federation(strategy: str, clients: int, mode: Mode = Mode.FEDERATED,
+                clock: FakeClock | None = None,
                 **fed: object) -> tuple[ParameterServerCore, list[str]]:
     chosen = strategies.get(strategy)
-    core = ParameterServerCore(ServerConfig(
+    config = ServerConfig(
         mode=mode, expected_workers=clients, aggregation=chosen.aggregation,
-        optimizer=chosen.server_optimizer, federated=FederatedConfig(**fed)))  # type: ignore[arg-type]
+        optimizer=chosen.server_optimizer, federated=FederatedConfig(**fed))  # type: ignore[arg-type]
+    core = ParameterServerCore(config, clock=clock or FakeClock())
     sessions = [core.handshake(f"c{i}", Role.WORKER, [], []).session_id for i in range(clients)]
     core.register(iter(register_stream(sessions[0], {"w": torch.from_numpy(GLOBAL0.copy())})))
     return core, sessions
@@ -103,9 +113,9 @@ def test_sampling_is_reproducible_and_sized_by_fraction() -> None:
 
 def test_only_sampled_clients_may_push() -> None:
     core, sessions = _federation("fedavg", 4, fraction=0.5, seed=1)
-    round_, _, count = core.join_round(sessions[0], 0, 1.0)
-    sampled = [s for s in sessions if core.join_round(s, 0, 1.0)[1]]
-    assert round_ == 0 and count == 2 and len(sampled) == 2
+    joined = core.join_round(sessions[0], 0, 1.0)
+    sampled = [s for s in sessions if core.join_round(s, 0, 1.0).sampled]
+    assert joined.round == 0 and joined.sampled_count == 2 and len(sampled) == 2
     outsider = next(s for s in sessions if s not in sampled)
     with pytest.raises(ParamServerError) as info:
         core.push(iter(push_stream(outsider, 0, {"w": torch.ones(4)})))
@@ -116,15 +126,19 @@ def test_only_sampled_clients_may_push() -> None:
 
 
 def test_round_timeout_closes_with_enough_reports_or_skips() -> None:
-    core, sessions = _federation("fedavg", 3, round_timeout_s=0.2, min_completion_rate=0.6)
+    clock = FakeClock()
+    core, sessions = _federation("fedavg", 3, clock=clock, round_timeout_s=0.2,
+                                 min_completion_rate=0.6)
     core.push(iter(push_stream(sessions[0], 0, {"w": torch.ones(4)})))
     core.push(iter(push_stream(sessions[1], 0, {"w": torch.ones(4)})))
-    time.sleep(0.25)
+    core.tick()  # not timed out yet: the round stays open
+    assert core.store.version == 0
+    clock.now += 0.25
     core.tick()  # 2 of 3 >= 60%: the round closes without c2
     assert core.store.version == 1 and core.status().dropouts == ("c2@0",)
     before = core.store.state_hash()
     core.push(iter(push_stream(sessions[0], 1, {"w": torch.ones(4)})))
-    time.sleep(0.25)
+    clock.now += 0.25
     core.tick()  # 1 of 3 < 60%: skipped, the global model is unchanged
     assert core.store.version == 2 and core.status().skipped_rounds == (1,)
     assert core.store.state_hash() != before  # the version moved on ...
@@ -138,7 +152,7 @@ def test_poisoned_updates_are_refused_and_change_nothing(poison: float) -> None:
     with pytest.raises(ParamServerError) as info:
         core.push(iter(push_stream(sessions[0], 0, {"w": torch.full((4,), poison)})))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert core.store.state_hash() == before and core.policy.pending() == 0
+    assert core.store.state_hash() == before and core.policy.report().pending_pushes == 0
 
 
 def test_large_updates_are_clipped_when_configured() -> None:

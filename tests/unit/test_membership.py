@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from paramserver.errors import ParamServerError, SessionExpired
+from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
-from paramserver.server.handlers import ParameterServerCore
+from paramserver.server.core import ParameterServerCore
 from paramserver.server.ledger import PushLedger
 from paramserver.server.membership import Membership
-from paramserver.server.optimizer import OptimizerConfig
 from paramserver.types import CodecSpec, Mode, PushResult, Role
 from tests.helpers import push_stream, register_stream
 

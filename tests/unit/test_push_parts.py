@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from paramserver.errors import ParamServerError
+from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
-from paramserver.server.handlers import ParameterServerCore
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.server.core import ParameterServerCore
 from paramserver.types import Aggregation, Mode, Role
 from tests.helpers import push_stream, register_stream
 

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Aggregation
 
 

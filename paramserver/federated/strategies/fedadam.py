@@ -1,7 +1,7 @@
 """FedAdam (Reddi et al. 2021): Adam on the server, over the averaged update."""
 
 from paramserver.federated.strategies import Strategy
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Aggregation
 
 STRATEGY = Strategy("fedadam", Aggregation.WEIGHTED,

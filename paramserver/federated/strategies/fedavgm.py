@@ -1,7 +1,7 @@
 """FedAvgM (Hsu et al. 2019): server momentum on the averaged update."""
 
 from paramserver.federated.strategies import Strategy
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Aggregation
 
 STRATEGY = Strategy("fedavgm", Aggregation.WEIGHTED,

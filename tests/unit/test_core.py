@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from paramserver.errors import ParamServerError
+from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
-from paramserver.server.handlers import ParameterServerCore
-from paramserver.server.optimizer import OptimizerConfig
+from paramserver.server.core import ParameterServerCore
 from paramserver.types import Aggregation, Mode, PushHeader, Role, TensorSpec
 from paramserver.wire import Chunk
 from tests.helpers import push_stream, register_stream
@@ -46,9 +46,9 @@ def _pulled(core: ParameterServerCore, session: str, min_version: int = 0) -> by
 def test_register_is_idempotent_and_refuses_a_different_layout() -> None:
     core = _core()
     s1, s2 = (core.handshake(w, Role.WORKER, [], []).session_id for w in ("a", "b"))
-    assert core.register(iter(register_stream(s1, INIT)))[0] is True
-    assert core.register(iter(register_stream(s2, INIT)))[0] is False
-    assert core.register(iter(register_stream(s2, INIT, with_values=False)))[0] is False
+    assert core.register(iter(register_stream(s1, INIT))).created is True
+    assert core.register(iter(register_stream(s2, INIT))).created is False
+    assert core.register(iter(register_stream(s2, INIT, with_values=False))).created is False
     other = {"w": torch.zeros(3, 2), "b": torch.zeros(3)}
     message = _refused(grpc.StatusCode.FAILED_PRECONDITION, core.register,
                        iter(register_stream(s2, other)))
@@ -103,7 +103,7 @@ def test_bad_pushes_are_refused_and_change_nothing(case: str) -> None:
     s1, s2 = _join(core, "a", "b")
     observer = core.handshake("eye", Role.OBSERVER, [], []).session_id
     core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)})))
-    before, pending = core.store.state_hash(), core.policy.pending()
+    before, pending = core.store.state_hash(), core.policy.report().pending_pushes
     good = push_stream(s2, 0, {"b": torch.ones(3)})
     streams = {
         "truncated": (good[:-1], grpc.StatusCode.INVALID_ARGUMENT),
@@ -125,7 +125,7 @@ def test_bad_pushes_are_refused_and_change_nothing(case: str) -> None:
     stream, code = streams[case]
     _refused(code, core.push, iter(stream))
     assert core.store.state_hash() == before
-    assert core.policy.pending() == pending
+    assert core.policy.report().pending_pushes == pending
     # The job still works: the honest push completes the step.
     assert core.push(iter(good)).applied
 

@@ -14,23 +14,40 @@ import threading
 import time
 
 from paramserver.errors import DeadlineExceeded
-from paramserver.server.assembly import BufferPool
-from paramserver.server.async_policy import AsyncPolicy
-from paramserver.server.membership import Membership
-from paramserver.server.store import ParameterStore
+from paramserver.server.policies.asynchronous import AsyncPolicy
+from paramserver.server.policies.base import (
+    PolicyContext,
+    PolicyDefaults,
+    PolicyReport,
+    ReceivedPush,
+)
+from paramserver.types import PushResult
 
 
-class SspPolicy(AsyncPolicy):
-    def __init__(self, store: ParameterStore, members: Membership, pool: BufferPool,
-                 staleness: int) -> None:
+class SspPolicy(PolicyDefaults):
+    """Async application plus per-worker clocks; `_changed` guards the clocks."""
+
+    def __init__(self, context: PolicyContext) -> None:
+        staleness = context.config.staleness
         if staleness < 0:
             raise ValueError(f"--staleness must be >= 0, got {staleness}")
-        super().__init__(store, pool)
+        self._apply = AsyncPolicy(context)  # no --max-staleness: S bounds the drift
         self.staleness = staleness
-        self._members = members
+        self._members = context.members
         self._clock: dict[str, int] = {}
         self._changed = threading.Condition()
-        self.max_lead = 0
+        self._max_lead = 0
+
+    def check_step(self, worker_id: str, step: int) -> None:
+        self._apply.check_step(worker_id, step)
+
+    def submit(self, push: ReceivedPush) -> PushResult:
+        result = self._apply.submit(push)
+        with self._changed:
+            self._join(push.worker_id, self._members.live_workers())
+            self._clock[push.worker_id] += 1
+            self._changed.notify_all()
+        return result
 
     def _slowest(self, live: set[str]) -> int:
         return min((self._clock.get(w, 0) for w in live if w in self._clock), default=0)
@@ -39,12 +56,6 @@ class SspPolicy(AsyncPolicy):
         if worker_id not in self._clock:
             self._clock[worker_id] = self._slowest(live)
         return self._clock[worker_id]
-
-    def applied(self, worker_id: str) -> None:
-        with self._changed:
-            self._join(worker_id, self._members.live_workers())
-            self._clock[worker_id] += 1
-            self._changed.notify_all()
 
     def members_changed(self) -> None:
         live = self._members.live_workers()
@@ -61,7 +72,7 @@ class SspPolicy(AsyncPolicy):
                 mine = self._join(worker_id, live)
                 lead = mine - self._slowest(live)
                 if lead <= self.staleness:
-                    self.max_lead = max(self.max_lead, lead)
+                    self._max_lead = max(self._max_lead, lead)
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -70,6 +81,6 @@ class SspPolicy(AsyncPolicy):
                         f"worker (bound {self.staleness}) and waited {timeout_s:.1f}s")
                 self._changed.wait(min(remaining, 1.0))
 
-    def clocks(self) -> dict[str, int]:
+    def report(self) -> PolicyReport:
         with self._changed:
-            return dict(self._clock)
+            return PolicyReport(clocks=dict(self._clock), max_lead=self._max_lead)

@@ -1,0 +1,74 @@
+"""When a shard checkpoints, and what it restores on start-up.
+
+The file format and atomic writes live in `checkpoint.py`; this module decides what a shard's
+state is (parameters, optimizer state, version, plan, push ledger, incarnations), writes it
+every `checkpoint_every` steps and on shutdown, and restores the newest valid one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from paramserver.server.checkpoint import BeforeWrite, CheckpointStore, ShardState
+from paramserver.server.ledger import PushLedger
+from paramserver.server.membership import Membership
+from paramserver.server.store import ParameterStore
+
+log = logging.getLogger(__name__)
+
+
+class ShardCheckpointer:
+    """Checkpoints of one shard; `_lock` serialises saves (periodic ones and the final one)."""
+
+    def __init__(self, store: ParameterStore, members: Membership, ledger: PushLedger,
+                 directory: Path, every: int = 0,
+                 before_write: BeforeWrite | None = None) -> None:
+        self._store = store
+        self._members = members
+        self._ledger = ledger
+        self._files = CheckpointStore(directory, before_write=before_write)
+        self._every = every
+        self._lock = threading.Lock()
+        self._saved_version = 0  # the version of the newest checkpoint
+
+    def save(self, every: int = 0) -> Path | None:
+        """Write this shard's state (atomically, with a checksum); None without a model, or
+        when `every` is given and fewer steps than that passed since the last checkpoint."""
+        if self._store.layout is None:
+            return None
+        with self._lock:
+            if every and self._store.version - self._saved_version < every:
+                return None
+            version, params, optimizer = self._store.snapshot()
+            assert self._store.layout is not None and self._store.plan is not None
+            state = ShardState(version, self._store.layout, self._store.plan,
+                               self._store.shard_index, params, optimizer,
+                               {"ledger": self._ledger.table(),
+                                "incarnations": self._members.incarnations()})
+            path = self._files.save(state)
+            self._saved_version = max(self._saved_version, version)
+        log.info("checkpoint of step %d written to %s", version, path)
+        return path
+
+    def maybe_save(self) -> None:
+        """Checkpoint once `every` steps passed since the last one, whoever closed them (a
+        push, an eviction, a round timeout)."""
+        if self._every and self._store.version - self._saved_version >= self._every:
+            self.save(self._every)
+
+    def restore(self) -> int:
+        """Install the newest valid checkpoint; its version, or -1 when there is none."""
+        state = self._files.load_latest()
+        if state is None:
+            return -1
+        self._store.restore(state.layout, state.plan, state.shard_index, state.params,
+                            state.optimizer, state.version)
+        self._ledger.restore(state.extra.get("ledger", {}))
+        self._members.restore_incarnations(state.extra.get("incarnations", {}))
+        self._members.mark_formed()
+        self._saved_version = state.version
+        log.warning("resumed shard %d from the checkpoint of step %d (state %s)",
+                    state.shard_index, state.version, self._store.state_hash())
+        return state.version

@@ -1,0 +1,240 @@
+"""One parameter server's state and request handling, without a network.
+
+The gRPC servicer (`servicer.py`) is a thin shell around `ParameterServerCore`; tests drive
+the core directly. Requests go in as decoded records and come out as records (or encoded
+pull chunks); errors are `paramserver.errors` exceptions, raised with the state untouched.
+Pushes are checked by `intake.PushIntake`, applied by the mode's update policy
+(`policies/`), and checkpointed by `checkpointing.ShardCheckpointer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from paramserver import __version__
+from paramserver.codecs import negotiate
+from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
+from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
+from paramserver.server.buffers import BufferPool
+from paramserver.server.checkpoint import BeforeWrite
+from paramserver.server.checkpointing import ShardCheckpointer
+from paramserver.server.config import ServerConfig
+from paramserver.server.intake import PushIntake
+from paramserver.server.ledger import PushLedger
+from paramserver.server.membership import Membership
+from paramserver.server.parts import PartAssembler
+from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
+from paramserver.server.policies.base import Clock
+from paramserver.server.pull import pull_messages
+from paramserver.server.store import ParameterStore
+from paramserver.sharding import plan_partition
+from paramserver.types import (
+    CodecSpec,
+    ModelLayout,
+    PushResult,
+    RegisterHeader,
+    Registration,
+    Role,
+    RoundJoin,
+    ServerStatus,
+    Session,
+    TensorSpec,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ParameterServerCore:
+    """One server (or shard): the store, its members, the update policy, checkpoints."""
+
+    def __init__(self, config: ServerConfig, *, clock: Clock = time.monotonic,
+                 before_checkpoint_write: BeforeWrite | None = None) -> None:
+        self.config = config
+        self.store = ParameterStore(config.optimizer)
+        self.members = Membership(config.mode, config.expected_workers, config.lease_s, clock)
+        self.ledger = PushLedger()
+        pool = BufferPool()
+        self._parts = PartAssembler(pool)
+        self.policy: UpdatePolicy = make_policy(PolicyContext(
+            store=self.store, members=self.members, pool=pool, config=config, clock=clock))
+        self._intake = PushIntake(config=config, store=self.store, members=self.members,
+                                  ledger=self.ledger, parts=self._parts, policy=self.policy,
+                                  pool=pool)
+        self._checkpoints = (
+            ShardCheckpointer(self.store, self.members, self.ledger, config.checkpoint_dir,
+                              config.checkpoint_every, before_checkpoint_write)
+            if config.checkpoint_dir is not None else None)
+        self._clock = clock
+        self._last_wait_log = 0.0
+        self.restored_version = (self._checkpoints.restore()
+                                 if self._checkpoints is not None else -1)
+
+    # ---- handshake, heartbeat, rounds, leaving -------------------------------------------
+
+    def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
+                  pull_offers: list[CodecSpec]) -> Session:
+        push = negotiate("push", push_offers, self.config.codecs)
+        pull = negotiate("pull", pull_offers, self.config.codecs)
+        record = self.members.open(worker_id, role, push, pull)
+        log.info("session %s opened by %s %r, incarnation %d (push %s, pull %s)",
+                 record.session_id[:8], role.value, worker_id, record.incarnation, push, pull)
+        lease = self.config.lease_s
+        with self.store.lock:
+            return Session(
+                session_id=record.session_id, push_codec=push, pull_codec=pull,
+                layout=self.store.layout, version=self.store.version, mode=self.config.mode,
+                expected_workers=self.config.expected_workers,
+                chunk_bytes=self.config.chunk_bytes, plan=self.store.plan,
+                shard_index=self.store.shard_index, incarnation=record.incarnation,
+                heartbeat_interval_s=lease / 4 if lease else 0.0, lease_s=lease,
+                staleness=self.config.staleness)
+
+    def heartbeat(self, session_id: str) -> int:
+        self.members.touch(session_id)
+        return self.store.version
+
+    def join_round(self, session_id: str, round_: int, timeout_s: float) -> RoundJoin:
+        """Federated: wait for round >= `round_`; whether this client is sampled for it."""
+        record = self.members.require_worker(session_id)
+        return self.policy.join_round(record.worker_id, round_,
+                                      min(timeout_s, self.config.max_wait_s))
+
+    def leave(self, session_id: str) -> None:
+        """A worker that is done: drop its session so no step waits for it."""
+        record = self.members.leave(session_id)
+        if record is not None:
+            log.info("worker %r left at step %d", record.worker_id, self.store.version)
+            self._parts.discard(session_id)
+            self.policy.members_changed()
+
+    def tick(self) -> None:
+        """Periodic duties (the server runs this every fraction of a lease): evict workers
+        whose lease ran out, time out rounds, checkpoint, and say which workers a
+        long-waiting step waits for."""
+        evicted = self.members.evict_silent(self.store.version)
+        for record in evicted:
+            log.warning("evicted worker %r (incarnation %d) at step %d: no heartbeat for "
+                        "%.1fs", record.worker_id, record.incarnation, self.store.version,
+                        self.config.lease_s)
+            self._parts.discard(record.session_id)
+        if evicted:
+            self.policy.members_changed()
+        self.policy.tick()
+        self._maybe_checkpoint()
+        self._log_long_wait()
+
+    def _log_long_wait(self) -> None:
+        wait = self.policy.waiting_for()
+        now, period = self._clock(), max(1.0, self.config.lease_s / 2)
+        if wait.missing and wait.waited_s > period and now - self._last_wait_log > period:
+            self._last_wait_log = now
+            log.warning("step %d has waited %.1fs for workers %s", self.store.version,
+                        wait.waited_s, list(wait.missing))
+
+    def status(self, include_state_hash: bool = False) -> ServerStatus:
+        report = self.policy.report()
+        return ServerStatus(
+            layout=self.store.layout,
+            version=self.store.version,
+            mode=self.config.mode,
+            expected_workers=self.config.expected_workers,
+            optimizer=self.config.optimizer.describe(),
+            pending_pushes=report.pending_pushes,
+            server_version=__version__,
+            workers=self.members.snapshot(report.clocks),
+            plan=self.store.plan,
+            shard_index=self.store.shard_index,
+            max_lead=report.max_lead,
+            evicted=tuple(self.members.evictions),
+            state_hash=self.store.state_hash() if include_state_hash else "",
+            restored_version=self.restored_version,
+            dropouts=report.dropouts,
+            skipped_rounds=report.skipped_rounds,
+        )
+
+    # ---- register, push, pull ------------------------------------------------------------
+
+    def register(self, stream: Iterator[object]) -> Registration:
+        """Create the model from a header plus initial values, or join an identical one."""
+        header = first_message(stream, "register")
+        if not isinstance(header, RegisterHeader):
+            raise InvalidArgument("register stream must open with a RegisterHeader")
+        self.members.require_worker(header.session_id)
+        layout = header.layout
+        if layout is None:
+            raise InvalidArgument("register header carries an empty layout")
+        # A client that sends no plan (one server, or a foreign client) holds the whole model.
+        plan = header.plan or plan_partition(layout, 1)
+        if plan.shard_layout(header.shard_index) != layout:
+            raise InvalidArgument(f"the header's layout is not shard {header.shard_index} of "
+                                  "the plan it carries")
+        with self.store.lock:
+            if self.store.layout is not None:
+                self.store.require_same_model(layout, plan, header.shard_index)
+                return Registration(created=False, version=self.store.version,
+                                    layout=self.store.layout)
+        if not header.values_follow:
+            raise FailedPrecondition("no model is registered yet; the first worker must send "
+                                     "initial values (values_follow=true)")
+        assembler = TensorAssembler(layout.tensors)
+        drain_chunks(stream, assembler, "register")
+        created = self.store.create(layout, assembler.finish(), plan, header.shard_index)
+        if created:
+            log.info("model registered: shard %d of %d, %d tensors, %d bytes",
+                     header.shard_index, plan.num_shards, len(layout.tensors), layout.nbytes)
+        return Registration(created=created, version=self.store.version, layout=layout)
+
+    def push(self, stream: Iterator[object]) -> PushResult:
+        """Receive one gradient push (or one part of it); it reaches the update policy only
+        once it is whole and passed every check (see `intake.py` for their order)."""
+        result = self._intake.receive(stream)
+        if result.applied:
+            self._maybe_checkpoint()
+        return result
+
+    def pull(self, session_id: str, min_version: int, names: list[str],
+             timeout_s: float) -> Iterator[bytes]:
+        """Encoded PullResponse messages: a header, then each tensor's chunks.
+
+        In sync mode a member's pull is version-consistent as a whole, since the version
+        cannot advance before that member pushes again; an async pull may span updates
+        (Hogwild). SSP holds a worker's pull while it is too far ahead.
+        """
+        record = self.members.touch(session_id)
+        specs = self._pulled_specs(names)
+        timeout_s = min(timeout_s, self.config.max_wait_s)
+        started = time.monotonic()
+        if record.role is Role.WORKER:
+            self.policy.wait_turn(record.worker_id, timeout_s)
+        version = self.store.wait_for_version(min_version,
+                                              timeout_s - (time.monotonic() - started))
+        return pull_messages(self.store, version, specs, record.pull_encoder,
+                             self.config.chunk_bytes)
+
+    def _pulled_specs(self, names: list[str]) -> tuple[TensorSpec, ...]:
+        layout: ModelLayout = self.store.require_layout()
+        if not names:
+            return layout.tensors
+        by_name = layout.by_name()
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise NotFound(f"unknown tensors {missing}")
+        return tuple(by_name[n] for n in names)
+
+    # ---- checkpoints and shutdown --------------------------------------------------------
+
+    def checkpoint(self, every: int = 0) -> Path | None:
+        """Write this shard's state now (see `ShardCheckpointer.save`); None when
+        checkpointing is off or there is nothing (new) to save."""
+        return self._checkpoints.save(every) if self._checkpoints is not None else None
+
+    def _maybe_checkpoint(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.maybe_save()
+
+    def close(self) -> None:
+        """Wake every waiter with UNAVAILABLE; called on shutdown."""
+        self.store.close()

@@ -1,0 +1,130 @@
+"""A push, received and checked in one ordered sequence before anything changes.
+
+Each check below refuses with the status in brackets and leaves the server state as it
+was; only a push that passed them all is held (a part) or handed to the update policy,
+which may still refuse it (federated screening) before applying anything:
+
+ 1. the stream opens with a PushHeader                               [INVALID_ARGUMENT]
+ 2. its session is open and a worker's      [FAILED_PRECONDITION, `session expired:`]
+ 3. a sequenced push (sequence > 0) comes from the session's own incarnation
+                                                                  [FAILED_PRECONDITION]
+ 4. the push ledger: a retry of an answered push gets the first answer again (not
+    applied twice); a replayed older sequence [ABORTED]; a fenced incarnation
+                                                                  [FAILED_PRECONDITION]
+ 5. a model is registered [FAILED_PRECONDITION]; every tensor is known [NOT_FOUND] with
+    its registered shape and dtype, listed once                        [INVALID_ARGUMENT]
+ 6. the part fits the session's open push (same step, no tensor twice)
+                                              [FAILED_PRECONDITION / INVALID_ARGUMENT]
+ 7. weighted aggregation: num_samples > 0 on the closing part          [INVALID_ARGUMENT]
+ 8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
+    from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
+ 9. chunks arrive in order, without gaps, within the codec's size bound [INVALID_ARGUMENT]
+10. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from paramserver.codecs import Codec, CodecError, Update
+from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.server.assembly import (
+    TensorAssembler,
+    check_specs,
+    drain_chunks,
+    first_message,
+    skip_chunks,
+)
+from paramserver.server.buffers import BufferPool, PooledBuffers
+from paramserver.server.config import ServerConfig
+from paramserver.server.ledger import PushLedger
+from paramserver.server.membership import Membership, SessionRecord
+from paramserver.server.parts import PartAssembler
+from paramserver.server.policies import ReceivedPush, UpdatePolicy
+from paramserver.server.store import ParameterStore
+from paramserver.types import Aggregation, PushHeader, PushResult, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+class PushIntake:
+    """Receives pushes for one server: the checks above, then hold or submit."""
+
+    def __init__(self, *, config: ServerConfig, store: ParameterStore, members: Membership,
+                 ledger: PushLedger, parts: PartAssembler, policy: UpdatePolicy,
+                 pool: BufferPool) -> None:
+        self._config = config
+        self._store = store
+        self._members = members
+        self._ledger = ledger
+        self._parts = parts
+        self._policy = policy
+        self._pool = pool
+
+    def receive(self, stream: Iterator[object]) -> PushResult:
+        header = first_message(stream, "push")  # 1
+        if not isinstance(header, PushHeader):
+            raise InvalidArgument("push stream must open with a PushHeader")
+        record = self._members.require_worker(header.session_id)  # 2
+        if header.sequence and header.incarnation != record.incarnation:  # 3
+            raise FailedPrecondition(
+                f"push from incarnation {header.incarnation} of worker {record.worker_id!r}, "
+                f"whose session is incarnation {record.incarnation}: handshake again")
+        key = (record.worker_id, header.incarnation, header.sequence)
+        earlier = self._ledger.begin(*key, timeout_s=self._config.max_wait_s)  # 4
+        if earlier is not None:
+            skip_chunks(stream)
+            log.info("push %d of %r (incarnation %d) is a retry: answered, not applied again",
+                     header.sequence, record.worker_id, header.incarnation)
+            return earlier
+        result = None
+        try:
+            result = self._receive_new(header, record, stream)
+        finally:
+            self._ledger.finish(*key, result)
+        return result
+
+    def _receive_new(self, header: PushHeader, record: SessionRecord,
+                     stream: Iterator[object]) -> PushResult:
+        check_specs(header.tensors, self._store.require_layout().by_name())  # 5
+        self._parts.check(header.session_id, header.step, [s.name for s in header.tensors])  # 6
+        weight = 1.0 if header.more_parts else self._weight_of(header)  # 7
+        self._policy.check_step(record.worker_id, header.step)  # 8
+        with PooledBuffers(self._pool) as buffers:
+            updates = self._read_updates(header, record.push_decoder, stream, buffers)  # 9, 10
+            if header.more_parts:
+                self._parts.hold(header.session_id, header.step, updates, buffers)
+                return PushResult(version=self._store.version, applied=False)
+            updates = self._parts.close(header.session_id, header.step, updates, buffers)
+            result = self._policy.submit(ReceivedPush(
+                worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
+                buffers=buffers))
+        self._members.count_push(header.session_id)
+        return result
+
+    def _read_updates(self, header: PushHeader, codec: Codec, stream: Iterator[object],
+                      buffers: PooledBuffers) -> dict[str, Update]:
+        limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
+        assembler = TensorAssembler(header.tensors, buffers, limits)
+        drain_chunks(stream, assembler, "push")
+        return {spec.name: _decode(codec, spec, payload)
+                for spec, payload in zip(header.tensors, assembler.finish_payloads())}
+
+    def _weight_of(self, header: PushHeader) -> float:
+        if self._config.aggregation is Aggregation.MEAN:
+            return 1.0
+        if header.num_samples <= 0:
+            raise InvalidArgument(f"weighted aggregation needs num_samples > 0, "
+                                  f"got {header.num_samples}")
+        return float(header.num_samples)
+
+
+def _decode(codec: Codec, spec: TensorSpec, payload: torch.Tensor) -> Update:
+    try:
+        return codec.decode(payload, spec.numel, spec.dtype)
+    except CodecError as error:
+        raise InvalidArgument(f"tensor {spec.name!r}: payload does not decode under codec "
+                              f"{codec.spec}: {error}") from None

@@ -1,0 +1,131 @@
+"""Weighted sums of pushed updates, and the synchronous step they are collected for.
+
+`Aggregate` is the one aggregation object the aggregating policies share (sync steps,
+federated rounds, FedBuff's buffer): add an update with a weight, take the weighted mean,
+release. Its sums live in pooled buffers that it owns and gives back on `release()` (or on
+leaving its `with` block). A sparse update is added with index_add_, never densified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+
+import torch
+
+from paramserver.codecs import DenseUpdate, Update
+from paramserver.codecs.base import add_into
+from paramserver.errors import Aborted, FailedPrecondition
+from paramserver.server.buffers import BufferPool, PooledBuffers
+from paramserver.server.policies.base import Clock, ReceivedPush
+from paramserver.server.store import ParameterStore
+from paramserver.types import TensorSpec
+
+
+class Aggregate:
+    """Per tensor: sum of weight * update, and the sum of the weights."""
+
+    def __init__(self, pool: BufferPool, spec_of: Callable[[str], TensorSpec]) -> None:
+        self._spec_of = spec_of
+        self._buffers = PooledBuffers(pool)
+        self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a buffer owned here
+        self._weights: dict[str, float] = {}
+
+    def __enter__(self) -> Aggregate:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.release()
+
+    def add(self, name: str, update: Update, weight: float, source: PooledBuffers) -> None:
+        """sum[name] += weight * update. The first dense update of the right dtype becomes
+        the sum in place (no copy, no zero-fill): its buffer moves from `source` to here."""
+        total = self._sums.get(name)
+        if total is not None:
+            add_into(total, update, weight)
+            self._weights[name] += weight
+            return
+        spec = self._spec_of(name)
+        owner = (source.owner_of(update.values)
+                 if isinstance(update, DenseUpdate) and update.values.dtype == spec.dtype
+                 else None)
+        if owner is not None:
+            source.adopt(owner, into=self._buffers)
+            total = update.values
+            if weight != 1.0:
+                total.mul_(weight)
+        else:
+            total = self._buffers.take(spec.nbytes).view(spec.dtype).zero_()
+            add_into(total, update, weight)
+        self._sums[name] = total
+        self._weights[name] = weight
+
+    def add_push(self, updates: dict[str, Update], weight: float,
+                 source: PooledBuffers) -> None:
+        for name, update in updates.items():
+            self.add(name, update, weight, source)
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """The weighted mean per tensor, computed in place (the sums are gone after)."""
+        return {name: total if self._weights[name] == 1.0 else total.div_(self._weights[name])
+                for name, total in self._sums.items()}
+
+    def release(self) -> None:
+        self._sums, self._weights = {}, {}
+        self._buffers.release()
+
+
+class StepAssembly:
+    """The synchronous step being assembled: who pushed it, and the aggregate of their
+    pushes. Shared by the sync and federated-round policies, which differ only in whose
+    pushes close the step. Not thread-safe: the owning policy holds its lock around calls.
+    """
+
+    def __init__(self, store: ParameterStore, pool: BufferPool, clock: Clock) -> None:
+        self._store = store
+        self._pool = pool
+        self._clock = clock
+        self.pushed: set[str] = set()
+        self.opened_at: float | None = None  # the first push of the open step
+        self._aggregate = Aggregate(pool, store.spec)
+
+    def check(self, worker_id: str, step: int) -> None:
+        """Refuse a push for another step than the open one, or a second push of it."""
+        current = self._store.version
+        if step < current:
+            raise Aborted(f"step {step} already closed without this push (the server is at "
+                          f"step {current}); pull version {current} and go on")
+        if step > current:
+            raise FailedPrecondition(
+                f"push for step {step}, but the server is assembling step {current}; "
+                f"pull version {current} and recompute the gradient")
+        if worker_id in self.pushed:
+            raise FailedPrecondition(f"worker {worker_id!r} already pushed step {step}")
+
+    def add(self, push: ReceivedPush) -> None:
+        self.check(push.worker_id, push.step)
+        self._aggregate.add_push(push.updates, push.weight, push.buffers)
+        self.pushed.add(push.worker_id)
+        if self.opened_at is None:
+            self.opened_at = self._clock()
+
+    def waited_s(self) -> float:
+        return 0.0 if self.opened_at is None else self._clock() - self.opened_at
+
+    def close(self) -> int:
+        """Apply the weighted mean as one optimizer step; returns the new version."""
+        with self._aggregate:
+            version = self._store.apply(self._aggregate.means())
+        self._reset()
+        return version
+
+    def skip(self) -> int:
+        """Drop the pushes and advance the version with the parameters unchanged."""
+        self._aggregate.release()
+        self._reset()
+        return self._store.apply({})
+
+    def _reset(self) -> None:
+        self.pushed, self.opened_at = set(), None
+        self._aggregate = Aggregate(self._pool, self._store.spec)

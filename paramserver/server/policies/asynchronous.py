@@ -1,0 +1,50 @@
+"""Asynchronous updates: every push is applied as it arrives (Hogwild-style PS).
+
+`max_staleness` bounds how old the parameters behind a gradient may be: a push computed on
+a version more than that many updates behind is ABORTED, with its staleness in the message.
+"""
+
+from __future__ import annotations
+
+from paramserver.codecs.base import to_dense
+from paramserver.errors import Aborted, FailedPrecondition
+from paramserver.server.policies.base import PolicyContext, PolicyDefaults, ReceivedPush
+from paramserver.server.store import ParameterStore
+from paramserver.types import PushResult
+
+
+def check_async_step(store: ParameterStore, step: int, max_staleness: int | None) -> int:
+    """The staleness of a gradient computed on version `step`; raise if it is refused."""
+    current = store.version
+    if step > current:
+        raise FailedPrecondition(
+            f"push computed on version {step}, but the server is only at version {current}")
+    if step < 0:
+        raise FailedPrecondition(f"negative step {step}")
+    staleness = current - step
+    if max_staleness is not None and staleness > max_staleness:
+        raise Aborted(f"gradient staleness {staleness} exceeds --max-staleness "
+                      f"{max_staleness} (computed on version {step}, server at "
+                      f"{current}); pull and recompute")
+    return staleness
+
+
+class AsyncPolicy(PolicyDefaults):
+    """Applies each gradient at once; staleness = server version - version it was computed on."""
+
+    def __init__(self, context: PolicyContext, max_staleness: int | None = None) -> None:
+        self._store = context.store
+        self._max_staleness = max_staleness
+
+    def check_step(self, worker_id: str, step: int) -> None:
+        check_async_step(self._store, step, self._max_staleness)
+
+    def submit(self, push: ReceivedPush) -> PushResult:
+        grads = {}
+        for name, update in push.updates.items():
+            spec = self._store.spec(name)
+            grads[name] = to_dense(update, spec.numel, spec.dtype)
+        with self._store.lock:
+            staleness = check_async_step(self._store, push.step, self._max_staleness)
+            version = self._store.apply(grads)
+        return PushResult(version=version, applied=True, staleness=staleness)

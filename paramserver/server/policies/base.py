@@ -1,0 +1,115 @@
+"""What every update policy (sync, async, SSP, federated rounds, FedBuff) implements.
+
+A policy decides when complete, decoded pushes become a parameter update. The core hands
+it one `ReceivedPush` at a time; the push's pooled buffers are owned by the push (released
+when the core's request ends) unless the policy adopts them into an aggregate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from paramserver.codecs import Update
+from paramserver.errors import FailedPrecondition
+from paramserver.server.buffers import BufferPool, PooledBuffers
+from paramserver.server.config import ServerConfig
+from paramserver.server.membership import Membership
+from paramserver.server.store import ParameterStore
+from paramserver.types import PushResult, RoundJoin
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceivedPush:
+    """One worker's whole push for `step` (all parts merged), decoded."""
+
+    worker_id: str
+    step: int
+    weight: float  # 1.0 for a mean, num_samples for weighted aggregation
+    updates: dict[str, Update]
+    buffers: PooledBuffers  # the pooled bytes the updates view
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepWait:
+    """How long the open step has waited, and for which live workers."""
+
+    waited_s: float = 0.0
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyReport:
+    """A policy's figures for `status`."""
+
+    pending_pushes: int = 0
+    clocks: dict[str, int] = field(default_factory=dict)  # SSP: pushes applied per worker
+    max_lead: int = 0  # SSP: the largest lead any worker started a step with
+    dropouts: tuple[str, ...] = ()  # federated: "client@round" that did not report
+    skipped_rounds: tuple[int, ...] = ()  # federated: rounds closed without enough reports
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyContext:
+    """What a policy is built from."""
+
+    store: ParameterStore
+    members: Membership
+    pool: BufferPool
+    config: ServerConfig
+    clock: Clock = time.monotonic  # injectable, so timeout tests need no sleeps
+
+
+class UpdatePolicy(Protocol):
+    """Decides when pushed gradients become a parameter update."""
+
+    def check_step(self, worker_id: str, step: int) -> None:
+        """Raise before any payload is read if a push for `step` cannot be accepted."""
+
+    def submit(self, push: ReceivedPush) -> PushResult:
+        """Take one complete, decoded push; raise (changing nothing) to refuse it."""
+
+    def members_changed(self) -> None:
+        """Workers left or were evicted: a step that only waited for them may close now."""
+
+    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+        """Block a worker's pull while it may not run ahead (SSP); others return at once."""
+
+    def waiting_for(self) -> StepWait:
+        """How long the open step has waited, and for which live workers (sync)."""
+
+    def tick(self) -> None:
+        """Periodic duty (federated rounds time out here)."""
+
+    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> RoundJoin:
+        """Federated: the open round >= round_, and whether this worker is sampled."""
+
+    def report(self) -> PolicyReport:
+        """Figures for `status`."""
+
+
+class PolicyDefaults:
+    """What a policy does about the optional duties when it has nothing to do for them."""
+
+    def members_changed(self) -> None:
+        return None
+
+    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+        return None
+
+    def waiting_for(self) -> StepWait:
+        return StepWait()
+
+    def tick(self) -> None:
+        return None
+
+    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> RoundJoin:
+        raise FailedPrecondition("this server does not run federated rounds (--mode "
+                                 "federated or fedbuff)")
+
+    def report(self) -> PolicyReport:
+        return PolicyReport()

@@ -1,0 +1,150 @@
+"""Federated rounds on a parameter server (FedAvg and friends, McMahan et al. 2017).
+
+Round r starts from the global model at version r. When it opens, the server samples a
+fraction of the live clients, reproducibly from (seed, r, client ids). Sampled clients
+train locally and push their update (global - local) with their weight; the round closes
+once every live sampled client reported, or at the round timeout with whoever reported if
+that is enough (`min_clients`, `min_completion_rate`). Too few reports skip the round: the
+version advances, the global model stays unchanged. The weighted mean of the updates is
+applied by the server optimizer (SGD lr 1 = FedAvg; momentum = FedAvgM; Adam = FedAdam).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from paramserver.errors import FailedPrecondition
+from paramserver.federated.sampling import sample_clients
+from paramserver.federated.screening import screen
+from paramserver.server.policies.aggregate import StepAssembly
+from paramserver.server.policies.base import (
+    PolicyContext,
+    PolicyDefaults,
+    PolicyReport,
+    ReceivedPush,
+    StepWait,
+)
+from paramserver.types import PushResult, RoundJoin
+
+log = logging.getLogger(__name__)
+
+
+class RoundPolicy(PolicyDefaults):
+    """A synchronous step per round, whose members are the round's sampled clients.
+
+    `_lock` guards the round and its step; lock order: `_lock` before `store.lock`.
+    """
+
+    def __init__(self, context: PolicyContext) -> None:
+        self.config = context.config.federated
+        self._store = context.store
+        self._members = context.members
+        self._clock = context.clock
+        self._lock = threading.Lock()
+        self._step = StepAssembly(context.store, context.pool, context.clock)
+        self._round = -1
+        self._sampled: frozenset[str] = frozenset()
+        self._round_opened = 0.0
+        self._dropouts: list[str] = []
+        self._skipped_rounds: list[int] = []
+
+    def _open_round(self) -> None:
+        """Sample the current round's clients once the job is formed (caller holds _lock)."""
+        version = self._store.version
+        if self._round == version or not self._members.formed:
+            return
+        self._round, self._round_opened = version, self._clock()
+        self._sampled = sample_clients(self._members.live_workers(), self.config.fraction,
+                                       self.config.min_clients, self.config.seed, version)
+        log.info("round %d: sampled %d clients %s", version, len(self._sampled),
+                 sorted(self._sampled))
+
+    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> RoundJoin:
+        """Wait until round >= `round_` is open."""
+        self._store.wait_for_version(round_, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                self._open_round()
+                if self._round >= 0:
+                    return RoundJoin(round=self._round, sampled=worker_id in self._sampled,
+                                     sampled_count=len(self._sampled))
+            if time.monotonic() > deadline:
+                raise FailedPrecondition("the federation has not formed yet: fewer clients "
+                                         f"joined than --workers ({self._members.live_workers()})")
+            time.sleep(0.05)
+
+    def check_step(self, worker_id: str, step: int) -> None:
+        with self._lock:
+            self._check(worker_id, step)
+
+    def _check(self, worker_id: str, step: int) -> None:
+        self._step.check(worker_id, step)
+        self._open_round()
+        if worker_id not in self._sampled:
+            raise FailedPrecondition(f"client {worker_id!r} was not sampled for round {step}")
+
+    def submit(self, push: ReceivedPush) -> PushResult:
+        screen(push.updates, self.config.clip_norm, self.config.reject_norm)
+        with self._lock:
+            self._check(push.worker_id, push.step)
+            self._step.add(push)
+            if not self._ready():
+                return PushResult(version=self._store.version, applied=False)
+            return PushResult(version=self._close(), applied=True)
+
+    def members_changed(self) -> None:
+        with self._lock:
+            if self._step.pushed and self._ready():
+                self._close()
+
+    def _ready(self) -> bool:
+        if not self._members.formed:
+            return False
+        live = self._members.live_workers()
+        return bool(self._step.pushed) and (self._sampled & live) <= self._step.pushed
+
+    def _missing(self) -> list[str]:
+        return [f"{client}@{self._round}" for client in sorted(self._sampled - self._step.pushed)]
+
+    def _close(self) -> int:
+        self._dropouts += self._missing()
+        return self._step.close()
+
+    def tick(self) -> None:
+        """Close or skip a round that ran past its timeout."""
+        with self._lock:
+            self._open_round()
+            if self._round < 0 or self._clock() - self._round_opened < \
+                    self.config.round_timeout_s:
+                return
+            pushed = len(self._step.pushed)
+            needed = max(self.config.min_clients,
+                         math.ceil(self.config.min_completion_rate * len(self._sampled)))
+            if pushed and pushed >= needed:
+                log.warning("round %d timed out: closing with %d of %d sampled clients",
+                            self._round, pushed, len(self._sampled))
+                self._close()
+                return
+            log.warning("round %d skipped: %d of %d sampled clients reported, %d needed; the "
+                        "global model is unchanged", self._round, pushed, len(self._sampled),
+                        needed)
+            self._dropouts += self._missing()
+            self._skipped_rounds.append(self._round)
+            self._step.skip()  # the next round, from the same global model
+
+    def waiting_for(self) -> StepWait:
+        with self._lock:
+            if self._step.opened_at is None:
+                return StepWait()
+            missing = (self._sampled & self._members.live_workers()) - self._step.pushed
+            return StepWait(waited_s=self._step.waited_s(), missing=tuple(sorted(missing)))
+
+    def report(self) -> PolicyReport:
+        with self._lock:
+            return PolicyReport(pending_pushes=len(self._step.pushed),
+                                dropouts=tuple(self._dropouts),
+                                skipped_rounds=tuple(self._skipped_rounds))

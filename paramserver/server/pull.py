@@ -1,0 +1,34 @@
+"""The messages of a Pull: a header, then each tensor's chunks in the session's pull codec."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from paramserver import serde, wire
+from paramserver.codecs import Codec
+from paramserver.server.store import ParameterStore
+from paramserver.transport import chunk_ranges
+from paramserver.types import TensorSpec
+
+
+def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, ...],
+                  codec: Codec, chunk_bytes: int) -> Iterator[bytes]:
+    """Encoded PullResponse messages for `specs` at `version`.
+
+    Pull codecs are elementwise (none, fp16, bf16), so each chunk is a range of elements
+    encoded on its own and its offset counts encoded bytes. Each chunk is copied under the
+    store lock, so it never mixes two versions; `none` sends the parameter bytes as they are.
+    """
+    yield serde.encode_pull_header(version, specs)
+    raw = codec.spec.name == "none"
+    for index, spec in enumerate(specs):
+        wire_item = codec.max_payload_nbytes(1, spec.dtype)
+        per_chunk = max(1, chunk_bytes // wire_item)
+        flat = store.params[spec.name].view(-1)
+        as_bytes = store.byte_view(spec.name) if raw else None  # one view per tensor
+        for start, end in chunk_ranges(spec.numel, per_chunk):
+            with store.lock:
+                data = (as_bytes[start * wire_item:end * wire_item] if as_bytes is not None
+                        else memoryview(codec.encode(flat[start:end]).numpy()))
+                message = wire.encode_chunk(index, start * wire_item, data)
+            yield message

@@ -1,0 +1,72 @@
+"""Server-side fault injection for tests and benchmarks, plugged in through `ServerHooks`.
+
+- `DropReplies`: a server interceptor that applies the chosen pushes and then answers them
+  with UNAVAILABLE, as if the reply was lost on the network (the client's retry must not
+  apply them twice).
+- `crash_on_save(k)`: a checkpoint hook that, on the k-th save, writes half of the temp
+  file, flushes it and SIGKILLs its own process, as a power cut or an OOM kill would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+import grpc
+
+from paramserver.server.checkpoint import BeforeWrite
+
+PUSH_METHOD = "/paramserver.v1.ParameterServer/Push"
+
+
+class DropReplies(grpc.ServerInterceptor):
+    """Drop the replies of the n-th applied, non-duplicate pushes (1-based, in `which`)."""
+
+    def __init__(self, which: Iterable[int]) -> None:
+        self._which = set(which)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation: Callable[[Any], Any],
+                          handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method != PUSH_METHOD:
+            return handler
+        push = handler.stream_unary
+
+        def dropping(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+            response = push(request_iterator, context)
+            if self._drop_now(response):
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              "test hook: the push was applied, its reply is dropped")
+            return response
+
+        return grpc.stream_unary_rpc_method_handler(
+            dropping, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    def _drop_now(self, response: Any) -> bool:
+        if response.duplicate:
+            return False
+        with self._lock:
+            self._count += 1
+            return self._count in self._which
+
+
+def crash_on_save(k: int) -> BeforeWrite:
+    """A `before_write` hook that tears the k-th checkpoint save and kills the process."""
+    saves = 0
+
+    def before_write(out: IO[bytes], blob: bytes) -> None:
+        nonlocal saves
+        saves += 1
+        if saves == k:
+            out.write(blob[: len(blob) // 2])
+            out.flush()
+            os.fsync(out.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return before_write
