@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from paramserver.server.app import RunningServer, ServerHooks, start_server
 from paramserver.server.config import ServerConfig
 
 ServerFactory = Callable[..., RunningServer]
+
+# Property tests check invariants, not speed: no per-example deadline, which a loaded
+# 2-core machine would otherwise turn into flaky failures.
+settings.register_profile("paramserver", deadline=None)
+settings.load_profile("paramserver")
 
 
 @pytest.fixture

@@ -23,13 +23,14 @@ class ShardCheckpointer:
     """Checkpoints of one shard; `_lock` serialises saves (periodic ones and the final one)."""
 
     def __init__(self, store: ParameterStore, members: Membership, ledger: PushLedger,
-                 directory: Path, every: int = 0,
+                 directory: Path, every: int = 0, reform_timeout_s: float = 60.0,
                  before_write: BeforeWrite | None = None) -> None:
         self._store = store
         self._members = members
         self._ledger = ledger
         self._files = CheckpointStore(directory, before_write=before_write)
         self._every = every
+        self._reform_timeout_s = reform_timeout_s
         self._lock = threading.Lock()
         self._saved_version = 0  # the version of the newest checkpoint
 
@@ -46,7 +47,8 @@ class ShardCheckpointer:
             state = ShardState(version, self._store.layout, self._store.plan,
                                self._store.shard_index, params, optimizer,
                                {"ledger": self._ledger.table(),
-                                "incarnations": self._members.incarnations()})
+                                "incarnations": self._members.incarnations(),
+                                "members": sorted(self._members.live_workers())})
             path = self._files.save(state)
             self._saved_version = max(self._saved_version, version)
         log.info("checkpoint of step %d written to %s", version, path)
@@ -67,8 +69,11 @@ class ShardCheckpointer:
                             state.optimizer, state.version)
         self._ledger.restore(state.extra.get("ledger", {}))
         self._members.restore_incarnations(state.extra.get("incarnations", {}))
-        self._members.mark_formed()
+        members = state.extra.get("members", [])
+        self._members.reform(members, self._reform_timeout_s)
         self._saved_version = state.version
-        log.warning("resumed shard %d from the checkpoint of step %d (state %s)",
-                    state.shard_index, state.version, self._store.state_hash())
+        log.warning("resumed shard %d from the checkpoint of step %d (state %s); the job "
+                    "re-forms: waiting up to %.0fs for %s", state.shard_index, state.version,
+                    self._store.state_hash(), self._reform_timeout_s,
+                    members or "the workers it started with")
         return state.version

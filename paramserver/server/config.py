@@ -27,13 +27,15 @@ class ServerConfig:
     max_staleness: int | None = None  # async: refuse gradients staler than this
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 0  # steps between checkpoints (0: only on shutdown)
+    reform_timeout_s: float = 60.0  # after a restart: wait this long for the old members
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # federated modes
 
     def __post_init__(self) -> None:
         if self.expected_workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.expected_workers}")
-        if self.lease_s < 0 or self.sync_quorum < 0 or self.staleness < 0:
-            raise ValueError("--lease-timeout, --sync-quorum and --staleness must be >= 0")
+        if min(self.lease_s, self.sync_quorum, self.staleness, self.reform_timeout_s) < 0:
+            raise ValueError("--lease-timeout, --sync-quorum, --staleness and "
+                             "--reform-timeout must be >= 0")
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("--checkpoint-every needs --checkpoint-dir")
         if self.chunk_bytes < 1024:

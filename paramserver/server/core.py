@@ -65,7 +65,8 @@ class ParameterServerCore:
                                   pool=pool)
         self._checkpoints = (
             ShardCheckpointer(self.store, self.members, self.ledger, config.checkpoint_dir,
-                              config.checkpoint_every, before_checkpoint_write)
+                              config.checkpoint_every, config.reform_timeout_s,
+                              before_checkpoint_write)
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0
@@ -120,7 +121,12 @@ class ParameterServerCore:
                         "%.1fs", record.worker_id, record.incarnation, self.store.version,
                         self.config.lease_s)
             self._parts.discard(record.session_id)
-        if evicted:
+        awaited = self.members.awaited()
+        formed = self.members.refresh_formation()
+        if formed:
+            log.warning("the job re-formed at step %d without %s (--reform-timeout)",
+                        self.store.version, list(awaited))
+        if evicted or formed:
             self.policy.members_changed()
         self.policy.tick()
         self._maybe_checkpoint()

@@ -6,7 +6,11 @@ waits for the dead. Each handshake of a worker starts a new incarnation; the pre
 session is fenced off, and a request on it gets SessionExpired (handshake again).
 
 A synchronous job is *formed* once `expected_workers` workers have joined (so step 0 never
-starts with whoever came first); from then on workers may join and leave freely.
+starts with whoever came first); from then on workers may join and leave freely. A server
+restarted from a checkpoint *re-forms* the job: it counts as formed again only once the
+workers it had at that checkpoint are back (or `expected_workers` of them, when none were
+recorded), or, after `reform(timeout_s)`, with whoever is back, so the first worker to
+reconnect never trains alone while the others are still retrying.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from paramserver.codecs import Codec, make_codec
@@ -55,6 +59,9 @@ class Membership:
         self._incarnations: dict[str, int] = {}  # worker_id -> last incarnation handed out
         self._expired: OrderedDict[str, str] = OrderedDict()  # session_id -> why
         self._formed = mode not in (Mode.SYNC, Mode.FEDERATED)  # these wait for N workers
+        self._reforms = mode in (Mode.SYNC, Mode.SSP, Mode.FEDERATED)  # after a restart
+        self._awaited: frozenset[str] = frozenset()  # re-forming: the members it had
+        self._reform_deadline: float | None = None  # re-forming until then
         self.evictions: list[str] = []  # "worker@step", oldest first
         self._lock = threading.Lock()
 
@@ -74,8 +81,7 @@ class Membership:
             record = SessionRecord(uuid.uuid4().hex, worker_id, role, push, pull, incarnation,
                                    self._clock())
             self._sessions[record.session_id] = record
-            if len(self._workers()) >= self._expected:
-                self._formed = True
+            self._update_formed()
             return record
 
     def touch(self, session_id: str) -> SessionRecord:
@@ -134,15 +140,50 @@ class Membership:
         with self._lock:
             return self._workers()
 
+    def _update_formed(self) -> bool:
+        """Form the job if its rule is met now; True when this call formed it."""
+        if self._formed:
+            return False
+        workers = self._workers()
+        if self._reform_deadline is None:
+            self._formed = len(workers) >= self._expected
+        elif self._awaited:
+            self._formed = self._awaited <= workers or (
+                bool(workers) and self._clock() >= self._reform_deadline)
+        else:
+            self._formed = len(workers) >= self._expected or (
+                bool(workers) and self._clock() >= self._reform_deadline)
+        return self._formed
+
     @property
     def formed(self) -> bool:
         with self._lock:
+            self._update_formed()
             return self._formed
 
-    def mark_formed(self) -> None:
-        """A job restored from a checkpoint was formed before the restart."""
+    def refresh_formation(self) -> bool:
+        """Re-check the forming rule (a deadline may have passed); True if the job formed
+        just now, so a step that only waited for that may close."""
         with self._lock:
-            self._formed = True
+            return self._update_formed()
+
+    def reform(self, members: Iterable[str], timeout_s: float) -> None:
+        """After a restart from a checkpoint: wait again for `members` (the workers the job
+        had), or for `expected_workers` when none are known, at most `timeout_s`."""
+        if not self._reforms:
+            return
+        with self._lock:
+            self._awaited = frozenset(members)
+            self._reform_deadline = self._clock() + timeout_s
+            self._formed = False
+            self._update_formed()
+
+    def awaited(self) -> tuple[str, ...]:
+        """Re-forming: the members the job still waits for (empty once formed)."""
+        with self._lock:
+            if self._formed:
+                return ()
+            return tuple(sorted(self._awaited - self._workers()))
 
     def incarnations(self) -> dict[str, int]:
         with self._lock:

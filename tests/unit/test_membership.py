@@ -124,3 +124,47 @@ def test_status_table_shows_incarnations_and_fault_events() -> None:
     table = format_status("127.0.0.1:1", core.status())
     assert "incarnation 1" in table and "evicted (worker@step): b@0" in table
     assert "restored" not in table  # no checkpoint was loaded
+
+
+def _restarted_sync_job(tmp_path: Path, clock: FakeClock) -> ParameterServerCore:
+    """A sync job of a, b and c checkpointed at step 1, then a fresh core restored from it."""
+    config = ServerConfig(mode=Mode.SYNC, expected_workers=3, checkpoint_dir=tmp_path,
+                          checkpoint_every=1, reform_timeout_s=30.0, lease_s=0.0,
+                          optimizer=OptimizerConfig(name="sgd", lr=1.0, momentum=0.0))
+    core = ParameterServerCore(config)
+    sessions = [core.handshake(w, Role.WORKER, [], []).session_id for w in "abc"]
+    core.register(iter(register_stream(sessions[0], {"w": torch.zeros(3)})))
+    for session in sessions:
+        core.push(iter(push_stream(session, 0, {"w": torch.ones(3)})))
+    assert core.store.version == 1  # checkpointed with members a, b, c
+    return ParameterServerCore(config, clock=clock)
+
+
+def test_a_restarted_sync_job_waits_for_every_member_it_had(tmp_path: Path) -> None:
+    restored = _restarted_sync_job(tmp_path, FakeClock())
+    assert restored.restored_version == 1 and not restored.members.formed
+    a = restored.handshake("a", Role.WORKER, [], []).session_id
+    result = restored.push(iter(push_stream(a, 1, {"w": torch.ones(3)})))
+    assert not result.applied and restored.store.version == 1  # a does not train alone
+    assert restored.members.awaited() == ("b", "c")
+    b = restored.handshake("b", Role.WORKER, [], []).session_id
+    restored.push(iter(push_stream(b, 1, {"w": torch.ones(3)})))
+    assert restored.store.version == 1  # still waiting for c
+    c = restored.handshake("c", Role.WORKER, [], []).session_id
+    assert restored.members.formed
+    assert restored.push(iter(push_stream(c, 1, {"w": torch.ones(3)}))).applied
+    assert restored.store.version == 2
+
+
+def test_a_restarted_job_forms_with_whoever_is_back_after_the_reform_timeout(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    restored = _restarted_sync_job(tmp_path, clock)
+    sessions = [restored.handshake(w, Role.WORKER, [], []).session_id for w in "ab"]
+    for session in sessions:
+        restored.push(iter(push_stream(session, 1, {"w": torch.ones(3)})))
+    restored.tick()
+    assert restored.store.version == 1  # c may still come back
+    clock.now += 31.0
+    restored.tick()  # the timeout passed: a and b close the step they both pushed
+    assert restored.members.formed and restored.store.version == 2

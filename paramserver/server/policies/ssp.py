@@ -68,18 +68,26 @@ class SspPolicy(PolicyDefaults):
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while True:
+                if not self._members.formed:  # re-forming after a restart
+                    self._wait_until(deadline, worker_id, timeout_s, "the job to re-form")
+                    continue
                 live = self._members.live_workers() | {worker_id}
                 mine = self._join(worker_id, live)
                 lead = mine - self._slowest(live)
                 if lead <= self.staleness:
                     self._max_lead = max(self._max_lead, lead)
                     return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded(
-                        f"worker {worker_id!r} is {lead} steps ahead of the slowest live "
-                        f"worker (bound {self.staleness}) and waited {timeout_s:.1f}s")
-                self._changed.wait(min(remaining, 1.0))
+                self._wait_until(deadline, worker_id, timeout_s,
+                                 f"its lead of {lead} steps over the slowest live worker to "
+                                 f"shrink to the bound {self.staleness}")
+
+    def _wait_until(self, deadline: float, worker_id: str, timeout_s: float,
+                    what: str) -> None:
+        """One bounded wait on `_changed` (held); DeadlineExceeded past the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"worker {worker_id!r} waited {timeout_s:.1f}s for {what}")
+        self._changed.wait(min(remaining, 0.25))
 
     def report(self) -> PolicyReport:
         with self._changed:
