@@ -13,17 +13,18 @@ import torch
 
 from paramserver import wire
 from paramserver.proto import paramserver_pb2 as pb
-from paramserver.sharding.plan import PartitionPlan, TensorSlice
 from paramserver.types import (
     CodecSpec,
     Mode,
     ModelLayout,
+    PartitionPlan,
     PushHeader,
     PushResult,
     RegisterHeader,
     Role,
     ServerStatus,
     Session,
+    TensorSlice,
     TensorSpec,
     WorkerInfo,
 )

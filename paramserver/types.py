@@ -9,12 +9,8 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from paramserver.sharding.plan import PartitionPlan
 
 
 class Mode(enum.Enum):
@@ -99,6 +95,94 @@ class ModelLayout:
 
 def _fmt(spec: TensorSpec) -> str:
     return f"shape {list(spec.shape)} dtype {str(spec.dtype).removeprefix('torch.')}"
+
+
+@dataclass(frozen=True, order=True)
+class TensorSlice:
+    """Elements [start, start + length) of the flattened tensor `tensor`, owned by `shard`."""
+
+    tensor: str
+    start: int
+    length: int
+    shard: int
+
+    def key(self, spec: TensorSpec) -> str:
+        """The name this slice is stored under on its shard: the tensor's name if whole."""
+        if self.start == 0 and self.length == spec.numel:
+            return spec.name
+        return f"{spec.name}[{self.start}:{self.start + self.length}]"
+
+    def stored_spec(self, spec: TensorSpec) -> TensorSpec:
+        """How the shard holds this slice: whole tensors keep their shape, slices are 1-D."""
+        if self.start == 0 and self.length == spec.numel:
+            return spec
+        return TensorSpec(self.key(spec), (self.length,), spec.dtype)
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """Where every element of every tensor of `layout` lives among `num_shards` shards."""
+
+    layout: ModelLayout
+    num_shards: int
+    slices: tuple[TensorSlice, ...]
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def slices_of(self, name: str) -> tuple[TensorSlice, ...]:
+        return tuple(s for s in self.slices if s.tensor == name)
+
+    def shard_slices(self, shard: int) -> tuple[TensorSlice, ...]:
+        """Slices stored on `shard`, in layout order."""
+        order = {t.name: i for i, t in enumerate(self.layout.tensors)}
+        return tuple(sorted((s for s in self.slices if s.shard == shard),
+                            key=lambda s: (order[s.tensor], s.start)))
+
+    def shard_layout(self, shard: int) -> ModelLayout:
+        """The layout shard `shard` registers: one stored spec per slice it owns."""
+        specs = self.layout.by_name()
+        return ModelLayout(tuple(s.stored_spec(specs[s.tensor]) for s in self.shard_slices(shard)))
+
+    def shard_bytes(self) -> list[int]:
+        specs = self.layout.by_name()
+        totals = [0] * self.num_shards
+        for s in self.slices:
+            totals[s.shard] += s.length * specs[s.tensor].dtype.itemsize
+        return totals
+
+
+def validate(plan: PartitionPlan) -> None:
+    """Every element of every tensor is owned by exactly one slice on a valid shard."""
+    if plan.num_shards < 1:
+        raise ValueError(f"a plan needs at least one shard, got {plan.num_shards}")
+    specs = plan.layout.by_name()
+    covered: dict[str, list[tuple[int, int]]] = {name: [] for name in specs}
+    for s in plan.slices:
+        _check_slice(s, specs, plan.num_shards)
+        covered[s.tensor].append((s.start, s.length))
+    for name, ranges in covered.items():
+        _check_cover(name, sorted(ranges), specs[name].numel)
+
+
+def _check_slice(s: TensorSlice, specs: dict[str, TensorSpec], num_shards: int) -> None:
+    if s.tensor not in specs:
+        raise ValueError(f"slice of unknown tensor {s.tensor!r}")
+    if not 0 <= s.shard < num_shards:
+        raise ValueError(f"slice of {s.tensor!r} on shard {s.shard} of {num_shards}")
+    if s.start < 0 or s.length < 0:
+        raise ValueError(f"slice of {s.tensor!r} has a negative range")
+
+
+def _check_cover(name: str, ranges: list[tuple[int, int]], numel: int) -> None:
+    """Sorted (start, length) ranges must tile [0, numel) without gap or overlap."""
+    position = 0
+    for start, length in ranges:
+        if start != position:
+            raise ValueError(f"tensor {name!r}: slices leave a gap or overlap at {position}")
+        position += length
+    if position != numel or not ranges:
+        raise ValueError(f"tensor {name!r}: slices cover {position} of {numel} elements")
 
 
 @dataclass(frozen=True)
