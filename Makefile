@@ -29,11 +29,11 @@ test: setup
 protos: setup
 	$(PY) tools/protoc.py
 
-## bench: the suite against the floor and the peers (~10 min; benchmarks/suite.json + .png)
+## bench: the suite against the floor and the peers (~10 min; report + plot in runs/)
 bench: setup
-	$(VENV)/bin/paramserver bench --report benchmarks/suite.json
+	$(VENV)/bin/paramserver bench
 
-## bench-quick: a small subset of the suite in under a minute
+## bench-quick: a small subset of the suite in under a minute (report in runs/)
 bench-quick: setup
 	$(VENV)/bin/paramserver bench --quick
 

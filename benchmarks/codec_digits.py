@@ -2,7 +2,7 @@
 
 Each row is one `paramserver launch --servers 1 --workers 2 --mode sync --epochs 10` run.
 
-    python benchmarks/codec_digits.py [--report FILE]
+    python -m benchmarks.codec_digits [--report FILE]
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "paramserver.cli.main"]
+from benchmarks import harness
+
 ROWS: list[tuple[str, list[str]]] = [
     ("none", ["--codec", "none"]),
     ("fp16", ["--codec", "fp16"]),
@@ -33,15 +35,17 @@ ROWS: list[tuple[str, list[str]]] = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--report", type=Path)
+    parser.add_argument("--report", type=Path,
+                        help="write every figure here as JSON (default: runs/codec_digits-*.json)")
     args = parser.parse_args()
+    started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="bench-codec-digits-"))
     results = []
-    print(f"| codec | accuracy | bytes pushed | compression | step time |")
-    print(f"| --- | ---: | ---: | ---: | ---: |")
+    print("| codec | accuracy | bytes pushed | compression | step time |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for index, (label, extra) in enumerate(ROWS):
         report = workdir / f"{index}.json"
-        subprocess.run([*CLI, "launch", "--servers", "1", "--workers", "2", "--mode", "sync",
+        subprocess.run([*harness.CLI, "launch", "--servers", "1", "--workers", "2", "--mode", "sync",
                         "--epochs", "10", "--no-progress", "--report", str(report), *extra],
                        check=True, capture_output=True, timeout=600)
         summary = json.loads(report.read_text())
@@ -49,8 +53,11 @@ def main() -> int:
         results.append({"label": label, **summary, "step_ms": step_ms})
         print(f"| {label} | {summary['accuracy']:.4f} | {summary['bytes_pushed'] / 1e6:.2f} MB "
               f"| x{summary['compression_ratio']:.1f} | {step_ms:.1f} ms |", flush=True)
-    if args.report:
-        args.report.write_text(json.dumps(results, indent=2) + "\n")
+    harness.write_report(harness.report_path("codec_digits", args.report), results)
+    accuracy = [r["accuracy"] for r in results]
+    print(f"{len(results)} codec settings: accuracy {min(accuracy):.4f}-{max(accuracy):.4f}, "
+          f"compression up to x{max(r['compression_ratio'] for r in results):.1f}  "
+          f"[{time.monotonic() - started:.0f} s]")
     return 0
 
 

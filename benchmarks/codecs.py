@@ -7,39 +7,37 @@
    directions), and each codec's break-even bandwidth: below it, the codec's fewer bytes
    win over its encode/decode time.
 
-    python benchmarks/codecs.py [--quick] [--report FILE]
+    python -m benchmarks.codecs [--quick] [--report FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import grpc
 import google.protobuf
+import grpc
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from paramserver.cli.local_cluster import LocalCluster  # noqa: E402
-from paramserver.codecs import make_codec  # noqa: E402
-from paramserver.transport import DEFAULT_CHUNK_BYTES, parse_bandwidth  # noqa: E402
-from paramserver.types import CodecSpec  # noqa: E402
-from workers import ParameterClient  # noqa: E402
-
-from benchmarks.common import Blob, median_spread  # noqa: E402
+from benchmarks import harness
+from benchmarks.blob import Blob
+from benchmarks.measure import stat
+from paramserver.cli.local_cluster import LocalCluster
+from paramserver.codecs import make_codec
+from paramserver.transport import DEFAULT_CHUNK_BYTES, parse_bandwidth
+from paramserver.types import CodecSpec
+from workers import ParameterClient
 
 CODECS = ["none", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "qsgd:bits=2",
           "topk:ratio=0.01", "topk:ratio=0.01,mode=approx", "randomk:ratio=0.01"]
 STEP_CODECS = ["none", "fp16", "qsgd:bits=8", "qsgd:bits=4", "topk:ratio=0.01,mode=approx",
                "topk:ratio=0.01"]
-CAPS = ["unlimited", "10gbit", "1gbit", "100mbit"]
 SPEED_NUMEL = 25_000_000
 MODEL_MB = 100
 CAP_MODEL_MB = 16
@@ -67,10 +65,10 @@ def codec_speed(device: str, numel: int, reps: int) -> list[dict[str, object]]:
             encode.append(t1 - t0)
             decode.append(time.perf_counter() - t1)
         rows.append({"codec": str(codec.spec), "device": device,
-                     "encode_s": median_spread(encode), "decode_s": median_spread(decode),
+                     "encode_s": stat(encode), "decode_s": stat(decode),
                      "encode_gbps": x.nbytes / statistics.median(encode) / 1e9,
                      "ratio": x.nbytes / payload.numel()})
-        print(f"  {device:<4} {str(codec.spec):<30} encode {statistics.median(encode)*1e3:8.1f} ms"
+        print(f"  {device:<4} {codec.spec!s:<30} encode {statistics.median(encode)*1e3:8.1f} ms"
               f" ({rows[-1]['encode_gbps']:5.2f} GB/s)  decode "
               f"{statistics.median(decode)*1e3:8.1f} ms  x{rows[-1]['ratio']:.1f}", flush=True)
     return rows
@@ -95,13 +93,13 @@ def step_times(address: str, model_mb: float, codec: str, bandwidth: float | Non
             samples.append(time.perf_counter() - t0)
         up = (client.gradient_bytes_pushed - up0) // reps
         down = (client.bytes_pulled - down0) // reps
-        return median_spread(samples), up, down
+        return stat(samples), up, down
     finally:
         client.close()
 
 
 def run_steps(cluster: LocalCluster, model_mb: float, caps: list[str], codecs: list[str],
-              reps: int, server_index: int) -> list[dict[str, object]]:
+              reps: int, server_index: int) -> list[dict[str, Any]]:
     rows = []
     for codec in codecs:
         for cap in caps:
@@ -121,7 +119,7 @@ def run_steps(cluster: LocalCluster, model_mb: float, caps: list[str], codecs: l
     return rows
 
 
-def break_even(rows: list[dict[str, object]]) -> dict[str, str]:
+def break_even(rows: list[dict[str, Any]]) -> dict[str, str]:
     """Bandwidth below which each codec's step beats `none`, from the unlimited-link times:
     t(B) = t_unlimited + bytes / B, solved for t_codec(B) = t_none(B)."""
     unlimited = {r["codec"]: r for r in rows if r["cap"] == "unlimited"}
@@ -144,7 +142,8 @@ def break_even(rows: list[dict[str, object]]) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one cap, 1 rep")
-    parser.add_argument("--report", type=Path, help="write every figure as JSON here")
+    parser.add_argument("--report", type=Path,
+                        help="write every figure here as JSON (default: runs/codecs-*.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the worker; the server process gets the other core
     numel = 1_000_000 if args.quick else SPEED_NUMEL
@@ -157,12 +156,9 @@ def main() -> int:
         big = run_steps(cluster, 4 if args.quick else MODEL_MB, ["unlimited"],
                         STEP_CODECS[:2] if args.quick else STEP_CODECS, reps, 0)
         caps = run_steps(cluster, 2 if args.quick else CAP_MODEL_MB,
-                         CAPS[-1:] if args.quick else CAPS,
+                         list(harness.CAPS[-1:] if args.quick else harness.CAPS),
                          STEP_CODECS[:2] if args.quick else STEP_CODECS, reps, 100)
     even = break_even(caps if any(r["cap"] == "unlimited" for r in caps) else big)
-    print("break-even bandwidth (below it the codec's step is faster than none):")
-    for codec, value in even.items():
-        print(f"  {codec:<30} {value}")
     report = {
         "machine": {"cpus": os.cpu_count(), "grpcio": grpc.__version__,
                     "protobuf": google.protobuf.__version__, "torch": torch.__version__,
@@ -170,8 +166,9 @@ def main() -> int:
                     "cap": "token bucket on the worker, each direction"},
         "codec_speed": speed, "step_100mb": big, "step_caps": caps, "break_even": even,
     }
-    if args.report:
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    harness.write_report(harness.report_path("codecs", args.report), report)
+    print("break-even bandwidth (below it the codec's step beats none): "
+          + "; ".join(f"{codec} {value}" for codec, value in even.items()))
     return 0
 
 

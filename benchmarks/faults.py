@@ -6,13 +6,12 @@ SIGKILLed (or SIGSTOPped) mid-training; we time its eviction and the next step c
 Each shard trial: 2 shards checkpointing every 5 steps; shard 1 is SIGKILLed mid-training
 (or dies mid-checkpoint), is restarted with the same command, and the job must finish.
 
-    python benchmarks/faults.py [--quick] [--report FILE]
+    python -m benchmarks.faults [--quick] [--report FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import harness
 
 from paramserver.chaos import (  # noqa: E402
     DeathTrial,
@@ -35,8 +34,8 @@ from paramserver.chaos import (  # noqa: E402
     wait_exit,
     wait_for,
 )
-from paramserver.cli.local_cluster import LocalCluster  # noqa: E402
-from paramserver.server.checkpoint import CheckpointStore, read_checkpoint  # noqa: E402
+from paramserver.cli.local_cluster import LocalCluster
+from paramserver.server.checkpoint import CheckpointStore, read_checkpoint
 
 EVERY = 5
 
@@ -88,10 +87,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 trial of each kind")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--lease", type=float, default=2.0)
-    parser.add_argument("--report", type=Path)
+    parser.add_argument("--report", type=Path,
+                        help="write every figure here as JSON (default: runs/faults-*.json)")
     args = parser.parse_args()
     trials = 1 if args.quick else args.trials
-    runs, hangs = {"SIGKILL": [], "SIGSTOP": []}, 0
+    runs: dict[str, list[DeathTrial]] = {"SIGKILL": [], "SIGSTOP": []}
+    hangs = 0
     shards: list[dict[str, int]] = []
     started = time.monotonic()
     for name, fault in (("SIGKILL", signal.SIGKILL), ("SIGSTOP", signal.SIGSTOP)):
@@ -127,9 +128,8 @@ def main() -> int:
               f" shard 0 at {shard['shard0_version_at_death']}, resumed from "
               f"{shard['resumed_from']}: at most {shard['lost_at_most']} steps lost "
               f"(checkpoint every {EVERY})")
+    harness.write_report(harness.report_path("faults", args.report), summary)
     print(f"hangs: {hangs}  [{time.monotonic() - started:.0f} s]")
-    if args.report:
-        args.report.write_text(json.dumps(summary, indent=2) + "\n")
     return 1 if hangs else 0
 
 

@@ -4,7 +4,7 @@ Runs `paramserver federated --simulate` (10 clients, 30 rounds, 1 local epoch) f
 strategy / weighting / resampling on a quantity-skewed and a label-skewed split, and prints
 the final test accuracy and the mean over the last 5 rounds (less noisy).
 
-    python benchmarks/federated.py [--quick] [--report FILE]
+    python -m benchmarks.federated [--quick] [--report FILE]
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks import harness
+
 CONFIGS = [
     ("fedavg", []),
     ("fedprox mu=0.1", ["--strategy", "fedprox", "--prox-mu", "0.1"]),
@@ -33,10 +35,10 @@ PARTITIONS = ["quantity:0.3", "dirichlet:0.1"]
 def run(partition: str, extra: list[str], rounds: int, seed: int) -> dict:  # type: ignore[type-arg]
     with tempfile.TemporaryDirectory(prefix="ps-fed-bench-") as tmp:
         report = Path(tmp) / "report.json"
-        subprocess.run([sys.executable, "-m", "paramserver.cli.main", "federated", "--clients",
-                        "10", "--rounds", str(rounds), "--partition", partition, "--simulate",
-                        "--seed", str(seed), "--report", str(report), *extra],
-                       check=True, capture_output=True, text=True, cwd=REPO, timeout=600)
+        subprocess.run([*harness.CLI, "federated", "--clients", "10", "--rounds", str(rounds),
+                        "--partition", partition, "--simulate", "--seed", str(seed),
+                        "--report", str(report), *extra],
+                       check=True, capture_output=True, text=True, cwd=harness.REPO, timeout=600)
         return json.loads(report.read_text())
 
 
@@ -44,8 +46,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 rounds, 2 configurations")
     parser.add_argument("--seeds", type=int, default=2, help="partition seeds per cell (2)")
-    parser.add_argument("--report", type=Path)
+    parser.add_argument("--report", type=Path,
+                        help="write every figure here as JSON (default: runs/federated-*.json)")
     args = parser.parse_args()
+    started = time.monotonic()
     rounds = 5 if args.quick else 30
     configs = CONFIGS[:2] if args.quick else CONFIGS
     seeds = 1 if args.quick else args.seeds
@@ -64,9 +68,13 @@ def main() -> int:
             rows.append(row)
             print(f"{label:<32} {partition:<14} {row['final_accuracy']:>7.4f} "
                   f"{row['last5_accuracy']:>11.4f}", flush=True)
-    if args.report:
-        args.report.write_text(json.dumps({"rounds": rounds, "clients": 10, "rows": rows},
-                                          indent=2) + "\n")
+    harness.write_report(harness.report_path("federated", args.report),
+                         {"rounds": rounds, "clients": 10, "rows": rows})
+    best = {p: max((r for r in rows if r["partition"] == p), key=lambda r: r["last5_accuracy"])
+            for p in PARTITIONS}
+    print("best by last-5 mean: " + "; ".join(
+        f"{p} {r['configuration']} {r['last5_accuracy']:.4f}" for p, r in best.items())
+        + f"  [{time.monotonic() - started:.0f} s]")
     return 0
 
 

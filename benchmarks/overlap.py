@@ -11,13 +11,12 @@ time. Modes alternate step by step in one session, so drift hits both alike.
 The denominator is what overlap can hide at most: a push can only run under the backward
 that produces its gradients. Target: at least half.
 
-    python benchmarks/overlap.py [--quick] [--report FILE]
+    python -m benchmarks.overlap [--quick] [--report FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,12 +28,11 @@ import grpc
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import median_spread  # noqa: E402
-from paramserver.cli.local_cluster import LocalCluster  # noqa: E402
-from paramserver.transport import parse_bandwidth  # noqa: E402
-from workers import attach  # noqa: E402
+from benchmarks import harness
+from benchmarks.measure import stat
+from paramserver.cli.local_cluster import LocalCluster
+from paramserver.transport import parse_bandwidth
+from workers import attach
 
 WIDTH, LAYERS, BATCH = 1024, 8, 256
 # One torch thread: the server process shares this 2-core machine (between machines it
@@ -61,7 +59,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=THREADS,
                         help=f"torch intra-op threads ({THREADS}; 0: torch's default)")
     parser.add_argument("--batch", type=int, help=f"batch size ({BATCH})")
-    parser.add_argument("--report", type=Path)
+    parser.add_argument("--report", type=Path,
+                        help="write every figure here as JSON (default: runs/overlap-*.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,20 +119,19 @@ def main() -> int:
           f"{batch}, link {args.link}, {os.cpu_count()} cpus, torch threads "
           f"{torch.get_num_threads()}, {reps} reps")
     for key, values in timings.items():
-        spread = median_spread(values)
+        spread = stat(values)
         print(f"  {key:<13} {1e3 * spread['median']:8.1f} ms  "
               f"({1e3 * spread['min']:.1f}-{1e3 * spread['max']:.1f})")
+    harness.write_report(harness.report_path("overlap", args.report), {
+        "cpus": os.cpu_count(), "grpcio": grpc.__version__, "torch": torch.__version__,
+        "model_bytes": model_bytes, "width": width, "layers": layers, "batch": batch,
+        "link": args.link, "reps": reps, "torch_threads": torch.get_num_threads(),
+        "parts_pushed": parts, "timings": {k: stat(v) for k, v in timings.items()},
+        "hideable_s": hideable, "hidden_share": hidden,
+    })
     print(f"hideable min(backward, push) {1e3 * hideable:.1f} ms; hidden "
           f"{1e3 * (med['step_plain'] - med['step_overlap']):.1f} ms = {hidden:.2f} of it; "
           f"step speed-up x{med['step_plain'] / med['step_overlap']:.2f}")
-    if args.report:
-        args.report.write_text(json.dumps({
-            "cpus": os.cpu_count(), "grpcio": grpc.__version__, "torch": torch.__version__,
-            "model_bytes": model_bytes, "width": width, "layers": layers, "batch": batch,
-            "link": args.link, "reps": reps, "torch_threads": torch.get_num_threads(), "parts_pushed": parts,
-            "timings": {k: median_spread(v) for k, v in timings.items()},
-            "hideable_s": hideable, "hidden_share": hidden,
-        }, indent=2) + "\n")
     return 0
 
 

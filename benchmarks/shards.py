@@ -4,13 +4,12 @@ One worker process (this one) steps a synchronous job whose model is split by th
 plan over N `paramserver serve` processes; the client pushes to and pulls from all shards
 concurrently. Throughput = model bytes up + down per step / step time.
 
-    python benchmarks/shards.py [--quick] [--report FILE]
+    python -m benchmarks.shards [--quick] [--report FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,12 +19,12 @@ from pathlib import Path
 import grpc
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import Blob, median_spread  # noqa: E402
-from paramserver.cli.local_cluster import LocalCluster  # noqa: E402
-from paramserver.runtime import tune_process  # noqa: E402
-from workers import ParameterClient  # noqa: E402
+from benchmarks import harness
+from benchmarks.blob import Blob
+from benchmarks.measure import stat
+from paramserver.cli.local_cluster import LocalCluster
+from paramserver.runtime import tune_process
+from workers import ParameterClient
 
 SHARDS = [1, 2, 4]
 MODEL_MB = 100
@@ -53,7 +52,7 @@ def measure(cluster: LocalCluster, shards: int, model_mb: float, reps: int,
         for managed, _ in servers:
             cluster.stop(managed)
     model_bytes = sum(p.numel() * 4 for p in model.tensors)
-    step = median_spread(samples)
+    step = stat(samples)
     row = {"shards": shards, "model_bytes": model_bytes, "step_s": step,
            "gbps": 2 * model_bytes / step["median"] / 1e9, "shard_bytes": plan_bytes}
     print(f"  {shards} shard(s)  step {step['median']*1e3:7.1f} ms (min {step['min']*1e3:.1f}, "
@@ -64,8 +63,9 @@ def measure(cluster: LocalCluster, shards: int, model_mb: float, reps: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--report", type=Path)
+    parser.add_argument("--quick", action="store_true", help="an 8 MB model, 2 reps")
+    parser.add_argument("--report", type=Path,
+                        help="write every figure here as JSON (default: runs/shards-*.json)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tune_process()
@@ -74,12 +74,11 @@ def main() -> int:
           f"median of {reps} after {WARMUP} warm-up steps:")
     with LocalCluster(Path(tempfile.mkdtemp(prefix="bench-shards-"))) as cluster:
         rows = [measure(cluster, n, model_mb, reps, first_index=10 * n) for n in SHARDS]
+    harness.write_report(harness.report_path("shards", args.report),
+                         {"cpus": os.cpu_count(), "grpcio": grpc.__version__, "rows": rows})
     base = rows[0]["gbps"]
     print("speed-up over 1 shard: " + ", ".join(
         f"{r['shards']} shards x{r['gbps'] / base:.2f}" for r in rows))  # type: ignore[operator]
-    if args.report:
-        args.report.write_text(json.dumps({"cpus": os.cpu_count(), "grpcio": grpc.__version__,
-                                           "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from benchmarks.suite.measure import stat
+from benchmarks.measure import stat
 from benchmarks.suite.pool import WorkerPool
 from benchmarks.suite.servers import Servers, start_jobs, stop
 from paramserver.cli.local_cluster import LocalCluster

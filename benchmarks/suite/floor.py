@@ -3,9 +3,9 @@
 Two floors, each between separate processes on 127.0.0.1:
 - raw TCP: the client sends the model's bytes, the server reads them all and sends them
   back (a push then a pull, with nothing in between);
-- a bare gRPC stream: `benchmarks/throughput.py`'s bare server, which sinks and replays the
-  very chunk messages our client and server put on the wire, with the same channel options
-  (no decoding, no aggregation, no optimizer).
+- a bare gRPC stream: `benchmarks.bare_grpc`, which sinks and replays the very chunk
+  messages our client and server put on the wire, with the same channel options (no
+  decoding, no aggregation, no optimizer).
 A round moves the model up and back down, the bytes of a W=1 sync step uncompressed.
 """
 
@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import throughput
-from benchmarks.common import blob_sizes
-from benchmarks.suite.measure import stat
+from benchmarks import bare_grpc, harness
+from benchmarks.blob import blob_sizes
+from benchmarks.measure import stat
+from benchmarks.rounds import run_clients
 from benchmarks.suite.pool import WorkerPool
 from paramserver.transport import DEFAULT_CHUNK_BYTES
 
@@ -98,22 +99,18 @@ def _dispatch(role: str, *args: Any) -> Any:
 
 
 def grpc_floor(run_dir: Path, model_mb: float, workers: int, reps: int) -> dict[str, Any]:
-    """Rounds of `workers` clients against the bare gRPC server (throughput.py's; its own
-    warm-up of `throughput.WARMUP` rounds)."""
+    """Rounds of `workers` clients against the bare gRPC server (its own warm-up of
+    `benchmarks.rounds.WARMUP` rounds)."""
     shapes: list[tuple[int, ...]] = [(n,) for n in blob_sizes(model_mb)]
     nbytes = 4 * sum(blob_sizes(model_mb))
-    bare, address = throughput.start_server(throughput.bare_server_command(shapes), run_dir,
-                                            f"bare-{model_mb:g}mb-w{workers}")
-    try:
-        [result] = throughput.run_clients(
-            "ceiling", throughput.ceiling_client,
-            (address, shapes, [DEFAULT_CHUNK_BYTES], reps), workers, [DEFAULT_CHUNK_BYTES],
-            nbytes, bare.pid)
-    finally:
-        throughput.stop_server(bare)
-    rounds = stat(result.round_s)
+    with harness.serving(bare_grpc.command(shapes), run_dir,
+                         f"bare-{model_mb:g}mb-w{workers}") as bare:
+        [result] = run_clients(
+            "ceiling", bare_grpc.client, (bare.address, shapes, [DEFAULT_CHUNK_BYTES], reps),
+            workers, [DEFAULT_CHUNK_BYTES], nbytes, bare.pid)
+    timing = stat(result.round_s)
     return {"system": "grpc-stream", "model_mb": model_mb, "workers": workers,
-            "bytes_per_round": result.bytes_per_round, "round_s": rounds,
-            "gbps": result.bytes_per_round / rounds["median"] / 1e9,
+            "bytes_per_round": result.bytes_per_round, "round_s": timing,
+            "gbps": result.bytes_per_round / timing["median"] / 1e9,
             "server_cpu_s": result.server_cpu_s, "worker_cpu_s": result.client_cpu_s,
             "other_cpu_s": result.other_cpu_s, "busy_share": result.cpu_share()}

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Blob, blob_sizes
+from benchmarks.blob import Blob, blob_sizes
+from benchmarks.measure import rss_bytes
 from benchmarks.suite import servers as jobs
-from benchmarks.suite.measure import rss_bytes
 from benchmarks.suite.ours import TIMEOUT_S, server_args
 from benchmarks.suite.pool import WorkerPool
 from paramserver.cli.local_cluster import LocalCluster

@@ -21,7 +21,6 @@ import subprocess
 
 from paramserver.transport import parse_bandwidth
 
-CAPS = ("unlimited", "10gbit", "1gbit", "100mbit")
 BURST_S = 0.001  # bucket depth in seconds of the rate (at least MIN_BURST)
 MIN_BURST = 256 << 10  # several 64 KiB loopback packets (lo's MTU is 64 KiB)
 QUEUE_S = 0.2  # bytes that may wait in the queue, in seconds of the rate (at least 4 MiB)

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Blob, blob_sizes
+from benchmarks.blob import Blob, blob_sizes
+from benchmarks.measure import StageClock, StageCpu, cpu_split, peak_rss_bytes, stat
 from benchmarks.suite import netcap
-from benchmarks.suite.measure import StageClock, StageCpu, cpu_split, peak_rss_bytes, stat
 from benchmarks.suite.pool import WorkerPool
 from benchmarks.suite.servers import Servers, memory, start_jobs, stop
 from paramserver.cli.local_cluster import LocalCluster

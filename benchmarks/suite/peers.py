@@ -30,9 +30,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed import rpc
 
-from benchmarks.common import Blob
+from benchmarks.blob import Blob
+from benchmarks.measure import StageClock, StageCpu, cpu_split, stat
 from benchmarks.suite import netcap
-from benchmarks.suite.measure import StageClock, StageCpu, cpu_split, stat
 from benchmarks.suite.ours import LR, MOMENTUM, TIMEOUT_S
 from benchmarks.suite.pool import WorkerPool
 from paramserver.cli.local_cluster import run_in_processes

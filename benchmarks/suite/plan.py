@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.suite.netcap import CAPS
+from benchmarks.harness import CAPS
 from benchmarks.suite.ours import Group
 
 SIZES_MB = (1.0, 16.0, 100.0)

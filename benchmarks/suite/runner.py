@@ -26,6 +26,7 @@ import grpc
 import psutil
 import torch
 
+from benchmarks.harness import REPO
 from benchmarks.suite import capped, convergence, floor, memory, netcap, ours, peers, targets
 from benchmarks.suite.plan import Plan
 from benchmarks.suite.plot import write_plot
@@ -88,10 +89,11 @@ def measure_caps(pool: WorkerPool, run_dir: Path, plan: Plan, isolated: bool,
 
 
 def run_isolated(argv: list[str], timeout_s: float) -> int:
-    """Run `paramserver bench ARGV` again inside a fresh network namespace; its exit code."""
-    child = subprocess.Popen(netcap.command([sys.executable, "-m", "paramserver.cli.main",
-                                             "bench", *argv]),
-                             env={**os.environ, ISOLATED_ENV: "1"}, stdin=subprocess.DEVNULL)
+    """Run `python -m benchmarks.suite ARGV` again inside a fresh network namespace; its
+    exit code."""
+    child = subprocess.Popen(netcap.command([sys.executable, "-m", "benchmarks.suite", *argv]),
+                             env={**os.environ, ISOLATED_ENV: "1"}, stdin=subprocess.DEVNULL,
+                             cwd=REPO)
     try:
         return child.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -109,7 +111,8 @@ def run_isolated(argv: list[str], timeout_s: float) -> int:
 
 def main(plan: Plan, argv: list[str], report_path: Path | None, plot_path: Path | None,
          log: Log = print) -> int:
-    """The entry point of `paramserver bench` (`argv`: its arguments, to re-run with)."""
+    """The entry point of `python -m benchmarks.suite` and `paramserver bench` (`argv`: its
+    arguments, to re-run with)."""
     if os.environ.get(ISOLATED_ENV) == "1":
         netcap.bring_up_loopback()
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: end our processes

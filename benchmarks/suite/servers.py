@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.suite.measure import peak_rss_bytes, rss_bytes
+from benchmarks.measure import peak_rss_bytes, rss_bytes
 from paramserver.cli.local_cluster import LocalCluster, ManagedProcess
 
 START_TIMEOUT_S = 600.0  # dozens of servers importing torch at once on 2 cores

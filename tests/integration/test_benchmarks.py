@@ -1,7 +1,9 @@
 """The benchmark scripts keep working: each runs in --quick mode and reports every figure.
 
-No timing is asserted here (a noisy 2-core machine would make that flaky); the figures
-themselves are recorded in benchmarks/RESULTS.md from full runs.
+They run from the checkout as `python -m benchmarks.<name>` (the package does not install
+them), and `paramserver bench` finds the suite there. No timing is asserted here (a noisy
+2-core machine would make that flaky); the figures themselves are recorded in
+benchmarks/RESULTS.md from full runs.
 """
 
 from __future__ import annotations
@@ -13,21 +15,24 @@ from pathlib import Path
 
 import pytest
 
+from paramserver.cli import bench
+from paramserver.cli.main import main
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _run(script: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+def _run(module: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
     report = tmp_path / "report.json"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick",
-                             "--report", str(report)], check=False, capture_output=True, text=True,
-                            timeout=240, cwd=REPO, stdin=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, "-m", module, "--quick", "--report", str(report)],
+                            check=False, capture_output=True, text=True, timeout=240, cwd=REPO,
+                            stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(report.read_text())
 
 
 def test_throughput_quick(tmp_path: Path) -> None:
-    report = _run("throughput.py", tmp_path)
+    report = _run("benchmarks.throughput", tmp_path)
     names = {(r["name"], r["workers"]) for r in report["results"]}
     assert {("ceiling", 1), ("ours", 1), ("ours", 2)} <= names
     assert all(r["gbps_min"] > 0 and r["gbps_min"] <= r["gbps_median"] <= r["gbps_max"]
@@ -36,19 +41,19 @@ def test_throughput_quick(tmp_path: Path) -> None:
 
 
 def test_shards_quick(tmp_path: Path) -> None:
-    report = _run("shards.py", tmp_path)
+    report = _run("benchmarks.shards", tmp_path)
     assert [r["shards"] for r in report["rows"]] == [1, 2, 4]
     assert all(len(r["shard_bytes"]) == r["shards"] for r in report["rows"])
 
 
 def test_codecs_quick(tmp_path: Path) -> None:
-    report = _run("codecs.py", tmp_path)
+    report = _run("benchmarks.codecs", tmp_path)
     assert {row["codec"] for row in report["codec_speed"]} >= {"none", "qsgd:bits=8,bucket=512"}
     assert report["step_caps"] and "fp16" in report["break_even"]
 
 
 def test_overlap_quick(tmp_path: Path) -> None:
-    report = _run("overlap.py", tmp_path)
+    report = _run("benchmarks.overlap", tmp_path)
     assert report["parts_pushed"] > 0  # buckets really left during backward
     timings = report["timings"]
     assert timings["step_overlap"]["median"] > 0 and timings["step_plain"]["median"] > 0
@@ -96,3 +101,20 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert all(x > 0 for x in row["memory"]["peak_over_idle_x_model"])
     if report.get("plot"):
         assert Path(report["plot"]).stat().st_size > 0
+
+
+def test_bench_finds_the_suite_in_this_checkout() -> None:
+    assert bench.find_checkout() == REPO
+
+
+def test_bench_outside_a_checkout_says_how_to_get_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """An installed package (no benchmarks/ next to it): a clear message, no traceback."""
+    package = tmp_path / "site-packages" / "paramserver"
+    package.mkdir(parents=True)
+    assert bench.find_checkout(package) is None
+    monkeypatch.setattr(bench, "PACKAGE_DIR", package)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "runs from a source checkout" in err and "make bench" in err

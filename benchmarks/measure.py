@@ -1,9 +1,10 @@
-"""Where the time, the CPU and the memory of a timed stage went, per process.
+"""Timings and where the CPU, the memory and the wire bytes of a timed stage went.
 
-On a 2-core machine most figures are CPU-bound, so every stage records who used the cores:
-the process itself, the processes it watches (servers), and the whole machine; what is
-left over is another process's work (noise) or interrupt time, which no process is charged
-for and which we leave out of the machine's total as `throughput.busy_seconds` explains.
+`stat` is the one shape of every timing the benchmarks report (median, min, max, n). On a
+2-core machine most figures are CPU-bound, so every stage records who used the cores: the
+process itself, the processes it watches (servers), and the whole machine; what is left over
+is another process's work (noise) or interrupt time, which no process is charged for and
+which we leave out of the machine's total as `busy_seconds` explains.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.throughput import busy_seconds
-
 NET_DEV = Path("/proc/net/dev")  # per network namespace (unlike /sys/class/net)
 
 
@@ -26,6 +25,16 @@ def stat(samples: Sequence[float]) -> dict[str, float]:
     values = list(samples)
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "n": len(values)}
+
+
+def busy_seconds() -> float:
+    """CPU seconds all cores have spent running tasks since boot.
+
+    Interrupt time is left out: loopback TCP runs partly in softirq, which no process is
+    charged for, so counting it would blame our own traffic on "other processes".
+    """
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + getattr(times, "steal", 0.0)
 
 
 def wire_bytes() -> int:
