@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,19 @@ from paramserver.federated.config import FederatedConfig
 from paramserver.optimizer import OptimizerConfig
 from paramserver.transport import DEFAULT_CHUNK_BYTES
 from paramserver.types import Aggregation, Mode
+
+
+class AsyncLearningRate(enum.Enum):
+    """How an async server scales its learning rate for each applied push.
+
+    Each async push is one worker's gradient, applied at once, so W workers apply W updates
+    in the time a sync job applies one mean of W gradients. At the full rate every stale
+    gradient lands at full strength, and accuracy at the end of a run becomes a coin toss.
+    """
+
+    WORKERS = "workers"  # lr / live workers: the sync job's per-sample rate (the default)
+    STALENESS = "staleness"  # lr / max(1, staleness): staleness-aware (Zhang et al. 2016)
+    CONSTANT = "constant"  # lr for every push, however stale (before issue #19)
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,7 @@ class ServerConfig:
     sync_quorum: int = 0  # sync: close a step after this many pushes (0: every live worker)
     staleness: int = 0  # ssp: the bound S
     max_staleness: int | None = None  # async: refuse gradients staler than this
+    async_lr: AsyncLearningRate = AsyncLearningRate.WORKERS  # async: rate per push
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 0  # steps between checkpoints (0: only on shutdown)
     reform_timeout_s: float = 60.0  # after a restart: wait this long for the old members

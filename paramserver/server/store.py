@@ -97,8 +97,9 @@ class ParameterStore:
         """The stored spec of tensor `name` (the model must be registered)."""
         return self._specs[name]
 
-    def apply(self, grads: Mapping[str, torch.Tensor]) -> int:
-        """One optimizer step with `grads` (flat, by name); returns the new version.
+    def apply(self, grads: Mapping[str, torch.Tensor], lr_scale: float = 1.0) -> int:
+        """One optimizer step with `grads` (flat, by name) at `lr_scale` times the learning
+        rate; returns the new version.
 
         Tensors without a gradient are skipped, as torch.optim skips params whose grad is None.
         """
@@ -107,9 +108,17 @@ class ParameterStore:
             for name, param in self.params.items():
                 grad = grads.get(name)
                 param.grad = None if grad is None else grad.view(param.shape)
-            self._optimizer.step()
-            for param in self.params.values():
-                param.grad = None
+            rates = [group["lr"] for group in self._optimizer.param_groups]
+            if lr_scale != 1.0:
+                for group, rate in zip(self._optimizer.param_groups, rates):
+                    group["lr"] = rate * lr_scale
+            try:
+                self._optimizer.step()
+            finally:
+                for group, rate in zip(self._optimizer.param_groups, rates):
+                    group["lr"] = rate
+                for param in self.params.values():
+                    param.grad = None
             self.version += 1
             self.lock.notify_all()
             return self.version

@@ -11,7 +11,7 @@ import torch
 
 from paramserver.errors import ParamServerError
 from paramserver.optimizer import OptimizerConfig
-from paramserver.server.config import ServerConfig
+from paramserver.server.config import AsyncLearningRate, ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.types import Aggregation, Mode, PushHeader, Role, TensorSpec
 from paramserver.wire import Chunk
@@ -85,7 +85,7 @@ def test_weighted_aggregation_uses_sample_counts() -> None:
 
 
 def test_async_applies_each_push_and_reports_staleness() -> None:
-    core = _core(Mode.ASYNC)
+    core = _core(Mode.ASYNC, async_lr=AsyncLearningRate.CONSTANT)  # the full rate per push
     s1, s2 = _join(core, "a", "b")
     assert core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)}))).version == 1
     result = core.push(iter(push_stream(s2, 0, {"b": torch.ones(3)})))
@@ -93,6 +93,23 @@ def test_async_applies_each_push_and_reports_staleness() -> None:
     np.testing.assert_allclose(core.store.params["b"].numpy(), -1.0 * np.ones(3), atol=1e-6)
     _refused(grpc.StatusCode.FAILED_PRECONDITION, core.push,
              iter(push_stream(s1, 5, {"b": torch.ones(3)})))
+
+
+@pytest.mark.parametrize("rule, expected", [
+    (AsyncLearningRate.WORKERS, [-0.25, -0.5]),  # lr 0.5 / 2 live workers, each push
+    (AsyncLearningRate.STALENESS, [-0.5, -1.0]),  # staleness 0 and 1 -> the full lr
+])
+def test_async_learning_rate_rules(rule: AsyncLearningRate, expected: list[float]) -> None:
+    core = _core(Mode.ASYNC, async_lr=rule)
+    s1, s2 = _join(core, "a", "b")
+    assert ServerConfig().async_lr is AsyncLearningRate.WORKERS  # the default
+    for session, value in zip((s1, s2), expected):
+        core.push(iter(push_stream(session, 0, {"b": torch.ones(3)})))
+        np.testing.assert_allclose(core.store.params["b"].numpy(), value * np.ones(3),
+                                   atol=1e-6)
+    core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)})))  # staleness 2
+    np.testing.assert_allclose(core.store.params["b"].numpy(),  # lr / 2 under either rule
+                               (expected[-1] - 0.25) * np.ones(3), atol=1e-6)
 
 
 @pytest.mark.parametrize("case", ["truncated", "oversize", "unknown", "shape", "dtype",

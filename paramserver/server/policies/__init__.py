@@ -3,7 +3,7 @@
 | mode | policy | a push becomes an update |
 | --- | --- | --- |
 | sync | `SyncPolicy` | once every live worker (or a quorum) pushed the step: their mean |
-| async | `AsyncPolicy` | at once (optionally refused past `--max-staleness`) |
+| async | `AsyncPolicy` | at once, at lr / live workers (`--async-lr`; refused past `--max-staleness`) |
 | ssp | `SspPolicy` | at once; pulls wait while a worker is > S steps ahead |
 | federated | `RoundPolicy` | once the round's sampled clients reported (or it timed out) |
 | fedbuff | `FedBuffPolicy` | once `--buffer` updates arrived, staleness-weighted |
@@ -29,7 +29,8 @@ from paramserver.types import Mode
 
 POLICIES: dict[Mode, Callable[[PolicyContext], UpdatePolicy]] = {
     Mode.SYNC: SyncPolicy,
-    Mode.ASYNC: lambda context: AsyncPolicy(context, context.config.max_staleness),
+    Mode.ASYNC: lambda context: AsyncPolicy(context, context.config.max_staleness,
+                                            context.config.async_lr),
     Mode.SSP: SspPolicy,
     Mode.FEDERATED: RoundPolicy,
     Mode.FEDBUFF: FedBuffPolicy,

@@ -2,12 +2,15 @@
 
 `max_staleness` bounds how old the parameters behind a gradient may be: a push computed on
 a version more than that many updates behind is ABORTED, with its staleness in the message.
+The learning rate of each push is scaled by the `AsyncLearningRate` rule: by default
+1 / (live workers), so W workers' pushes move the model as far as one sync step would.
 """
 
 from __future__ import annotations
 
 from paramserver.codecs.base import to_dense
 from paramserver.errors import Aborted, FailedPrecondition
+from paramserver.server.config import AsyncLearningRate
 from paramserver.server.policies.base import PolicyContext, PolicyDefaults, ReceivedPush
 from paramserver.server.store import ParameterStore
 from paramserver.types import PushResult
@@ -32,9 +35,12 @@ def check_async_step(store: ParameterStore, step: int, max_staleness: int | None
 class AsyncPolicy(PolicyDefaults):
     """Applies each gradient at once; staleness = server version - version it was computed on."""
 
-    def __init__(self, context: PolicyContext, max_staleness: int | None = None) -> None:
+    def __init__(self, context: PolicyContext, max_staleness: int | None = None,
+                 rate: AsyncLearningRate = AsyncLearningRate.CONSTANT) -> None:
         self._store = context.store
+        self._members = context.members
         self._max_staleness = max_staleness
+        self._rate = rate
 
     def check_step(self, worker_id: str, step: int) -> None:
         check_async_step(self._store, step, self._max_staleness)
@@ -44,7 +50,15 @@ class AsyncPolicy(PolicyDefaults):
         for name, update in push.updates.items():
             spec = self._store.spec(name)
             grads[name] = to_dense(update, spec.numel, spec.dtype)
+        workers = len(self._members.live_workers())
         with self._store.lock:
             staleness = check_async_step(self._store, push.step, self._max_staleness)
-            version = self._store.apply(grads)
+            version = self._store.apply(grads, self._lr_scale(workers, staleness))
         return PushResult(version=version, applied=True, staleness=staleness)
+
+    def _lr_scale(self, workers: int, staleness: int) -> float:
+        if self._rate is AsyncLearningRate.WORKERS:
+            return 1.0 / max(1, workers)
+        if self._rate is AsyncLearningRate.STALENESS:
+            return 1.0 / max(1, staleness)
+        return 1.0
