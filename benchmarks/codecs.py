@@ -34,6 +34,7 @@ from paramserver.types import CodecSpec  # noqa: E402
 from workers import ParameterClient  # noqa: E402
 
 from benchmarks.common import Blob, median_spread  # noqa: E402
+from benchmarks.shaping import capped_links  # noqa: E402
 
 CODECS = ["none", "fp16", "bf16", "qsgd:bits=8", "qsgd:bits=4", "qsgd:bits=2",
           "topk:ratio=0.01", "topk:ratio=0.01,mode=approx", "randomk:ratio=0.01"]
@@ -82,7 +83,7 @@ def step_times(address: str, model_mb: float, codec: str, bandwidth: float | Non
     model = Blob(model_mb)
     client = ParameterClient(address, f"bench-{time.monotonic_ns()}",
                              push_codecs=[CodecSpec.parse(codec)], timeout_s=600,
-                             bandwidth_bytes_per_s=bandwidth)
+                             shaper_factory=capped_links(bandwidth))
     try:
         client.attach(model)
         model.set_gradients()  # attach pulled the parameters; the gradients stay fixed

@@ -32,6 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import median_spread  # noqa: E402
+from benchmarks.shaping import capped_links  # noqa: E402
 from paramserver.cli.local_cluster import LocalCluster  # noqa: E402
 from paramserver.transport import parse_bandwidth  # noqa: E402
 from workers import attach  # noqa: E402
@@ -83,7 +84,7 @@ def main() -> int:
         [(_, address)] = cluster.start_servers(1, ["--mode", "sync", "--workers", "1",
                                                    "--lr", "0.0001", "--momentum", "0"])
         with attach(model, address, worker_id="bench", timeout_s=600,
-                    bandwidth_bytes_per_s=parse_bandwidth(args.link)) as ps:
+                    shaper_factory=capped_links(parse_bandwidth(args.link))) as ps:
             for rep in range(WARMUP + reps):
                 keep = rep >= WARMUP
                 # Without overlap, timed piece by piece: forward, backward, push, pull.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Blob, blob_sizes
+from benchmarks.shaping import capped_links
 from benchmarks.suite import netcap
 from benchmarks.suite.measure import StageClock, StageCpu, cpu_split, peak_rss_bytes, stat
 from benchmarks.suite.pool import WorkerPool
@@ -54,7 +55,8 @@ def server_args(mode: str, workers: int) -> list[str]:
 def _client(addresses: Sequence[str], rank: int, codec: str,
             bandwidth: float | None = None) -> ParameterClient:
     return ParameterClient(list(addresses), f"worker-{rank}", timeout_s=TIMEOUT_S,
-                           push_codecs=[CodecSpec.parse(codec)], bandwidth_bytes_per_s=bandwidth)
+                           push_codecs=[CodecSpec.parse(codec)],
+                           shaper_factory=capped_links(bandwidth))
 
 
 def sync_worker(rank: int, barrier: Any, addresses: list[str], group: Group, warmup: int,
