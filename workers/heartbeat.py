@@ -16,8 +16,9 @@ class Heartbeat:
     """Heartbeats each connection every `interval_s` until `stop()`.
 
     A failed heartbeat is only logged: the next push or pull meets the same fault and deals
-    with it (retry, or rejoin after SessionExpired). Each heartbeat has the connection's
-    deadline, so `stop()` waits for at most one of them.
+    with it (retry, or rejoin after SessionExpired). `stop()` wakes the thread at once; a
+    heartbeat still in flight (each has the connection's deadline) ends when the caller
+    closes the channel, if `stop()` gave up waiting for it.
     """
 
     def __init__(self, connections: Sequence[ServerConnection], interval_s: float) -> None:

@@ -286,8 +286,8 @@ class ParameterClient:
                                      step.num_samples, step.more_parts)
         except SessionExpired as error:
             self._rejoin(shard, error.message)
-            rejoined = self.versions[shard]
-            return ShardPush(PushResult(rejoined, applied=False), rejoined, rejoined=True)
+            current = self.versions[shard]  # what the rejoined shard holds now
+            return ShardPush(PushResult(current, applied=False), current, rejoined=True)
         except Aborted as error:
             log.info("%s: push dropped: %s", connection.address, error.message)
             closed = version + (1 if self._stepwise else 0)
