@@ -28,6 +28,7 @@ import torch
 from benchmarks import harness
 from benchmarks.blob import Blob
 from benchmarks.measure import stat
+from benchmarks.shaping import capped_links
 from paramserver.cli.local_cluster import LocalCluster
 from paramserver.codecs import make_codec
 from paramserver.transport import DEFAULT_CHUNK_BYTES, parse_bandwidth
@@ -80,7 +81,7 @@ def step_times(address: str, model_mb: float, codec: str, bandwidth: float | Non
     model = Blob(model_mb)
     client = ParameterClient(address, f"bench-{time.monotonic_ns()}",
                              push_codecs=[CodecSpec.parse(codec)], timeout_s=600,
-                             bandwidth_bytes_per_s=bandwidth)
+                             shaper_factory=capped_links(bandwidth))
     try:
         client.attach(model)
         model.set_gradients()  # attach pulled the parameters; the gradients stay fixed

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-
 from paramserver.chaos import (  # noqa: E402
     DeathTrial,
     Hang,

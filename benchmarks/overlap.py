@@ -30,6 +30,7 @@ from torch import nn
 
 from benchmarks import harness
 from benchmarks.measure import stat
+from benchmarks.shaping import capped_links
 from paramserver.cli.local_cluster import LocalCluster
 from paramserver.transport import parse_bandwidth
 from workers import attach
@@ -82,7 +83,7 @@ def main() -> int:
         [(_, address)] = cluster.start_servers(1, ["--mode", "sync", "--workers", "1",
                                                    "--lr", "0.0001", "--momentum", "0"])
         with attach(model, address, worker_id="bench", timeout_s=600,
-                    bandwidth_bytes_per_s=parse_bandwidth(args.link)) as ps:
+                    shaper_factory=capped_links(parse_bandwidth(args.link))) as ps:
             for rep in range(WARMUP + reps):
                 keep = rep >= WARMUP
                 # Without overlap, timed piece by piece: forward, backward, push, pull.

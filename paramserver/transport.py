@@ -8,8 +8,6 @@ probing with a fixed 64 MiB flow-control window gave about +19%.
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import grpc
@@ -57,34 +55,6 @@ def chunk_ranges(nbytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tu
     if chunk_bytes <= 0:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
     return [(start, min(start + chunk_bytes, nbytes)) for start in range(0, nbytes, chunk_bytes)]
-
-
-class TokenBucket:
-    """Caps a link at `rate_bytes_per_s` (bursts up to `burst_bytes`) by sleeping.
-
-    Used to emulate a slower network on loopback, where compression rarely pays: the worker
-    charges every message it sends or receives. Thread-safe; one bucket per direction.
-    """
-
-    def __init__(self, rate_bytes_per_s: float, burst_bytes: int = 64 << 10) -> None:
-        if rate_bytes_per_s <= 0:
-            raise ValueError(f"rate must be positive, got {rate_bytes_per_s}")
-        self.rate = rate_bytes_per_s
-        self.burst = burst_bytes
-        self._tokens = float(burst_bytes)
-        self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def charge(self, nbytes: int) -> None:
-        """Block until `nbytes` may pass."""
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= nbytes
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            time.sleep(wait)
 
 
 def parse_bandwidth(text: str) -> float | None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from torch import nn
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.types import CodecSpec, Mode, PushResult
 from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
+from workers.connection import LinkShaper
 from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
 
@@ -111,7 +112,7 @@ class AttachedModel:
         self._pusher.shutdown(wait=True)
         self.client.close()
 
-    def __enter__(self) -> AttachedModel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -189,7 +190,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            worker_id: str | None = None, overlap: bool = True,
            bucket_mb: float = DEFAULT_BUCKET_BYTES / 2**20, error_feedback: bool = True,
            ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
-           bandwidth_bytes_per_s: float | None = None) -> AttachedModel:
+           shaper_factory: Callable[[str], LinkShaper] | None = None) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -199,7 +200,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     'rank-$RANK' under torchrun, else host-pid. The model should already be on its device
     (`WorkerIdentity.from_env().device()` gives cuda:LOCAL_RANK or the CPU). Each call
     waits at most `timeout_s`; unreachable servers are retried for `retry_s`, then the
-    error is raised in the training loop.
+    error is raised in the training loop. `shaper_factory(address)` paces each server's
+    connection (see `workers.connection.LinkShaper`; benchmarks emulate slow links with it).
     """
     identity = WorkerIdentity.from_env()
     if worker_id is not None:
@@ -208,7 +210,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     client = ParameterClient(servers, identity.worker_id, push_codecs=_specs(codecs),
                              pull_codecs=_specs(pull_codecs), timeout_s=timeout_s,
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
-                             bandwidth_bytes_per_s=bandwidth_bytes_per_s, retry_s=retry_s)
+                             retry_s=retry_s, shaper_factory=shaper_factory)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -25,7 +25,6 @@ from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.sharding import PartitionPlan
 from paramserver.transport import (
     DEFAULT_CHUNK_BYTES,
-    TokenBucket,
     chunk_ranges,
     insecure_channel,
 )
@@ -50,6 +49,20 @@ MAX_BACKOFF_S = 2.0
 ChunkSink = Callable[[int, int, memoryview], None]
 
 
+class LinkShaper(Protocol):
+    """Paces the messages of one connection, e.g. to emulate a slower network (benchmarks).
+
+    Called with every message's size: `send` before a message leaves, `receive` after one
+    arrived. Both may block; they are called from gRPC's threads, so must be thread-safe.
+    """
+
+    def send(self, nbytes: int) -> None:
+        """Block until `nbytes` may leave."""
+
+    def receive(self, nbytes: int) -> None:
+        """Block until `nbytes` may arrive."""
+
+
 @dataclass(frozen=True)
 class RegisterResult:
     created: bool
@@ -63,15 +76,13 @@ class ServerConnection:
     Not thread-safe for concurrent pushes of the same step; byte counters are per connection.
     """
 
-    def __init__(self, address: str, timeout_s: float = 60.0,
-                 bandwidth_bytes_per_s: float | None = None, retry_s: float = 60.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 60.0, retry_s: float = 60.0,
+                 shaper: LinkShaper | None = None) -> None:
         self.address = address
         self.retry_s = retry_s
         self.retries = 0  # calls that were tried again
         self._sequence = 0
-        # Emulated link speed (benchmarks): each direction has its own bucket.
-        self._uplink = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
-        self._downlink = TokenBucket(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
+        self._shaper = shaper  # paces pushed chunks and pulled messages (None: full speed)
         self.timeout_s = timeout_s
         self.channel = insecure_channel(address)
         self.session: Session | None = None
@@ -101,7 +112,7 @@ class ServerConnection:
                                         request_serializer=request_type.SerializeToString,
                                         response_deserializer=response_type.FromString)
 
-    def _call(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+    def _call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         kwargs.setdefault("timeout", self.timeout_s)
         return self._retrying(lambda: fn(*args, **kwargs))
 
@@ -120,8 +131,9 @@ class ServerConnection:
                 error = own_error
             if error.code not in retried or time.monotonic() + delay > deadline:
                 if tries > 1:
-                    error.args = (f"{error.message} (gave up after {tries} attempts over "
-                                  f"{self.retry_s:.0f}s to {self.address})",)
+                    gave_up = (f"{error.message} (gave up after {tries} attempts over "
+                               f"{self.retry_s:.0f}s to {self.address})")
+                    error.args = (gave_up,)
                 raise error from None
             log.debug("%s: %s; retrying in %.2fs", self.address, error.message, delay)
             self.retries += 1
@@ -270,8 +282,8 @@ class ServerConnection:
             for start, end in chunk_ranges(payload.nbytes, self.chunk_bytes):
                 message = wire.encode_chunk(index, start, payload[start:end])
                 self.bytes_pushed += len(message)
-                if self._uplink is not None:
-                    self._uplink.charge(len(message))
+                if self._shaper is not None:
+                    self._shaper.send(len(message))
                 yield message
 
 
@@ -279,7 +291,7 @@ def _counting(connection: ServerConnection,
               decode: Callable[[bytes], object]) -> Callable[[bytes], object]:
     def decode_and_count(message: bytes) -> object:
         connection.bytes_pulled += len(message)
-        if connection._downlink is not None:
-            connection._downlink.charge(len(message))
+        if connection._shaper is not None:
+            connection._shaper.receive(len(message))
         return decode(message)
     return decode_and_count

@@ -1,9 +1,9 @@
 """The bundled digits data set and how it is placed on workers.
 
 scikit-learn ships the 8x8 digits (1,797 images, 10 classes), so the demo trains a real
-model without downloading anything. The source document describes two placements: each
-worker trains on its own disjoint shard (`split`), or every worker sees all the data in its
-own shuffled order (`replicate`).
+model without downloading anything. Two placements: each worker trains on its own
+disjoint shard (`split`), or every worker sees all the data in its own shuffled order
+(`replicate`).
 """
 
 from __future__ import annotations

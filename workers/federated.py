@@ -1,7 +1,7 @@
 """Federated clients on the parameter servers.
 
-`FedAvg` is the source document's `torch.nn.FedAvg`, made real: after local training, one
-call pushes the model update (global - local) weighted by the client's examples; a server
+`FedAvg` marks one client's round boundary: after local training, one call pushes the
+model update (global - local) weighted by the client's examples; a server
 with `--aggregate weighted --optimizer sgd --lr 1 --momentum 0` makes the new global model
 the example-weighted average of the client models.
 

@@ -4,36 +4,37 @@ The model may be split over several servers (shards) by a partition plan; pushes
 go to every shard concurrently, and pulled bytes land straight in the model's own tensors
 (through a pinned host mirror when the model is on a GPU), so optimizers and hooks holding
 references keep seeing current values and no full-model copy is made.
+
+Each push or pull runs one call per shard on the fan-out's threads. A call touches only its
+own shard's slots (`sessions[i]`, `versions[i]`, `push_codecs[i]`, ...) and reports
+everything else (the version to pull next, whether it rejoined or was dropped) in a small
+per-shard record, which the calling thread merges once every shard answered.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 import torch
 from torch import nn
 
 from paramserver.codecs import Codec, ErrorFeedback, make_codec
-from paramserver.errors import (
-    Aborted,
-    FailedPrecondition,
-    InvalidArgument,
-    ParamServerError,
-    SessionExpired,
-)
+from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import CodecSpec, Mode, ModelLayout, PushResult, Role, Session, TensorSpec
-from workers.connection import ServerConnection
-from workers.routes import ShardRoutes
-from workers.tensor_io import HostMirror, widen
+from workers.connection import LinkShaper, RegisterResult, ServerConnection
+from workers.fan_out import ShardFanOut
+from workers.heartbeat import Heartbeat
+from workers.payloads import PullDecoder, encode_routes, is_raw
+from workers.routes import Route, ShardRoutes, recorded_plan
+from workers.tensor_io import HostMirror
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
 
 
 def parse_servers(servers: str | Sequence[str]) -> list[str]:
@@ -43,6 +44,42 @@ def parse_servers(servers: str | Sequence[str]) -> list[str]:
     if not addresses:
         raise InvalidArgument("no server address given")
     return addresses
+
+
+@dataclass(frozen=True)
+class ShardPush:
+    """One shard's answer to a push."""
+
+    result: PushResult
+    target: int  # the version to pull after this push
+    aborted: bool = False  # dropped: the step closed without it, or it was too stale
+    rejoined: bool = False  # the shard had forgotten our session; the push was dropped
+
+
+@dataclass(frozen=True)
+class ShardPull:
+    version: int
+    rejoined: bool = False
+
+
+@dataclass(frozen=True)
+class ShardJoin:
+    """One shard's answer to attach: did we create its part of the model, at what version."""
+
+    created: bool
+    version: int
+    rejoined: bool = False
+
+
+@dataclass(frozen=True)
+class StepPush:
+    """The inputs of one `push` call, shared by its per-shard calls (read only)."""
+
+    routes: list[tuple[Route, ...]]  # per shard: the slices that have a gradient
+    gradients: dict[str, torch.Tensor]
+    raw: dict[str, memoryview] | None  # gradients' host bytes, when some shard pushes `none`
+    num_samples: int
+    more_parts: bool
 
 
 class ParameterClient:
@@ -62,24 +99,28 @@ class ParameterClient:
     parameters; that step's push to it is dropped. A push ABORTED because its step closed
     without it (backup workers) or its gradient was too stale is dropped likewise. `close()`
     leaves the job so that nobody waits for this worker.
+
+    `shaper_factory(address)`, when given, paces each server's connection (benchmarks
+    emulate a slower link with it; see `LinkShaper`).
     """
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
-                 error_feedback: bool = True, ef_momentum: float = 0.0,
-                 bandwidth_bytes_per_s: float | None = None, retry_s: float = 60.0) -> None:
+                 error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
+                 shaper_factory: Callable[[str], LinkShaper] | None = None) -> None:
         self.worker_id = worker_id
         self.role = role
         self._offers = (tuple(push_codecs), tuple(pull_codecs))
         addresses = parse_servers(servers)
-        # bandwidth_bytes_per_s emulates a slower link to each shard (benchmarks).
-        self.connections = [ServerConnection(a, timeout_s, bandwidth_bytes_per_s, retry_s)
-                            for a in addresses]
-        self._pool = ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="shard")
-        self._fan_out(lambda c: c.wait_ready(connect_timeout_s))
-        self.sessions: list[Session] = self._fan_out(
-            lambda c: c.handshake(worker_id, role, push_codecs, pull_codecs))
+        self.connections = [
+            ServerConnection(a, timeout_s, retry_s,
+                             shaper=shaper_factory(a) if shaper_factory else None)
+            for a in addresses]
+        self._shards = ShardFanOut(len(addresses))
+        self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_timeout_s))
+        self.sessions: list[Session] = self._shards.run(
+            lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers))
         self.versions = [s.version for s in self.sessions]
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
@@ -88,13 +129,11 @@ class ParameterClient:
         self.rejoins = 0  # shards re-entered after SessionExpired
         self.aborted_pushes = 0  # pushes dropped: their step closed, or too stale
         self._targets = list(self.versions)  # per shard: the version to pull after a push
-        self._stop_heartbeats = threading.Event()
-        self._heartbeats = self._start_heartbeats()
+        self._heartbeat = self._start_heartbeat()
         self.dense_bytes_pushed = 0  # what the pushed gradients would take uncompressed
         self.plan: PartitionPlan | None = None
         self._routes: ShardRoutes | None = None
         self._params: dict[str, nn.Parameter] = {}
-        self._specs: dict[str, TensorSpec] = {}
         self._mirrors: dict[str, HostMirror] = {}
 
     def _feedback_for(self, codec: Codec) -> ErrorFeedback | None:
@@ -102,22 +141,11 @@ class ParameterClient:
             return ErrorFeedback(codec, self._ef_momentum)
         return None
 
-    def _start_heartbeats(self) -> threading.Thread | None:
+    def _start_heartbeat(self) -> Heartbeat | None:
         intervals = [s.heartbeat_interval_s for s in self.sessions if s.heartbeat_interval_s]
         if self.role is not Role.WORKER or not intervals:
             return None
-        thread = threading.Thread(target=self._heartbeat_loop, args=(min(intervals),),
-                                  name="ps-heartbeat", daemon=True)
-        thread.start()
-        return thread
-
-    def _heartbeat_loop(self, interval_s: float) -> None:
-        while not self._stop_heartbeats.wait(interval_s):
-            for connection in self.connections:
-                try:
-                    connection.heartbeat()
-                except ParamServerError as error:  # the next push or pull deals with it
-                    log.debug("heartbeat to %s failed: %s", connection.address, error.message)
+        return Heartbeat(self.connections, min(intervals))
 
     @property
     def _stepwise(self) -> bool:
@@ -136,11 +164,10 @@ class ParameterClient:
     def version(self) -> int:
         return min(self.versions)
 
-    def _fan_out(self, call: Callable[[ServerConnection], T]) -> list[T]:
-        """Run `call` on every connection concurrently; results in shard order."""
-        if len(self.connections) == 1:
-            return [call(self.connections[0])]
-        return list(self._pool.map(call, self.connections))
+    def _attached_routes(self) -> ShardRoutes:
+        if self._routes is None:
+            raise FailedPrecondition("attach(model) first")
+        return self._routes
 
     # ---- setup -----------------------------------------------------------------------
 
@@ -154,21 +181,23 @@ class ParameterClient:
         if not params:
             raise InvalidArgument("the model has no parameters to train")
         layout = ModelLayout(tuple(TensorSpec.of(n, p) for n, p in params.items()))
-        plan = self._recorded_plan(layout) or plan_partition(layout, len(self.connections))
+        addresses = [c.address for c in self.connections]
+        plan = (recorded_plan(self.sessions, addresses, layout)
+                or plan_partition(layout, len(addresses)))
         self.plan, self._routes = plan, ShardRoutes.from_plan(plan)
         self._params = params
-        self._specs = {s.name: s for s in layout.tensors}
         self._mirrors = {n: HostMirror(p) for n, p in params.items()}
         if self.role is Role.OBSERVER:  # observers read; they never register
             if self.sessions[0].plan is None:
                 raise FailedPrecondition("no model is registered on the servers yet")
             self.pull(0)
             return False
-        results = self._fan_out_indexed(self._register_or_rejoin)
-        self.pull([version for _, version in results])
-        return any(created for created, _ in results)
+        joins = self._shards.run(self._register_or_rejoin)
+        self.rejoins += sum(j.rejoined for j in joins)
+        self.pull([j.version for j in joins])
+        return any(j.created for j in joins)
 
-    def _register(self, shard: int) -> tuple[bool, int]:
+    def _register(self, shard: int) -> RegisterResult:
         """Create this shard's part of the model from our values, or join it."""
         assert self._routes is not None and self.plan is not None
         values = None
@@ -176,19 +205,23 @@ class ParameterClient:
             routes = self._routes.routes[shard]
             values = [self._mirrors[r.param].bytes_of(self._params[r.param])[
                 r.byte_start:r.byte_start + r.nbytes] for r in routes]
-        result = self.connections[shard].register(self.plan.shard_layout(shard), values,
-                                                  self.plan, shard)
-        return result.created, result.version
+        return self.connections[shard].register(self.plan.shard_layout(shard), values,
+                                                self.plan, shard)
 
-    def _register_or_rejoin(self, shard: int) -> tuple[bool, int]:
+    def _register_or_rejoin(self, shard: int) -> ShardJoin:
         try:
-            return self._register(shard)
+            result = self._register(shard)
         except SessionExpired as error:  # evicted while starting up (a starved process)
             self._rejoin(shard, error.message)
-            return False, self.versions[shard]
+            return ShardJoin(created=False, version=self.versions[shard], rejoined=True)
+        return ShardJoin(created=result.created, version=result.version)
 
     def _rejoin(self, shard: int, why: str) -> None:
-        """New session on a shard that forgot ours (we were evicted, or it restarted)."""
+        """New session on a shard that forgot ours (we were evicted, or it restarted).
+
+        Runs on the shard's fan-out thread: writes only this shard's slots; the caller
+        reports the rejoin in its per-shard record.
+        """
         connection = self.connections[shard]
         log.warning("%s: %s; rejoining", connection.address, why)
         session = connection.handshake(self.worker_id, self.role, *self._offers)
@@ -197,43 +230,10 @@ class ParameterClient:
             self.push_codecs[shard] = make_codec(session.push_codec)
             self._feedback[shard] = self._feedback_for(self.push_codecs[shard])
         if self.role is Role.WORKER and self._routes is not None:
-            _, version = self._register(shard)
+            version = self._register(shard).version
         else:
             version = session.version
         self.versions[shard] = self._targets[shard] = version
-        self.rejoins += 1
-
-    def _recorded_plan(self, layout: ModelLayout) -> PartitionPlan | None:
-        """The plan the servers recorded, checked against this model and server list."""
-        plans = [s.plan for s in self.sessions]
-        recorded = next((p for p in plans if p is not None), None)
-        if recorded is None:
-            return None
-        for shard, (plan, session) in enumerate(zip(plans, self.sessions)):
-            if plan is not None and plan != recorded:
-                raise FailedPrecondition(f"{self.connections[shard].address} recorded a "
-                                         "different partition plan from its peers")
-            if plan is not None and session.shard_index != shard:
-                raise FailedPrecondition(
-                    f"{self.connections[shard].address} holds shard {session.shard_index}, but "
-                    f"is listed at position {shard}: list servers in the job's shard order")
-        if recorded.num_shards != len(self.connections):
-            raise FailedPrecondition(f"the job's model is split over {recorded.num_shards} "
-                                     f"servers, but {len(self.connections)} were given")
-        reason = recorded.layout.describe_difference(layout)
-        if reason:
-            raise FailedPrecondition(f"servers hold a different model: {reason}")
-        return recorded
-
-    def _fan_out_indexed(self, call: Callable[[int], T]) -> list[T]:
-        return self._fan_out_over(call, range(len(self.connections)))
-
-    def _fan_out_over(self, call: Callable[[int], T], shards: Iterable[int]) -> list[T]:
-        """Run `call(shard)` for the given shards concurrently; results in the given order."""
-        shards = list(shards)
-        if len(shards) <= 1:
-            return [call(shard) for shard in shards]
-        return list(self._pool.map(call, shards))
 
     # ---- the step --------------------------------------------------------------------
 
@@ -245,107 +245,89 @@ class ParameterClient:
         `more_parts=True` sends one part of the step's push, to the shards that hold any of
         `names`; the push with `more_parts=False` closes the step on every shard.
         """
-        if self._routes is None:
-            raise FailedPrecondition("attach(model) first")
+        routes = self._attached_routes()
+        gradients = self._gradients(names)
+        raw = None
+        if any(is_raw(c) for c in self.push_codecs):  # host bytes once, shared by the shards
+            raw = {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
+        step = StepPush(routes.with_params(gradients), gradients, raw, num_samples, more_parts)
+        shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
+        pushes = self._shards.run(lambda shard: self._push_shard(shard, step), shards)
+        self._merge(dict(zip(shards, pushes)))
+        self.dense_bytes_pushed += sum(r.nbytes for shard in step.routes for r in shard)
+        return [p.result for p in pushes]
+
+    def _merge(self, pushes: dict[int, ShardPush]) -> None:
+        """Fold the shards' answers into the client's state, on the calling thread."""
+        for shard, push in pushes.items():
+            self._targets[shard] = push.target
+            self.aborted_pushes += push.aborted
+            self.rejoins += push.rejoined
+
+    def _gradients(self, names: Collection[str] | None) -> dict[str, torch.Tensor]:
+        """The gradients to push: of `names`, or of every parameter that has one."""
         wanted = self._params.keys() if names is None else names
         unknown = [n for n in wanted if n not in self._params]
         if unknown:
             raise InvalidArgument(f"no parameters named {unknown} in the attached model")
-        with_grad = {n: self._params[n] for n in wanted if self._params[n].grad is not None}
-        if not with_grad and names is None:
+        gradients = {n: grad for n in wanted if (grad := self._params[n].grad) is not None}
+        if not gradients and names is None:
             raise InvalidArgument("no parameter has a gradient: call backward() first")
-        raw = None
-        if any(c.spec.name == "none" for c in self.push_codecs):
-            raw = {n: self._mirrors[n].bytes_of(p.grad) for n, p in with_grad.items()}
-        shard_routes = [[r for r in routes if r.param in with_grad]
-                        for routes in self._routes.routes]
-        shards = [i for i, routes in enumerate(shard_routes) if routes or not more_parts]
+        return gradients
 
-        def push_shard(shard: int) -> PushResult:
-            routes = shard_routes[shard]
-            codec, feedback = self.push_codecs[shard], self._feedback[shard]
-            if codec.spec.name == "none":
-                payloads = [raw[r.param][r.byte_start:r.byte_start + r.nbytes]  # type: ignore[index]
-                            for r in routes]
-            else:  # encode on the gradient's device; only the payload is copied to the host
-                payloads = []
-                for r in routes:
-                    flat = with_grad[r.param].grad.detach().reshape(-1)  # type: ignore[union-attr]
-                    item = flat.element_size()
-                    piece = flat[r.byte_start // item:(r.byte_start + r.nbytes) // item]
-                    encoded = (feedback.encode(r.stored.name, piece) if feedback
-                               else codec.encode(piece))
-                    payloads.append(memoryview(encoded.cpu().numpy()))
-            try:
-                result = self.connections[shard].push(
-                    self.versions[shard], [r.stored for r in routes], payloads, num_samples,
-                    more_parts)
-            except SessionExpired as error:
-                self._rejoin(shard, error.message)
-                return PushResult(self.versions[shard], applied=False)
-            except Aborted as error:
-                log.info("%s: push dropped: %s", self.connections[shard].address, error.message)
-                self.aborted_pushes += 1
-                closed = self.versions[shard] + (1 if self._stepwise else 0)
-                self._targets[shard] = closed
-                return PushResult(closed, applied=False)
-            self._targets[shard] = (self.versions[shard] + 1 if self._stepwise
-                                    else result.version)
-            return result
-
-        results = self._fan_out_over(push_shard, shards)
-        self.dense_bytes_pushed += sum(r.nbytes for routes in shard_routes for r in routes)
-        return results
+    def _push_shard(self, shard: int, step: StepPush) -> ShardPush:
+        """Encode this shard's slices and push them; runs on the shard's fan-out thread."""
+        routes, version = step.routes[shard], self.versions[shard]
+        payloads = encode_routes(routes, step.gradients, self.push_codecs[shard],
+                                 self._feedback[shard], step.raw)
+        connection = self.connections[shard]
+        try:
+            result = connection.push(version, [r.stored for r in routes], payloads,
+                                     step.num_samples, step.more_parts)
+        except SessionExpired as error:
+            self._rejoin(shard, error.message)
+            current = self.versions[shard]  # what the rejoined shard holds now
+            return ShardPush(PushResult(current, applied=False), current, rejoined=True)
+        except Aborted as error:
+            log.info("%s: push dropped: %s", connection.address, error.message)
+            closed = version + (1 if self._stepwise else 0)
+            return ShardPush(PushResult(closed, applied=False), closed, aborted=True)
+        return ShardPush(result, version + 1 if self._stepwise else result.version)
 
     def pull(self, min_version: int | Sequence[int] = 0, timeout_s: float | None = None) -> int:
         """Wait until every shard reaches its min version; copy parameters in place."""
-        if self._routes is None:
-            raise FailedPrecondition("attach(model) first")
+        self._attached_routes()
         wanted = ([min_version] * len(self.connections) if isinstance(min_version, int)
                   else list(min_version))
         targets = {n: self._mirrors[n].writable_values(p) for n, p in self._params.items()}
-
-        def pull_shard(shard: int) -> int:
-            by_key = self._routes.by_key(shard)  # type: ignore[union-attr]
-            places: list[tuple[np.ndarray, int, int]] = []
-            wire = self.sessions[shard].pull_codec.name
-
-            def on_header(version: int, specs: tuple[TensorSpec, ...]) -> None:
-                places.clear()  # a retried pull starts over
-                for spec in specs:
-                    route = by_key.get(spec.name)
-                    if route is None or route.stored != spec:
-                        raise FailedPrecondition(f"shard {shard} sent {spec.name!r}, which does "
-                                                 "not match the attached model")
-                    places.append((targets[route.param], route.byte_start, route.nbytes))
-
-            def sink(index: int, offset: int, data: memoryview) -> None:
-                target, base, nbytes = places[index]
-                if wire != "none":  # 16-bit values: widen to the parameter's dtype
-                    item = target.itemsize
-                    values = widen(data, wire, target.dtype)
-                    offset, data = offset // 2 * item, memoryview(values).cast("B")
-                if offset + data.nbytes > nbytes:
-                    raise InvalidArgument(f"shard {shard} sent too many bytes for tensor {index}")
-                start = base + offset
-                target.view(np.uint8)[start:start + data.nbytes] = np.frombuffer(data, np.uint8)
-
-            try:
-                version, _ = self.connections[shard].pull(wanted[shard], sink,
-                                                          timeout_s=timeout_s,
-                                                          on_header=on_header)
-            except SessionExpired as error:
-                self._rejoin(shard, error.message)
-                version, _ = self.connections[shard].pull(
-                    min(wanted[shard], self.versions[shard]), sink, timeout_s=timeout_s,
-                    on_header=on_header)
-            return version
-
         with torch.no_grad():
-            self.versions = self._fan_out_indexed(pull_shard)
+            pulls = self._shards.run(
+                lambda shard: self._pull_shard(shard, wanted[shard], targets, timeout_s))
+            self.versions = [p.version for p in pulls]
+            self.rejoins += sum(p.rejoined for p in pulls)
             for name, param in self._params.items():
                 self._mirrors[name].commit(param)
         return self.version
+
+    def _pull_shard(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
+                    timeout_s: float | None) -> ShardPull:
+        """Pull one shard into `targets`; rejoin and pull again if it forgot our session."""
+        try:
+            return ShardPull(self._pull_into(shard, min_version, targets, timeout_s))
+        except SessionExpired as error:
+            self._rejoin(shard, error.message)
+        version = self._pull_into(shard, min(min_version, self.versions[shard]), targets,
+                                  timeout_s)
+        return ShardPull(version, rejoined=True)
+
+    def _pull_into(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
+                   timeout_s: float | None) -> int:
+        decoder = PullDecoder(shard, make_codec(self.sessions[shard].pull_codec),
+                              self._attached_routes().by_key(shard), targets)
+        version, _ = self.connections[shard].pull(min_version, decoder.sink,
+                                                  timeout_s=timeout_s,
+                                                  on_header=decoder.on_header)
+        return version
 
     def step(self, num_samples: int = 1,
              names: Collection[str] | None = None) -> list[PushResult]:
@@ -381,14 +363,15 @@ class ParameterClient:
 
     def close(self) -> None:
         """Stop heartbeating, leave the job (nobody waits for us), close the channels."""
-        self._stop_heartbeats.set()
+        if self._heartbeat is not None:
+            self._heartbeat.stop(HEARTBEAT_STOP_S)
         if self.role is Role.WORKER:
-            self._fan_out(lambda c: c.leave())
+            self._shards.run(lambda shard: self.connections[shard].leave())
         for connection in self.connections:
             connection.close()
-        self._pool.shutdown(wait=False)
+        self._shards.close()
 
-    def __enter__(self) -> ParameterClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,15 +1,18 @@
 """Where each byte of each parameter goes: per shard, the stored slices and their byte ranges.
 
 Built once from the partition plan at attach time, so the step's hot path only slices
-memoryviews (no copies) and looks up targets by index.
+memoryviews (no copies) and looks up targets by index. `recorded_plan` checks the plan the
+servers already hold against the model and the server list before it is used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from paramserver.errors import FailedPrecondition
 from paramserver.sharding import PartitionPlan
-from paramserver.types import TensorSpec
+from paramserver.types import ModelLayout, Session, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,39 @@ class ShardRoutes:
 
     def by_key(self, shard: int) -> dict[str, Route]:
         return {route.stored.name: route for route in self.routes[shard]}
+
+    def with_params(self, params: Collection[str]) -> list[tuple[Route, ...]]:
+        """Per shard, the routes of the parameters in `params` (in layout order)."""
+        return [tuple(r for r in routes if r.param in params) for routes in self.routes]
+
+
+def recorded_plan(sessions: Sequence[Session], addresses: Sequence[str],
+                  layout: ModelLayout) -> PartitionPlan | None:
+    """The plan the servers recorded (None: none yet), checked against this model and the
+    server list (`addresses[i]` answered `sessions[i]`); FailedPrecondition on a mismatch."""
+    recorded = next((s.plan for s in sessions if s.plan is not None), None)
+    if recorded is None:
+        return None
+    for position, (session, address) in enumerate(zip(sessions, addresses)):
+        _check_position(session, address, position, recorded)
+    if recorded.num_shards != len(addresses):
+        raise FailedPrecondition(f"the job's model is split over {recorded.num_shards} "
+                                 f"servers, but {len(addresses)} were given")
+    reason = recorded.layout.describe_difference(layout)
+    if reason:
+        raise FailedPrecondition(f"servers hold a different model: {reason}")
+    return recorded
+
+
+def _check_position(session: Session, address: str, position: int,
+                    recorded: PartitionPlan) -> None:
+    """The server listed at `position` agrees with its peers' plan and holds that shard."""
+    if session.plan is None:
+        return
+    if session.plan != recorded:
+        raise FailedPrecondition(f"{address} recorded a different partition plan from its "
+                                 "peers")
+    if session.shard_index != position:
+        raise FailedPrecondition(
+            f"{address} holds shard {session.shard_index}, but is listed at position "
+            f"{position}: list servers in the job's shard order")

@@ -11,7 +11,7 @@ def host_bytes(tensor: torch.Tensor) -> memoryview:
     flat = tensor.detach().reshape(-1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    return memoryview(flat.view(torch.uint8).numpy())
+    return flat.view(torch.uint8).numpy().data
 
 
 class HostMirror:
@@ -51,12 +51,3 @@ class HostMirror:
         if self.host is not None:
             tensor.data.view(-1).copy_(self.host, non_blocking=True)
 
-
-def widen(data: memoryview, wire: str, target: np.dtype) -> np.ndarray:
-    """Values pulled with a 16-bit codec (`fp16`, `bf16`) as an array of `target` dtype."""
-    if wire == "fp16":
-        return np.frombuffer(data, dtype="<f2").astype(target)
-    if wire == "bf16":  # bfloat16 is the top half of a float32
-        as_f32 = (np.frombuffer(data, dtype="<u2").astype("<u4") << 16).view("<f4")
-        return as_f32.astype(target, copy=False)
-    raise ValueError(f"cannot pull with codec {wire!r}; use none, fp16 or bf16")

@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.blob import Blob, blob_sizes
 from benchmarks.measure import StageClock, StageCpu, cpu_split, peak_rss_bytes, stat
+from benchmarks.shaping import capped_links
 from benchmarks.suite import netcap
 from benchmarks.suite.pool import WorkerPool
 from benchmarks.suite.servers import Servers, memory, start_jobs, stop
@@ -54,7 +55,8 @@ def server_args(mode: str, workers: int) -> list[str]:
 def _client(addresses: Sequence[str], rank: int, codec: str,
             bandwidth: float | None = None) -> ParameterClient:
     return ParameterClient(list(addresses), f"worker-{rank}", timeout_s=TIMEOUT_S,
-                           push_codecs=[CodecSpec.parse(codec)], bandwidth_bytes_per_s=bandwidth)
+                           push_codecs=[CodecSpec.parse(codec)],
+                           shaper_factory=capped_links(bandwidth))
 
 
 def sync_worker(rank: int, barrier: Any, addresses: list[str], group: Group, warmup: int,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from paramserver.cli.common import add_logging, add_server, server_config_fields, setup_logging
 from paramserver.codecs import CodecLimits, codec_names
+from paramserver.optimizer import OptimizerConfig
 from paramserver.server.app import serve
 from paramserver.server.config import ServerConfig
-from paramserver.optimizer import OptimizerConfig
 from paramserver.types import Aggregation, Mode
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from paramserver.optimizer import OptimizerConfig
+from paramserver.types import CodecSpec
 from workers import ParameterClient
 
 pytestmark = [pytest.mark.gpu,
@@ -27,3 +28,16 @@ def test_cuda_model_pushes_and_pulls_in_place(server_factory) -> None:  # type: 
     assert model.weight is weight_ref and model.weight.is_cuda  # updated in place, on device
     torch.testing.assert_close(model.weight.detach().cpu(), before - grad)
     torch.testing.assert_close(server.core.store.params["weight"], before - grad)
+
+
+def test_cuda_model_pulls_fp16_through_the_codec_in_place(server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = server_factory(expected_workers=1, optimizer=OptimizerConfig(lr=1.0, momentum=0.0))
+    model = nn.Linear(256, 128).cuda()
+    weight_ref = model.weight
+    with ParameterClient(server.address, "gpu0", pull_codecs=[CodecSpec("fp16")]) as client:
+        assert str(client.session.pull_codec) == "fp16"
+        client.attach(model)
+        stored = server.core.store.params["weight"]
+        assert model.weight is weight_ref and model.weight.is_cuda
+        torch.testing.assert_close(model.weight.detach().cpu(), stored.half().float(),
+                                   atol=0, rtol=0)  # the fp16 rounding of the server's values

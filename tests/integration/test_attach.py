@@ -199,9 +199,9 @@ def test_no_sync_accumulates_and_a_second_backward_without_step_is_refused(
 
 
 def test_step_without_backward_is_a_clear_error(sync_server: Callable[..., str]) -> None:
-    with attach(Net(), sync_server(), worker_id="w0") as ps:
-        with pytest.raises(ParamServerError, match="backward"):
-            ps.step()
+    with attach(Net(), sync_server(), worker_id="w0") as ps, \
+            pytest.raises(ParamServerError, match="backward"):
+        ps.step()
 
 
 def test_mode_mismatch_is_refused(sync_server: Callable[..., str]) -> None:
@@ -239,3 +239,12 @@ def test_a_dead_server_raises_in_the_loop_instead_of_hanging(
         assert time.monotonic() - started < 10.0
     finally:
         ps.close()
+
+
+def test_close_joins_the_heartbeat_thread(server_factory: ServerFactory) -> None:
+    server = server_factory(expected_workers=1, optimizer=SGD)  # leases on: workers heartbeat
+    before = set(threading.enumerate())
+    client = ParameterClient(server.address, "w0", timeout_s=10)
+    [heartbeat] = [t for t in set(threading.enumerate()) - before if t.name == "ps-heartbeat"]
+    client.close()
+    assert not heartbeat.is_alive()

@@ -11,9 +11,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paramserver.codecs import CodecLimits
 from paramserver.errors import ParamServerError
+from paramserver.optimizer import OptimizerConfig
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.proto import paramserver_pb2_grpc as pb_grpc
-from paramserver.optimizer import OptimizerConfig
 from paramserver.transport import channel_options
 from paramserver.types import CodecSpec, ModelLayout, Role, TensorSpec
 from tests.helpers import raw

@@ -35,17 +35,17 @@ def test_late_joiner_uses_the_recorded_plan_and_the_servers_parameters(server_fa
 
 def test_servers_listed_in_another_order_are_refused(server_factory) -> None:  # type: ignore[no-untyped-def]
     addresses = _job(server_factory, 2)
-    with ParameterClient(list(reversed(addresses)), "w1", timeout_s=10) as client:
-        with pytest.raises(ParamServerError, match="listed at position") as info:
-            client.attach(digits_mlp())
+    with ParameterClient(list(reversed(addresses)), "w1", timeout_s=10) as client, \
+            pytest.raises(ParamServerError, match="listed at position") as info:
+        client.attach(digits_mlp())
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_a_different_number_of_servers_is_refused(server_factory) -> None:  # type: ignore[no-untyped-def]
     addresses = _job(server_factory, 2)
-    with ParameterClient(addresses[:1], "w1", timeout_s=10) as client:
-        with pytest.raises(ParamServerError, match="split over 2 servers"):
-            client.attach(digits_mlp())
+    with ParameterClient(addresses[:1], "w1", timeout_s=10) as client, \
+            pytest.raises(ParamServerError, match="split over 2 servers"):
+        client.attach(digits_mlp())
 
 
 def test_a_disagreeing_plan_is_refused_by_the_server(server_factory) -> None:  # type: ignore[no-untyped-def]

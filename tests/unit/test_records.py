@@ -91,7 +91,8 @@ def test_chunk_ranges_cover_exactly_once(nbytes: int, chunk: int) -> None:
 def test_token_bucket_caps_the_rate() -> None:
     import time
 
-    from paramserver.transport import TokenBucket, parse_bandwidth
+    from benchmarks.shaping import TokenBucket
+    from paramserver.transport import parse_bandwidth
 
     assert parse_bandwidth("100mbit") == 12.5e6 and parse_bandwidth("unlimited") is None
     assert parse_bandwidth("10Gbit/s") == 1.25e9

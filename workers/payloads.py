@@ -1,0 +1,138 @@
+"""The codec side of the client's hot path: gradient slices out as payloads, pulled chunks in.
+
+Both directions go through the `Codec` interface of `paramserver.codecs`, with one fast path
+for `none`, whose payload is the tensor's own bytes: pushes slice the gradient's host bytes
+and pulls copy chunks straight into the parameter, without a codec call or extra copy.
+
+Pull codecs (`PULL_CODECS`: none, fp16, bf16) are elementwise. The server encodes each stored
+tensor whole and cuts the encoded bytes into chunks, so a chunk's offset counts encoded
+bytes, and a chunk at offset `o` holding `n` bytes carries elements [o / w, (o + n) / w) of
+the tensor, where w is the codec's width in bytes per element; every chunk decodes alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from paramserver.codecs import PULL_CODECS, Codec, ErrorFeedback
+from paramserver.codecs.base import bytes_of, to_dense
+from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.types import CodecSpec, TensorSpec
+from workers.routes import Route
+
+RAW = CodecSpec("none")
+
+
+def is_raw(codec: Codec) -> bool:
+    """True when the codec's payload is the tensor's own bytes (`none`)."""
+    return codec.spec == RAW
+
+
+# ---- push ------------------------------------------------------------------------------
+
+
+def encode_routes(routes: Sequence[Route], gradients: Mapping[str, torch.Tensor],
+                  codec: Codec, feedback: ErrorFeedback | None,
+                  raw: Mapping[str, memoryview] | None) -> list[memoryview]:
+    """One payload per route: its slice of the gradient, encoded with the shard's codec.
+
+    `raw` holds each gradient's host bytes; it is needed (and only read) when `codec` is
+    `none`. `feedback`, when given, wraps the codec and carries its residuals per slice.
+    """
+    if is_raw(codec):
+        if raw is None:
+            raise ValueError("raw gradient bytes are needed to push with codec none")
+        return [raw[r.param][r.byte_start:r.byte_start + r.nbytes] for r in routes]
+    return [_encode_slice(r, gradients[r.param], codec, feedback) for r in routes]
+
+
+def _encode_slice(route: Route, gradient: torch.Tensor, codec: Codec,
+                  feedback: ErrorFeedback | None) -> memoryview:
+    """Encode on the gradient's device; only the payload is copied to the host."""
+    flat = gradient.detach().reshape(-1)
+    item = flat.element_size()
+    piece = flat[route.byte_start // item:(route.byte_start + route.nbytes) // item]
+    encoded = feedback.encode(route.stored.name, piece) if feedback else codec.encode(piece)
+    return encoded.cpu().numpy().data
+
+
+# ---- pull ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where one tensor of a pull lands: a byte range of a parameter's writable values."""
+
+    target: np.ndarray  # the parameter's flat values (raw bytes where numpy lacks the dtype)
+    byte_start: int  # the stored slice's first byte within the parameter
+    nbytes: int  # the slice's size in the parameter's dtype
+    dtype: torch.dtype  # the parameter's dtype, which the codec decodes to
+    width: int  # encoded bytes per element
+
+
+class PullDecoder:
+    """Decodes one shard's pull stream into the model's tensors, in place.
+
+    Give `on_header` and `sink` to `ServerConnection.pull`. `routes` maps the shard's stored
+    tensor names to their routes; `targets` maps parameter names to writable flat values
+    (`HostMirror.writable_values`). One decoder serves one pull of one shard (one thread).
+    """
+
+    def __init__(self, shard: int, codec: Codec, routes: Mapping[str, Route],
+                 targets: Mapping[str, np.ndarray]) -> None:
+        if codec.spec.name not in PULL_CODECS:
+            raise FailedPrecondition(f"cannot pull with codec {codec.spec.name!r}; use "
+                                     f"{', '.join(PULL_CODECS)}")
+        self.shard = shard
+        self._codec = codec
+        self._raw = is_raw(codec)
+        self._routes = routes
+        self._targets = targets
+        self._places: list[_Place] = []
+
+    def on_header(self, version: int, specs: tuple[TensorSpec, ...]) -> None:
+        """Map the header's tensors to their places; a retried pull starts over."""
+        self._places = [self._place(spec) for spec in specs]
+
+    def _place(self, spec: TensorSpec) -> _Place:
+        route = self._routes.get(spec.name)
+        if route is None or route.stored != spec:
+            raise FailedPrecondition(f"shard {self.shard} sent {spec.name!r}, which does not "
+                                     "match the attached model")
+        # Elementwise codecs: the payload bound for one element is its exact width.
+        width = self._codec.max_payload_nbytes(1, spec.dtype)
+        return _Place(self._targets[route.param], route.byte_start, route.nbytes, spec.dtype,
+                      width)
+
+    def sink(self, index: int, offset: int, data: memoryview) -> None:
+        """Write chunk `data` of tensor `index`, at encoded byte `offset`, into its place."""
+        place = self._places[index]
+        if self._raw:  # the wire bytes are the parameter's bytes: copy them straight in
+            start, values = offset, np.frombuffer(data, np.uint8)
+        else:
+            start, values = self._decode(place, offset, data)
+        if start + values.nbytes > place.nbytes:
+            raise InvalidArgument(f"shard {self.shard} sent too many bytes for tensor {index}")
+        begin = place.byte_start + start
+        place.target.view(np.uint8)[begin:begin + values.nbytes] = values
+
+    def _decode(self, place: _Place, offset: int,
+                data: memoryview) -> tuple[int, np.ndarray]:
+        """(byte offset within the slice, decoded bytes in the parameter's dtype)."""
+        if offset % place.width or data.nbytes % place.width:
+            raise InvalidArgument(f"shard {self.shard} sent a chunk at byte {offset} of "
+                                  f"{data.nbytes} bytes, which splits a {place.width}-byte "
+                                  "element")
+        start = offset // place.width * place.dtype.itemsize
+        numel = data.nbytes // place.width
+        if numel == 0:
+            return start, np.empty(0, np.uint8)
+        # A private copy: the received message is read-only, and torch tensors may not alias
+        # read-only memory.
+        payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        values = to_dense(self._codec.decode(payload, numel, place.dtype), numel, place.dtype)
+        return start, bytes_of(values).numpy()
