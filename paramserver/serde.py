@@ -1,27 +1,36 @@
 """The one module that converts between protobuf messages and our records.
 
-Paired `x_to_proto` / `x_from_proto` functions, plus the request/response (de)serializers
-of the streaming methods, whose chunk messages take the fast path in `paramserver.wire`.
+Paired `x_to_proto` / `x_from_proto` functions, and `RPCS`: per method, the four
+(de)serializers between wire bytes and our records that the servicer and the client plug
+into gRPC, so neither of them ever sees a protobuf class. Chunk messages of the streaming
+methods take the fast path in `paramserver.wire`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from google.protobuf.message import DecodeError
 
-from paramserver import wire
+from paramserver import __version__, wire
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.types import (
     CodecSpec,
+    HandshakeRequest,
     Mode,
     ModelLayout,
     PartitionPlan,
+    PullRequest,
     PushHeader,
     PushResult,
     RegisterHeader,
+    Registration,
     Role,
+    RoundJoin,
+    RoundRequest,
     ServerStatus,
     Session,
     TensorSlice,
@@ -132,19 +141,28 @@ def codec_from_proto(msg: pb.CodecSpec) -> CodecSpec:
     return CodecSpec(msg.name.lower(), tuple(sorted(msg.params.items())))
 
 
-def handshake_request_to_proto(
-    worker_id: str, role: Role, push: list[CodecSpec], pull: list[CodecSpec], version: str
-) -> pb.HandshakeRequest:
+def handshake_request_to_proto(request: HandshakeRequest) -> pb.HandshakeRequest:
     return pb.HandshakeRequest(
-        worker_id=worker_id,
-        role=_ROLES[role],
-        push_codecs=[codec_to_proto(c) for c in push],
-        pull_codecs=[codec_to_proto(c) for c in pull],
-        client_version=version,
+        worker_id=request.worker_id,
+        role=_ROLES[request.role],
+        push_codecs=[codec_to_proto(c) for c in request.push_codecs],
+        pull_codecs=[codec_to_proto(c) for c in request.pull_codecs],
+        client_version=request.client_version,
     )
 
 
-def session_to_proto(session: Session, server_version: str) -> pb.HandshakeResponse:
+def handshake_request_from_proto(msg: pb.HandshakeRequest) -> HandshakeRequest:
+    return HandshakeRequest(
+        worker_id=msg.worker_id,
+        role=role_from_proto(msg.role),
+        push_codecs=tuple(codec_from_proto(c) for c in msg.push_codecs),
+        pull_codecs=tuple(codec_from_proto(c) for c in msg.pull_codecs),
+        client_version=msg.client_version,
+    )
+
+
+def session_to_proto(session: Session, server_version: str = __version__
+                     ) -> pb.HandshakeResponse:
     return pb.HandshakeResponse(
         session_id=session.session_id,
         push_codec=codec_to_proto(session.push_codec),
@@ -352,26 +370,99 @@ decode_push_request = _wrapper_decoder(pb.PushRequest, "header", push_header_fro
 decode_pull_response = _wrapper_decoder(pb.PullResponse, "header", pull_header_from_proto)
 
 
-def identity(message: bytes) -> bytes:
+def layout_to_bytes(layout: ModelLayout | None) -> bytes:
+    return layout_to_proto(layout).SerializeToString()
+
+
+def layout_from_bytes(data: bytes) -> ModelLayout | None:
+    return layout_from_proto(pb.ModelLayout.FromString(data))
+
+
+def plan_to_bytes(plan: PartitionPlan | None) -> bytes:
+    return plan_to_proto(plan).SerializeToString()
+
+
+def plan_from_bytes(data: bytes) -> PartitionPlan | None:
+    return plan_from_proto(pb.PartitionPlan.FromString(data))
+
+
+# ---- the methods: records <-> wire bytes, for the servicer and the client ----------------
+
+def _identity(message: bytes) -> bytes:
     """Serializer for messages that are already encoded."""
     return message
 
 
-# Request/response types of the unary methods, for building handlers and stubs.
-UNARY_TYPES: dict[str, tuple[Any, Any]] = {
-    "Handshake": (pb.HandshakeRequest, pb.HandshakeResponse),
-    "Status": (pb.StatusRequest, pb.StatusResponse),
-    "Heartbeat": (pb.HeartbeatRequest, pb.HeartbeatResponse),
-    "Leave": (pb.LeaveRequest, pb.LeaveResponse),
-    "JoinRound": (pb.JoinRoundRequest, pb.JoinRoundResponse),
+@dataclass(frozen=True)
+class Rpc:
+    """One method's four (de)serializers. The server uses `request_from_bytes` and
+    `response_to_bytes`, the client the other two. A unary request that does not parse
+    becomes a `MalformedMessage` (answered INVALID_ARGUMENT), not an exception."""
+
+    request_to_bytes: Callable[[Any], bytes]
+    request_from_bytes: Callable[[bytes], Any]
+    response_to_bytes: Callable[[Any], bytes]
+    response_from_bytes: Callable[[bytes], Any]
+
+
+def _parsing(message_type: type[Any], from_proto: Callable[[Any], Any]
+             ) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return from_proto(message_type.FromString(data))
+        except (DecodeError, ValueError) as exc:
+            return MalformedMessage(f"cannot decode {message_type.__name__}: {exc}")
+    return parse
+
+
+def _serializing(to_proto: Callable[[Any], Any]) -> Callable[[Any], bytes]:
+    return lambda record: to_proto(record).SerializeToString()
+
+
+RPCS: dict[str, Rpc] = {
+    "Handshake": Rpc(
+        _serializing(handshake_request_to_proto),
+        _parsing(pb.HandshakeRequest, handshake_request_from_proto),
+        _serializing(session_to_proto),
+        _parsing(pb.HandshakeResponse, session_from_proto)),
+    "Register": Rpc(
+        _identity, decode_register_request,
+        _serializing(lambda r: pb.RegisterResponse(created=r.created, version=r.version,
+                                                   layout=layout_to_proto(r.layout))),
+        _parsing(pb.RegisterResponse, lambda m: Registration(
+            created=m.created, version=m.version,
+            layout=layout_from_proto(m.layout) or ModelLayout(())))),
+    "Push": Rpc(
+        _identity, decode_push_request,
+        _serializing(push_result_to_proto), _parsing(pb.PushResponse, push_result_from_proto)),
+    "Pull": Rpc(
+        _serializing(lambda r: pb.PullRequest(session_id=r.session_id,
+                                              min_version=r.min_version,
+                                              tensors=list(r.tensors))),
+        _parsing(pb.PullRequest, lambda m: PullRequest(
+            session_id=m.session_id, min_version=m.min_version, tensors=tuple(m.tensors))),
+        _identity, decode_pull_response),
+    "Status": Rpc(
+        _serializing(lambda include_hash: pb.StatusRequest(include_state_hash=include_hash)),
+        _parsing(pb.StatusRequest, lambda m: bool(m.include_state_hash)),
+        _serializing(status_to_proto), _parsing(pb.StatusResponse, status_from_proto)),
+    "Heartbeat": Rpc(
+        _serializing(lambda session_id: pb.HeartbeatRequest(session_id=session_id)),
+        _parsing(pb.HeartbeatRequest, lambda m: str(m.session_id)),
+        _serializing(lambda version: pb.HeartbeatResponse(version=version)),
+        _parsing(pb.HeartbeatResponse, lambda m: int(m.version))),
+    "JoinRound": Rpc(
+        _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round)),
+        _parsing(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
+                                                             round=m.round)),
+        _serializing(lambda j: pb.JoinRoundResponse(round=j.round, sampled=j.sampled,
+                                                    sampled_count=j.sampled_count)),
+        _parsing(pb.JoinRoundResponse, lambda m: RoundJoin(
+            round=m.round, sampled=m.sampled, sampled_count=m.sampled_count))),
+    "Leave": Rpc(
+        _serializing(lambda session_id: pb.LeaveRequest(session_id=session_id)),
+        _parsing(pb.LeaveRequest, lambda m: str(m.session_id)),
+        _serializing(lambda _: pb.LeaveResponse()),
+        _parsing(pb.LeaveResponse, lambda _: None)),
 }
-PushResponse = pb.PushResponse
-RegisterResponse = pb.RegisterResponse
-PullRequest = pb.PullRequest
-HeartbeatResponse = pb.HeartbeatResponse
-HeartbeatRequest = pb.HeartbeatRequest
-StatusRequest = pb.StatusRequest
-LeaveRequest = pb.LeaveRequest
-LeaveResponse = pb.LeaveResponse
-JoinRoundRequest = pb.JoinRoundRequest
-JoinRoundResponse = pb.JoinRoundResponse
+STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream"}

@@ -271,6 +271,34 @@ class PushHeader:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HandshakeRequest:
+    """A worker (or observer) opening a session: who it is and the codecs it speaks."""
+
+    worker_id: str
+    role: Role
+    push_codecs: tuple[CodecSpec, ...] = ()  # offers, most preferred first
+    pull_codecs: tuple[CodecSpec, ...] = ()
+    client_version: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullRequest:
+    """Parameters at version >= min_version (a long poll); all tensors when none named."""
+
+    session_id: str
+    min_version: int
+    tensors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundRequest:
+    """Federated: wait for round >= `round`."""
+
+    session_id: str
+    round: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Registration:
     """The answer to Register: whether this call created the model, and what is stored."""
 

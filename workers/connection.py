@@ -12,11 +12,11 @@ applying it again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -30,11 +30,16 @@ from paramserver.transport import (
 )
 from paramserver.types import (
     CodecSpec,
+    HandshakeRequest,
     ModelLayout,
+    PullRequest,
     PushHeader,
     PushResult,
     RegisterHeader,
+    Registration,
     Role,
+    RoundJoin,
+    RoundRequest,
     ServerStatus,
     Session,
     TensorSpec,
@@ -63,13 +68,6 @@ class LinkShaper(Protocol):
         """Block until `nbytes` may arrive."""
 
 
-@dataclass(frozen=True)
-class RegisterResult:
-    created: bool
-    version: int
-    layout: ModelLayout
-
-
 class ServerConnection:
     """A channel to one server plus the session opened on it.
 
@@ -90,27 +88,23 @@ class ServerConnection:
         self.bytes_pushed = 0
         self.bytes_pulled = 0
         self.gradient_bytes_pushed = 0  # the part of bytes_pushed that carried gradients
-        self._handshake = self._unary("Handshake")
-        self._status = self._unary("Status")
-        self._heartbeat = self._unary("Heartbeat")
-        self._leave = self._unary("Leave")
-        self._join_round = self._unary("JoinRound")
         self.duplicates = 0  # pushes the server answered as retries of applied ones
-        self._register = self.channel.stream_unary(
-            serde.method_path("Register"), request_serializer=serde.identity,
-            response_deserializer=serde.RegisterResponse.FromString)
-        self._push = self.channel.stream_unary(
-            serde.method_path("Push"), request_serializer=serde.identity,
-            response_deserializer=serde.PushResponse.FromString)
-        self._pull = self.channel.unary_stream(
-            serde.method_path("Pull"), request_serializer=serde.PullRequest.SerializeToString,
-            response_deserializer=_counting(self, serde.decode_pull_response))
+        self._handshake = self._method("Handshake")
+        self._status = self._method("Status")
+        self._heartbeat = self._method("Heartbeat")
+        self._leave = self._method("Leave")
+        self._join_round = self._method("JoinRound")
+        self._register = self._method("Register")
+        self._push = self._method("Push")
+        self._pull = self._method("Pull", _counting(self, serde.RPCS["Pull"].response_from_bytes))
 
-    def _unary(self, method: str) -> grpc.UnaryUnaryMultiCallable:
-        request_type, response_type = serde.UNARY_TYPES[method]
-        return self.channel.unary_unary(serde.method_path(method),
-                                        request_serializer=request_type.SerializeToString,
-                                        response_deserializer=response_type.FromString)
+    def _method(self, name: str, response_from_bytes: Callable[[bytes], Any] | None = None,
+                ) -> Any:
+        """A callable for one RPC that takes and returns records (serde.RPCS converts)."""
+        rpc = serde.RPCS[name]
+        kind = getattr(self.channel, serde.STREAMING.get(name, "unary_unary"))
+        return kind(serde.method_path(name), request_serializer=rpc.request_to_bytes,
+                    response_deserializer=response_from_bytes or rpc.response_from_bytes)
 
     def _call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         kwargs.setdefault("timeout", self.timeout_s)
@@ -159,15 +153,15 @@ class ServerConnection:
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = ()
                   ) -> Session:
-        request = serde.handshake_request_to_proto(worker_id, role, list(push_codecs),
-                                                   list(pull_codecs), __version__)
-        response = self._call(self._handshake, request)
-        self.session = serde.session_from_proto(response)
+        request = HandshakeRequest(worker_id=worker_id, role=role,
+                                   push_codecs=tuple(push_codecs),
+                                   pull_codecs=tuple(pull_codecs), client_version=__version__)
+        self.session = _answer(self._call(self._handshake, request))
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session
 
     def register(self, layout: ModelLayout, values: Sequence[memoryview] | None,
-                 plan: PartitionPlan | None = None, shard_index: int = 0) -> RegisterResult:
+                 plan: PartitionPlan | None = None, shard_index: int = 0) -> Registration:
         """Create the model with `values` (raw bytes per tensor), or join it when None.
 
         `layout` is what this server stores (shard `shard_index` of `plan`); without a plan
@@ -175,10 +169,10 @@ class ServerConnection:
         """
         header = serde.encode_register_header(RegisterHeader(
             self.session_id, layout, values is not None, plan, shard_index))
-        response = self._retrying(lambda: self._register(self._messages(header, values or ()),
-                                                         timeout=self.timeout_s))
-        return RegisterResult(response.created, response.version,
-                              serde.layout_from_proto(response.layout) or layout)
+        registration: Registration = _answer(self._retrying(
+            lambda: self._register(self._messages(header, values or ()), timeout=self.timeout_s)))
+        return registration if registration.layout.tensors else dataclasses.replace(
+            registration, layout=layout)
 
     def push(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[memoryview],
              num_samples: int = 1, more_parts: bool = False) -> PushResult:
@@ -200,7 +194,7 @@ class ServerConnection:
                                                          timeout=self.timeout_s))
         finally:
             self.gradient_bytes_pushed += self.bytes_pushed - before
-        result = serde.push_result_from_proto(response)
+        result: PushResult = _answer(response)
         if result.duplicate:
             self.duplicates += 1
         return result
@@ -213,8 +207,8 @@ class ServerConnection:
 
         `on_header(version, specs)` runs before the first chunk reaches the sink.
         """
-        request = serde.PullRequest(session_id=self.session_id, min_version=min_version,
-                                    tensors=list(names))
+        request = PullRequest(session_id=self.session_id, min_version=min_version,
+                              tensors=tuple(names))
         # A long poll that ran out of time is an answer (the version did not come), not a
         # transport failure: only UNAVAILABLE is retried here.
         return self._retrying(lambda: self._pull_once(request, sink, timeout_s, on_header),
@@ -243,29 +237,28 @@ class ServerConnection:
         return header
 
     def status(self, include_state_hash: bool = False) -> ServerStatus:
-        return serde.status_from_proto(self._call(
-            self._status, serde.StatusRequest(include_state_hash=include_state_hash)))
+        status: ServerStatus = _answer(self._call(self._status, include_state_hash))
+        return status
 
     def heartbeat(self) -> int:
-        request = serde.HeartbeatRequest(session_id=self.session_id)
         try:  # one attempt: the next heartbeat is the retry
-            return int(self._heartbeat(request, timeout=self.timeout_s).version)
+            return int(_answer(self._heartbeat(self.session_id, timeout=self.timeout_s)))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    def join_round(self, round_: int, timeout_s: float | None = None) -> tuple[int, bool, int]:
-        """Federated: wait for round >= round_; (round, sampled?, how many were sampled)."""
-        request = serde.JoinRoundRequest(session_id=self.session_id, round=round_)
-        response = self._call(self._join_round, request, timeout=timeout_s or self.timeout_s)
-        return int(response.round), bool(response.sampled), int(response.sampled_count)
+    def join_round(self, round_: int, timeout_s: float | None = None) -> RoundJoin:
+        """Federated: wait for round >= round_; whether this client is sampled for it."""
+        request = RoundRequest(session_id=self.session_id, round=round_)
+        joined: RoundJoin = _answer(self._call(self._join_round, request,
+                                               timeout=timeout_s or self.timeout_s))
+        return joined
 
     def leave(self, timeout_s: float = 2.0) -> None:
         """Tell the server this worker is done, so no step waits for it (best effort)."""
         if self.session is None:
             return
         try:
-            self._leave(serde.LeaveRequest(session_id=self.session.session_id),
-                        timeout=timeout_s)
+            self._leave(self.session.session_id, timeout=timeout_s)
         except grpc.RpcError as error:
             log.debug("%s: leave failed: %s", self.address, error)
 
@@ -295,3 +288,10 @@ def _counting(connection: ServerConnection,
             connection._shaper.receive(len(message))
         return decode(message)
     return decode_and_count
+
+
+def _answer(response: T) -> T:
+    """A server's answer, or InvalidArgument when it did not parse."""
+    if isinstance(response, serde.MalformedMessage):
+        raise InvalidArgument(f"the server's answer: {response.reason}")
+    return response

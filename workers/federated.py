@@ -120,17 +120,17 @@ class FederatedClient:
         stop = time.monotonic() + deadline_s
         next_round = 0
         while time.monotonic() < stop:
-            round_, sampled, _ = client.join_round(next_round)
-            if round_ >= rounds:
+            joined = client.join_round(next_round)
+            if joined.round >= rounds:
                 break
-            next_round = round_ + 1
-            if not sampled:
+            next_round = joined.round + 1
+            if not joined.sampled:
                 continue
             if self._coin.random() < self.training.dropout:
                 self.rounds_dropped += 1  # a device that went away this round
                 continue
-            client.pull(round_)
-            if client.version != round_ and client.session.mode is Mode.FEDERATED:
+            client.pull(joined.round)
+            if client.version != joined.round and client.session.mode is Mode.FEDERATED:
                 continue  # the round closed while we were away: wait for the next
             self.fedavg.refresh()
             self._train_locally()

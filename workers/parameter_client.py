@@ -25,8 +25,18 @@ from torch import nn
 from paramserver.codecs import Codec, ErrorFeedback, make_codec
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.sharding import PartitionPlan, plan_partition
-from paramserver.types import CodecSpec, Mode, ModelLayout, PushResult, Role, Session, TensorSpec
-from workers.connection import LinkShaper, RegisterResult, ServerConnection
+from paramserver.types import (
+    CodecSpec,
+    Mode,
+    ModelLayout,
+    PushResult,
+    Registration,
+    Role,
+    RoundJoin,
+    Session,
+    TensorSpec,
+)
+from workers.connection import LinkShaper, ServerConnection
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import PullDecoder, encode_routes, is_raw
@@ -152,7 +162,7 @@ class ParameterClient:
         """Modes where a push joins a step (round) that closes for everyone at once."""
         return self.session.mode in (Mode.SYNC, Mode.FEDERATED)
 
-    def join_round(self, round_: int, timeout_s: float | None = None) -> tuple[int, bool, int]:
+    def join_round(self, round_: int, timeout_s: float | None = None) -> RoundJoin:
         """Federated: wait for round >= round_ (asks shard 0, which samples the clients)."""
         return self.connections[0].join_round(round_, timeout_s)
 
@@ -197,7 +207,7 @@ class ParameterClient:
         self.pull([j.version for j in joins])
         return any(j.created for j in joins)
 
-    def _register(self, shard: int) -> RegisterResult:
+    def _register(self, shard: int) -> Registration:
         """Create this shard's part of the model from our values, or join it."""
         assert self._routes is not None and self.plan is not None
         values = None

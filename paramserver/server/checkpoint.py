@@ -199,8 +199,8 @@ def _encode_payload(state: ShardState) -> bytes:
     torch.save({
         "version": state.version,
         "shard_index": state.shard_index,
-        "layout": serde.layout_to_proto(state.layout).SerializeToString(),
-        "plan": serde.plan_to_proto(state.plan).SerializeToString(),
+        "layout": serde.layout_to_bytes(state.layout),
+        "plan": serde.plan_to_bytes(state.plan),
         "params": {name: _compact(t) for name, t in state.params.items()},
         "optimizer": state.optimizer,
         "extra": json.dumps(state.extra),
@@ -210,17 +210,12 @@ def _encode_payload(state: ShardState) -> bytes:
 
 def _decode_payload(body: bytes) -> ShardState:
     payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-    # serde owns the message types: it hands us empty messages to parse into.
-    layout_msg = serde.layout_to_proto(None)
-    layout_msg.ParseFromString(payload["layout"])
-    plan_msg = serde.plan_to_proto(None)
-    plan_msg.ParseFromString(payload["plan"])
-    plan = serde.plan_from_proto(plan_msg)
+    plan = serde.plan_from_bytes(payload["plan"])
     if plan is None:
         raise ValueError("no partition plan recorded")
     return ShardState(
         version=int(payload["version"]),
-        layout=serde.layout_from_proto(layout_msg) or ModelLayout(()),  # a shard may be empty
+        layout=serde.layout_from_bytes(payload["layout"]) or ModelLayout(()),  # may be empty
         plan=plan,
         shard_index=int(payload["shard_index"]),
         params=dict(payload["params"]),

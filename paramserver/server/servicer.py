@@ -1,7 +1,7 @@
 """Thin gRPC shell over ParameterServerCore: decode, call the handler, map errors.
 
-Streaming methods use the hand-written chunk (de)serializers from `paramserver.serde`;
-the unary ones use the generated messages. Every error is mapped to a status code in
+Every method's (de)serializers come from `serde.RPCS` (the streaming ones take the
+hand-written chunk fast path). Every error is mapped to a status code in
 `_abort_on_error`, the one place that does so. Fault injection for tests wraps this with a
 server interceptor (`app.ServerHooks`), never from inside it.
 """
@@ -11,13 +11,25 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 
-from paramserver import __version__, serde
-from paramserver.errors import ParamServerError
+from paramserver import serde
+from paramserver.errors import InvalidArgument, ParamServerError
 from paramserver.server.core import ParameterServerCore
+from paramserver.types import (
+    HandshakeRequest,
+    PullRequest,
+    PushResult,
+    Registration,
+    RoundJoin,
+    RoundRequest,
+    ServerStatus,
+    Session,
+)
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -41,88 +53,84 @@ def _abort_on_error(context: grpc.ServicerContext, method: str) -> Iterator[None
         context.abort(grpc.StatusCode.INTERNAL, f"{method} failed: {error!r}")
 
 
+def _parsed(request: T) -> T:
+    """A unary request record, or InvalidArgument when its bytes did not parse."""
+    if isinstance(request, serde.MalformedMessage):
+        raise InvalidArgument(request.reason)
+    return request
+
+
+def _time_left(context: grpc.ServicerContext, ceiling: float) -> float:
+    remaining = context.time_remaining()
+    return ceiling if remaining is None else max(min(remaining, ceiling), 0.0)
+
+
 class ParameterServerServicer:
-    """Implements paramserver.v1.ParameterServer on top of a ParameterServerCore."""
+    """Implements paramserver.v1.ParameterServer on top of a ParameterServerCore.
+
+    Requests arrive as records and answers leave as records: `serde.RPCS` converts both.
+    """
 
     def __init__(self, core: ParameterServerCore) -> None:
         self.core = core
 
-    def Handshake(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Handshake(self, request: HandshakeRequest, context: grpc.ServicerContext) -> Session:
         with _abort_on_error(context, "Handshake"):
-            session = self.core.handshake(
-                request.worker_id,
-                serde.role_from_proto(request.role),
-                [serde.codec_from_proto(c) for c in request.push_codecs],
-                [serde.codec_from_proto(c) for c in request.pull_codecs],
-            )
-            return serde.session_to_proto(session, __version__)
+            request = _parsed(request)
+            return self.core.handshake(request.worker_id, request.role,
+                                       list(request.push_codecs), list(request.pull_codecs))
 
-    def Register(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    def Register(self, request_iterator: Iterator[object],
+                 context: grpc.ServicerContext) -> Registration:
         with _abort_on_error(context, "Register"):
-            registration = self.core.register(request_iterator)
-            return serde.RegisterResponse(created=registration.created,
-                                          version=registration.version,
-                                          layout=serde.layout_to_proto(registration.layout))
+            return self.core.register(request_iterator)
 
-    def Push(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    def Push(self, request_iterator: Iterator[object],
+             context: grpc.ServicerContext) -> PushResult:
         with _abort_on_error(context, "Push"):
-            return serde.push_result_to_proto(self.core.push(request_iterator))
+            return self.core.push(request_iterator)
 
-    def Pull(self, request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
+    def Pull(self, request: PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         with _abort_on_error(context, "Pull"):
-            remaining = context.time_remaining()
-            timeout = self.core.config.max_wait_s if remaining is None else max(remaining, 0.0)
+            request = _parsed(request)
             yield from self.core.pull(request.session_id, request.min_version,
-                                      list(request.tensors), timeout)
+                                      list(request.tensors),
+                                      _time_left(context, self.core.config.max_wait_s))
 
-    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Status(self, include_state_hash: bool, context: grpc.ServicerContext) -> ServerStatus:
         with _abort_on_error(context, "Status"):
-            return serde.status_to_proto(self.core.status(request.include_state_hash))
+            return self.core.status(_parsed(include_state_hash))
 
-    def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Heartbeat(self, session_id: str, context: grpc.ServicerContext) -> int:
         with _abort_on_error(context, "Heartbeat"):
-            return serde.HeartbeatResponse(version=self.core.heartbeat(request.session_id))
+            return self.core.heartbeat(_parsed(session_id))
 
-    def JoinRound(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def JoinRound(self, request: RoundRequest, context: grpc.ServicerContext) -> RoundJoin:
         with _abort_on_error(context, "JoinRound"):
-            remaining = context.time_remaining()
-            timeout = self.core.config.max_wait_s if remaining is None else max(remaining, 0.0)
-            joined = self.core.join_round(request.session_id, request.round, timeout)
-            return serde.JoinRoundResponse(round=joined.round, sampled=joined.sampled,
-                                           sampled_count=joined.sampled_count)
+            request = _parsed(request)
+            return self.core.join_round(request.session_id, request.round,
+                                        _time_left(context, self.core.config.max_wait_s))
 
-    def Leave(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def Leave(self, session_id: str, context: grpc.ServicerContext) -> None:
         with _abort_on_error(context, "Leave"):
-            self.core.leave(request.session_id)
-            return serde.LeaveResponse()
+            self.core.leave(_parsed(session_id))
+
+
+_HANDLER_KINDS = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+}
 
 
 def generic_handler(servicer: ParameterServerServicer) -> grpc.GenericRpcHandler:
-    """Method handlers with the fast-path (de)serializers for the streaming methods."""
-    unary = {
-        name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=request_type.FromString,
-            response_serializer=response_type.SerializeToString,
-        )
-        for name, (request_type, response_type) in serde.UNARY_TYPES.items()
-    }
+    """One method handler per RPC, with serde's (de)serializers between bytes and records."""
     handlers = {
-        **unary,
-        "Register": grpc.stream_unary_rpc_method_handler(
-            servicer.Register,
-            request_deserializer=serde.decode_register_request,
-            response_serializer=serde.RegisterResponse.SerializeToString,
-        ),
-        "Push": grpc.stream_unary_rpc_method_handler(
-            servicer.Push,
-            request_deserializer=serde.decode_push_request,
-            response_serializer=serde.PushResponse.SerializeToString,
-        ),
-        "Pull": grpc.unary_stream_rpc_method_handler(
-            servicer.Pull,
-            request_deserializer=serde.PullRequest.FromString,
-            response_serializer=serde.identity,
-        ),
+        name: _HANDLER_KINDS[serde.STREAMING.get(name, "unary_unary")](
+            getattr(servicer, name),
+            request_deserializer=rpc.request_from_bytes,
+            response_serializer=rpc.response_to_bytes,
+        )
+        for name, rpc in serde.RPCS.items()
     }
     return grpc.method_handlers_generic_handler(serde.SERVICE_NAME, handlers)
