@@ -55,13 +55,16 @@ def uniform_below(seed: int, n: int, k: int) -> np.ndarray:
         raise ValueError(f"n must be in [1, 2**64), got {n}")
     spare = (1 << 64) % n  # outputs at or above 2**64 - spare are rejected
     limit = _U((1 << 64) - spare) if spare else None
+    modulus = _U(n)
     found: list[np.ndarray] = []
     counter, need = 0, k
     while need > 0:
         z = splitmix64(seed, np.arange(counter, counter + need, dtype=np.uint64))
         counter += need
-        if limit is not None:
+        if limit is not None and bool((z >= limit).any()):  # rare: filter only then
             z = z[z < limit]
-        found.append(z % _U(n))
+        with np.errstate(over="ignore"):
+            # z mod n; numpy divides by a scalar several times faster than it takes `%`
+            found.append(z - (z // modulus) * modulus)
         need -= z.size
     return np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
