@@ -121,7 +121,8 @@ def test_vectorised_generator_equals_the_scalar_reference(seed: int) -> None:
 
 def _uniform_below_reference(seed: int, n: int, k: int) -> list[int]:
     """The spec's pseudo-code, one output at a time."""
-    limit, out, counter = (1 << 64) - (1 << 64) % n, [], 0
+    limit, counter = (1 << 64) - (1 << 64) % n, 0
+    out: list[int] = []
     while len(out) < k:
         z = splitmix64_at(seed, counter)
         counter += 1
