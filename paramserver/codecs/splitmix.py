@@ -35,11 +35,18 @@ def splitmix64_at(seed: int, counter: int) -> int:
 
 def splitmix64(seed: int, counters: np.ndarray) -> np.ndarray:
     """`splitmix64_at(seed, c)` for every c of a uint64 array, vectorised."""
+    # In place on two buffers: fresh multi-megabyte temporaries page-fault on every call.
+    z = counters + _U(1)
+    shifted = np.empty_like(z)
     with np.errstate(over="ignore"):
-        z = (counters + _U(1)) * _U(GAMMA) + _U(seed & MASK64)
-        z = (z ^ (z >> _U(30))) * _U(MIX1)
-        z = (z ^ (z >> _U(27))) * _U(MIX2)
-        return z ^ (z >> _U(31))
+        np.multiply(z, _U(GAMMA), out=z)
+        np.add(z, _U(seed & MASK64), out=z)
+        for shift, mix in ((30, MIX1), (27, MIX2)):
+            np.right_shift(z, _U(shift), out=shifted)
+            np.bitwise_xor(z, shifted, out=z)
+            np.multiply(z, _U(mix), out=z)
+        np.right_shift(z, _U(31), out=shifted)
+        return np.bitwise_xor(z, shifted, out=z)
 
 
 def uniform_below(seed: int, n: int, k: int) -> np.ndarray:
@@ -63,8 +70,9 @@ def uniform_below(seed: int, n: int, k: int) -> np.ndarray:
         counter += need
         if limit is not None and bool((z >= limit).any()):  # rare: filter only then
             z = z[z < limit]
-        with np.errstate(over="ignore"):
-            # z mod n; numpy divides by a scalar several times faster than it takes `%`
-            found.append(z - (z // modulus) * modulus)
+        # z mod n, in place; numpy divides by a scalar several times faster than it takes `%`
+        quotient = np.floor_divide(z, modulus)
+        np.multiply(quotient, modulus, out=quotient)
+        found.append(np.subtract(z, quotient, out=z))
         need -= z.size
     return np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
