@@ -80,7 +80,7 @@ CASES = (
          "fixed k; float64 values need no padding"),
     Case("topk_approx_float16", "topk:ratio=0.25,mode=approx", "float16",
          [0.5, -0.125, 2.0, 0.25, -1.5, 0.0625, 1.0, -0.75, 0.375],
-         "mode=approx is exact below 20000 elements; 6 value bytes then 2 pad bytes"),
+         "mode=approx is exact up to 20000 elements; 6 value bytes then 2 pad bytes"),
     Case("topk_empty_float32", "topk:ratio=0.1", "float32", [],
          "an empty tensor: count 0 and nothing else"),
     Case("randomk_ratio_float32", "randomk:ratio=0.25", "float32", _ramp(20, 1.0),
