@@ -1,7 +1,7 @@
 """Compression codecs: one module per family, a registry by name, per-connection negotiation.
 
 Spec strings name a codec and its parameters: `none`, `fp16`, `bf16`, `topk:ratio=0.01`
-(`mode=approx` for the sampled threshold), `randomk:ratio=0.01`, `qsgd:bits=4`.
+(`mode=approx` for the sampled threshold), `randomk:ratio=0.01`, `qsgd:bits=4`. Every payload is defined byte by byte in docs/wire.md.
 """
 
 from paramserver.codecs.base import Codec, CodecError, DenseUpdate, SparseUpdate, Update
@@ -9,5 +9,5 @@ from paramserver.codecs.error_feedback import ErrorFeedback
 from paramserver.codecs.negotiation import CodecLimits, negotiate
 from paramserver.codecs.registry import PULL_CODECS, codec_names, make_codec
 
-__all__ = ["Codec", "CodecError", "CodecLimits", "DenseUpdate", "ErrorFeedback",
-           "PULL_CODECS", "SparseUpdate", "Update", "codec_names", "make_codec", "negotiate"]
+__all__ = ["PULL_CODECS", "Codec", "CodecError", "CodecLimits", "DenseUpdate", "ErrorFeedback",
+           "SparseUpdate", "Update", "codec_names", "make_codec", "negotiate"]

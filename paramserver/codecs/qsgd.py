@@ -3,9 +3,11 @@
 Alistarh et al. 2017 (QSGD). Each bucket of `bucket` values is scaled by its largest
 magnitude m; x/m * s (s = 2**(bits-1) - 1 levels each side) is rounded down or up at random
 with the probability that makes the expectation exact, so decode(encode(x)) is unbiased.
-Codes q + s in [0, 2s] are packed densely: 1, 2 or 4 per byte.
+Codes q + s in [0, 2s] are packed densely: 1, 2 or 4 per byte, element 0 in the lowest
+bits of its byte.
 
-payload: scales float32[buckets] | packed codes[ceil(numel * bits / 8)]
+payload: scales float32[buckets] | packed codes[ceil(numel * bits / 8)]   (little-endian;
+byte-exact definition in docs/wire.md)
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ class QSGD:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if not x.dtype.is_floating_point:
             raise CodecError(f"qsgd only encodes floating-point tensors, not {x.dtype}")
+        generator = self._generators.setdefault(
+            x.device, torch.Generator(device=x.device).manual_seed(self._seed))
+        draws = torch.rand(self._buckets(x.numel()) * self.bucket, device=x.device,
+                           generator=generator)
+        return self.encode_with(x, draws)
+
+    def encode_with(self, x: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        """The payload for `x` given its rounding draws: element i is rounded up when
+        uniforms[i] < frac(y_i). `uniforms` holds float32 values in [0, 1), at least one per
+        element; the draws are not part of the wire format (the golden vectors fix them)."""
+        if not x.dtype.is_floating_point:
+            raise CodecError(f"qsgd only encodes floating-point tensors, not {x.dtype}")
         numel, buckets = x.numel(), self._buckets(x.numel())
         padded = torch.zeros(buckets * self.bucket, dtype=torch.float32, device=x.device)
         padded[:numel] = x.reshape(-1)
@@ -53,9 +67,12 @@ class QSGD:
         scales = grouped.abs().amax(dim=1)  # (buckets,)
         y = grouped / scales.clamp_min(torch.finfo(torch.float32).tiny)[:, None] * self.levels
         low = torch.floor(y)
-        generator = self._generators.setdefault(
-            x.device, torch.Generator(device=x.device).manual_seed(self._seed))
-        up = torch.rand(y.shape, device=x.device, generator=generator) < (y - low)
+        draws = uniforms.reshape(-1).to(device=x.device, dtype=torch.float32)
+        if draws.numel() < numel:
+            raise ValueError(f"qsgd needs {numel} uniform draws, got {draws.numel()}")
+        if draws.numel() != padded.numel():  # the padding's draws do not matter
+            draws = torch.cat([draws[:numel], padded.new_zeros(padded.numel() - numel)])
+        up = draws.view(y.shape) < (y - low)
         codes = (low + up + self.levels).to(torch.uint8).view(-1)[:numel]
         return torch.cat([bytes_of(scales), self._pack(codes)])
 

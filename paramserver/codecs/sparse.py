@@ -2,8 +2,10 @@
 
 topk payload:    count:int64 | values[count] (tensor dtype) | pad to 8 | indices[count]
 randomk payload: seed:int64  | values[k] (tensor dtype)
-Indices are int32 when the tensor has fewer than 2**31 elements, else int64. random-k
-indices are regenerated from the seed on the server, so only the seed and values travel.
+All little-endian. Indices are int32 when the tensor has fewer than 2**31 elements, else
+int64; top-k sends them in ascending order. random-k indices are regenerated from the seed
+on the server with the specified SplitMix64 generator (`splitmix.py`), so only the seed
+and values travel. Byte-exact definitions: docs/wire.md.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 
 import torch
 
+from paramserver.codecs import splitmix
 from paramserver.codecs.base import (
     CodecError,
     SparseUpdate,
@@ -103,7 +106,9 @@ class TopK(_Sparsifier):
         return candidates
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        indices = self.select(x)
+        # Ascending index order makes the payload canonical (torch.topk's unsorted order is
+        # unspecified, ties aside) and the server's index_add_ cache-friendly.
+        indices = self.select(x).sort().values
         count = torch.tensor([indices.numel()], dtype=torch.int64, device=x.device)
         values = bytes_of(x[indices])
         pad = torch.zeros(_align8(_HEADER + values.numel()) - _HEADER - values.numel(),
@@ -134,8 +139,14 @@ class TopK(_Sparsifier):
 
 
 class RandomK(_Sparsifier):
-    """k coordinates drawn uniformly (with replacement) from a seed that travels instead of
-    the indices; values are scaled by numel / k, so the estimate is unbiased."""
+    """k coordinates drawn uniformly with replacement from a seed that travels instead of
+    the indices; values are scaled by numel / k, so the estimate is unbiased: coordinate i
+    is drawn Binomial(k, 1/numel) times, E[count] * x_i * numel / k = x_i.
+
+    The indices come from SplitMix64 (`splitmix.uniform_below`), which any language can
+    implement; the payload seeds of successive encodes are SplitMix64(`seed` param)
+    outputs 0, 1, 2, ... shifted right by one bit (non-negative int64).
+    """
 
     biased = False
 
@@ -143,22 +154,35 @@ class RandomK(_Sparsifier):
         super().__init__(spec)
         size = f"k={self.fixed_k}" if self.fixed_k is not None else f"ratio={self.ratio:g}"
         self.spec = CodecSpec.parse(f"randomk:{size}")
-        self._seeds = torch.Generator().manual_seed(int(float_param(spec, "seed", 12345)))
+        self._seed = int(float_param(spec, "seed", 12345))
+        self._encodes = 0  # counter of the payload-seed stream
 
     @staticmethod
     def indices(seed: int, numel: int, k: int, device: torch.device) -> torch.Tensor:
-        """The same indices on every machine and device: drawn on the CPU from `seed`."""
+        """The same indices on every machine, device and language (docs/wire.md)."""
         if k == 0:
             return torch.empty(0, dtype=torch.int64, device=device)
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randint(0, numel, (k,), generator=generator).to(device)
+        drawn = splitmix.uniform_below(seed, numel, k).astype("int64")
+        return torch.from_numpy(drawn).to(device)
+
+    def next_seed(self) -> int:
+        """The payload seed of the next encode: a non-negative int64."""
+        seed = splitmix.splitmix64_at(self._seed, self._encodes) >> 1
+        self._encodes += 1
+        return seed
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.k_for(x.numel())
-        seed = int(torch.randint(0, 2**62, (1,), generator=self._seeds))
-        values = x[self.indices(seed, x.numel(), k, x.device)] * (x.numel() / max(k, 1))
+        return self.encode_with_seed(x, self.next_seed())
+
+    def encode_with_seed(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+        """The payload for `x` with the given payload seed (0 <= seed < 2**63)."""
+        numel = x.numel()
+        k = self.k_for(numel)
+        picked = x[self.indices(seed, numel, k, x.device)]
+        # One rounding: the product in float64, then to the tensor's dtype (docs/wire.md).
+        values = (picked.double() * (numel / max(k, 1))).to(x.dtype)
         header = torch.tensor([seed], dtype=torch.int64, device=x.device)
-        return torch.cat([bytes_of(header), bytes_of(values.to(x.dtype))])
+        return torch.cat([bytes_of(header), bytes_of(values)])
 
     def decode(self, payload: torch.Tensor, numel: int, dtype: torch.dtype) -> SparseUpdate:
         k = self.k_for(numel)

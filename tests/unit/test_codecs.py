@@ -54,6 +54,7 @@ def test_exact_topk_keeps_exactly_the_k_largest(numel: int, ratio: float, seed: 
     assert isinstance(update, SparseUpdate)
     k = codec.k_for(numel)  # type: ignore[attr-defined]
     assert update.indices.numel() == k == len(set(update.indices.tolist()))
+    assert update.indices.tolist() == sorted(update.indices.tolist())  # canonical order
     assert torch.equal(update.values, x[update.indices])  # values sent unchanged
     kept = x.abs()[update.indices].min()
     dropped = torch.ones(numel, dtype=torch.bool)
