@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from paramserver.chaos import (  # noqa: E402
+from paramserver.cli.local_cluster import LocalCluster  # noqa: E402
+from paramserver.server.checkpoint import CheckpointStore, read_checkpoint  # noqa: E402
+from tests.chaos import (  # noqa: E402
     DeathTrial,
     Hang,
     WorkerSpec,
@@ -35,8 +37,6 @@ from paramserver.chaos import (  # noqa: E402
     wait_exit,
     wait_for,
 )
-from paramserver.cli.local_cluster import LocalCluster  # noqa: E402
-from paramserver.server.checkpoint import CheckpointStore, read_checkpoint  # noqa: E402
 
 EVERY = 5
 

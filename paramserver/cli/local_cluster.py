@@ -17,9 +17,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-CLI = [sys.executable, "-m", "paramserver.cli.main"]
+CLI = (sys.executable, "-m", "paramserver.cli.main")
 R = TypeVar("R")
 
 
@@ -48,20 +48,21 @@ class LocalCluster:
     run_dir: Path
     processes: list[ManagedProcess] = field(default_factory=list)
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
-    def spawn(self, name: str, args: Sequence[str],
-              env: dict[str, str] | None = None) -> ManagedProcess:
-        """Start `paramserver ARGS` with its output in RUN_DIR/NAME.log; `env` adds to ours."""
+    def spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None,
+              program: Sequence[str] = CLI) -> ManagedProcess:
+        """Start `PROGRAM ARGS` (by default `paramserver ARGS`) with its output in
+        RUN_DIR/NAME.log; `env` adds to ours."""
         log_path = self.run_dir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen([*program, *args], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
         managed = ManagedProcess(name, process, log_path)
         self.processes.append(managed)

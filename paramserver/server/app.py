@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paramserver import serde
-from paramserver.runtime import tune_process
+from paramserver.process_tuning import tune_process
 from paramserver.server.config import ServerConfig
 from paramserver.server.handlers import ParameterServerCore
 from paramserver.server.servicer import ParameterServerServicer, generic_handler
