@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.rounds import TIMEOUT_S, run_rounds
 from paramserver import wire
-from paramserver.runtime import tune_process
+from paramserver.process_tuning import tune_process
 from paramserver.transport import channel_options, chunk_ranges, server_options
 
 Shapes = list[tuple[int, ...]]

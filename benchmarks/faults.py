@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from paramserver.chaos import (  # noqa: E402
+from paramserver.cli.local_cluster import CLI, LocalCluster
+from paramserver.server.checkpoint import CheckpointStore, read_checkpoint
+from tests.chaos import (
     DeathTrial,
     Hang,
     WorkerSpec,
@@ -33,8 +35,7 @@ from paramserver.chaos import (  # noqa: E402
     wait_exit,
     wait_for,
 )
-from paramserver.cli.local_cluster import LocalCluster
-from paramserver.server.checkpoint import CheckpointStore, read_checkpoint
+from tests.server_faults import faulty_server
 
 EVERY = 5
 
@@ -62,8 +63,8 @@ def shard_trial(torn: bool) -> dict[str, int]:
         args = ["--workers", "2", "--lease-timeout", "2", "--checkpoint-dir",
                 str(cluster.run_dir / "ckpt-{index}"), "--checkpoint-every", str(EVERY)]
         [(_, a0)] = cluster.start_servers(1, args)
-        crash = {"PARAMSERVER_TEST_CRASH_IN_CHECKPOINT": "4"} if torn else None
-        [(s1, a1)] = cluster.start_servers(1, args, first_index=1, env=crash)
+        program = faulty_server(crash_in_checkpoint=4) if torn else CLI
+        [(s1, a1)] = cluster.start_servers(1, args, first_index=1, program=program)
         workers = [spawn_worker(cluster, f"{a0},{a1}", WorkerSpec(r, 2), 10,
                                 cluster.run_dir / f"w{r}.json") for r in range(2)]
         if not torn:

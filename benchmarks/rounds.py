@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from benchmarks.measure import busy_seconds
-from paramserver.runtime import tune_process
+from paramserver.process_tuning import tune_process
 
 # Five warm-up rounds: page faults in both processes (fresh 1 MiB message buffers until
 # malloc's thresholds settle) only stop after 3-5 rounds, and one round left the ceiling

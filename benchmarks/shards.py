@@ -23,7 +23,7 @@ from benchmarks import harness
 from benchmarks.blob import Blob
 from benchmarks.measure import stat
 from paramserver.cli.local_cluster import LocalCluster
-from paramserver.runtime import tune_process
+from paramserver.process_tuning import tune_process
 from workers import ParameterClient
 
 SHARDS = [1, 2, 4]

@@ -5,18 +5,24 @@
   apply them twice).
 - `crash_on_save(k)`: a checkpoint hook that, on the k-th save, writes half of the temp
   file, flushes it and SIGKILLs its own process, as a power cut or an OOM kill would.
+- `python -m tests.server_faults ... serve ARGS` (`faulty_server()` builds the command): a
+  server process with these hooks, for tests that need a real process to die.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 import grpc
 
+from paramserver.cli import serve as serve_command
+from paramserver.server.app import ServerHooks
 from paramserver.server.checkpoint import BeforeWrite
 
 PUSH_METHOD = "/paramserver.v1.ParameterServer/Push"
@@ -70,3 +76,36 @@ def crash_on_save(k: int) -> BeforeWrite:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return before_write
+
+
+def faulty_server(*, drop_replies: Iterable[int] = (), crash_in_checkpoint: int = 0,
+                  ) -> tuple[str, ...]:
+    """A command that runs `serve ARGS` (append them) with these faults injected; pass it
+    as `LocalCluster.start_servers(..., program=...)`."""
+    command = [sys.executable, "-m", "tests.server_faults"]
+    if drop_replies:
+        command += ["--drop-replies", ",".join(str(n) for n in drop_replies)]
+    if crash_in_checkpoint:
+        command += ["--crash-in-checkpoint", str(crash_in_checkpoint)]
+    return tuple(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.server_faults [--drop-replies N,M] [--crash-in-checkpoint K] serve
+    ARGS`: the `paramserver serve` command with fault hooks."""
+    faults = argparse.ArgumentParser(prog="python -m tests.server_faults")
+    faults.add_argument("--drop-replies", default="")
+    faults.add_argument("--crash-in-checkpoint", type=int, default=0)
+    known, rest = faults.parse_known_args(argv)
+    parser = argparse.ArgumentParser(prog="paramserver")
+    serve_command.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(rest)
+    hooks = ServerHooks(
+        interceptors=[DropReplies(int(n) for n in known.drop_replies.split(",") if n)],
+        before_checkpoint_write=(crash_on_save(known.crash_in_checkpoint)
+                                 if known.crash_in_checkpoint else None))
+    return serve_command.run(args, hooks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

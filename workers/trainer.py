@@ -35,7 +35,6 @@ class TrainConfig:
     ef_momentum: float = 0.0  # momentum correction for biased codecs (server momentum 0)
     timeout_s: float = 60.0
     retry_s: float = 60.0  # how long to retry an unreachable server before failing
-    step_delay_s: float = 0.0  # sleep per step: a deliberate straggler (fault tests)
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,13 @@ class TrainReport:
 
 # Called after each epoch with (epoch, mean training loss, test accuracy).
 EpochCallback = Callable[[int, float, float], None]
+# Called with the step's index (from 0) after its backward pass, before its push: a test
+# makes a straggler by sleeping here (tests/straggler_worker.py).
+StepHook = Callable[[int], None]
 
 
-def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainReport:
+def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
+          before_push: StepHook | None = None) -> TrainReport:
     """Train the digits MLP with the server holding the parameters and the optimizer."""
     torch.set_num_threads(1)  # workers share the cores with the server and each other
     data = load_digits_dataset()
@@ -86,8 +89,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
                 model.zero_grad(set_to_none=True)
                 out = loss_fn(model(data.x_train[batch]), data.y_train[batch])
                 out.backward()
-                if config.step_delay_s:
-                    time.sleep(config.step_delay_s)
+                if before_push is not None:
+                    before_push(steps_done)
                 client.step(num_samples=len(batch))
                 losses.append(float(out))
                 steps_done += 1

@@ -24,7 +24,7 @@ def _prepare() -> None:
     import torch
 
     import benchmarks.suite.ours  # noqa: F401 - imports torch, grpc and the client once
-    from paramserver.runtime import tune_process
+    from paramserver.process_tuning import tune_process
 
     torch.set_num_threads(1)
     tune_process()

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from paramserver.cli.common import add_logging, parse_codecs, setup_logging, write_json
+from paramserver.cli.options import add_logging, parse_codecs, setup_logging, write_json
 from paramserver.types import CodecSpec
+
+if TYPE_CHECKING:
+    from workers.federated import LocalTraining
 
 
 def add_client_training(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from paramserver.federated.session import run_client
+    from workers.federation import run_client
 
     setup_logging(args.log_level)
     report = run_client(args.servers, args.index, args.clients, args.rounds,
@@ -62,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def training_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def training_from_args(args: argparse.Namespace) -> LocalTraining:
+    """The local-training options as the client's record (FedProx's mu from the strategy
+    unless --prox-mu is given)."""
     from paramserver.federated import strategies
     from workers.federated import LocalTraining
 

@@ -17,9 +17,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-CLI = [sys.executable, "-m", "paramserver.cli.main"]
+CLI = (sys.executable, "-m", "paramserver.cli.main")
 R = TypeVar("R")
 
 
@@ -48,38 +48,40 @@ class LocalCluster:
     run_dir: Path
     processes: list[ManagedProcess] = field(default_factory=list)
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
-    def spawn(self, name: str, args: Sequence[str],
-              env: dict[str, str] | None = None) -> ManagedProcess:
-        """Start `paramserver ARGS` with its output in RUN_DIR/NAME.log; `env` adds to ours."""
+    def spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None,
+              program: Sequence[str] = CLI) -> ManagedProcess:
+        """Start `PROGRAM ARGS` (by default `paramserver ARGS`) with its output in
+        RUN_DIR/NAME.log; `env` adds to ours."""
         log_path = self.run_dir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen([*program, *args], stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env)
         managed = ManagedProcess(name, process, log_path)
         self.processes.append(managed)
         return managed
 
     def start_servers(self, count: int, server_args: Sequence[str], timeout_s: float = 60.0,
-                      first_index: int = 0, env: dict[str, str] | None = None,
+                      first_index: int = 0, program: Sequence[str] = CLI,
                       ) -> list[tuple[ManagedProcess, str]]:
         """Start `count` servers at once on free ports; return them with their addresses
         (in shard order) once all are bound. Names run from server-{first_index}; the text
-        '{index}' in an argument becomes the server's index (a checkpoint dir per shard)."""
+        '{index}' in an argument becomes the server's index (a checkpoint dir per shard).
+        `program` runs `serve ARGS` (tests pass one that injects faults)."""
         started = []
         for index in range(first_index, first_index + count):
             port_file = self.run_dir / f"server-{index}.port"
             port_file.unlink(missing_ok=True)
             managed = self.spawn(f"server-{index}", [
                 "serve", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-                *(arg.replace("{index}", str(index)) for arg in server_args)], env=env)
+                *(arg.replace("{index}", str(index)) for arg in server_args)], program=program)
             started.append((managed, port_file))
         deadline = time.monotonic() + timeout_s
         for managed, port_file in started:

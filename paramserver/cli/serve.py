@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from paramserver.cli.common import add_logging, add_server, server_config_fields, setup_logging
-from paramserver.codecs import CodecLimits, codec_names
-from paramserver.optimizer import OptimizerConfig
-from paramserver.server.app import serve
-from paramserver.server.config import ServerConfig
-from paramserver.types import Aggregation, Mode
+from paramserver.cli.options import add_logging, setup_logging
+from paramserver.cli.server_options import add_server_options, config_from_args
+from paramserver.server.app import ServerHooks, serve
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,37 +17,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once serving (for --port 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="sync mode: number of workers that form the job (1)")
-    parser.add_argument("--codecs", default=",".join(codec_names()),
-                        help=f"allowed codecs, comma-separated (default: all known: "
-                             f"{', '.join(codec_names())})")
-    parser.add_argument("--min-ratio", type=float, default=0.001,
-                        help="smallest top-k/random-k ratio accepted; smaller offers are "
-                             "raised to it (0.001)")
-    parser.add_argument("--min-bits", type=int, default=2,
-                        help="fewest quantisation bits accepted; fewer are raised to it (2)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds to drain in-flight calls on shutdown (5)")
-    add_server(parser)
+    add_server_options(parser)
     add_logging(parser)
     parser.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(
-        mode=Mode(args.mode),
-        expected_workers=args.workers,
-        aggregation=Aggregation(args.aggregate),
-        optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, momentum=args.momentum,
-                                  weight_decay=args.weight_decay),
-        codecs=CodecLimits(allowed=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
-                           min_ratio=args.min_ratio, min_bits=args.min_bits),
-        **server_config_fields(args),
-    )
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hooks: ServerHooks | None = None) -> int:
+    """Serve with the parsed options; `hooks` inject faults (tests only)."""
     setup_logging(args.log_level)
-    serve(config_from_args(args), args.host, args.port, args.port_file, args.grace)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"serve: {error}")
+        return 2
+    serve(config, args.host, args.port, args.port_file, args.grace, hooks)
     return 0

@@ -36,15 +36,15 @@ def format_status(address: str, status: ServerStatus) -> str:
     """A table of one shard: its tensors and slices, bytes, version, connected workers."""
     plan = status.plan
     shard = f"shard {status.shard_index} of {plan.num_shards}" if plan else "no model"
-    lines = [f"== {address}  {shard}  version {status.version}  mode {status.mode.value}  "
-             f"expected workers {status.expected_workers}  pending pushes "
-             f"{status.pending_pushes}",
+    lines = [(f"== {address}  {shard}  version {status.version}  mode {status.mode.value}  "
+              f"expected workers {status.expected_workers}  pending pushes "
+              f"{status.pending_pushes}"),
              f"   optimizer {status.optimizer}"]
     if status.layout is not None:
         lines.append(f"   {'tensor (or slice)':<40} {'shape':<16} {'dtype':<10} {'bytes':>12}")
         for spec in status.layout.tensors:
             dtype = str(spec.dtype).removeprefix("torch.")
-            lines.append(f"   {spec.name:<40} {str(list(spec.shape)):<16} {dtype:<10} "
+            lines.append(f"   {spec.name:<40} {list(spec.shape)!s:<16} {dtype:<10} "
                          f"{spec.nbytes:>12}")
         lines.append(f"   {'total':<68} {status.layout.nbytes:>12}")
     lines.append(f"   connected: {len(status.workers)}")

@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from paramserver.cli.common import add_logging, add_training, setup_logging, write_json
+from paramserver.cli.options import (
+    add_logging,
+    add_training,
+    setup_logging,
+    train_config,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from workers.trainer import StepHook
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,29 +33,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call deadline, s")
     parser.add_argument("--retry", type=float, default=60.0,
                         help="seconds to keep retrying an unreachable server (60)")
-    parser.add_argument("--step-delay", type=float, default=0.0,
-                        help="sleep this long every step: a deliberate straggler (0)")
     parser.add_argument("--report", type=Path, help="write a JSON summary here")
     add_training(parser)
     add_logging(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from paramserver.runtime import tune_process
-    from workers.trainer import TrainConfig, train
+def run(args: argparse.Namespace, before_push: StepHook | None = None) -> int:
+    """Train; `before_push` is the trainer's hook (tests make a straggler with it)."""
+    from paramserver.process_tuning import tune_process
+    from workers.trainer import train
 
     setup_logging(args.log_level)
     tune_process()
-    config = TrainConfig(
-        servers=args.servers, worker_id=args.worker_id or f"worker-{args.rank}", rank=args.rank,
-        num_workers=args.num_workers, epochs=args.epochs, batch_size=args.batch_size,
-        data=args.data, seed=args.seed, codecs=args.codec, pull_codecs=args.pull_codec,
-        error_feedback=not args.no_error_feedback, ef_momentum=args.ef_momentum,
-        timeout_s=args.timeout, retry_s=args.retry, step_delay_s=args.step_delay)
+    config = train_config(args, args.servers, args.worker_id or f"worker-{args.rank}",
+                          args.rank, args.num_workers, timeout_s=args.timeout,
+                          retry_s=args.retry)
     report = train(config, on_epoch=lambda e, loss, acc: print(
         f"[{config.worker_id}] epoch {e}/{config.epochs} loss {loss:.4f} "
-        f"test accuracy {acc:.4f}", flush=True))
+        f"test accuracy {acc:.4f}", flush=True), before_push=before_push)
     summary = {**dataclasses.asdict(report), "servers": len(args.servers.split(",")),
                "workers": args.num_workers}
     write_json(args.report, summary)

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paramserver import serde
-from paramserver.runtime import tune_process
+from paramserver.process_tuning import tune_process
 from paramserver.server.checkpoint import BeforeWrite
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,20 +14,49 @@ from pathlib import Path
 import pytest
 
 from paramserver.cli.local_cluster import CLI
+from paramserver.cli.main import main
 
 REPORT_KEYS = {"accuracy", "steps", "wall_s", "bytes_pushed", "bytes_pulled", "mode", "codec",
                "servers", "workers", "shard_bytes"}
 
 
 def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([*CLI, *args], check=False, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("command", ["serve", "worker", "launch", "status", "federated",
-                                     "client", "bench"])
-def test_every_command_has_help(command: str) -> None:
-    result = _run([command, "--help"], timeout=60)
+COMMANDS = ["serve", "worker", "launch", "status", "federated", "client", "bench"]
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """`paramserver ARGV --help`, in this process: its exit code must be 0."""
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert f"usage: paramserver {command}" in _help(capsys, command)
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _help(capsys)
+    assert "usage: paramserver" in out and all(command in out for command in COMMANDS)
+
+
+def test_federated_help_lists_no_flag_it_ignores(capsys: pytest.CaptureFixture[str]) -> None:
+    # The strategy decides the server optimizer and aggregation; rounds have no SSP/async bound.
+    flags = set(re.findall(r"--[a-z0-9-]+", _help(capsys, "federated")))
+    ignored = {"--lr", "--momentum", "--optimizer", "--aggregate", "--beta1", "--beta2",
+               "--eps", "--sync-quorum", "--staleness", "--max-staleness", "--workers"}
+    assert not flags & ignored, flags & ignored
+    assert {"--strategy", "--fraction", "--round-timeout", "--mode"} <= flags
+
+
+def test_the_module_runs_as_the_command() -> None:
+    result = _run(["--help"], timeout=60)
     assert result.returncode == 0 and "usage: paramserver" in result.stdout
 
 
@@ -79,5 +109,6 @@ def test_worker_without_a_server_fails_with_a_clear_message() -> None:
         "try:\n"
         "    ParameterClient('127.0.0.1:9', 'w', connect_timeout_s=0.5)\n"
         "except Exception as e:\n"
-        "    print(type(e).__name__, e)\n")], capture_output=True, text=True, timeout=60)
+        "    print(type(e).__name__, e)\n")], check=False, capture_output=True, text=True,
+        timeout=60)
     assert "not reachable" in result.stdout, result.stdout + result.stderr

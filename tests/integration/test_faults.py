@@ -1,8 +1,9 @@
 """Faults injected on real server and worker processes: SIGKILL (crash), SIGSTOP/SIGCONT
 (freeze), SIGTERM (preemption), a slow worker, a shard killed mid-training or mid-checkpoint.
 
-Every wait is bounded (`paramserver.chaos.wait_for` raises Hang), every process is ours and
-ended by pid when the cluster closes.
+Every wait is bounded (`paramserver.polling.wait_for` raises WaitTimeout, a hang), every
+process is ours and ended by pid when the cluster closes. The slow worker is the normal
+worker run through `tests.straggler_worker` (a sleep injected before each push).
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from paramserver.chaos import (
+from paramserver.cli.local_cluster import CLI, LocalCluster
+from paramserver.polling import wait_for
+from paramserver.server.checkpoint import CheckpointStore, read_checkpoint
+from paramserver.server.store import state_digest
+from tests.chaos import (
     WorkerSpec,
     hit_worker,
     restart_server,
     signal_process,
     spawn_worker,
-    status,
     version_of,
     wait_exit,
-    wait_for,
 )
-from paramserver.cli.local_cluster import LocalCluster
-from paramserver.server.checkpoint import CheckpointStore, read_checkpoint, state_digest
+from tests.server_faults import faulty_server
+from workers.probes import probe_status as status
 from workers.trainer import evaluate_server_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -60,8 +63,6 @@ def _report(path: Path) -> dict:  # type: ignore[type-arg]
     return json.loads(path.read_text())
 
 
-
-
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP])
 def test_sync_step_closes_without_a_dead_or_frozen_worker(cluster: LocalCluster,
                                                           fault: signal.Signals) -> None:
@@ -87,7 +88,7 @@ def test_sync_step_closes_without_a_dead_or_frozen_worker(cluster: LocalCluster,
 def test_sync_quorum_closes_steps_without_the_straggler(cluster: LocalCluster) -> None:
     [(_, address)] = cluster.start_servers(1, _server_args(3, "--sync-quorum", "2"))
     reports = [cluster.run_dir / f"w{r}.json" for r in range(3)]
-    slow = WorkerSpec(2, 3, ("--step-delay", "0.5"))
+    slow = WorkerSpec(2, 3, step_delay_s=0.5)
     workers = [spawn_worker(cluster, address, WorkerSpec(r, 3), 4, reports[r])
                for r in range(2)] + [spawn_worker(cluster, address, slow, 4, reports[2])]
     for worker in workers[:2]:
@@ -106,10 +107,10 @@ def test_shard_restart_resumes_from_its_checkpoint(cluster: LocalCluster, how: s
     every = 5
     args = _server_args(2, "--checkpoint-dir", str(cluster.run_dir / "ckpt-{index}"),
                         "--checkpoint-every", str(every))
-    [(s0, a0)] = cluster.start_servers(1, args)
+    [(_, a0)] = cluster.start_servers(1, args)
     # Shard 1 (torn case): dies by SIGKILL in the middle of writing its 4th checkpoint.
-    crash = {"PARAMSERVER_TEST_CRASH_IN_CHECKPOINT": "4"} if how == "torn_checkpoint" else None
-    [(s1, a1)] = cluster.start_servers(1, args, first_index=1, env=crash)
+    program = faulty_server(crash_in_checkpoint=4) if how == "torn_checkpoint" else CLI
+    [(s1, a1)] = cluster.start_servers(1, args, first_index=1, program=program)
     servers = f"{a0},{a1}"
     reports = [cluster.run_dir / f"w{r}.json" for r in range(2)]
     workers = [spawn_worker(cluster, servers, WorkerSpec(r, 2), 10, reports[r])
@@ -159,7 +160,7 @@ def test_ssp_bounds_the_lead_and_a_late_joiner_converges(cluster: LocalCluster) 
                                                            "2", "--lr", "0.05"))
     reports = [cluster.run_dir / f"w{r}.json" for r in range(3)]
     workers = [spawn_worker(cluster, address, WorkerSpec(0, 2), 8, reports[0]),
-               spawn_worker(cluster, address, WorkerSpec(1, 2, ("--step-delay", "0.02")), 8,
+               spawn_worker(cluster, address, WorkerSpec(1, 2, step_delay_s=0.02), 8,
                             reports[1])]
     wait_for("training under way", lambda: version_of(address) >= 40, 90)
     late = WorkerSpec(2, 3, ("--data", "replicate"))

@@ -9,46 +9,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from paramserver.cli.local_cluster import ClusterError, LocalCluster, ManagedProcess
-from paramserver.types import ServerStatus
-from workers.connection import ServerConnection
+from paramserver.cli.local_cluster import LocalCluster, ManagedProcess
+from paramserver.polling import WaitTimeout, wait_for
+from workers.probes import probe_status
 
-T = TypeVar("T")
-
-
-class Hang(ClusterError):
-    """Something that must happen within a bound did not: counted as a hang."""
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float,
-             period_s: float = 0.05) -> T:
-    """Poll `probe` until it returns something truthy, and return that; Hang otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise Hang(f"{what}: not within {timeout_s:.1f}s")
-        time.sleep(period_s)
-
-
-def status(address: str, include_state_hash: bool = False,
-           timeout_s: float = 5.0) -> ServerStatus | None:
-    """The server's status, or None when it does not answer."""
-    connection = ServerConnection(address, timeout_s, retry_s=0.0)
-    try:
-        return connection.status(include_state_hash)
-    except Exception:  # noqa: BLE001 - a dead or starting server: the caller polls again
-        return None
-    finally:
-        connection.close()
+REPO = Path(__file__).resolve().parents[1]
+# A fault run that waited past its bound counts as a hang.
+Hang = WaitTimeout
 
 
 def signal_process(managed: ManagedProcess, signum: signal.Signals) -> None:
@@ -62,27 +35,34 @@ class WorkerSpec:
     rank: int
     num_workers: int
     extra: Sequence[str] = ()
+    step_delay_s: float = 0.0  # > 0: a straggler that sleeps this long before every push
 
 
 def spawn_worker(cluster: LocalCluster, servers: str, spec: WorkerSpec, epochs: int,
                  report: Path, name: str | None = None) -> ManagedProcess:
-    """A `paramserver worker` process with short deadlines, suited to fault runs."""
-    return cluster.spawn(name or f"worker-{spec.rank}", [
-        "worker", "--servers", servers, "--rank", str(spec.rank), "--num-workers",
-        str(spec.num_workers), "--worker-id", f"worker-{spec.rank}", "--epochs", str(epochs),
-        "--report", str(report), "--log-level", "INFO", "--timeout", "20", *spec.extra])
+    """A `paramserver worker` process with short deadlines, suited to fault runs; a spec
+    with a step delay runs the same worker through `tests.straggler_worker`."""
+    args = ["--servers", servers, "--rank", str(spec.rank), "--num-workers",
+            str(spec.num_workers), "--worker-id", f"worker-{spec.rank}", "--epochs", str(epochs),
+            "--report", str(report), "--log-level", "INFO", "--timeout", "20", *spec.extra]
+    name = name or f"worker-{spec.rank}"
+    if not spec.step_delay_s:
+        return cluster.spawn(name, ["worker", *args])
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return cluster.spawn(name, ["--step-delay", str(spec.step_delay_s), *args],
+                         env={"PYTHONPATH": path},
+                         program=[sys.executable, "-m", "tests.straggler_worker"])
 
 
 def restart_server(cluster: LocalCluster, old: ManagedProcess, port: int,
-                   server_args: Sequence[str], timeout_s: float = 60.0,
-                   env: dict[str, str] | None = None) -> ManagedProcess:
+                   server_args: Sequence[str], timeout_s: float = 60.0) -> ManagedProcess:
     """Start a server again with the same arguments on the same port."""
     managed = cluster.spawn(f"{old.name}-restarted", [
-        "serve", "--host", "127.0.0.1", "--port", str(port), *server_args], env=env)
+        "serve", "--host", "127.0.0.1", "--port", str(port), *server_args])
 
     def serving() -> bool:
         cluster.check_failed([managed])  # raises with its log if it died on the way up
-        return status(f"127.0.0.1:{port}") is not None
+        return probe_status(f"127.0.0.1:{port}") is not None
 
     wait_for(f"{managed.name} serving", serving, timeout_s)
     return managed
@@ -99,7 +79,7 @@ def wait_exit(managed: ManagedProcess, timeout_s: float) -> int:
 
 def version_of(address: str) -> int:
     """The server's version, or -1 while it does not answer."""
-    current = status(address)
+    current = probe_status(address)
     return -1 if current is None else current.version
 
 
@@ -117,13 +97,13 @@ def hit_worker(address: str, victim: ManagedProcess, victim_id: str, fault: sign
     """Wait until the job passed `start_version`, hit `victim`, and time the server's answer:
     the victim's eviction, then the next step closing without it."""
     wait_for("training under way", lambda: version_of(address) >= start_version, timeout_s)
-    earlier = set(wait_for("status", lambda: status(address), 10).evicted)
+    earlier = set(wait_for("status", lambda: probe_status(address), 10).evicted)
     signal_process(victim, fault)
     hit = time.monotonic()
     before = version_of(address)
 
     def victim_evicted() -> tuple[str, ...]:
-        current = status(address)
+        current = probe_status(address)
         new = [e for e in (current.evicted if current else ()) if e not in earlier]
         return tuple(new) if any(e.startswith(victim_id + "@") for e in new) else ()
 

@@ -1,14 +1,20 @@
-"""Running a federated client, and evaluating the global model round by round."""
+"""The built-in federated client behind `paramserver client` and `federated`, on digits:
+one client on its partition of the data, and an observer that scores the global model
+round by round."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from paramserver.errors import DeadlineExceeded
+from paramserver.polling import wait_for
 from paramserver.types import CodecSpec, Role
-from workers import ParameterClient, attach
+from workers.attach import attach
 from workers.data import client_shard, load_digits_dataset
 from workers.federated import ClientReport, FederatedClient, LocalTraining
 from workers.models import accuracy, digits_mlp
+from workers.parameter_client import ParameterClient
+from workers.probes import probe_status
 
 
 def run_client(servers: str, index: int, clients: int, rounds: int, training: LocalTraining,
@@ -26,9 +32,6 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
                   alive: Callable[[], bool], poll_s: float = 2.0) -> list[float]:
     """Test accuracy of the global model after each round (an observer pulls every version),
     until `rounds`; raises RuntimeError if `alive()` turns false before (no client left)."""
-    from paramserver.chaos import status, wait_for
-    from paramserver.errors import DeadlineExceeded
-
     data = load_digits_dataset()
     model = digits_mlp()
     accuracies: list[float] = []
@@ -36,7 +39,7 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
     def registered() -> bool:
         if not alive():
             raise RuntimeError("every client exited before the model was registered")
-        current = status(servers)
+        current = probe_status(servers)
         return current is not None and current.layout is not None
 
     wait_for("the first client registering the model", registered, timeout_s=300,

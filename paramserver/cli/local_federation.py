@@ -1,0 +1,168 @@
+"""Run a local federation on digits: one server process running the rounds, N clients (as
+processes, or as threads of this process to simulate many), an observer scoring the global
+model after each round, and a report. The library behind `paramserver federated`.
+
+It lives in `cli/`, the composition root, because it wires both sides: it starts the server
+from a `ServerConfig` and the clients from `workers.federation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paramserver.cli.local_cluster import LocalCluster, ManagedProcess
+from paramserver.cli.server_options import serve_args
+from paramserver.server.config import ServerConfig
+from paramserver.types import CodecSpec, Mode
+from workers.federated import LocalTraining
+from workers.federation import follow_rounds, run_client
+from workers.probes import probe_status
+
+
+@dataclass(frozen=True)
+class LocalFederation:
+    """What to run: the server's config (its mode federated or fedbuff) and the clients'."""
+
+    server: ServerConfig
+    training: LocalTraining
+    clients: int = 10
+    rounds: int = 30
+    partition: str = "iid"  # iid, dirichlet:ALPHA or quantity:ALPHA
+    codecs: tuple[CodecSpec, ...] = (CodecSpec("none"),)
+    seed: int = 0  # partition and shuffling
+    strategy: str = "fedavg"  # recorded in the report; the server config already applies it
+    simulate: bool = False  # clients as threads of this process
+    log_level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if self.server.mode not in (Mode.FEDERATED, Mode.FEDBUFF):
+            raise ValueError("--mode must be federated or fedbuff")
+
+
+@dataclass(frozen=True)
+class FederationReport:
+    """A finished federation (the --report JSON)."""
+
+    round_accuracy: list[float]  # the global model's test accuracy after each round
+    rounds: int
+    wall_s: float
+    bytes_pushed: int
+    bytes_pulled: int
+    dropouts: list[str]  # client@round
+    skipped_rounds: list[int]
+    clients: int
+    strategy: str
+    partition: str
+    mode: str
+    fraction: float
+    local_epochs: int
+    codec: str
+    weighting: str
+    client_examples: list[int] = field(default_factory=list)
+
+
+def run_local_federation(job: LocalFederation, run_dir: Path,
+                         on_round: Callable[[int, float], None]) -> FederationReport:
+    """Start the server and the clients, follow the rounds, stop everything.
+
+    `on_round(round, accuracy)` sees each round's accuracy as it closes. Raises
+    ClusterError if a process fails, RuntimeError if no client is left before the end.
+    """
+    started = time.perf_counter()
+    with LocalCluster(run_dir) as cluster:
+        [(server, address)] = cluster.start_servers(1, [*serve_args(job.server),
+                                                        "--log-level", job.log_level])
+        clients: _Clients = (_ThreadClients(job, address) if job.simulate
+                             else _ProcessClients(job, address, cluster))
+        accuracies = follow_rounds(address, job.rounds, on_round, clients.alive)
+        final = probe_status(address)
+        reports = clients.finish()
+        cluster.stop(server)
+    return FederationReport(
+        round_accuracy=accuracies, rounds=len(accuracies), wall_s=time.perf_counter() - started,
+        bytes_pushed=sum(r["bytes_pushed"] for r in reports),
+        bytes_pulled=sum(r["bytes_pulled"] for r in reports),
+        dropouts=list(final.dropouts) if final else [],
+        skipped_rounds=list(final.skipped_rounds) if final else [],
+        clients=job.clients, strategy=job.strategy, partition=job.partition,
+        mode=job.server.mode.value, fraction=job.server.federated.fraction,
+        local_epochs=job.training.epochs, codec=" ".join(str(c) for c in job.codecs),
+        weighting=job.training.weighting,
+        client_examples=sorted(r["examples"] for r in reports))
+
+
+class _Clients:
+    """A running group of clients: are any still alive, and their reports once done."""
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def finish(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class _ThreadClients(_Clients):
+    def __init__(self, job: LocalFederation, address: str) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._client, args=(job, address, i),
+                                         daemon=True) for i in range(job.clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self, job: LocalFederation, address: str, index: int) -> None:
+        try:
+            report = run_client(address, index, job.clients, job.rounds, job.training,
+                                job.partition, job.codecs, job.seed)
+            self.reports.append(dataclasses.asdict(report))
+        except BaseException as error:  # noqa: BLE001 - finish() raises it
+            self.errors.append(error)
+
+    def alive(self) -> bool:
+        return any(thread.is_alive() for thread in self.threads)
+
+    def finish(self) -> list[dict[str, Any]]:
+        for thread in self.threads:
+            thread.join(60)
+        if self.errors:
+            raise RuntimeError(f"a simulated client failed: {self.errors[0]!r}")
+        return self.reports
+
+
+class _ProcessClients(_Clients):
+    def __init__(self, job: LocalFederation, address: str, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.paths = [cluster.run_dir / f"client-{i}.json" for i in range(job.clients)]
+        self.procs: Sequence[ManagedProcess] = [
+            cluster.spawn(f"client-{i}", _client_args(job, i, address, self.paths[i]))
+            for i in range(job.clients)]
+
+    def alive(self) -> bool:
+        return any(p.process.poll() is None for p in self.procs)
+
+    def finish(self) -> list[dict[str, Any]]:
+        for managed in self.procs:
+            managed.process.wait(60)
+        self.cluster.check_failed(self.procs)
+        return [json.loads(p.read_text()) for p in self.paths if p.exists()]
+
+
+def _client_args(job: LocalFederation, index: int, address: str, report: Path) -> list[str]:
+    """`paramserver client` arguments for client `index` of `job`."""
+    t = job.training
+    return ["client", "--servers", address, "--index", str(index), "--clients",
+            str(job.clients), "--rounds", str(job.rounds), "--report", str(report),
+            "--local-epochs", str(t.epochs), "--batch-size", str(t.batch_size),
+            "--client-lr", str(t.lr), "--client-momentum", str(t.momentum),
+            "--prox-mu", str(t.prox_mu), "--weighting", t.weighting,
+            "--resample-to", str(t.resample_to), "--dropout", str(t.dropout),
+            "--partition", job.partition, "--strategy", job.strategy,
+            "--codec", " ".join(str(c) for c in job.codecs), "--seed", str(job.seed),
+            "--log-level", job.log_level]

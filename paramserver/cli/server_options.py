@@ -1,0 +1,211 @@
+"""The server's command-line options, one row per `ServerConfig` field: the single source
+from which `serve`, `launch` and `federated` add their flags, build a `ServerConfig`, and
+turn a config back into `serve` arguments for the server processes they start.
+
+Defaults come from the config dataclasses (a row overrides one only where the command line
+deliberately differs); choices come from the enums and registries that define them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paramserver.codecs import codec_names
+from paramserver.optimizer import OPTIMIZERS
+from paramserver.server.config import AsyncLearningRate, ServerConfig
+from paramserver.types import Aggregation, Mode
+
+_FROM_CONFIG: Any = object()  # sentinel: the default is the config's own
+DEFAULTS = ServerConfig()
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """argparse type of a comma-separated list of names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+@dataclass(frozen=True)
+class ServerOption:
+    """One flag: where its value goes in ServerConfig ("lease_s", "optimizer.lr") and how
+    it is parsed, shown and written back."""
+
+    flag: str
+    field: str  # dotted path into ServerConfig
+    group: str  # the --help section
+    help: str
+    type: Callable[[str], Any] | None = None  # default: the type of the default value
+    choices: tuple[str, ...] | None = None
+    default: Any = _FROM_CONFIG
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def config_default(self) -> Any:
+        value: Any = DEFAULTS
+        for part in self.field.split("."):
+            value = getattr(value, part)
+        return value
+
+    def cli_default(self) -> Any:
+        """The default as argparse holds it (an enum as its value)."""
+        value = self.config_default() if self.default is _FROM_CONFIG else self.default
+        return value.value if isinstance(value, enum.Enum) else value
+
+    def to_config(self, value: Any) -> Any:
+        """The parsed value as the config field holds it (an enum from its value)."""
+        current = self.config_default()
+        return type(current)(value) if isinstance(current, enum.Enum) else value
+
+    def to_text(self, value: Any) -> str:
+        if isinstance(value, enum.Enum):
+            return str(value.value)
+        if isinstance(value, tuple):
+            return ",".join(value)
+        return str(value)
+
+    def add_to(self, group: argparse._ArgumentGroup) -> None:
+        default = self.cli_default()
+        kind = self.type or (type(default) if default is not None else str)
+        shown = self.to_text(default) if default is not None else "none"
+        group.add_argument(self.flag, dest=self.dest, type=kind, choices=self.choices,
+                           default=default, help=f"{self.help} (default: {shown})")
+
+
+SERVER = "server"
+FAULTS = "faults and consistency"
+FEDERATED = "federated rounds (--mode federated / fedbuff)"
+CODECS = "codec negotiation"
+
+OPTIONS: tuple[ServerOption, ...] = (
+    ServerOption("--workers", "expected_workers", SERVER,
+                 "sync mode: number of workers that form the job"),
+    ServerOption("--mode", "mode", SERVER,
+                 "sync: aggregate one push per live worker per step; async: apply each push "
+                 "as it arrives; ssp: async, but nobody runs more than --staleness steps "
+                 "ahead of the slowest; federated: rounds of sampled clients; fedbuff: "
+                 "buffered asynchronous federated", choices=tuple(m.value for m in Mode)),
+    ServerOption("--aggregate", "aggregation", SERVER,
+                 "sync: plain mean, or weighted by each push's sample count",
+                 choices=tuple(a.value for a in Aggregation)),
+    ServerOption("--optimizer", "optimizer.name", SERVER, "server optimizer",
+                 choices=OPTIMIZERS),
+    ServerOption("--lr", "optimizer.lr", SERVER, "learning rate"),
+    ServerOption("--momentum", "optimizer.momentum", SERVER, "SGD momentum"),
+    ServerOption("--weight-decay", "optimizer.weight_decay", SERVER,
+                 "weight decay of the server optimizer"),
+    ServerOption("--beta1", "optimizer.beta1", SERVER, "Adam beta1"),
+    ServerOption("--beta2", "optimizer.beta2", SERVER, "Adam beta2"),
+    ServerOption("--eps", "optimizer.eps", SERVER, "Adam epsilon"),
+    ServerOption("--lease-timeout", "lease_s", FAULTS,
+                 "seconds without a heartbeat before a worker is evicted; 0 never evicts"),
+    ServerOption("--sync-quorum", "sync_quorum", FAULTS,
+                 "sync: apply a step once this many workers pushed (backup workers); late "
+                 "pushes are ABORTED (0: wait for every live worker)"),
+    ServerOption("--staleness", "staleness", FAULTS,
+                 "ssp: how many steps a worker may run ahead of the slowest", default=2),
+    ServerOption("--async-lr", "async_lr", SERVER,
+                 "async: the learning rate of each push: workers = lr / live workers (one "
+                 "sync step's rate), staleness = lr / staleness, constant = lr",
+                 choices=tuple(r.value for r in AsyncLearningRate)),
+    ServerOption("--max-staleness", "max_staleness", FAULTS,
+                 "async: refuse (ABORTED) gradients computed on parameters more than this "
+                 "many updates old; none: no bound", type=int),
+    ServerOption("--checkpoint-dir", "checkpoint_dir", FAULTS,
+                 "checkpoint here, and resume from the newest valid checkpoint at start "
+                 "('{index}' is replaced by the shard's index in launch)", type=Path),
+    ServerOption("--checkpoint-every", "checkpoint_every", FAULTS,
+                 "steps between checkpoints; one is always written on SIGTERM"),
+    ServerOption("--reform-timeout", "reform_timeout_s", FAULTS,
+                 "after a restart from a checkpoint, a sync/SSP/federated job waits this many "
+                 "seconds for the workers it had before it steps again, then goes on with "
+                 "whoever is back"),
+    ServerOption("--fraction", "federated.fraction", FEDERATED,
+                 "share of the live clients sampled each round"),
+    ServerOption("--min-clients", "federated.min_clients", FEDERATED,
+                 "clients sampled at least, and reports a round needs"),
+    ServerOption("--round-timeout", "federated.round_timeout_s", FEDERATED,
+                 "seconds before a round closes with whoever reported"),
+    ServerOption("--min-completion-rate", "federated.min_completion_rate", FEDERATED,
+                 "share of the sampled clients that must report, or the round is skipped"),
+    ServerOption("--clip-norm", "federated.clip_norm", FEDERATED,
+                 "clip each client update to this L2 norm (0: off)"),
+    ServerOption("--reject-norm", "federated.reject_norm", FEDERATED,
+                 "refuse client updates above this L2 norm (0: off)"),
+    ServerOption("--buffer", "federated.buffer", FEDERATED,
+                 "fedbuff: apply once this many updates arrived"),
+    ServerOption("--sampling-seed", "federated.seed", FEDERATED, "client sampling seed"),
+    ServerOption("--codecs", "codecs.allowed", CODECS,
+                 f"allowed codecs, comma-separated (known: {', '.join(codec_names())})",
+                 type=_names),
+    ServerOption("--min-ratio", "codecs.min_ratio", CODECS,
+                 "smallest top-k/random-k ratio accepted; smaller offers are raised to it"),
+    ServerOption("--min-bits", "codecs.min_bits", CODECS,
+                 "fewest quantisation bits accepted; fewer are raised to it"),
+)
+BY_FLAG = {option.flag: option for option in OPTIONS}
+
+
+def select(*, without: Iterable[str] = (), groups: Iterable[str] | None = None,
+           ) -> tuple[ServerOption, ...]:
+    """The rows of `groups` (default: all), less the flags in `without`."""
+    skip, wanted = set(without), None if groups is None else set(groups)
+    unknown = skip - BY_FLAG.keys()
+    if unknown:
+        raise ValueError(f"unknown server options {sorted(unknown)}")
+    return tuple(o for o in OPTIONS
+                 if o.flag not in skip and (wanted is None or o.group in wanted))
+
+
+def add_server_options(parser: argparse.ArgumentParser,
+                       options: Sequence[ServerOption] = OPTIONS) -> None:
+    """Add `options` to `parser`, one argument group per section."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in options:
+        if option.group not in groups:
+            groups[option.group] = parser.add_argument_group(option.group)
+        option.add_to(groups[option.group])
+
+
+def config_from_args(args: argparse.Namespace, options: Sequence[ServerOption] = OPTIONS,
+                     **fields: Any) -> ServerConfig:
+    """A ServerConfig from parsed arguments: the value of each of `options` (the ones the
+    command offers), the command-line default of every other row, and then `fields`
+    (top-level ServerConfig fields the command decides itself) over them.
+
+    Raises ValueError (naming the flag) when the values are inconsistent."""
+    offered = {option.flag for option in options}
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for option in OPTIONS:
+        parsed = getattr(args, option.dest) if option.flag in offered else option.cli_default()
+        value = option.to_config(parsed)
+        head, _, rest = option.field.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, values in nested.items():
+        top[head] = dataclasses.replace(getattr(DEFAULTS, head), **values)
+    return ServerConfig(**{**top, **fields})
+
+
+def serve_args(config: ServerConfig) -> list[str]:
+    """`paramserver serve` arguments that rebuild `config` (chunk size and the long-poll
+    bound have no flag: they must be the defaults)."""
+    if (config.chunk_bytes, config.max_wait_s) != (DEFAULTS.chunk_bytes, DEFAULTS.max_wait_s):
+        raise ValueError("chunk_bytes and max_wait_s cannot be passed to `serve`")
+    out: list[str] = []
+    for option in OPTIONS:
+        value: Any = config
+        for part in option.field.split("."):
+            value = getattr(value, part)
+        if value is not None:
+            out += [option.flag, option.to_text(value)]
+    return out
