@@ -26,12 +26,4 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     assert not stale, f"stale generated code {stale}: run `make protos` and commit"
 
 
-def test_only_serde_imports_generated_messages() -> None:
-    """House rule: the core works on dataclasses; only serde touches *_pb2."""
-    offenders = []
-    for path in [*(REPO / "paramserver").rglob("*.py"), *(REPO / "workers").rglob("*.py")]:
-        if "proto" in path.parts or path.name == "serde.py":
-            continue
-        if "paramserver_pb2" in path.read_text():
-            offenders.append(str(path.relative_to(REPO)))
-    assert offenders == []
+# Who may import the generated code is checked on the AST in tests/unit/test_imports.py.

@@ -1,21 +1,10 @@
-"""The one module that converts between protobuf messages and our records.
-
-Paired `x_to_proto` / `x_from_proto` functions, and `RPCS`: per method, the four
-(de)serializers between wire bytes and our records that the servicer and the client plug
-into gRPC, so neither of them ever sees a protobuf class. Chunk messages of the streaming
-methods take the fast path in `paramserver.wire`.
-"""
+"""Records <-> protobuf messages: paired `x_to_proto` / `x_from_proto` functions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-from google.protobuf.message import DecodeError
 
-from paramserver import __version__, wire
+from paramserver import __version__
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.types import (
     CodecSpec,
@@ -23,14 +12,9 @@ from paramserver.types import (
     Mode,
     ModelLayout,
     PartitionPlan,
-    PullRequest,
     PushHeader,
     PushResult,
-    RegisterHeader,
-    Registration,
     Role,
-    RoundJoin,
-    RoundRequest,
     ServerStatus,
     Session,
     TensorSlice,
@@ -306,163 +290,3 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
     )
 
 
-# ---- streaming messages: header via protobuf, chunks via the wire fast path ---------------
-
-def _wrapper_decoder(
-    wrapper: type[Any], header_field: str, header_from: Callable[[Any], Any]
-) -> Callable[[bytes], Any]:
-    """A deserializer returning the decoded header record or a `wire.Chunk`."""
-    header_type = type(getattr(wrapper(), header_field))
-
-    def decode(message: bytes) -> Any:
-        try:
-            field, body = wire.split_wrapper(message)
-            if field == wire.CHUNK_FIELD and body is not None:
-                return wire.decode_chunk(body)
-            if field == 1 and body is not None:
-                return header_from(header_type.FromString(body.tobytes()))
-        except (wire.WireError, ValueError) as exc:
-            return MalformedMessage(f"cannot decode {wrapper.__name__}: {exc}")
-        return MalformedMessage(f"{wrapper.__name__} carries neither a header nor a chunk")
-
-    return decode
-
-
-class MalformedMessage:
-    """Returned by deserializers instead of raising, so handlers can answer INVALID_ARGUMENT.
-
-    (An exception inside a grpc deserializer surfaces as INTERNAL with no useful message.)
-    """
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def encode_register_header(header: RegisterHeader) -> bytes:
-    message = pb.RegisterHeader(session_id=header.session_id,
-                                layout=layout_to_proto(header.layout),
-                                values_follow=header.values_follow,
-                                plan=plan_to_proto(header.plan), shard_index=header.shard_index)
-    return pb.RegisterRequest(header=message).SerializeToString()
-
-
-def register_header_from_proto(msg: pb.RegisterHeader) -> RegisterHeader:
-    return RegisterHeader(msg.session_id, layout_from_proto(msg.layout), msg.values_follow,
-                          plan_from_proto(msg.plan), msg.shard_index)
-
-
-def encode_push_header(header: PushHeader) -> bytes:
-    return pb.PushRequest(header=push_header_to_proto(header)).SerializeToString()
-
-
-def encode_pull_header(version: int, tensors: tuple[TensorSpec, ...]) -> bytes:
-    header = pb.PullHeader(version=version, tensors=[spec_to_proto(t) for t in tensors])
-    return pb.PullResponse(header=header).SerializeToString()
-
-
-def pull_header_from_proto(msg: pb.PullHeader) -> tuple[int, tuple[TensorSpec, ...]]:
-    return msg.version, tuple(spec_from_proto(t) for t in msg.tensors)
-
-
-decode_register_request = _wrapper_decoder(pb.RegisterRequest, "header",
-                                           register_header_from_proto)
-decode_push_request = _wrapper_decoder(pb.PushRequest, "header", push_header_from_proto)
-decode_pull_response = _wrapper_decoder(pb.PullResponse, "header", pull_header_from_proto)
-
-
-def layout_to_bytes(layout: ModelLayout | None) -> bytes:
-    return layout_to_proto(layout).SerializeToString()
-
-
-def layout_from_bytes(data: bytes) -> ModelLayout | None:
-    return layout_from_proto(pb.ModelLayout.FromString(data))
-
-
-def plan_to_bytes(plan: PartitionPlan | None) -> bytes:
-    return plan_to_proto(plan).SerializeToString()
-
-
-def plan_from_bytes(data: bytes) -> PartitionPlan | None:
-    return plan_from_proto(pb.PartitionPlan.FromString(data))
-
-
-# ---- the methods: records <-> wire bytes, for the servicer and the client ----------------
-
-def _identity(message: bytes) -> bytes:
-    """Serializer for messages that are already encoded."""
-    return message
-
-
-@dataclass(frozen=True)
-class Rpc:
-    """One method's four (de)serializers. The server uses `request_from_bytes` and
-    `response_to_bytes`, the client the other two. A unary request that does not parse
-    becomes a `MalformedMessage` (answered INVALID_ARGUMENT), not an exception."""
-
-    request_to_bytes: Callable[[Any], bytes]
-    request_from_bytes: Callable[[bytes], Any]
-    response_to_bytes: Callable[[Any], bytes]
-    response_from_bytes: Callable[[bytes], Any]
-
-
-def _parsing(message_type: type[Any], from_proto: Callable[[Any], Any]
-             ) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return from_proto(message_type.FromString(data))
-        except (DecodeError, ValueError) as exc:
-            return MalformedMessage(f"cannot decode {message_type.__name__}: {exc}")
-    return parse
-
-
-def _serializing(to_proto: Callable[[Any], Any]) -> Callable[[Any], bytes]:
-    return lambda record: to_proto(record).SerializeToString()
-
-
-RPCS: dict[str, Rpc] = {
-    "Handshake": Rpc(
-        _serializing(handshake_request_to_proto),
-        _parsing(pb.HandshakeRequest, handshake_request_from_proto),
-        _serializing(session_to_proto),
-        _parsing(pb.HandshakeResponse, session_from_proto)),
-    "Register": Rpc(
-        _identity, decode_register_request,
-        _serializing(lambda r: pb.RegisterResponse(created=r.created, version=r.version,
-                                                   layout=layout_to_proto(r.layout))),
-        _parsing(pb.RegisterResponse, lambda m: Registration(
-            created=m.created, version=m.version,
-            layout=layout_from_proto(m.layout) or ModelLayout(())))),
-    "Push": Rpc(
-        _identity, decode_push_request,
-        _serializing(push_result_to_proto), _parsing(pb.PushResponse, push_result_from_proto)),
-    "Pull": Rpc(
-        _serializing(lambda r: pb.PullRequest(session_id=r.session_id,
-                                              min_version=r.min_version,
-                                              tensors=list(r.tensors))),
-        _parsing(pb.PullRequest, lambda m: PullRequest(
-            session_id=m.session_id, min_version=m.min_version, tensors=tuple(m.tensors))),
-        _identity, decode_pull_response),
-    "Status": Rpc(
-        _serializing(lambda include_hash: pb.StatusRequest(include_state_hash=include_hash)),
-        _parsing(pb.StatusRequest, lambda m: bool(m.include_state_hash)),
-        _serializing(status_to_proto), _parsing(pb.StatusResponse, status_from_proto)),
-    "Heartbeat": Rpc(
-        _serializing(lambda session_id: pb.HeartbeatRequest(session_id=session_id)),
-        _parsing(pb.HeartbeatRequest, lambda m: str(m.session_id)),
-        _serializing(lambda version: pb.HeartbeatResponse(version=version)),
-        _parsing(pb.HeartbeatResponse, lambda m: int(m.version))),
-    "JoinRound": Rpc(
-        _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round)),
-        _parsing(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
-                                                             round=m.round)),
-        _serializing(lambda j: pb.JoinRoundResponse(round=j.round, sampled=j.sampled,
-                                                    sampled_count=j.sampled_count)),
-        _parsing(pb.JoinRoundResponse, lambda m: RoundJoin(
-            round=m.round, sampled=m.sampled, sampled_count=m.sampled_count))),
-    "Leave": Rpc(
-        _serializing(lambda session_id: pb.LeaveRequest(session_id=session_id)),
-        _parsing(pb.LeaveRequest, lambda m: str(m.session_id)),
-        _serializing(lambda _: pb.LeaveResponse()),
-        _parsing(pb.LeaveResponse, lambda _: None)),
-}
-STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream"}

@@ -1,0 +1,117 @@
+"""Per method, the four (de)serializers between wire bytes and records that the servicer
+and the client plug into gRPC, so neither of them ever sees a protobuf class."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from paramserver.proto import paramserver_pb2 as pb
+from paramserver.serde.records import (
+    handshake_request_from_proto,
+    handshake_request_to_proto,
+    layout_from_proto,
+    layout_to_proto,
+    push_result_from_proto,
+    push_result_to_proto,
+    session_from_proto,
+    session_to_proto,
+    status_from_proto,
+    status_to_proto,
+)
+from paramserver.serde.streams import (
+    MalformedMessage,
+    decode_pull_response,
+    decode_push_request,
+    decode_register_request,
+)
+from paramserver.types import (
+    ModelLayout,
+    PullRequest,
+    Registration,
+    RoundJoin,
+    RoundRequest,
+)
+
+
+def _identity(message: bytes) -> bytes:
+    """Serializer for messages that are already encoded."""
+    return message
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """One method's four (de)serializers. The server uses `request_from_bytes` and
+    `response_to_bytes`, the client the other two. A unary request that does not parse
+    becomes a `MalformedMessage` (answered INVALID_ARGUMENT), not an exception."""
+
+    request_to_bytes: Callable[[Any], bytes]
+    request_from_bytes: Callable[[bytes], Any]
+    response_to_bytes: Callable[[Any], bytes]
+    response_from_bytes: Callable[[bytes], Any]
+
+
+def _parsing(message_type: type[Any], from_proto: Callable[[Any], Any]
+             ) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return from_proto(message_type.FromString(data))
+        except (DecodeError, ValueError) as exc:
+            return MalformedMessage(f"cannot decode {message_type.__name__}: {exc}")
+    return parse
+
+
+def _serializing(to_proto: Callable[[Any], Any]) -> Callable[[Any], bytes]:
+    return lambda record: to_proto(record).SerializeToString()
+
+
+RPCS: dict[str, Rpc] = {
+    "Handshake": Rpc(
+        _serializing(handshake_request_to_proto),
+        _parsing(pb.HandshakeRequest, handshake_request_from_proto),
+        _serializing(session_to_proto),
+        _parsing(pb.HandshakeResponse, session_from_proto)),
+    "Register": Rpc(
+        _identity, decode_register_request,
+        _serializing(lambda r: pb.RegisterResponse(created=r.created, version=r.version,
+                                                   layout=layout_to_proto(r.layout))),
+        _parsing(pb.RegisterResponse, lambda m: Registration(
+            created=m.created, version=m.version,
+            layout=layout_from_proto(m.layout) or ModelLayout(())))),
+    "Push": Rpc(
+        _identity, decode_push_request,
+        _serializing(push_result_to_proto), _parsing(pb.PushResponse, push_result_from_proto)),
+    "Pull": Rpc(
+        _serializing(lambda r: pb.PullRequest(session_id=r.session_id,
+                                              min_version=r.min_version,
+                                              tensors=list(r.tensors))),
+        _parsing(pb.PullRequest, lambda m: PullRequest(
+            session_id=m.session_id, min_version=m.min_version, tensors=tuple(m.tensors))),
+        _identity, decode_pull_response),
+    "Status": Rpc(
+        _serializing(lambda include_hash: pb.StatusRequest(include_state_hash=include_hash)),
+        _parsing(pb.StatusRequest, lambda m: bool(m.include_state_hash)),
+        _serializing(status_to_proto), _parsing(pb.StatusResponse, status_from_proto)),
+    "Heartbeat": Rpc(
+        _serializing(lambda session_id: pb.HeartbeatRequest(session_id=session_id)),
+        _parsing(pb.HeartbeatRequest, lambda m: str(m.session_id)),
+        _serializing(lambda version: pb.HeartbeatResponse(version=version)),
+        _parsing(pb.HeartbeatResponse, lambda m: int(m.version))),
+    "JoinRound": Rpc(
+        _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round)),
+        _parsing(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
+                                                             round=m.round)),
+        _serializing(lambda j: pb.JoinRoundResponse(round=j.round, sampled=j.sampled,
+                                                    sampled_count=j.sampled_count)),
+        _parsing(pb.JoinRoundResponse, lambda m: RoundJoin(
+            round=m.round, sampled=m.sampled, sampled_count=m.sampled_count))),
+    "Leave": Rpc(
+        _serializing(lambda session_id: pb.LeaveRequest(session_id=session_id)),
+        _parsing(pb.LeaveRequest, lambda m: str(m.session_id)),
+        _serializing(lambda _: pb.LeaveResponse()),
+        _parsing(pb.LeaveResponse, lambda _: None)),
+}
+STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream"}
