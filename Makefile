@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test protos bench bench-quick clean
+.PHONY: setup demo test test-fast lint protos golden bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,23 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+## test-fast: unit and in-process tests only (no process-spawning end-to-end runs)
+test-fast: setup
+	$(PY) -m pytest -m "not slow" -q
+
+## lint: ruff, mypy, and the complexity/module-size budgets of paramserver/ and workers/
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy paramserver workers
+	$(PY) tools/check_budgets.py
+
 ## protos: regenerate paramserver/proto/ from protos/ (commit the result)
 protos: setup
 	$(PY) tools/protoc.py
+
+## golden: regenerate the codec golden vectors in tests/golden/ (commit the result)
+golden: setup
+	$(PY) tools/golden_vectors.py
 
 ## bench: the suite against the floor and the peers (~10 min; report + plot in runs/)
 bench: setup

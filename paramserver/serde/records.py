@@ -33,7 +33,7 @@ def method_path(method: str) -> str:
 
 # ---- enums ---------------------------------------------------------------------------
 
-_DTYPES: dict[torch.dtype, int] = {
+_DTYPES: dict[torch.dtype, pb.DType] = {
     torch.float32: pb.FLOAT32,
     torch.float64: pb.FLOAT64,
     torch.float16: pb.FLOAT16,
@@ -41,15 +41,15 @@ _DTYPES: dict[torch.dtype, int] = {
     torch.int32: pb.INT32,
     torch.int64: pb.INT64,
 }
-_DTYPES_BACK = {v: k for k, v in _DTYPES.items()}
-_MODES = {Mode.SYNC: pb.SYNC, Mode.ASYNC: pb.ASYNC, Mode.SSP: pb.SSP,
-          Mode.FEDERATED: pb.FEDERATED, Mode.FEDBUFF: pb.FEDBUFF}
-_MODES_BACK = {v: k for k, v in _MODES.items()}
-_ROLES = {Role.WORKER: pb.WORKER, Role.OBSERVER: pb.OBSERVER}
-_ROLES_BACK = {v: k for k, v in _ROLES.items()}
+_DTYPES_BACK: dict[int, torch.dtype] = {v: k for k, v in _DTYPES.items()}
+_MODES: dict[Mode, pb.Mode] = {Mode.SYNC: pb.SYNC, Mode.ASYNC: pb.ASYNC, Mode.SSP: pb.SSP,
+                             Mode.FEDERATED: pb.FEDERATED, Mode.FEDBUFF: pb.FEDBUFF}
+_MODES_BACK: dict[int, Mode] = {v: k for k, v in _MODES.items()}
+_ROLES: dict[Role, pb.Role] = {Role.WORKER: pb.WORKER, Role.OBSERVER: pb.OBSERVER}
+_ROLES_BACK: dict[int, Role] = {v: k for k, v in _ROLES.items()}
 
 
-def dtype_to_proto(dtype: torch.dtype) -> int:
+def dtype_to_proto(dtype: torch.dtype) -> pb.DType:
     try:
         return _DTYPES[dtype]
     except KeyError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Self
 
 import torch
 
@@ -52,7 +53,7 @@ class PooledBuffers:
         self._pool = pool
         self._buffers = list(buffers)
 
-    def __enter__(self) -> PooledBuffers:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

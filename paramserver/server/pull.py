@@ -29,6 +29,6 @@ def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, 
         for start, end in chunk_ranges(spec.numel, per_chunk):
             with store.lock:
                 data = (as_bytes[start * wire_item:end * wire_item] if as_bytes is not None
-                        else memoryview(codec.encode(flat[start:end]).numpy()))
+                        else memoryview(codec.encode(flat[start:end]).numpy().data))
                 message = wire.encode_chunk(index, start * wire_item, data)
             yield message

@@ -163,7 +163,7 @@ class ParameterStore:
     def byte_view(self, name: str) -> memoryview:
         """The raw little-endian bytes of one parameter; read it only under `lock`."""
         flat = self.params[name].view(-1)
-        return memoryview(flat.view(torch.uint8).numpy())
+        return memoryview(flat.view(torch.uint8).numpy().data)
 
     def state_hash(self) -> str:
         """`state_digest` of the current version and parameters."""

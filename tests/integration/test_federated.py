@@ -19,7 +19,8 @@ def _federated(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[
     result = subprocess.run(
         [sys.executable, "-m", "paramserver.cli.main", "federated", "--report", str(report),
          "--run-dir", str(tmp_path / "run"), *args],
-        capture_output=True, text=True, timeout=280, cwd=REPO, stdin=subprocess.DEVNULL)
+        capture_output=True, text=True, timeout=280, cwd=REPO, stdin=subprocess.DEVNULL,
+        check=False)
     return result, (json.loads(report.read_text()) if report.exists() else {})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
 import pytest
 import torch
@@ -85,7 +87,7 @@ def test_chunk_ranges_cover_exactly_once(nbytes: int, chunk: int) -> None:
     ranges = chunk_ranges(nbytes, chunk)
     assert sum(end - start for start, end in ranges) == nbytes
     assert all(0 < end - start <= chunk for start, end in ranges)
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
 
 
 def test_token_bucket_caps_the_rate() -> None:

@@ -58,8 +58,9 @@ def test_header_goes_through_protobuf() -> None:
     assert decoded.tensors[0].shape == (2, 3)
 
 
-@pytest.mark.parametrize("garbage", [b"\x12\x05ab", b"\x12", b"\x12\xff\xff\xff\xff\xff\xff"
-                                     b"\xff\xff\xff\xff\xff", b"\x00\x01", b"", b"\x0f"])
+@pytest.mark.parametrize("garbage", [b"\x12\x05ab", b"\x12",
+                                     b"\x12\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+                                     b"\x00\x01", b"", b"\x0f"])
 def test_malformed_messages_are_reported_not_raised(garbage: bytes) -> None:
     decoded = serde.decode_push_request(garbage)
     assert isinstance(decoded, serde.MalformedMessage)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
+from typing import Self
 
 import torch
 
@@ -31,7 +32,7 @@ class Aggregate:
         self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a buffer owned here
         self._weights: dict[str, float] = {}
 
-    def __enter__(self) -> Aggregate:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
