@@ -1,6 +1,6 @@
-"""The source document's data-parallel example, made to run: its TensorFlow snippet builds a
-Dense(64, relu) -> Dense(10, softmax) model, an Adam optimizer and a `MirroredStrategy`, then
-loops over epochs and batches of 32. Here the strategy is a parameter server: one server
+"""Synchronous data-parallel training of a Dense(64, relu) -> Dense(10, softmax) model with
+Adam and batches of 32 (the loop of a TensorFlow `MirroredStrategy` example), where the
+strategy is a parameter server: one server
 process holds the parameters and runs Adam; `--workers` worker processes each train on their
 own shard of the digits data, and every step averages their gradients (sync mode).
 

@@ -1,6 +1,6 @@
-"""The source document's federated-learning example, made to run. It trains `FedModel`
-(one Linear(10, 1) layer, MSE loss, local SGD with lr 0.01) and calls `torch.nn.FedAvg()`,
-which PyTorch does not have. Here `workers.FedAvg` is real: each client process trains on its
+"""Federated averaging of `FedModel` (one Linear(10, 1) layer, MSE loss, local SGD with lr
+0.01) with `workers.FedAvg` (the `torch.nn.FedAvg()` such examples call does not exist in
+PyTorch): each client process trains on its
 own private data (clients of very different sizes), then pushes its model update weighted by
 its number of examples; a server running
 
