@@ -279,6 +279,7 @@ class HandshakeRequest:
     push_codecs: tuple[CodecSpec, ...] = ()  # offers, most preferred first
     pull_codecs: tuple[CodecSpec, ...] = ()
     client_version: str = ""
+    held_version: int | None = None  # a rejoin: the version of the parameters it holds
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,3 +355,4 @@ class ServerStatus:
     restored_version: int = -1
     dropouts: tuple[str, ...] = ()
     skipped_rounds: tuple[int, ...] = ()
+    rejoins: tuple[str, ...] = ()  # "worker@held->version", oldest first

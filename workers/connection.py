@@ -151,11 +151,13 @@ class ServerConnection:
                                    grpc.StatusCode.UNAVAILABLE) from None
 
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
-                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = ()
-                  ) -> Session:
+                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
+                  held_version: int | None = None) -> Session:
+        """Open a session; a rejoin states `held_version`, the version it holds."""
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
-                                   pull_codecs=tuple(pull_codecs), client_version=__version__)
+                                   pull_codecs=tuple(pull_codecs), client_version=__version__,
+                                   held_version=held_version)
         self.session = _answer(self._call(self._handshake, request))
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session

@@ -234,7 +234,8 @@ class ParameterClient:
         """
         connection = self.connections[shard]
         log.warning("%s: %s; rejoining", connection.address, why)
-        session = connection.handshake(self.worker_id, self.role, *self._offers)
+        session = connection.handshake(self.worker_id, self.role, *self._offers,
+                                       held_version=self.versions[shard])
         self.sessions[shard] = session
         if session.push_codec != self.push_codecs[shard].spec:
             self.push_codecs[shard] = make_codec(session.push_codec)

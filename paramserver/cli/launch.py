@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 from pathlib import Path
 
@@ -73,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
           f"pulled {report.bytes_pulled / 1e6:.2f} MB  codec {report.codec} "
           f"(x{report.compression_ratio:.1f})  shard bytes {report.shard_bytes}  "
           f"({args.mode}, {args.workers} workers, {args.servers} servers, logs in {run_dir})")
+    if report.diverged():
+        print(f"warning: the workers of this sync job ended on different versions "
+              f"{report.worker_versions}: their final models differ", file=sys.stderr)
     return 0

@@ -70,6 +70,12 @@ class TrainingReport:
     data: str
     worker_accuracy: list[float]
     worker_step_s: list[float]
+    worker_versions: list[int]  # the version of each worker's final model
+
+    def diverged(self) -> bool:
+        """A sync job whose workers ended on different models (a bug, or a restart that
+        did not re-form the job): the caller warns."""
+        return self.mode == Mode.SYNC.value and len(set(self.worker_versions)) > 1
 
 
 def run_local_training(job: LocalTraining, run_dir: Path,
@@ -103,7 +109,8 @@ def run_local_training(job: LocalTraining, run_dir: Path,
         compression_ratio=_overall_ratio(worker_reports), servers=job.servers,
         workers=job.workers, shard_bytes=shard_bytes, epochs=job.worker.epochs,
         data=job.worker.data, worker_accuracy=[r["accuracy"] for r in worker_reports],
-        worker_step_s=[r["wall_s"] / max(r["steps"], 1) for r in worker_reports])
+        worker_step_s=[r["wall_s"] / max(r["steps"], 1) for r in worker_reports],
+        worker_versions=[r["version"] for r in worker_reports])
 
 
 def _per_shard(config: ServerConfig) -> ServerConfig:

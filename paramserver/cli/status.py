@@ -55,6 +55,7 @@ def format_status(address: str, status: ServerStatus) -> str:
     events = [("restored from the checkpoint of step", [str(status.restored_version)]
                if status.restored_version >= 0 else []),
               ("evicted (worker@step)", list(status.evicted)),
+              ("rejoined (worker@held->version)", list(status.rejoins)),
               ("largest SSP lead", [str(status.max_lead)] if status.mode.value == "ssp" else []),
               ("federated dropouts (client@round)", list(status.dropouts)),
               ("skipped rounds", [str(r) for r in status.skipped_rounds])]

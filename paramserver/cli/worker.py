@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,5 +57,19 @@ def run(args: argparse.Namespace, before_push: StepHook | None = None) -> int:
                "workers": args.num_workers}
     write_json(args.report, summary)
     print(f"[{config.worker_id}] done: accuracy {report.accuracy:.4f}, {report.steps} steps, "
-          f"{report.wall_s:.1f}s", flush=True)
+          f"final version {report.version}, {report.wall_s:.1f}s", flush=True)
+    _warn_if_out_of_lockstep(args.servers, config.worker_id, report.version)
     return 0
+
+
+def _warn_if_out_of_lockstep(servers: str, worker_id: str, version: int) -> None:
+    """In a sync job every worker ends on the servers' final model: say so loudly when this
+    worker's final version is not the version the servers hold as it finishes."""
+    from paramserver.types import Mode
+    from workers.probes import probe_status
+
+    status = probe_status(servers.split(",")[0])
+    if status is not None and status.mode is Mode.SYNC and status.version != version:
+        print(f"warning: [{worker_id}] ended on version {version} but the sync job is at "
+              f"version {status.version}: the workers of this job end on different models",
+              file=sys.stderr, flush=True)

@@ -112,18 +112,20 @@ class TensorChunk(_message.Message):
     def __init__(self, tensor: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version")
+    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version", "held_version")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODECS_FIELD_NUMBER: _ClassVar[int]
     PULL_CODECS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: Role
     push_codecs: _containers.RepeatedCompositeFieldContainer[CodecSpec]
     pull_codecs: _containers.RepeatedCompositeFieldContainer[CodecSpec]
     client_version: str
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ...) -> None: ...
+    held_version: int
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
     __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness")
@@ -290,7 +292,7 @@ class TensorStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds")
+    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds", "rejoins")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +310,7 @@ class StatusResponse(_message.Message):
     RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
     DROPOUTS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    REJOINS_FIELD_NUMBER: _ClassVar[int]
     layout: ModelLayout
     version: int
     mode: Mode
@@ -325,7 +328,8 @@ class StatusResponse(_message.Message):
     restored_version: int
     dropouts: _containers.RepeatedScalarFieldContainer[str]
     skipped_rounds: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ...) -> None: ...
+    rejoins: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ..., rejoins: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -132,6 +132,7 @@ def handshake_request_to_proto(request: HandshakeRequest) -> pb.HandshakeRequest
         push_codecs=[codec_to_proto(c) for c in request.push_codecs],
         pull_codecs=[codec_to_proto(c) for c in request.pull_codecs],
         client_version=request.client_version,
+        held_version=request.held_version,
     )
 
 
@@ -142,6 +143,7 @@ def handshake_request_from_proto(msg: pb.HandshakeRequest) -> HandshakeRequest:
         push_codecs=tuple(codec_from_proto(c) for c in msg.push_codecs),
         pull_codecs=tuple(codec_from_proto(c) for c in msg.pull_codecs),
         client_version=msg.client_version,
+        held_version=msg.held_version if msg.HasField("held_version") else None,
     )
 
 
@@ -237,6 +239,7 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         restored_version=status.restored_version,
         dropouts=list(status.dropouts),
         skipped_rounds=list(status.skipped_rounds),
+        rejoins=list(status.rejoins),
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -274,6 +277,7 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         restored_version=msg.restored_version,
         dropouts=tuple(msg.dropouts),
         skipped_rounds=tuple(msg.skipped_rounds),
+        rejoins=tuple(msg.rejoins),
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,

@@ -70,18 +70,23 @@ class ParameterServerCore:
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0
+        self.rejoins: list[str] = []  # "worker@held->version", for status
         self.restored_version = (self._checkpoints.restore()
                                  if self._checkpoints is not None else -1)
 
     # ---- handshake, heartbeat, rounds, leaving -------------------------------------------
 
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
-                  pull_offers: list[CodecSpec]) -> Session:
+                  pull_offers: list[CodecSpec], held_version: int | None = None) -> Session:
+        """Open a session. `held_version`: a worker handshaking again says which version of
+        the parameters it holds; it goes on from the server's version either way."""
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
         record = self.members.open(worker_id, role, push, pull)
         log.info("session %s opened by %s %r, incarnation %d (push %s, pull %s)",
                  record.session_id[:8], role.value, worker_id, record.incarnation, push, pull)
+        if held_version is not None and role is Role.WORKER:
+            self._note_rejoin(worker_id, held_version)
         lease = self.config.lease_s
         with self.store.lock:
             return Session(
@@ -92,6 +97,17 @@ class ParameterServerCore:
                 shard_index=self.store.shard_index, incarnation=record.incarnation,
                 heartbeat_interval_s=lease / 4 if lease else 0.0, lease_s=lease,
                 staleness=self.config.staleness)
+
+    def _note_rejoin(self, worker_id: str, held: int) -> None:
+        version = self.store.version
+        self.rejoins.append(f"{worker_id}@{held}->{version}")
+        if held > version:
+            log.warning("worker %r rejoined holding version %d, ahead of this server's %d "
+                        "(restored from an older checkpoint): it goes back to %d", worker_id,
+                        held, version, version)
+        elif held < version:
+            log.warning("worker %r rejoined holding version %d, %d behind: it pulls %d",
+                        worker_id, held, version - held, version)
 
     def heartbeat(self, session_id: str) -> int:
         self.members.touch(session_id)
@@ -159,6 +175,7 @@ class ParameterServerCore:
             restored_version=self.restored_version,
             dropouts=report.dropouts,
             skipped_rounds=report.skipped_rounds,
+            rejoins=tuple(self.rejoins),
         )
 
     # ---- register, push, pull ------------------------------------------------------------

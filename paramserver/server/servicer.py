@@ -78,7 +78,8 @@ class ParameterServerServicer:
         with _abort_on_error(context, "Handshake"):
             request = _parsed(request)
             return self.core.handshake(request.worker_id, request.role,
-                                       list(request.push_codecs), list(request.pull_codecs))
+                                       list(request.push_codecs), list(request.pull_codecs),
+                                       request.held_version)
 
     def Register(self, request_iterator: Iterator[object],
                  context: grpc.ServicerContext) -> Registration:

@@ -143,7 +143,8 @@ def _restarted_sync_job(tmp_path: Path, clock: FakeClock) -> ParameterServerCore
 def test_a_restarted_sync_job_waits_for_every_member_it_had(tmp_path: Path) -> None:
     restored = _restarted_sync_job(tmp_path, FakeClock())
     assert restored.restored_version == 1 and not restored.members.formed
-    a = restored.handshake("a", Role.WORKER, [], []).session_id
+    a = restored.handshake("a", Role.WORKER, [], [], held_version=3).session_id
+    assert restored.status().rejoins == ("a@3->1",)  # it held 3; the server went back to 1
     result = restored.push(iter(push_stream(a, 1, {"w": torch.ones(3)})))
     assert not result.applied and restored.store.version == 1  # a does not train alone
     assert restored.members.awaited() == ("b", "c")
