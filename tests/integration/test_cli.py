@@ -62,12 +62,15 @@ def test_the_module_runs_as_the_command() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("mode, servers", [("sync", 1), ("async", 1), ("sync", 3)])
-def test_launch_trains_digits_to_the_accuracy_bar(mode: str, servers: int,
+@pytest.mark.parametrize("mode, servers, seed", [
+    ("sync", 1, 0), ("sync", 3, 0),
+    ("async", 1, 1),  # the seed of the lowest async figure under the old constant rate
+])
+def test_launch_trains_digits_to_the_accuracy_bar(mode: str, servers: int, seed: int,
                                                   tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     result = _run(["launch", "--servers", str(servers), "--workers", "2", "--mode", mode,
-                   "--epochs", "10",
+                   "--epochs", "10", "--seed", str(seed),
                    "--report", str(report), "--run-dir", str(tmp_path / "run"), "--no-progress"])
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(report.read_text())
