@@ -111,8 +111,9 @@ OPTIONS: tuple[ServerOption, ...] = (
     ServerOption("--staleness", "staleness", FAULTS,
                  "ssp: how many steps a worker may run ahead of the slowest", default=2),
     ServerOption("--async-lr", "async_lr", SERVER,
-                 "async: the learning rate of each push: workers = lr / live workers (one "
-                 "sync step's rate), staleness = lr / staleness, constant = lr",
+                 "async: the learning rate of each push: workers = lr / max(W, staleness + 1) "
+                 "for W = --workers (one sync step's rate; staler pushes weaker), "
+                 "staleness = lr / staleness, constant = lr",
                  choices=tuple(r.value for r in AsyncLearningRate)),
     ServerOption("--max-staleness", "max_staleness", FAULTS,
                  "async: refuse (ABORTED) gradients computed on parameters more than this "

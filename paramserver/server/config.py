@@ -21,7 +21,8 @@ class AsyncLearningRate(enum.Enum):
     gradient lands at full strength, and accuracy at the end of a run becomes a coin toss.
     """
 
-    WORKERS = "workers"  # lr / live workers: the sync job's per-sample rate (the default)
+    WORKERS = "workers"  # lr / max(W, staleness + 1), W = --workers or the live workers,
+    # if more: the sync job's per-sample rate, and weaker for a straggler's stale gradient
     STALENESS = "staleness"  # lr / max(1, staleness): staleness-aware (Zhang et al. 2016)
     CONSTANT = "constant"  # lr for every push, however stale (before issue #19)
 

@@ -96,20 +96,20 @@ def test_async_applies_each_push_and_reports_staleness() -> None:
 
 
 @pytest.mark.parametrize("rule, expected", [
-    (AsyncLearningRate.WORKERS, [-0.25, -0.5]),  # lr 0.5 / 2 live workers, each push
-    (AsyncLearningRate.STALENESS, [-0.5, -1.0]),  # staleness 0 and 1 -> the full lr
+    # lr 0.5 / max(2 workers, staleness + 1): staleness 0, 1, then 2 (lr / 3)
+    (AsyncLearningRate.WORKERS, [-0.25, -0.5, -0.5 - 0.5 / 3]),
+    # lr 0.5 / max(1, staleness): 0 and 1 take the full rate, 2 half of it
+    (AsyncLearningRate.STALENESS, [-0.5, -1.0, -1.25]),
+    (AsyncLearningRate.CONSTANT, [-0.5, -1.0, -1.5]),
 ])
 def test_async_learning_rate_rules(rule: AsyncLearningRate, expected: list[float]) -> None:
     core = _core(Mode.ASYNC, async_lr=rule)
     s1, s2 = _join(core, "a", "b")
     assert ServerConfig().async_lr is AsyncLearningRate.WORKERS  # the default
-    for session, value in zip((s1, s2), expected):
+    for session, value in zip((s1, s2, s1), expected):  # all computed on version 0
         core.push(iter(push_stream(session, 0, {"b": torch.ones(3)})))
         np.testing.assert_allclose(core.store.params["b"].numpy(), value * np.ones(3),
                                    atol=1e-6)
-    core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)})))  # staleness 2
-    np.testing.assert_allclose(core.store.params["b"].numpy(),  # lr / 2 under either rule
-                               (expected[-1] - 0.25) * np.ones(3), atol=1e-6)
 
 
 @pytest.mark.parametrize("case", ["truncated", "oversize", "unknown", "shape", "dtype",

@@ -3,7 +3,9 @@
 `max_staleness` bounds how old the parameters behind a gradient may be: a push computed on
 a version more than that many updates behind is ABORTED, with its staleness in the message.
 The learning rate of each push is scaled by the `AsyncLearningRate` rule: by default
-1 / (live workers), so W workers' pushes move the model as far as one sync step would.
+1 / max(W, staleness + 1) for a job of W workers (`--workers`, or more if more are live),
+so W workers' pushes move the model as far as one sync step of their mean would, and a
+gradient staler than the usual round-robin lands weaker still.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class AsyncPolicy(PolicyDefaults):
                  rate: AsyncLearningRate = AsyncLearningRate.CONSTANT) -> None:
         self._store = context.store
         self._members = context.members
+        self._job_size = context.config.expected_workers
         self._max_staleness = max_staleness
         self._rate = rate
 
@@ -56,9 +59,11 @@ class AsyncPolicy(PolicyDefaults):
             version = self._store.apply(grads, self._lr_scale(workers, staleness))
         return PushResult(version=version, applied=True, staleness=staleness)
 
-    def _lr_scale(self, workers: int, staleness: int) -> float:
+    def _lr_scale(self, live: int, staleness: int) -> float:
         if self._rate is AsyncLearningRate.WORKERS:
-            return 1.0 / max(1, workers)
+            # The job size, not only who is live now: a worker that trains on alone at the
+            # end would otherwise take the full rate exactly where the final model is made.
+            return 1.0 / max(self._job_size, live, staleness + 1)
         if self._rate is AsyncLearningRate.STALENESS:
             return 1.0 / max(1, staleness)
         return 1.0
