@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
+from paramserver.cli.local_cluster import LocalCluster
 from paramserver.server.app import RunningServer, ServerHooks, start_server
 from paramserver.server.config import ServerConfig
 
@@ -33,3 +36,18 @@ def server_factory() -> Iterator[ServerFactory]:
     yield start
     for server in started:
         server.stop(grace_s=0.5)
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    """A LocalCluster in a temporary run directory; every process it started is stopped
+    afterwards, and on a failure each one's log tail is printed with it."""
+    with tempfile.TemporaryDirectory(prefix="ps-cluster-") as run_dir, \
+            LocalCluster(Path(run_dir)) as running:
+        try:
+            yield running
+        except BaseException:
+            for managed in running.processes:
+                print(f"---- {managed.name} (exit {managed.process.poll()})\n"
+                      f"{managed.log_tail(15)}")
+            raise

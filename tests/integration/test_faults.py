@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,19 +37,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 LEASE_S = 2.0
 MARGIN_S = 3.0  # scheduling slack on a loaded 2-core machine
 BAR = 0.95
-
-
-@pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="ps-faults-") as run_dir, \
-            LocalCluster(Path(run_dir)) as running:
-        try:
-            yield running
-        except BaseException:  # show every process's log tail with the failure
-            for managed in running.processes:
-                print(f"---- {managed.name} (exit {managed.process.poll()})\n"
-                      f"{managed.log_tail(15)}")
-            raise
 
 
 def _server_args(workers: int, *extra: str) -> list[str]:

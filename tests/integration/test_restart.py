@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,19 +19,6 @@ WORKERS = 3
 EPOCHS = 10  # 150 steps of 3 workers on split digits
 RESTARTS = 5
 DOWN_S = 3.0  # how long the server stays down, longer than the lease
-
-
-@pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="ps-restart-") as run_dir, \
-            LocalCluster(Path(run_dir)) as running:
-        try:
-            yield running
-        except BaseException:  # show every process's log tail with the failure
-            for managed in running.processes:
-                print(f"---- {managed.name} (exit {managed.process.poll()})\n"
-                      f"{managed.log_tail(15)}")
-            raise
 
 
 def _run_job(cluster: LocalCluster, tag: str, restarts: int) -> list[dict]:  # type: ignore[type-arg]
@@ -52,7 +36,7 @@ def _run_job(cluster: LocalCluster, tag: str, restarts: int) -> list[dict]:  # t
     for restart in range(restarts):
         # Kill it well inside the run, each time after it trained a few steps past a restart.
         floor = 12 + 20 * restart
-        wait_for(f"version {floor}", lambda: version_of(address) >= floor, 120)
+        wait_for(f"version {floor}", lambda floor=floor: version_of(address) >= floor, 120)
         signal_process(server, signal.SIGKILL)
         assert server.process.wait(30) == -signal.SIGKILL
         time.sleep(DOWN_S)  # the workers' retry backoffs drift apart meanwhile
