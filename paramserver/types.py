@@ -244,6 +244,9 @@ class Session:
     heartbeat_interval_s: float = 0.0  # 0: the server wants no heartbeats
     lease_s: float = 0.0
     staleness: int = 0  # SSP bound
+    # > 0: push momentum-corrected updates (the worker keeps this momentum, the server
+    # applies them with plain SGD): offered with a biased sparsifier under SGD momentum
+    momentum_correction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,7 @@ class PushHeader:
     more_parts: bool = False  # a part of the step's push; a later part closes it
     incarnation: int = 0
     sequence: int = 0  # exactly-once: 0 opts out of deduplication
+    momentum_applied: bool = False  # the worker applied the server's momentum (DGC)
 
 
 @dataclass(frozen=True, kw_only=True)

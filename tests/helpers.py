@@ -34,7 +34,9 @@ def register_stream(session_id: str, tensors: Mapping[str, torch.Tensor],
 
 
 def push_stream(session_id: str, step: int, grads: Mapping[str, torch.Tensor],
-                num_samples: int = 1, more_parts: bool = False) -> list[object]:
+                num_samples: int = 1, more_parts: bool = False,
+                momentum_applied: bool = False) -> list[object]:
     specs = tuple(TensorSpec.of(n, g) for n, g in grads.items())
-    return [PushHeader(session_id, step, num_samples, specs, more_parts),
+    return [PushHeader(session_id, step, num_samples, specs, more_parts,
+                       momentum_applied=momentum_applied),
             *chunks(list(grads.values()))]

@@ -177,11 +177,13 @@ class ServerConnection:
             registration, layout=layout)
 
     def push(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[memoryview],
-             num_samples: int = 1, more_parts: bool = False) -> PushResult:
+             num_samples: int = 1, more_parts: bool = False,
+             momentum_applied: bool = False) -> PushResult:
         """Push one gradient per spec; payloads are the encoded little-endian bytes.
 
         `more_parts=True` sends one part of the step's push; the server holds it until a
-        part with `more_parts=False` closes the push.
+        part with `more_parts=False` closes the push. `momentum_applied`: the payloads
+        carry the server's momentum (Session.momentum_correction), apply them plainly.
         """
         if len(tensors) != len(payloads):
             raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
@@ -189,7 +191,7 @@ class ServerConnection:
         self._sequence += 1
         header = serde.encode_push_header(
             PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts,
-                       self.session.incarnation, self._sequence))
+                       self.session.incarnation, self._sequence, momentum_applied))
         before = self.bytes_pushed
         try:
             response = self._retrying(lambda: self._push(self._messages(header, payloads),

@@ -135,7 +135,8 @@ class ParameterClient:
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
         self._error_feedback, self._ef_momentum = error_feedback, ef_momentum
-        self._feedback = [self._feedback_for(c) for c in self.push_codecs]
+        self._feedback = [self._feedback_for(c, s) for c, s in zip(self.push_codecs,
+                                                                    self.sessions)]
         self.rejoins = 0  # shards re-entered after SessionExpired
         self.aborted_pushes = 0  # pushes dropped: their step closed, or too stale
         self._targets = list(self.versions)  # per shard: the version to pull after a push
@@ -146,10 +147,17 @@ class ParameterClient:
         self._params: dict[str, nn.Parameter] = {}
         self._mirrors: dict[str, HostMirror] = {}
 
-    def _feedback_for(self, codec: Codec) -> ErrorFeedback | None:
+    def _feedback_for(self, codec: Codec, session: Session) -> ErrorFeedback | None:
+        """Error feedback for a biased codec, keeping the momentum the server asks us to
+        (`momentum_correction`: its SGD momentum, which it then leaves to us), else ours."""
         if codec.biased and self._error_feedback:
-            return ErrorFeedback(codec, self._ef_momentum)
+            return ErrorFeedback(codec, session.momentum_correction or self._ef_momentum)
         return None
+
+    def _momentum_applied(self, shard: int) -> bool:
+        """Whether this shard's pushes carry the server's momentum (so it applies them with
+        plain SGD)."""
+        return self._feedback[shard] is not None and self.sessions[shard].momentum_correction > 0
 
     def _start_heartbeat(self) -> Heartbeat | None:
         intervals = [s.heartbeat_interval_s for s in self.sessions if s.heartbeat_interval_s]
@@ -239,7 +247,7 @@ class ParameterClient:
         self.sessions[shard] = session
         if session.push_codec != self.push_codecs[shard].spec:
             self.push_codecs[shard] = make_codec(session.push_codec)
-            self._feedback[shard] = self._feedback_for(self.push_codecs[shard])
+            self._feedback[shard] = self._feedback_for(self.push_codecs[shard], session)
         if self.role is Role.WORKER and self._routes is not None:
             version = self._register(shard).version
         else:
@@ -294,7 +302,8 @@ class ParameterClient:
         connection = self.connections[shard]
         try:
             result = connection.push(version, [r.stored for r in routes], payloads,
-                                     step.num_samples, step.more_parts)
+                                     step.num_samples, step.more_parts,
+                                     momentum_applied=self._momentum_applied(shard))
         except SessionExpired as error:
             self._rejoin(shard, error.message)
             current = self.versions[shard]  # what the rejoined shard holds now

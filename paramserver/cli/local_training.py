@@ -40,7 +40,9 @@ class LocalTraining:
             raise ValueError("--servers and --workers must be at least 1")
         if self.worker.ef_momentum and self.server.optimizer.momentum:
             raise ValueError(f"--ef-momentum {self.worker.ef_momentum} moves momentum to the "
-                             f"workers; also pass --momentum 0, or momentum is applied twice")
+                             f"workers, which the server's --momentum "
+                             f"{self.server.optimizer.momentum} already does for top-k on its "
+                             f"own: drop --ef-momentum, or pass --momentum 0 with it")
 
     @property
     def updates(self) -> int:

@@ -128,7 +128,7 @@ class HandshakeRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
-    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness")
+    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness", "momentum_correction")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODEC_FIELD_NUMBER: _ClassVar[int]
     PULL_CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class HandshakeResponse(_message.Message):
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_CORRECTION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     push_codec: CodecSpec
     pull_codec: CodecSpec
@@ -159,7 +160,8 @@ class HandshakeResponse(_message.Message):
     heartbeat_interval_s: float
     lease_s: float
     staleness: int
-    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., staleness: _Optional[int] = ...) -> None: ...
+    momentum_correction: float
+    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., staleness: _Optional[int] = ..., momentum_correction: _Optional[float] = ...) -> None: ...
 
 class RegisterHeader(_message.Message):
     __slots__ = ("session_id", "layout", "values_follow", "plan", "shard_index")
@@ -194,7 +196,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, created: _Optional[bool] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("session_id", "step", "num_samples", "tensors", "more_parts", "incarnation", "sequence")
+    __slots__ = ("session_id", "step", "num_samples", "tensors", "more_parts", "incarnation", "sequence", "momentum_applied")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +204,7 @@ class PushHeader(_message.Message):
     MORE_PARTS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_APPLIED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     num_samples: int
@@ -209,7 +212,8 @@ class PushHeader(_message.Message):
     more_parts: bool
     incarnation: int
     sequence: int
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., more_parts: _Optional[bool] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+    momentum_applied: bool
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., more_parts: _Optional[bool] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., momentum_applied: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "chunk")

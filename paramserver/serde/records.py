@@ -165,6 +165,7 @@ def session_to_proto(session: Session, server_version: str = __version__
         heartbeat_interval_s=session.heartbeat_interval_s,
         lease_s=session.lease_s,
         staleness=session.staleness,
+        momentum_correction=session.momentum_correction,
     )
 
 
@@ -184,6 +185,7 @@ def session_from_proto(msg: pb.HandshakeResponse) -> Session:
         heartbeat_interval_s=msg.heartbeat_interval_s,
         lease_s=msg.lease_s,
         staleness=msg.staleness,
+        momentum_correction=msg.momentum_correction,
     )
 
 
@@ -196,6 +198,7 @@ def push_header_to_proto(header: PushHeader) -> pb.PushHeader:
         more_parts=header.more_parts,
         incarnation=header.incarnation,
         sequence=header.sequence,
+        momentum_applied=header.momentum_applied,
     )
 
 
@@ -208,6 +211,7 @@ def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
         more_parts=msg.more_parts,
         incarnation=msg.incarnation,
         sequence=msg.sequence,
+        momentum_applied=msg.momentum_applied,
     )
 
 

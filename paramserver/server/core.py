@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from paramserver import __version__
-from paramserver.codecs import negotiate
+from paramserver.codecs import Codec, negotiate
 from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -33,6 +33,7 @@ from paramserver.server.store import ParameterStore
 from paramserver.sharding import plan_partition
 from paramserver.types import (
     CodecSpec,
+    Mode,
     ModelLayout,
     PushResult,
     RegisterHeader,
@@ -96,7 +97,21 @@ class ParameterServerCore:
                 chunk_bytes=self.config.chunk_bytes, plan=self.store.plan,
                 shard_index=self.store.shard_index, incarnation=record.incarnation,
                 heartbeat_interval_s=lease / 4 if lease else 0.0, lease_s=lease,
-                staleness=self.config.staleness)
+                staleness=self.config.staleness,
+                momentum_correction=self._momentum_correction(record.push_decoder))
+
+    def _momentum_correction(self, codec: Codec) -> float:
+        """The momentum a worker should keep itself before compressing (DGC's momentum
+        correction): the server's SGD momentum, for a biased codec (a sparsifier with error
+        feedback, whose delayed, bursty updates server momentum integrates badly: digits
+        top-k 1% reached 0.938 vs 0.976). Only where it is exact to move it: plain SGD
+        momentum, no weight decay or Nesterov, in the training modes (not federated)."""
+        optimizer = self.config.optimizer
+        if (not codec.biased or optimizer.name != "sgd" or optimizer.momentum <= 0
+                or optimizer.weight_decay or optimizer.nesterov
+                or self.config.mode in (Mode.FEDERATED, Mode.FEDBUFF)):
+            return 0.0
+        return optimizer.momentum
 
     def _note_rejoin(self, worker_id: str, held: int) -> None:
         version = self.store.version

@@ -101,7 +101,7 @@ class PushIntake:
             updates = self._parts.close(header.session_id, header.step, updates, buffers)
             result = self._policy.submit(ReceivedPush(
                 worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
-                buffers=buffers))
+                buffers=buffers, momentum_applied=header.momentum_applied))
         self._members.count_push(header.session_id)
         return result
 

@@ -97,9 +97,11 @@ class ParameterStore:
         """The stored spec of tensor `name` (the model must be registered)."""
         return self._specs[name]
 
-    def apply(self, grads: Mapping[str, torch.Tensor], lr_scale: float = 1.0) -> int:
+    def apply(self, grads: Mapping[str, torch.Tensor], lr_scale: float = 1.0,
+              plain: Mapping[str, torch.Tensor] | None = None) -> int:
         """One optimizer step with `grads` (flat, by name) at `lr_scale` times the learning
-        rate; returns the new version.
+        rate, plus a plain SGD step with `plain` (updates that already carry the momentum);
+        returns the new version.
 
         Tensors without a gradient are skipped, as torch.optim skips params whose grad is None.
         """
@@ -108,17 +110,21 @@ class ParameterStore:
             for name, param in self.params.items():
                 grad = grads.get(name)
                 param.grad = None if grad is None else grad.view(param.shape)
-            rates = [group["lr"] for group in self._optimizer.param_groups]
+            groups = self._optimizer.param_groups
+            rates = [group["lr"] for group in groups]
             if lr_scale != 1.0:
-                for group, rate in zip(self._optimizer.param_groups, rates):
+                for group, rate in zip(groups, rates):
                     group["lr"] = rate * lr_scale
             try:
                 self._optimizer.step()
             finally:
-                for group, rate in zip(self._optimizer.param_groups, rates):
+                for group, rate in zip(groups, rates):
                     group["lr"] = rate
                 for param in self.params.values():
                     param.grad = None
+            for name, update in (plain or {}).items():
+                param = self.params[name]
+                param.add_(update.view(param.shape), alpha=-rates[0] * lr_scale)
             self.version += 1
             self.lock.notify_all()
             return self.version

@@ -39,6 +39,14 @@ def test_topk_with_error_feedback_is_within_a_point_at_3_percent_of_the_bytes(
     assert topk["compression_ratio"] > 30
 
 
+def test_topk_with_default_flags_is_within_a_point(baseline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Issue #14: with the server's default SGD momentum, the server hands its momentum to
+    # the top-k workers (momentum correction) and applies their pushes with plain SGD.
+    topk = _launch(tmp_path, "topk-default", "--codec", "topk:ratio=0.01")
+    assert topk["accuracy"] >= baseline["accuracy"] - 0.01, (topk, baseline)
+    assert topk["bytes_pushed"] <= 0.03 * baseline["bytes_pushed"]
+
+
 @pytest.mark.parametrize("bits, points", [(8, 0.005), (4, 0.01)])
 def test_qsgd_stays_close_to_uncompressed(baseline, tmp_path: Path, bits: int,  # type: ignore[no-untyped-def]
                                           points: float) -> None:

@@ -13,7 +13,7 @@ from paramserver.errors import ParamServerError
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import AsyncLearningRate, ServerConfig
 from paramserver.server.core import ParameterServerCore
-from paramserver.types import Aggregation, Mode, PushHeader, Role, TensorSpec
+from paramserver.types import Aggregation, CodecSpec, Mode, PushHeader, Role, TensorSpec
 from paramserver.wire import Chunk
 from tests.helpers import push_stream, register_stream
 
@@ -215,3 +215,36 @@ def test_push_header_for_unregistered_model_is_failed_precondition() -> None:
     session = core.handshake("a", Role.WORKER, [], []).session_id
     header = PushHeader(session, 0, 1, (TensorSpec("b", (3,), torch.float32),))
     _refused(grpc.StatusCode.FAILED_PRECONDITION, core.push, iter([header]))
+
+
+@pytest.mark.parametrize("optimizer, mode, offered", [
+    (OptimizerConfig(lr=0.5, momentum=0.9), Mode.SYNC, 0.9),
+    (OptimizerConfig(lr=0.5, momentum=0.9, weight_decay=1e-4), Mode.SYNC, 0.0),
+    (OptimizerConfig(lr=0.5, momentum=0.0), Mode.SYNC, 0.0),
+    (OptimizerConfig(name="adam", lr=0.01), Mode.SYNC, 0.0),
+    (OptimizerConfig(lr=0.5, momentum=0.9), Mode.FEDERATED, 0.0),
+])
+def test_momentum_correction_is_offered_only_where_moving_it_is_exact(
+        optimizer: OptimizerConfig, mode: Mode, offered: float) -> None:
+    core = ParameterServerCore(ServerConfig(mode=mode, optimizer=optimizer))
+    topk = core.handshake("a", Role.WORKER, [CodecSpec.parse("topk:ratio=0.5")], [])
+    assert topk.momentum_correction == offered
+    assert core.handshake("b", Role.WORKER, [], []).momentum_correction == 0.0  # `none`
+
+
+@pytest.mark.parametrize("mode", [Mode.SYNC, Mode.ASYNC])
+def test_pushes_with_momentum_applied_get_plain_sgd_beside_the_momentum_path(
+        mode: Mode) -> None:
+    core = ParameterServerCore(ServerConfig(
+        mode=mode, expected_workers=2, async_lr=AsyncLearningRate.CONSTANT,
+        optimizer=OptimizerConfig(lr=0.5, momentum=0.9)))
+    s1, s2 = _join(core, "a", "b")
+    raw, corrected = torch.full((3,), 2.0), torch.full((3,), 4.0)
+    core.push(iter(push_stream(s1, 0, {"b": raw})))
+    core.push(iter(push_stream(s2, 0, {"b": corrected}, momentum_applied=True)))
+    if mode is Mode.SYNC:  # one step: momentum SGD on raw / 2, plain SGD on corrected / 2
+        expected = -0.5 * 1.0 - 0.5 * 2.0
+    else:  # two updates: momentum SGD on raw, then plain SGD on corrected (no momentum)
+        expected = -0.5 * 2.0 - 0.5 * 4.0
+    np.testing.assert_allclose(core.store.params["b"].numpy(), expected * np.ones(3),
+                               atol=1e-6)

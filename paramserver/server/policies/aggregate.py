@@ -69,7 +69,16 @@ class Aggregate:
 
     def means(self) -> dict[str, torch.Tensor]:
         """The weighted mean per tensor, computed in place (the sums are gone after)."""
-        return {name: total if self._weights[name] == 1.0 else total.div_(self._weights[name])
+        return self.divided_by(self._weights)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Per tensor, the sum of the weights added."""
+        return dict(self._weights)
+
+    def divided_by(self, totals: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Each sum divided by totals[name] in place (the sums are gone after)."""
+        return {name: total if totals[name] == 1.0 else total.div_(totals[name])
                 for name, total in self._sums.items()}
 
     def release(self) -> None:
@@ -81,6 +90,10 @@ class StepAssembly:
     """The synchronous step being assembled: who pushed it, and the aggregate of their
     pushes. Shared by the sync and federated-round policies, which differ only in whose
     pushes close the step. Not thread-safe: the owning policy holds its lock around calls.
+
+    Pushes that already carry the server's momentum (`momentum_applied`, DGC's momentum
+    correction on the worker) are summed apart and applied with plain SGD; both parts are
+    divided by the step's total weight, so the step is the mean over every push.
     """
 
     def __init__(self, store: ParameterStore, pool: BufferPool, clock: Clock) -> None:
@@ -90,6 +103,7 @@ class StepAssembly:
         self.pushed: set[str] = set()
         self.opened_at: float | None = None  # the first push of the open step
         self._aggregate = Aggregate(pool, store.spec)
+        self._corrected = Aggregate(pool, store.spec)  # pushes with momentum applied
 
     def check(self, worker_id: str, step: int) -> None:
         """Refuse a push for another step than the open one, or a second push of it."""
@@ -106,7 +120,8 @@ class StepAssembly:
 
     def add(self, push: ReceivedPush) -> None:
         self.check(push.worker_id, push.step)
-        self._aggregate.add_push(push.updates, push.weight, push.buffers)
+        target = self._corrected if push.momentum_applied else self._aggregate
+        target.add_push(push.updates, push.weight, push.buffers)
         self.pushed.add(push.worker_id)
         if self.opened_at is None:
             self.opened_at = self._clock()
@@ -116,17 +131,23 @@ class StepAssembly:
 
     def close(self) -> int:
         """Apply the weighted mean as one optimizer step; returns the new version."""
-        with self._aggregate:
-            version = self._store.apply(self._aggregate.means())
+        totals = self._aggregate.weights
+        for name, weight in self._corrected.weights.items():
+            totals[name] = totals.get(name, 0.0) + weight
+        with self._aggregate, self._corrected:
+            version = self._store.apply(self._aggregate.divided_by(totals),
+                                        plain=self._corrected.divided_by(totals) or None)
         self._reset()
         return version
 
     def skip(self) -> int:
         """Drop the pushes and advance the version with the parameters unchanged."""
         self._aggregate.release()
+        self._corrected.release()
         self._reset()
         return self._store.apply({})
 
     def _reset(self) -> None:
         self.pushed, self.opened_at = set(), None
         self._aggregate = Aggregate(self._pool, self._store.spec)
+        self._corrected = Aggregate(self._pool, self._store.spec)

@@ -56,7 +56,9 @@ class AsyncPolicy(PolicyDefaults):
         workers = len(self._members.live_workers())
         with self._store.lock:
             staleness = check_async_step(self._store, push.step, self._max_staleness)
-            version = self._store.apply(grads, self._lr_scale(workers, staleness))
+            scale = self._lr_scale(workers, staleness)
+            version = (self._store.apply({}, scale, plain=grads) if push.momentum_applied
+                       else self._store.apply(grads, scale))
         return PushResult(version=version, applied=True, staleness=staleness)
 
     def _lr_scale(self, live: int, staleness: int) -> float:

@@ -32,6 +32,7 @@ class ReceivedPush:
     weight: float  # 1.0 for a mean, num_samples for weighted aggregation
     updates: dict[str, Update]
     buffers: PooledBuffers  # the pooled bytes the updates view
+    momentum_applied: bool = False  # carries the server's momentum: apply with plain SGD
 
 
 @dataclass(frozen=True, kw_only=True)
