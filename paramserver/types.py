@@ -293,6 +293,20 @@ class PullRequest:
     session_id: str
     min_version: int
     tensors: tuple[str, ...] = ()
+    held_version: int = -1  # compressed pulls: the stream version the worker holds
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullHeader:
+    """Opening message of a pull stream: what follows, and whether it is a delta."""
+
+    version: int
+    tensors: tuple[TensorSpec, ...]
+    delta_from: int = -1  # >= 0: the chunks are codec payloads of version - delta_from
+
+    @property
+    def is_delta(self) -> bool:
+        return self.delta_from >= 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,7 @@ from paramserver.types import (
     CodecSpec,
     HandshakeRequest,
     ModelLayout,
+    PullHeader,
     PullRequest,
     PushHeader,
     PushResult,
@@ -205,23 +206,23 @@ class ServerConnection:
 
     def pull(self, min_version: int, sink: ChunkSink, names: Sequence[str] = (),
              timeout_s: float | None = None,
-             on_header: Callable[[int, tuple[TensorSpec, ...]], None] | None = None,
-             ) -> tuple[int, tuple[TensorSpec, ...]]:
-        """Stream parameters at version >= min_version into `sink`; returns (version, specs).
+             on_header: Callable[[PullHeader], None] | None = None,
+             held_version: int = -1) -> PullHeader:
+        """Stream parameters at version >= min_version into `sink`; returns the header.
 
-        `on_header(version, specs)` runs before the first chunk reaches the sink.
+        `on_header(header)` runs before the first chunk reaches the sink. `held_version`:
+        with a delta pull codec, the version of the pull stream this worker holds.
         """
         request = PullRequest(session_id=self.session_id, min_version=min_version,
-                              tensors=tuple(names))
+                              tensors=tuple(names), held_version=held_version)
         # A long poll that ran out of time is an answer (the version did not come), not a
         # transport failure: only UNAVAILABLE is retried here.
         return self._retrying(lambda: self._pull_once(request, sink, timeout_s, on_header),
                               (grpc.StatusCode.UNAVAILABLE,))
 
     def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
-                   on_header: Callable[[int, tuple[TensorSpec, ...]], None] | None,
-                   ) -> tuple[int, tuple[TensorSpec, ...]]:
-        header: tuple[int, tuple[TensorSpec, ...]] | None = None
+                   on_header: Callable[[PullHeader], None] | None) -> PullHeader:
+        header: PullHeader | None = None
         try:
             for message in self._pull(request, timeout=timeout_s or self.timeout_s):
                 if isinstance(message, wire.Chunk):
@@ -233,7 +234,7 @@ class ServerConnection:
                 else:
                     header = message
                     if on_header is not None:
-                        on_header(*header)
+                        on_header(header)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         if header is None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from paramserver.codecs import Codec, ErrorFeedback, make_codec
+from paramserver.codecs import DELTA_PULL_CODECS, Codec, ErrorFeedback, make_codec
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
@@ -39,7 +39,7 @@ from paramserver.types import (
 from workers.connection import LinkShaper, ServerConnection
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
-from workers.payloads import PullDecoder, encode_routes, is_raw
+from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
 from workers.routes import Route, ShardRoutes, recorded_plan
 from workers.tensor_io import HostMirror
 
@@ -140,6 +140,8 @@ class ParameterClient:
         self.rejoins = 0  # shards re-entered after SessionExpired
         self.aborted_pushes = 0  # pushes dropped: their step closed, or too stale
         self._targets = list(self.versions)  # per shard: the version to pull after a push
+        # Delta pulls: per shard, the pull-stream version the model holds (-1: pull whole).
+        self._stream_versions = [-1] * len(self.connections)
         self._heartbeat = self._start_heartbeat()
         self.dense_bytes_pushed = 0  # what the pushed gradients would take uncompressed
         self.plan: PartitionPlan | None = None
@@ -245,6 +247,7 @@ class ParameterClient:
         session = connection.handshake(self.worker_id, self.role, *self._offers,
                                        held_version=self.versions[shard])
         self.sessions[shard] = session
+        self._stream_versions[shard] = -1  # a new session: the next pull comes whole
         if session.push_codec != self.push_codecs[shard].spec:
             self.push_codecs[shard] = make_codec(session.push_codec)
             self._feedback[shard] = self._feedback_for(self.push_codecs[shard], session)
@@ -342,12 +345,20 @@ class ParameterClient:
 
     def _pull_into(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
                    timeout_s: float | None) -> int:
-        decoder = PullDecoder(shard, make_codec(self.sessions[shard].pull_codec),
-                              self._attached_routes().by_key(shard), targets)
-        version, _ = self.connections[shard].pull(min_version, decoder.sink,
-                                                  timeout_s=timeout_s,
-                                                  on_header=decoder.on_header)
-        return version
+        codec = make_codec(self.sessions[shard].pull_codec)
+        routes = self._attached_routes().by_key(shard)
+        if codec.spec.name not in DELTA_PULL_CODECS:
+            decoder = PullDecoder(shard, codec, routes, targets)
+            return self.connections[shard].pull(min_version, decoder.sink,
+                                                timeout_s=timeout_s,
+                                                on_header=decoder.on_header).version
+        deltas = DeltaPullDecoder(shard, codec, routes, targets)
+        header = self.connections[shard].pull(min_version, deltas.sink, timeout_s=timeout_s,
+                                              on_header=deltas.on_header,
+                                              held_version=self._stream_versions[shard])
+        deltas.finish()
+        self._stream_versions[shard] = header.version
+        return header.version
 
     def step(self, num_samples: int = 1,
              names: Collection[str] | None = None) -> list[PushResult]:

@@ -4,10 +4,13 @@ Both directions go through the `Codec` interface of `paramserver.codecs`, with o
 for `none`, whose payload is the tensor's own bytes: pushes slice the gradient's host bytes
 and pulls copy chunks straight into the parameter, without a codec call or extra copy.
 
-Pull codecs (`PULL_CODECS`: none, fp16, bf16) are elementwise. The server encodes each stored
+Elementwise pull codecs (`PULL_CODECS`: none, fp16, bf16): the server encodes each stored
 tensor whole and cuts the encoded bytes into chunks, so a chunk's offset counts encoded
 bytes, and a chunk at offset `o` holding `n` bytes carries elements [o / w, (o + n) / w) of
 the tensor, where w is the codec's width in bytes per element; every chunk decodes alone.
+Delta pull codecs (`DELTA_PULL_CODECS`: topk, qsgd; `DeltaPullDecoder`): each tensor's
+chunks make one payload, decoded when the stream ends and added to the parameter (or, for
+a whole pull, its raw values copied in).
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from paramserver.codecs import PULL_CODECS, Codec, ErrorFeedback
+from paramserver.codecs import DELTA_PULL_CODECS, PULL_CODECS, Codec, ErrorFeedback
 from paramserver.codecs.base import bytes_of, to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
-from paramserver.types import CodecSpec, TensorSpec
+from paramserver.types import CodecSpec, PullHeader, TensorSpec
 from workers.routes import Route
 
 RAW = CodecSpec("none")
@@ -94,9 +97,9 @@ class PullDecoder:
         self._targets = targets
         self._places: list[_Place] = []
 
-    def on_header(self, version: int, specs: tuple[TensorSpec, ...]) -> None:
+    def on_header(self, header: PullHeader) -> None:
         """Map the header's tensors to their places; a retried pull starts over."""
-        self._places = [self._place(spec) for spec in specs]
+        self._places = [self._place(spec) for spec in header.tensors]
 
     def _place(self, spec: TensorSpec) -> _Place:
         route = self._routes.get(spec.name)
@@ -136,3 +139,82 @@ class PullDecoder:
         payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         values = to_dense(self._codec.decode(payload, numel, place.dtype), numel, place.dtype)
         return start, bytes_of(values).numpy()
+
+
+class DeltaPullDecoder:
+    """Collects one shard's compressed pull and applies it in place when it is whole.
+
+    Each tensor's chunks form one payload: a delta under the pull codec (added to the
+    parameter slice: both sides add the same decoded values, so the worker holds exactly the
+    server's replica), or, for a whole pull, the slice's raw bytes. Nothing is written
+    before `finish()`, so a pull cut short changes no parameter.
+    """
+
+    def __init__(self, shard: int, codec: Codec, routes: Mapping[str, Route],
+                 targets: Mapping[str, np.ndarray]) -> None:
+        if codec.spec.name not in DELTA_PULL_CODECS:
+            raise FailedPrecondition(f"{codec.spec.name!r} does not pull deltas; use "
+                                     f"{', '.join(DELTA_PULL_CODECS)}")
+        self.shard = shard
+        self._codec = codec
+        self._routes = routes
+        self._targets = targets
+        self._header: PullHeader | None = None
+        self._places: list[_Place] = []
+        self._payloads: list[bytearray] = []
+
+    def on_header(self, header: PullHeader) -> None:
+        self._header = header
+        self._places = []
+        for spec in header.tensors:
+            route = self._routes.get(spec.name)
+            if route is None or route.stored != spec:
+                raise FailedPrecondition(f"shard {self.shard} sent {spec.name!r}, which does "
+                                         "not match the attached model")
+            self._places.append(_Place(self._targets[route.param], route.byte_start,
+                                       route.nbytes, spec.dtype, spec.dtype.itemsize))
+        self._payloads = [bytearray() for _ in header.tensors]
+
+    def sink(self, index: int, offset: int, data: memoryview) -> None:
+        payload = self._payloads[index]
+        if offset != len(payload):
+            raise InvalidArgument(f"shard {self.shard}: pull chunk of tensor {index} at byte "
+                                  f"{offset}, expected {len(payload)}")
+        place = self._places[index]
+        numel = place.nbytes // place.dtype.itemsize
+        bound = max(place.nbytes, self._codec.max_payload_nbytes(numel, place.dtype))
+        if len(payload) + data.nbytes > bound:
+            raise InvalidArgument(f"shard {self.shard} sent too many bytes for tensor {index}")
+        payload += data
+
+    def finish(self) -> None:
+        """Apply the whole pull: add each delta, or copy each tensor's raw values in."""
+        assert self._header is not None, "finish() before the pull's header"
+        updates = [self._update(place, payload)
+                   for place, payload in zip(self._places, self._payloads)]
+        for place, (delta, values) in zip(self._places, updates):
+            target = _slice_of(place)
+            if delta:
+                target.add_(values)
+            else:
+                target.copy_(values)
+
+    def _update(self, place: _Place, payload: bytearray) -> tuple[bool, torch.Tensor]:
+        """(is it a delta, the values) for one tensor, checked before anything is written."""
+        numel = place.nbytes // place.dtype.itemsize
+        raw = torch.frombuffer(payload, dtype=torch.uint8) if payload else torch.empty(
+            0, dtype=torch.uint8)
+        assert self._header is not None
+        if self._header.is_delta:
+            return True, to_dense(self._codec.decode(raw, numel, place.dtype), numel,
+                                  place.dtype)
+        if raw.numel() != place.nbytes:
+            raise InvalidArgument(f"shard {self.shard}: whole pull of {raw.numel()} bytes for "
+                                  f"a slice of {place.nbytes}")
+        return False, raw.view(place.dtype)
+
+
+def _slice_of(place: _Place) -> torch.Tensor:
+    """The parameter slice a place names, as a writable torch view of its dtype."""
+    raw = torch.from_numpy(place.target.view(np.uint8))
+    return raw[place.byte_start:place.byte_start + place.nbytes].view(place.dtype)

@@ -7,7 +7,7 @@ Spec strings name a codec and its parameters: `none`, `fp16`, `bf16`, `topk:rati
 from paramserver.codecs.base import Codec, CodecError, DenseUpdate, SparseUpdate, Update
 from paramserver.codecs.error_feedback import ErrorFeedback
 from paramserver.codecs.negotiation import CodecLimits, negotiate
-from paramserver.codecs.registry import PULL_CODECS, codec_names, make_codec
+from paramserver.codecs.registry import DELTA_PULL_CODECS, PULL_CODECS, codec_names, make_codec
 
-__all__ = ["PULL_CODECS", "Codec", "CodecError", "CodecLimits", "DenseUpdate", "ErrorFeedback",
+__all__ = ["DELTA_PULL_CODECS", "PULL_CODECS", "Codec", "CodecError", "CodecLimits", "DenseUpdate", "ErrorFeedback",
            "SparseUpdate", "Update", "codec_names", "make_codec", "negotiate"]

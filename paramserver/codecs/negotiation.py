@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from paramserver.codecs.base import CodecError
-from paramserver.codecs.registry import PULL_CODECS, make_codec
+from paramserver.codecs.registry import DELTA_PULL_CODECS, PULL_CODECS, make_codec
 from paramserver.errors import FailedPrecondition
 from paramserver.types import CodecSpec
 
@@ -39,7 +39,7 @@ def negotiate(direction: str, offers: Sequence[CodecSpec], limits: CodecLimits) 
     """
     offers = tuple(offers) or DEFAULT_OFFER
     usable = limits.allowed if direction == "push" else tuple(
-        n for n in limits.allowed if n in PULL_CODECS)
+        n for n in limits.allowed if n in PULL_CODECS + DELTA_PULL_CODECS)
     rejected = []
     for offer in offers:
         if offer.name not in usable:

@@ -12,8 +12,12 @@ from paramserver.types import CodecSpec
 
 CodecFactory = Callable[[CodecSpec], Codec]
 CODECS: dict[str, CodecFactory] = {}
-# Codecs whose decode is elementwise and dense: the only ones parameters can be pulled with.
+# Codecs whose decode is elementwise and dense: parameters are pulled with them element by
+# element, whole, every time.
 PULL_CODECS = ("none", "fp16", "bf16")
+# Codecs that pull deltas: the server sends the change since the version the worker holds,
+# compressed with error feedback kept per codec on the server (server/pull_streams.py).
+DELTA_PULL_CODECS = ("topk", "qsgd")
 
 
 def register(name: str, factory: CodecFactory) -> None:

@@ -21,9 +21,9 @@ from paramserver.serde.records import (
 from paramserver.types import (
     ModelLayout,
     PartitionPlan,
+    PullHeader,
     PushHeader,
     RegisterHeader,
-    TensorSpec,
 )
 
 
@@ -74,13 +74,16 @@ def encode_push_header(header: PushHeader) -> bytes:
     return pb.PushRequest(header=push_header_to_proto(header)).SerializeToString()
 
 
-def encode_pull_header(version: int, tensors: tuple[TensorSpec, ...]) -> bytes:
-    header = pb.PullHeader(version=version, tensors=[spec_to_proto(t) for t in tensors])
-    return pb.PullResponse(header=header).SerializeToString()
+def encode_pull_header(header: PullHeader) -> bytes:
+    message = pb.PullHeader(version=header.version,
+                            tensors=[spec_to_proto(t) for t in header.tensors],
+                            delta_from=header.delta_from)
+    return pb.PullResponse(header=message).SerializeToString()
 
 
-def pull_header_from_proto(msg: pb.PullHeader) -> tuple[int, tuple[TensorSpec, ...]]:
-    return msg.version, tuple(spec_from_proto(t) for t in msg.tensors)
+def pull_header_from_proto(msg: pb.PullHeader) -> PullHeader:
+    return PullHeader(version=msg.version, tensors=tuple(spec_from_proto(t) for t in msg.tensors),
+                      delta_from=msg.delta_from if msg.HasField("delta_from") else -1)
 
 
 decode_register_request = _wrapper_decoder(pb.RegisterRequest, "header",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from paramserver import __version__
-from paramserver.codecs import Codec, negotiate
+from paramserver.codecs import DELTA_PULL_CODECS, Codec, negotiate
 from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -28,7 +28,8 @@ from paramserver.server.membership import Membership
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
 from paramserver.server.policies.base import Clock
-from paramserver.server.pull import pull_messages
+from paramserver.server.pull import delta_pull_messages, pull_messages
+from paramserver.server.pull_streams import PullStreams
 from paramserver.server.store import ParameterStore
 from paramserver.sharding import plan_partition
 from paramserver.types import (
@@ -72,6 +73,7 @@ class ParameterServerCore:
         self._clock = clock
         self._last_wait_log = 0.0
         self.rejoins: list[str] = []  # "worker@held->version", for status
+        self.pull_streams = PullStreams()  # compressed pulls: one replica per delta codec
         self.restored_version = (self._checkpoints.restore()
                                  if self._checkpoints is not None else -1)
 
@@ -234,12 +236,13 @@ class ParameterServerCore:
         return result
 
     def pull(self, session_id: str, min_version: int, names: list[str],
-             timeout_s: float) -> Iterator[bytes]:
+             timeout_s: float, held_version: int = -1) -> Iterator[bytes]:
         """Encoded PullResponse messages: a header, then each tensor's chunks.
 
         In sync mode a member's pull is version-consistent as a whole, since the version
         cannot advance before that member pushes again; an async pull may span updates
-        (Hogwild). SSP holds a worker's pull while it is too far ahead.
+        (Hogwild). SSP holds a worker's pull while it is too far ahead. With a delta pull
+        codec the answer is the change since `held_version` (see `pull_streams.py`).
         """
         record = self.members.touch(session_id)
         specs = self._pulled_specs(names)
@@ -249,8 +252,11 @@ class ParameterServerCore:
             self.policy.wait_turn(record.worker_id, timeout_s)
         version = self.store.wait_for_version(min_version,
                                               timeout_s - (time.monotonic() - started))
-        return pull_messages(self.store, version, specs, record.pull_encoder,
-                             self.config.chunk_bytes)
+        codec = record.pull_encoder
+        if codec.spec.name in DELTA_PULL_CODECS:
+            served = self.pull_streams.for_codec(codec).serve(self.store, specs, held_version)
+            return delta_pull_messages(served, specs, self.config.chunk_bytes)
+        return pull_messages(self.store, version, specs, codec, self.config.chunk_bytes)
 
     def _pulled_specs(self, names: list[str]) -> tuple[TensorSpec, ...]:
         layout: ModelLayout = self.store.require_layout()

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 from paramserver import serde, wire
 from paramserver.codecs import Codec
+from paramserver.server.pull_streams import Served
 from paramserver.server.store import ParameterStore
 from paramserver.transport import chunk_ranges
-from paramserver.types import TensorSpec
+from paramserver.types import PullHeader, TensorSpec
 
 
 def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, ...],
@@ -19,7 +20,7 @@ def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, 
     encoded on its own and its offset counts encoded bytes. Each chunk is copied under the
     store lock, so it never mixes two versions; `none` sends the parameter bytes as they are.
     """
-    yield serde.encode_pull_header(version, specs)
+    yield serde.encode_pull_header(PullHeader(version=version, tensors=specs))
     raw = codec.spec.name == "none"
     for index, spec in enumerate(specs):
         wire_item = codec.max_payload_nbytes(1, spec.dtype)
@@ -32,3 +33,15 @@ def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, 
                         else memoryview(codec.encode(flat[start:end]).numpy().data))
                 message = wire.encode_chunk(index, start * wire_item, data)
             yield message
+
+
+def delta_pull_messages(served: Served, specs: tuple[TensorSpec, ...],
+                        chunk_bytes: int) -> Iterator[bytes]:
+    """Encoded PullResponse messages of a compressed pull: a header, then each tensor's
+    payload (a delta under the pull codec, or the raw values) in chunks of payload bytes."""
+    yield serde.encode_pull_header(PullHeader(version=served.version, tensors=specs,
+                                              delta_from=served.delta_from))
+    for index, spec in enumerate(specs):
+        payload = memoryview(served.payloads[spec.name].numpy().data)
+        for start in range(0, payload.nbytes, chunk_bytes):
+            yield wire.encode_chunk(index, start, payload[start:start + chunk_bytes])

@@ -96,7 +96,8 @@ class ParameterServerServicer:
             request = _parsed(request)
             yield from self.core.pull(request.session_id, request.min_version,
                                       list(request.tensors),
-                                      _time_left(context, self.core.config.max_wait_s))
+                                      _time_left(context, self.core.config.max_wait_s),
+                                      request.held_version)
 
     def Status(self, include_state_hash: bool, context: grpc.ServicerContext) -> ServerStatus:
         with _abort_on_error(context, "Status"):

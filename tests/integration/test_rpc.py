@@ -75,7 +75,7 @@ def test_large_tensor_moves_past_grpc_message_limits(server_factory) -> None:  #
     def sink(index: int, offset: int, data: memoryview) -> None:
         target[offset:offset + data.nbytes] = np.frombuffer(data, np.uint8)
 
-    version, _ = connection.pull(1, sink)
+    version = connection.pull(1, sink).version
     assert version == 1 and torch.equal(out, weights - 0.25)
 
 

@@ -182,8 +182,9 @@ def test_pull_returns_current_parameters_in_chunks() -> None:
     core.register(iter(register_stream(session, big)))
     from paramserver import serde
     messages = [serde.decode_pull_response(m) for m in core.pull(session, 0, [], 1.0)]
-    version, specs = messages[0]
-    assert version == 0 and [s.name for s in specs] == ["w", "b"]
+    header = messages[0]
+    assert header.version == 0 and [s.name for s in header.tensors] == ["w", "b"]
+    assert not header.is_delta
     data = {0: bytearray(), 1: bytearray()}
     for chunk in messages[1:]:
         assert chunk.offset == len(data[chunk.tensor]) and chunk.data.nbytes <= 1024

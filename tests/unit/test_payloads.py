@@ -12,7 +12,7 @@ from paramserver.codecs import PULL_CODECS, make_codec
 from paramserver.codecs.base import to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.transport import chunk_ranges
-from paramserver.types import TensorSpec
+from paramserver.types import PullHeader, TensorSpec
 from workers.payloads import PullDecoder, encode_routes
 from workers.routes import Route
 from workers.tensor_io import HostMirror, host_bytes
@@ -49,7 +49,7 @@ def test_pulled_chunks_decode_like_the_codec_in_place(codec_name: str, dtype: to
     route = _route(param, start, length)
     decoder = PullDecoder(0, make_codec(codec_name), {"p/0": route},
                           {"p": HostMirror(param).writable_values(param)})
-    decoder.on_header(1, (route.stored,))
+    decoder.on_header(PullHeader(version=1, tensors=(route.stored,)))
     for offset, chunk in _stream(codec_name, sent, per_chunk):
         decoder.sink(0, offset, chunk)
 
@@ -65,17 +65,17 @@ def test_a_pull_refuses_surplus_bytes_and_split_elements() -> None:
     route = _route(param, 0, 4)
     targets = {"p": HostMirror(param).writable_values(param)}
     fp16 = PullDecoder(3, make_codec("fp16"), {"p/0": route}, targets)
-    fp16.on_header(1, (route.stored,))
+    fp16.on_header(PullHeader(version=1, tensors=(route.stored,)))
     with pytest.raises(InvalidArgument, match="shard 3 sent too many bytes for tensor 0"):
         fp16.sink(0, 4, memoryview(bytes(6)))
     with pytest.raises(InvalidArgument, match="splits a 2-byte element"):
         fp16.sink(0, 1, memoryview(bytes(2)))
     raw = PullDecoder(3, make_codec("none"), {"p/0": route}, targets)
-    raw.on_header(1, (route.stored,))
+    raw.on_header(PullHeader(version=1, tensors=(route.stored,)))
     with pytest.raises(InvalidArgument, match="too many bytes"):
         raw.sink(0, 8, memoryview(bytes(12)))
     with pytest.raises(FailedPrecondition, match="does not match the attached model"):
-        raw.on_header(1, (TensorSpec("p/0", (5,), torch.float32),))
+        raw.on_header(PullHeader(version=1, tensors=(TensorSpec("p/0", (5,), torch.float32),)))
     with pytest.raises(FailedPrecondition, match="cannot pull with codec 'topk'"):
         PullDecoder(0, make_codec("topk:ratio=0.5"), {"p/0": route}, targets)
 

@@ -45,9 +45,15 @@ def test_negotiation_adjusts_offers_into_the_servers_limits() -> None:
         CodecSpec.parse("qsgd:bits=4,bucket=512")
 
 
-def test_pulls_only_negotiate_dense_codecs_and_bad_params_are_skipped() -> None:
+def test_pulls_negotiate_elementwise_and_delta_codecs_only() -> None:
+    offers = [CodecSpec.parse("randomk:ratio=0.01"), CodecSpec("fp16")]
+    assert negotiate("pull", offers, CodecLimits()) == CodecSpec("fp16")  # no random-k pulls
+    # Issue #14: top-k and qsgd pull deltas (server/pull_streams.py).
     offers = [CodecSpec.parse("topk:ratio=0.01"), CodecSpec("fp16")]
-    assert negotiate("pull", offers, CodecLimits()) == CodecSpec("fp16")
+    assert negotiate("pull", offers, CodecLimits()) == CodecSpec.parse("topk:mode=exact,ratio=0.01")
+
+
+def test_bad_codec_params_are_skipped() -> None:
     assert negotiate("push", [CodecSpec.parse("qsgd:bits=3"), CodecSpec("bf16")],
                      CodecLimits()) == CodecSpec("bf16")
 
