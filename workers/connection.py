@@ -22,12 +22,9 @@ import grpc
 
 from paramserver import __version__, serde, wire
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
+from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
-from paramserver.transport import (
-    DEFAULT_CHUNK_BYTES,
-    chunk_ranges,
-    insecure_channel,
-)
+from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, open_channel, tls_refusal
 from paramserver.types import (
     CodecSpec,
     HandshakeRequest,
@@ -75,14 +72,17 @@ class ServerConnection:
     """
 
     def __init__(self, address: str, timeout_s: float = 60.0, retry_s: float = 60.0,
-                 shaper: LinkShaper | None = None) -> None:
+                 shaper: LinkShaper | None = None,
+                 security: ClientSecurity | None = None) -> None:
+        """`security`: TLS and the credential to present; None takes them from the
+        PARAMSERVER_TLS_* / PARAMSERVER_TOKEN environment (plaintext when none is set)."""
         self.address = address
         self.retry_s = retry_s
         self.retries = 0  # calls that were tried again
         self._sequence = 0
         self._shaper = shaper  # paces pushed chunks and pulled messages (None: full speed)
         self.timeout_s = timeout_s
-        self.channel = insecure_channel(address)
+        self.channel = open_channel(address, security or ClientSecurity.from_env())
         self.session: Session | None = None
         self.chunk_bytes = DEFAULT_CHUNK_BYTES
         self.bytes_pushed = 0
@@ -120,7 +120,7 @@ class ServerConnection:
             try:
                 return attempt()
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
+                error = tls_refusal(rpc_error, self.address) or from_rpc_error(rpc_error)
             except ParamServerError as own_error:
                 error = own_error
             if error.code not in retried or time.monotonic() + delay > deadline:
@@ -233,7 +233,7 @@ class ServerConnection:
                     if on_header is not None:
                         on_header(*header)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise tls_refusal(error, self.address) or from_rpc_error(error) from None
         if header is None:
             raise InvalidArgument("pull stream ended without a header")
         return header
