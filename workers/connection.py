@@ -82,7 +82,9 @@ class ServerConnection:
         self._sequence = 0
         self._shaper = shaper  # paces pushed chunks and pulled messages (None: full speed)
         self.timeout_s = timeout_s
-        self.channel = open_channel(address, security or ClientSecurity.from_env())
+        security = security or ClientSecurity.from_env()
+        self._tls = security is not None and security.tls
+        self.channel = open_channel(address, security)
         self.session: Session | None = None
         self.chunk_bytes = DEFAULT_CHUNK_BYTES
         self.bytes_pushed = 0
@@ -124,15 +126,25 @@ class ServerConnection:
             except ParamServerError as own_error:
                 error = own_error
             if error.code not in retried or time.monotonic() + delay > deadline:
-                if tries > 1:
-                    gave_up = (f"{error.message} (gave up after {tries} attempts over "
-                               f"{self.retry_s:.0f}s to {self.address})")
-                    error.args = (gave_up,)
+                self._explain(error, tries)
                 raise error from None
             log.debug("%s: %s; retrying in %.2fs", self.address, error.message, delay)
             self.retries += 1
             time.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def _explain(self, error: ParamServerError, tries: int) -> None:
+        """Add to a final error's message how often it was tried, and what a TLS server
+        that closes the connection at once most likely means."""
+        message = error.message
+        if tries > 1:
+            message += (f" (gave up after {tries} attempts over {self.retry_s:.0f}s to "
+                        f"{self.address})")
+        if self._tls and error.code == grpc.StatusCode.UNAVAILABLE:
+            message += ("; over TLS this is also what a server that refused this client's "
+                        "certificate looks like: check --tls-cert/--tls-key (signed by the "
+                        "server's client CA, not expired)")
+        error.args = (message,)
 
     @property
     def session_id(self) -> str:

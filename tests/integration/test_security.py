@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import pytest
 import torch
 
 from paramserver import serde
+from paramserver.cli.local_cluster import LocalCluster
 from paramserver.cli.main import main as cli_main
 from paramserver.cli.status import format_status
 from paramserver.security.certs import CertificateAuthority, KeyPair
@@ -40,6 +45,7 @@ from paramserver.types import (
 from tests.helpers import raw
 from workers.connection import ServerConnection
 
+REPO = Path(__file__).resolve().parents[2]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -349,3 +355,86 @@ def test_certs_command_writes_a_cluster(tmp_path: Path) -> None:
     from paramserver.security.certs import identity_of
 
     assert identity_of((tmp_path / "worker-1.crt").read_bytes()) == ("worker-1", "worker")
+
+
+# ---- the local cluster and the examples under mutual TLS -------------------------------------
+
+
+def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "paramserver.cli.main", *args], cwd=REPO, check=False,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_launch_tls_trains_with_a_certificate_per_worker(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = _cli("launch", "--tls", "--servers", "2", "--workers", "2", "--epochs", "2",
+                  "--report", str(report), "--run-dir", str(tmp_path / "run"),
+                  "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mutual TLS" in result.stdout
+    summary = json.loads(report.read_text())
+    assert summary["steps"] == 44 and summary["accuracy"] >= 0.85, summary
+    assert {"ca.crt", "worker-0.crt", "worker-1.crt", "launcher.crt"} <= {
+        p.name for p in (tmp_path / "run" / "tls").iterdir()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_federated_tls_runs_its_rounds(tmp_path: Path) -> None:
+    report = tmp_path / "fed.json"
+    result = _cli("federated", "--tls", "--simulate", "--clients", "3", "--rounds", "2",
+                  "--report", str(report), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(report.read_text())["rounds"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_embedded_loop_example_runs_under_mutual_tls_from_the_environment(
+        tmp_path: Path) -> None:
+    """attach() takes its credential from PARAMSERVER_TLS_*: the example is unchanged."""
+    from paramserver.security.certs import write_cluster
+
+    files = write_cluster(tmp_path, ["127.0.0.1"], {"rank-0": AccessRole.WORKER,
+                                                    "rank-1": AccessRole.WORKER})
+    with LocalCluster(tmp_path / "run") as cluster:
+        [(_, address)] = cluster.start_servers(1, [
+            "--workers", "2", "--tls-cert", str(files.server_cert), "--tls-key",
+            str(files.server_key), "--tls-client-ca", str(files.ca)])
+        ranks = []
+        for rank in range(2):
+            cert, key = files.clients[f"rank-{rank}"]
+            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                   "PARAMSERVER_TLS_CA": str(files.ca), "PARAMSERVER_TLS_CERT": str(cert),
+                   "PARAMSERVER_TLS_KEY": str(key)}
+            ranks.append(subprocess.Popen(
+                [sys.executable, str(REPO / "examples" / "embed_existing_loop.py"),
+                 "--servers", address, "--epochs", "2"], cwd=REPO, env=env, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
+        results = []
+        for process in ranks:
+            try:
+                out, err = process.communicate(timeout=180)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            assert process.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0]["accuracy"] == results[1]["accuracy"] >= 0.85
+
+
+def test_a_refused_certificate_is_explained_when_the_client_gives_up(
+        cluster: Cluster, mtls_server: RunningServer) -> None:
+    expired = cluster.expired
+    connection = ServerConnection(mtls_server.address, timeout_s=5, retry_s=0,
+                                  security=ClientSecurity(cluster.ca.cert_pem, expired.cert,
+                                                          expired.key))
+    with pytest.raises(Exception) as error:
+        connection.status()
+    assert getattr(error.value, "code", None) == UNAVAILABLE
+    assert "--tls-cert" in str(error.value) and "expired" in str(error.value)
+    connection.close()
