@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser = sub.add_parser("status", help="show each shard's tensors, version and workers")
     parser.add_argument("--servers", "--server", dest="servers", default="127.0.0.1:50051",
                         help="server host:port, or several comma-separated")
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds per call, and to keep retrying an unreachable server")
     add_client_security(parser)
     parser.set_defaults(func=run)
 
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     failed = 0
     for address in [a.strip() for a in args.servers.split(",") if a.strip()]:
-        connection = ServerConnection(address, timeout_s=args.timeout,
+        connection = ServerConnection(address, timeout_s=args.timeout, retry_s=args.timeout,
                                       security=client_security_from_args(args))
         try:
             print(format_status(address, connection.status()))

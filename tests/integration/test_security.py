@@ -438,3 +438,36 @@ def test_a_refused_certificate_is_explained_when_the_client_gives_up(
     assert getattr(error.value, "code", None) == UNAVAILABLE
     assert "--tls-cert" in str(error.value) and "expired" in str(error.value)
     connection.close()
+
+
+def _example(script: str, *args: str) -> dict:  # type: ignore[type-arg]
+    result = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], cwd=REPO,
+                            check=False, capture_output=True, text=True, timeout=240,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_source_document_examples_run_with_tls() -> None:
+    parallel = _example("data_parallel.py", "--tls", "--workers", "2", "--epochs", "3")
+    assert min(parallel["accuracy"]) >= 0.85, parallel
+    federated = _example("federated_averaging.py", "--tls", "--clients", "2", "--rounds", "4")
+    assert federated["round_loss"][-1] < federated["round_loss"][0], federated
+
+
+def test_status_command_with_an_observer_certificate(cluster: Cluster, tmp_path: Path,
+                                                     mtls_server: RunningServer) -> None:
+    victim = _victim(mtls_server, cluster.mtls("worker-1"))
+    paths = {}
+    for name, data in (("ca", cluster.ca.cert_pem), ("crt", cluster.pairs["observer"].cert),
+                       ("key", cluster.pairs["observer"].key)):
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(data)
+    result = _cli("status", "--servers", mtls_server.address, "--tls-ca", str(paths["ca"]),
+                  "--tls-cert", str(paths["crt"]), "--tls-key", str(paths["key"]), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "worker-1" in result.stdout and victim.session_id not in result.stdout
+    plain = _cli("status", "--servers", mtls_server.address, "--timeout", "2", timeout=60)
+    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stdout
