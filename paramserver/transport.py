@@ -74,18 +74,26 @@ def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
         require_client_auth=security.client_ca is not None)
 
 
+# What gRPC's details say when TLS itself refused the peer (not a socket error, which a
+# restarting server also causes and which is worth retrying).
+_TLS_REFUSALS = ("SSL_ERROR_SSL", "security handshaker", "Verification Check failed")
+
+
 def tls_refusal(error: grpc.RpcError, address: str) -> ParamServerError | None:
-    """UNAUTHENTICATED with what to check, when `error` is a failed TLS handshake (no client
-    certificate, one from another CA, an expired one, a plaintext peer): retrying cannot
-    help, so callers raise this instead of retrying UNAVAILABLE; None for other errors."""
+    """UNAUTHENTICATED with what to check, when `error` is this client refusing the TLS
+    handshake (the server's certificate is not from --tls-ca or not for this name, a
+    plaintext server, an unusable own certificate): retrying cannot help, so callers raise
+    this instead of retrying UNAVAILABLE. None for other errors (a server refusing our
+    certificate just closes the connection, which looks like any network failure)."""
     code = error.code() if hasattr(error, "code") else None
     details = (error.details() if hasattr(error, "details") else "") or ""
-    if code != grpc.StatusCode.UNAVAILABLE or "handshake" not in details.lower():
+    if code != grpc.StatusCode.UNAVAILABLE or not any(m in details for m in _TLS_REFUSALS):
         return None
     return Unauthenticated(
-        f"the TLS handshake with {address} failed ({details.strip()[-160:]}): check that "
-        "--tls-ca is the CA that signed the server's certificate, that your --tls-cert was "
-        "signed by the server's client CA and has not expired, and that both sides use TLS")
+        f"the TLS handshake with {address} failed ({details.strip()[:300]}): check that "
+        "--tls-ca is the CA that signed the server's certificate, that the certificate "
+        "names the host you dial (else --tls-server-name), that your --tls-cert/--tls-key "
+        "belong together, and that both sides use TLS")
 
 
 def chunk_ranges(nbytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:

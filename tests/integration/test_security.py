@@ -471,3 +471,23 @@ def test_status_command_with_an_observer_certificate(cluster: Cluster, tmp_path:
     assert "worker-1" in result.stdout and victim.session_id not in result.stdout
     plain = _cli("status", "--servers", mtls_server.address, "--timeout", "2", timeout=60)
     assert plain.returncode == 1 and "UNAVAILABLE" in plain.stdout
+
+
+def test_a_server_certificate_for_another_name_is_refused_with_the_fix(
+        cluster: Cluster) -> None:
+    elsewhere = cluster.ca.server(["10.9.9.9"])
+    server = _start(ServerSecurity(elsewhere.cert, elsewhere.key,
+                                   client_ca=cluster.ca.cert_pem))
+    try:
+        mine = cluster.mtls("observer")
+        connection = ServerConnection(server.address, timeout_s=5, retry_s=5, security=mine)
+        with pytest.raises(Exception) as error:
+            connection.status()
+        assert getattr(error.value, "code", None) == UNAUTHENTICATED
+        assert "--tls-server-name" in str(error.value) and connection.retries == 0
+        connection.close()
+        renamed = dataclasses.replace(mine, server_name="10.9.9.9")
+        assert ServerConnection(server.address, timeout_s=5, retry_s=0,
+                                security=renamed).status().version == 0
+    finally:
+        server.stop(grace_s=0.5)
