@@ -81,8 +81,8 @@ class Authenticator(grpc.ServerInterceptor):
                 caller = self._authenticate(context, token)
                 check_method(caller, method)
             except ParamServerError as error:
-                log.warning("%s refused (%s) from %s: %s", method, error.code.name,
-                            printable(context.peer()), error.message)
+                log.info("%s refused (%s) from %s: %s", method, error.code.name,
+                         printable(context.peer()), error.message)
                 context.abort(error.code, error.message)
                 raise AssertionError("unreachable: context.abort raises") from error
             return behaviour(request, CallerContext(context, caller))
