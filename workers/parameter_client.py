@@ -24,6 +24,7 @@ from torch import nn
 
 from paramserver.codecs import Codec, ErrorFeedback, make_codec
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
+from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
     CodecSpec,
@@ -110,7 +111,8 @@ class ParameterClient:
     without it (backup workers) or its gradient was too stale is dropped likewise. `close()`
     leaves the job so that nobody waits for this worker.
 
-    `shaper_factory(address)`, when given, paces each server's connection (benchmarks
+    `security`: TLS and this worker's credential (None: from the environment, see
+    `ServerConnection`). `shaper_factory(address)`, when given, paces each server's connection (benchmarks
     emulate a slower link with it; see `LinkShaper`).
     """
 
@@ -118,14 +120,16 @@ class ParameterClient:
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
-                 shaper_factory: Callable[[str], LinkShaper] | None = None) -> None:
+                 shaper_factory: Callable[[str], LinkShaper] | None = None,
+                 security: ClientSecurity | None = None) -> None:
         self.worker_id = worker_id
         self.role = role
         self._offers = (tuple(push_codecs), tuple(pull_codecs))
         addresses = parse_servers(servers)
         self.connections = [
             ServerConnection(a, timeout_s, retry_s,
-                             shaper=shaper_factory(a) if shaper_factory else None)
+                             shaper=shaper_factory(a) if shaper_factory else None,
+                             security=security)
             for a in addresses]
         self._shards = ShardFanOut(len(addresses))
         self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_timeout_s))
