@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## demo: a local cluster (1 server, 2 workers, sync) trains the digits MLP
+## demo: a local cluster (1 server, 2 workers, sync, mutual TLS) trains the digits MLP
 demo: setup
-	$(VENV)/bin/paramserver launch --servers 1 --workers 2 --mode sync --epochs 10
+	$(VENV)/bin/paramserver launch --servers 1 --workers 2 --mode sync --epochs 10 --tls
 
 ## test: the whole test suite (CPU; GPU tests skip without CUDA)
 test: setup

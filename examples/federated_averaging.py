@@ -8,7 +8,7 @@ its number of examples; a server running
 
 turns those into the example-weighted average of the client models: FedAvg.
 
-    python examples/federated_averaging.py --clients 4 --rounds 10
+    python examples/federated_averaging.py --clients 4 --rounds 10 [--tls]   # --tls: mutual TLS
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from torch import nn, optim
 
 import workers
 from paramserver.cli.local_cluster import LocalCluster, run_in_processes
+from paramserver.cli.security_options import client_security, make_local_cluster_tls, server_flags
+from paramserver.security import AccessRole, ClientSecurity
 
 CLIENT_SIZES = [400, 200, 60, 20]  # imbalanced on purpose
 TRUE_SEED = 42
@@ -47,12 +49,14 @@ def client_data(client: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, x @ w + b + 0.1 * torch.randn(size, 1, generator=own)
 
 
-def run_client(client: int, size: int, servers: str, rounds: int, local_epochs: int) -> list[float]:
+def run_client(client: int, size: int, servers: str, rounds: int, local_epochs: int,
+               security: ClientSecurity | None = None) -> list[float]:
     """The document's loop: local SGD over batches, then `fed_averaging.step(...)` per round.
     Returns the global model's loss on this client's data after every round."""
     inputs, labels = client_data(client, size)
     fed_model = FedModel()
-    with workers.attach(fed_model, servers, worker_id=f"client-{client}", overlap=False) as ps:
+    with workers.attach(fed_model, servers, worker_id=f"client-{client}", overlap=False,
+                        security=security) as ps:
         fed_averaging = workers.FedAvg(ps)
         optimizer = optim.SGD(fed_model.parameters(), lr=0.01)
         losses = []
@@ -75,16 +79,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=len(CLIENT_SIZES))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--tls", action="store_true", help="mutual TLS with a throwaway CA")
     args = parser.parse_args()
     sizes = [CLIENT_SIZES[i % len(CLIENT_SIZES)] for i in range(args.clients)]
     with tempfile.TemporaryDirectory(prefix="ps-fedavg-") as run_dir, \
             LocalCluster(Path(run_dir)) as cluster:
+        names = [f"client-{client}" for client in range(args.clients)]
+        tls = (make_local_cluster_tls(Path(run_dir) / "tls", dict.fromkeys(names,
+                                                                          AccessRole.WORKER))
+               if args.tls else None)
         [(_, address)] = cluster.start_servers(1, [
             "--mode", "sync", "--workers", str(args.clients), "--aggregate", "weighted",
-            "--optimizer", "sgd", "--lr", "1", "--momentum", "0"])
+            "--optimizer", "sgd", "--lr", "1", "--momentum", "0", *server_flags(tls)])
         losses = run_in_processes(run_client, [
-            (client, size, address, args.rounds, args.local_epochs)
-            for client, size in enumerate(sizes)])
+            (client, size, address, args.rounds, args.local_epochs,
+             client_security(tls, names[client])) for client, size in enumerate(sizes)])
     # The global model's loss over all clients' data, example-weighted, after each round.
     total = sum(sizes)
     per_round = [sum(n * client[r] for n, client in zip(sizes, losses)) / total

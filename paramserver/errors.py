@@ -66,6 +66,19 @@ class NotFound(ParamServerError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class Unauthenticated(ParamServerError):
+    """The call carries no valid credential (no token, an unknown token, a certificate the
+    server's CA did not sign): see the message for which."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ParamServerError):
+    """The caller is known, but its role or identity does not allow this call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(ParamServerError):
     """The server is full (e.g. a synchronous job already has all its workers)."""
 
@@ -92,7 +105,7 @@ def from_rpc_error(error: grpc.RpcError) -> ParamServerError:
             SESSION_EXPIRED):
         return SessionExpired(details)
     for cls in (InvalidArgument, FailedPrecondition, NotFound, ResourceExhausted,
-                DeadlineExceeded, Unavailable, Aborted):
+                DeadlineExceeded, Unavailable, Aborted, Unauthenticated, PermissionDenied):
         if cls.code == code:
             return cls(details or code.name)
     return ParamServerError(details or str(code), code)

@@ -12,6 +12,9 @@ from typing import Any
 
 import grpc
 
+from paramserver.errors import ParamServerError, Unauthenticated
+from paramserver.security.credentials import ClientSecurity, ServerSecurity
+
 DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB of tensor payload per TensorChunk
 MAX_MESSAGE_BYTES = 64 << 20  # headers may carry large layouts; chunks stay ~1 MiB
 FLOW_CONTROL_WINDOW = 64 << 20
@@ -45,6 +48,52 @@ def server_options() -> list[tuple[str, Any]]:
 def insecure_channel(address: str) -> grpc.Channel:
     """A channel to `address` ("host:port") with the project's options."""
     return grpc.insecure_channel(address, options=channel_options())
+
+
+def open_channel(address: str, security: ClientSecurity | None = None) -> grpc.Channel:
+    """A channel to `address`: plaintext without `security`, else TLS (mutual TLS when it
+    holds a certificate) with its bearer token on every call."""
+    if security is None or not security.tls:
+        return insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(security.ca, security.key, security.cert)
+    if security.token is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(security.token))
+    options = channel_options()
+    if security.server_name:
+        options.append(("grpc.ssl_target_name_override", security.server_name))
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def server_credentials(security: ServerSecurity) -> grpc.ServerCredentials:
+    """TLS with the server's pair; a client CA makes it mutual (a client without a
+    certificate that CA signed fails the TLS handshake)."""
+    assert security.cert is not None and security.key is not None
+    return grpc.ssl_server_credentials(
+        [(security.key, security.cert)], root_certificates=security.client_ca,
+        require_client_auth=security.client_ca is not None)
+
+
+# What gRPC's details say when TLS itself refused the peer (not a socket error, which a
+# restarting server also causes and which is worth retrying).
+_TLS_REFUSALS = ("SSL_ERROR_SSL", "security handshaker", "Verification Check failed")
+
+
+def tls_refusal(error: grpc.RpcError, address: str) -> ParamServerError | None:
+    """UNAUTHENTICATED with what to check, when `error` is this client refusing the TLS
+    handshake (the server's certificate is not from --tls-ca or not for this name, a
+    plaintext server, an unusable own certificate): retrying cannot help, so callers raise
+    this instead of retrying UNAVAILABLE. None for other errors (a server refusing our
+    certificate just closes the connection, which looks like any network failure)."""
+    code = error.code() if hasattr(error, "code") else None
+    details = (error.details() if hasattr(error, "details") else "") or ""
+    if code != grpc.StatusCode.UNAVAILABLE or not any(m in details for m in _TLS_REFUSALS):
+        return None
+    return Unauthenticated(
+        f"the TLS handshake with {address} failed ({details.strip()[:300]}): check that "
+        "--tls-ca is the CA that signed the server's certificate, that the certificate "
+        "names the host you dial (else --tls-server-name), that your --tls-cert/--tls-key "
+        "belong together, and that both sides use TLS")
 
 
 def chunk_ranges(nbytes: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:

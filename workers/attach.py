@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec, Mode, PushResult
 from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
 from workers.connection import LinkShaper
@@ -190,7 +191,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            worker_id: str | None = None, overlap: bool = True,
            bucket_mb: float = DEFAULT_BUCKET_BYTES / 2**20, error_feedback: bool = True,
            ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
-           shaper_factory: Callable[[str], LinkShaper] | None = None) -> AttachedModel:
+           shaper_factory: Callable[[str], LinkShaper] | None = None,
+           security: ClientSecurity | None = None) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -202,6 +204,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     waits at most `timeout_s`; unreachable servers are retried for `retry_s`, then the
     error is raised in the training loop. `shaper_factory(address)` paces each server's
     connection (see `workers.connection.LinkShaper`; benchmarks emulate slow links with it).
+    `security`: TLS and this worker's credential (`ClientSecurity.from_files(ca, cert, key)`);
+    None reads PARAMSERVER_TLS_CA/_CERT/_KEY or PARAMSERVER_TOKEN from the environment, and
+    is plaintext when none is set. Under mutual TLS `worker_id` must be the certificate's.
     """
     identity = WorkerIdentity.from_env()
     if worker_id is not None:
@@ -210,7 +215,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     client = ParameterClient(servers, identity.worker_id, push_codecs=_specs(codecs),
                              pull_codecs=_specs(pull_codecs), timeout_s=timeout_s,
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
-                             retry_s=retry_s, shaper_factory=shaper_factory)
+                             retry_s=retry_s, shaper_factory=shaper_factory,
+                             security=security)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

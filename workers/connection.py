@@ -22,12 +22,9 @@ import grpc
 
 from paramserver import __version__, serde, wire
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
+from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
-from paramserver.transport import (
-    DEFAULT_CHUNK_BYTES,
-    chunk_ranges,
-    insecure_channel,
-)
+from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, open_channel, tls_refusal
 from paramserver.types import (
     CodecSpec,
     HandshakeRequest,
@@ -76,14 +73,19 @@ class ServerConnection:
     """
 
     def __init__(self, address: str, timeout_s: float = 60.0, retry_s: float = 60.0,
-                 shaper: LinkShaper | None = None) -> None:
+                 shaper: LinkShaper | None = None,
+                 security: ClientSecurity | None = None) -> None:
+        """`security`: TLS and the credential to present; None takes them from the
+        PARAMSERVER_TLS_* / PARAMSERVER_TOKEN environment (plaintext when none is set)."""
         self.address = address
         self.retry_s = retry_s
         self.retries = 0  # calls that were tried again
         self._sequence = 0
         self._shaper = shaper  # paces pushed chunks and pulled messages (None: full speed)
         self.timeout_s = timeout_s
-        self.channel = insecure_channel(address)
+        security = security or ClientSecurity.from_env()
+        self._tls = security is not None and security.tls
+        self.channel = open_channel(address, security)
         self.session: Session | None = None
         self.chunk_bytes = DEFAULT_CHUNK_BYTES
         self.bytes_pushed = 0
@@ -121,19 +123,29 @@ class ServerConnection:
             try:
                 return attempt()
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
+                error = tls_refusal(rpc_error, self.address) or from_rpc_error(rpc_error)
             except ParamServerError as own_error:
                 error = own_error
             if error.code not in retried or time.monotonic() + delay > deadline:
-                if tries > 1:
-                    gave_up = (f"{error.message} (gave up after {tries} attempts over "
-                               f"{self.retry_s:.0f}s to {self.address})")
-                    error.args = (gave_up,)
+                self._explain(error, tries)
                 raise error from None
             log.debug("%s: %s; retrying in %.2fs", self.address, error.message, delay)
             self.retries += 1
             time.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def _explain(self, error: ParamServerError, tries: int) -> None:
+        """Add to a final error's message how often it was tried, and what a TLS server
+        that closes the connection at once most likely means."""
+        message = error.message
+        if tries > 1:
+            message += (f" (gave up after {tries} attempts over {self.retry_s:.0f}s to "
+                        f"{self.address})")
+        if self._tls and error.code == grpc.StatusCode.UNAVAILABLE:
+            message += ("; over TLS this is also what a server that refused this client's "
+                        "certificate looks like: check --tls-cert/--tls-key (signed by the "
+                        "server's client CA, not expired)")
+        error.args = (message,)
 
     @property
     def session_id(self) -> str:
@@ -236,7 +248,7 @@ class ServerConnection:
                     if on_header is not None:
                         on_header(header)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise tls_refusal(error, self.address) or from_rpc_error(error) from None
         if header is None:
             raise InvalidArgument("pull stream ended without a header")
         return header

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from paramserver.errors import DeadlineExceeded
 from paramserver.polling import wait_for
+from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec, Role
 from workers.attach import attach
 from workers.data import client_shard, load_digits_dataset
@@ -18,18 +19,21 @@ from workers.probes import probe_status
 
 
 def run_client(servers: str, index: int, clients: int, rounds: int, training: LocalTraining,
-               partition: str, codecs: Sequence[CodecSpec], seed: int = 0) -> ClientReport:
-    """One client on its own partition of digits, until the global model reaches `rounds`."""
+               partition: str, codecs: Sequence[CodecSpec], seed: int = 0,
+               security: ClientSecurity | None = None) -> ClientReport:
+    """One client (`client-INDEX`) on its own partition of digits, until the global model
+    reaches `rounds`."""
     data = load_digits_dataset()
     x, y = client_shard(data, partition, clients, index, seed)
     model = digits_mlp(seed=seed)
     with attach(model, servers, worker_id=f"client-{index}", codecs=codecs,
-                overlap=False) as attached:
+                overlap=False, security=security) as attached:
         return FederatedClient(attached, x, y, training, seed=seed * 7919 + index).run(rounds)
 
 
 def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], None],
-                  alive: Callable[[], bool], poll_s: float = 2.0) -> list[float]:
+                  alive: Callable[[], bool], poll_s: float = 2.0,
+                  security: ClientSecurity | None = None) -> list[float]:
     """Test accuracy of the global model after each round (an observer pulls every version),
     until `rounds`; raises RuntimeError if `alive()` turns false before (no client left)."""
     data = load_digits_dataset()
@@ -39,13 +43,13 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
     def registered() -> bool:
         if not alive():
             raise RuntimeError("every client exited before the model was registered")
-        current = probe_status(servers)
+        current = probe_status(servers, security=security)
         return current is not None and current.layout is not None
 
     wait_for("the first client registering the model", registered, timeout_s=300,
              period_s=0.2)
     with ParameterClient(servers, "round-observer", role=Role.OBSERVER, timeout_s=poll_s,
-                         retry_s=0.0) as observer:
+                         retry_s=0.0, security=security) as observer:
         observer.attach(model)
         while len(accuracies) < rounds:
             try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
@@ -24,6 +23,7 @@ from torch import nn
 
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, ErrorFeedback, make_codec
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
+from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
     CodecSpec,
@@ -40,56 +40,12 @@ from workers.connection import LinkShaper, ServerConnection
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
-from workers.routes import Route, ShardRoutes, recorded_plan
+from workers.routes import ShardRoutes, recorded_plan
+from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush, parse_servers
 from workers.tensor_io import HostMirror
 
 log = logging.getLogger(__name__)
 HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
-
-
-def parse_servers(servers: str | Sequence[str]) -> list[str]:
-    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2']; the order is the shard order."""
-    items = servers.split(",") if isinstance(servers, str) else list(servers)
-    addresses = [a.strip() for a in items if a.strip()]
-    if not addresses:
-        raise InvalidArgument("no server address given")
-    return addresses
-
-
-@dataclass(frozen=True)
-class ShardPush:
-    """One shard's answer to a push."""
-
-    result: PushResult
-    target: int  # the version to pull after this push
-    aborted: bool = False  # dropped: the step closed without it, or it was too stale
-    rejoined: bool = False  # the shard had forgotten our session; the push was dropped
-
-
-@dataclass(frozen=True)
-class ShardPull:
-    version: int
-    rejoined: bool = False
-
-
-@dataclass(frozen=True)
-class ShardJoin:
-    """One shard's answer to attach: did we create its part of the model, at what version."""
-
-    created: bool
-    version: int
-    rejoined: bool = False
-
-
-@dataclass(frozen=True)
-class StepPush:
-    """The inputs of one `push` call, shared by its per-shard calls (read only)."""
-
-    routes: list[tuple[Route, ...]]  # per shard: the slices that have a gradient
-    gradients: dict[str, torch.Tensor]
-    raw: dict[str, memoryview] | None  # gradients' host bytes, when some shard pushes `none`
-    num_samples: int
-    more_parts: bool
 
 
 class ParameterClient:
@@ -110,7 +66,8 @@ class ParameterClient:
     without it (backup workers) or its gradient was too stale is dropped likewise. `close()`
     leaves the job so that nobody waits for this worker.
 
-    `shaper_factory(address)`, when given, paces each server's connection (benchmarks
+    `security`: TLS and this worker's credential (None: from the environment, see
+    `ServerConnection`). `shaper_factory(address)`, when given, paces each server's connection (benchmarks
     emulate a slower link with it; see `LinkShaper`).
     """
 
@@ -118,14 +75,16 @@ class ParameterClient:
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                  timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
-                 shaper_factory: Callable[[str], LinkShaper] | None = None) -> None:
+                 shaper_factory: Callable[[str], LinkShaper] | None = None,
+                 security: ClientSecurity | None = None) -> None:
         self.worker_id = worker_id
         self.role = role
         self._offers = (tuple(push_codecs), tuple(pull_codecs))
         addresses = parse_servers(servers)
         self.connections = [
             ServerConnection(a, timeout_s, retry_s,
-                             shaper=shaper_factory(a) if shaper_factory else None)
+                             shaper=shaper_factory(a) if shaper_factory else None,
+                             security=security)
             for a in addresses]
         self._shards = ShardFanOut(len(addresses))
         self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_timeout_s))

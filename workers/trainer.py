@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec, Mode, Role
 from workers.data import epoch_batches, load_digits_dataset, shard_indices, steps_per_epoch
 from workers.models import accuracy, digits_mlp
@@ -35,6 +36,7 @@ class TrainConfig:
     ef_momentum: float = 0.0  # momentum correction for biased codecs (server momentum 0)
     timeout_s: float = 60.0
     retry_s: float = 60.0  # how long to retry an unreachable server before failing
+    security: ClientSecurity | None = None  # TLS and credential (None: from the environment)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
     with ParameterClient(config.servers, config.worker_id, push_codecs=config.codecs,
                          pull_codecs=config.pull_codecs, timeout_s=config.timeout_s,
                          error_feedback=config.error_feedback,
-                         ef_momentum=config.ef_momentum, retry_s=config.retry_s) as client:
+                         ef_momentum=config.ef_momentum, retry_s=config.retry_s,
+                         security=config.security) as client:
         client.attach(model)
         n = len(data.x_train)
         mine = shard_indices(n, config.rank, config.num_workers, config.data)
@@ -123,12 +126,15 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         )
 
 
-def evaluate_server_model(servers: str, hidden: int = 128,
-                          timeout_s: float = 30.0) -> tuple[float, int]:
-    """(test accuracy, version) of the servers' current parameters, read by an observer."""
+def evaluate_server_model(servers: str, hidden: int = 128, timeout_s: float = 30.0,
+                          security: ClientSecurity | None = None,
+                          name: str = "evaluator") -> tuple[float, int]:
+    """(test accuracy, version) of the servers' current parameters, read by an observer
+    named `name` (under authentication: the credential's own name, or any for an admin)."""
     data = load_digits_dataset()
     model = digits_mlp(hidden)
-    with ParameterClient(servers, "evaluator", role=Role.OBSERVER, timeout_s=timeout_s) as client:
+    with ParameterClient(servers, name, role=Role.OBSERVER, timeout_s=timeout_s,
+                         security=security) as client:
         client.attach(model)
         return accuracy(model, data.x_test, data.y_test), client.version
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from paramserver.cli.options import add_logging, parse_codecs, setup_logging, write_json
+from paramserver.cli.security_options import add_client_security, client_security_from_args
 from paramserver.types import CodecSpec
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                                                "reached this round (30)")
     parser.add_argument("--report", type=Path, help="write a JSON summary here")
     add_client_training(parser)
+    add_client_security(parser)
     add_logging(parser)
     parser.set_defaults(func=run)
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     report = run_client(args.servers, args.index, args.clients, args.rounds,
-                        training_from_args(args), args.partition, args.codec, args.seed)
+                        training_from_args(args), args.partition, args.codec, args.seed,
+                        client_security_from_args(args))
     write_json(args.report, dataclasses.asdict(report))
     print(f"[client-{args.index}] {report.examples} examples, trained {report.rounds_trained} "
           f"rounds, dropped {report.rounds_dropped}", flush=True)

@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--rounds", type=int, default=30, help="rounds (30)")
     parser.add_argument("--simulate", action="store_true",
                         help="run the clients as threads in this process (many clients)")
+    parser.add_argument("--tls", action="store_true",
+                        help="mutual TLS and authentication: a throwaway CA in RUN_DIR/tls "
+                             "issues the server's and each client's certificate")
     parser.add_argument("--report", type=Path, help="write a JSON summary here")
     parser.add_argument("--run-dir", type=Path, help="logs here (default: a temp dir)")
     add_client_training(parser)
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         job = LocalFederation(
             server=server, training=training_from_args(args), clients=args.clients,
             rounds=args.rounds, partition=args.partition, codecs=args.codec, seed=args.seed,
-            strategy=args.strategy, simulate=args.simulate, log_level=args.log_level)
+            strategy=args.strategy, simulate=args.simulate, log_level=args.log_level,
+            tls=args.tls)
     except ValueError as error:
         print(f"federated: {error}")
         return 2

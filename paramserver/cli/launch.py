@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="give up (and stop every process) after this many seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--tls", action="store_true",
+                        help="mutual TLS and authentication: a throwaway CA in RUN_DIR/tls "
+                             "issues the servers' and each worker's certificate")
     add_server_options(parser, OPTIONS)
     add_training(parser)
     add_logging(parser)
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         job = LocalTraining(
             server=config_from_args(args, OPTIONS, expected_workers=max(args.workers, 1)),
             worker=train_config(args, servers="", worker_id=""), servers=args.servers,
-            workers=args.workers, timeout_s=args.timeout, log_level=args.log_level)
+            workers=args.workers, timeout_s=args.timeout, log_level=args.log_level,
+            tls=args.tls)
     except ValueError as error:
         print(f"launch: {error}")
         return 2
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
           f"wall {report.wall_s:.1f}s  pushed {report.bytes_pushed / 1e6:.2f} MB  "
           f"pulled {report.bytes_pulled / 1e6:.2f} MB  codec {report.codec} "
           f"(x{report.compression_ratio:.1f})  shard bytes {report.shard_bytes}  "
-          f"({args.mode}, {args.workers} workers, {args.servers} servers, logs in {run_dir})")
+          f"({args.mode}, {args.workers} workers, {args.servers} servers"
+          f"{', mutual TLS' if args.tls else ''}, logs in {run_dir})")
     if report.diverged():
         print(f"warning: the workers of this sync job ended on different versions "
               f"{report.worker_versions}: their final models differ", file=sys.stderr)

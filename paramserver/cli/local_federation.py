@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from paramserver.cli.local_cluster import LocalCluster, ManagedProcess
+from paramserver.cli.security_options import (
+    client_flags,
+    client_security,
+    make_local_cluster_tls,
+    server_flags,
+)
 from paramserver.cli.server_options import serve_args
+from paramserver.security.certs import ClusterFiles
+from paramserver.security.roles import AccessRole
 from paramserver.server.config import ServerConfig
 from paramserver.types import CodecSpec, Mode
 from workers.federated import LocalTraining
@@ -40,6 +48,7 @@ class LocalFederation:
     strategy: str = "fedavg"  # recorded in the report; the server config already applies it
     simulate: bool = False  # clients as threads of this process
     log_level: str = "WARNING"
+    tls: bool = False  # mutual TLS with a throwaway CA (run_dir/tls), each client its cert
 
     def __post_init__(self) -> None:
         if self.server.mode not in (Mode.FEDERATED, Mode.FEDBUFF):
@@ -76,13 +85,18 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
     ClusterError if a process fails, RuntimeError if no client is left before the end.
     """
     started = time.perf_counter()
+    tls = (make_local_cluster_tls(run_dir / "tls", {f"client-{i}": AccessRole.WORKER
+                                                   for i in range(job.clients)})
+           if job.tls else None)
     with LocalCluster(run_dir) as cluster:
         [(server, address)] = cluster.start_servers(1, [*serve_args(job.server),
+                                                        *server_flags(tls),
                                                         "--log-level", job.log_level])
-        clients: _Clients = (_ThreadClients(job, address) if job.simulate
-                             else _ProcessClients(job, address, cluster))
-        accuracies = follow_rounds(address, job.rounds, on_round, clients.alive)
-        final = probe_status(address)
+        clients: _Clients = (_ThreadClients(job, address, tls) if job.simulate
+                             else _ProcessClients(job, address, cluster, tls))
+        accuracies = follow_rounds(address, job.rounds, on_round, clients.alive,
+                                   security=client_security(tls))
+        final = probe_status(address, security=client_security(tls))
         reports = clients.finish()
         cluster.stop(server)
     return FederationReport(
@@ -109,7 +123,8 @@ class _Clients:
 
 
 class _ThreadClients(_Clients):
-    def __init__(self, job: LocalFederation, address: str) -> None:
+    def __init__(self, job: LocalFederation, address: str, tls: ClusterFiles | None) -> None:
+        self.tls = tls
         self.reports: list[dict[str, Any]] = []
         self.errors: list[BaseException] = []
         self.threads = [threading.Thread(target=self._client, args=(job, address, i),
@@ -120,7 +135,8 @@ class _ThreadClients(_Clients):
     def _client(self, job: LocalFederation, address: str, index: int) -> None:
         try:
             report = run_client(address, index, job.clients, job.rounds, job.training,
-                                job.partition, job.codecs, job.seed)
+                                job.partition, job.codecs, job.seed,
+                                client_security(self.tls, f"client-{index}"))
             self.reports.append(dataclasses.asdict(report))
         except BaseException as error:  # noqa: BLE001 - finish() raises it
             self.errors.append(error)
@@ -137,11 +153,13 @@ class _ThreadClients(_Clients):
 
 
 class _ProcessClients(_Clients):
-    def __init__(self, job: LocalFederation, address: str, cluster: LocalCluster) -> None:
+    def __init__(self, job: LocalFederation, address: str, cluster: LocalCluster,
+                 tls: ClusterFiles | None) -> None:
         self.cluster = cluster
         self.paths = [cluster.run_dir / f"client-{i}.json" for i in range(job.clients)]
         self.procs: Sequence[ManagedProcess] = [
-            cluster.spawn(f"client-{i}", _client_args(job, i, address, self.paths[i]))
+            cluster.spawn(f"client-{i}", [*_client_args(job, i, address, self.paths[i]),
+                                          *client_flags(tls, f"client-{i}")])
             for i in range(job.clients)]
 
     def alive(self) -> bool:

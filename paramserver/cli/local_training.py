@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from paramserver.cli.local_cluster import ClusterError, LocalCluster, ManagedProcess
+from paramserver.cli.security_options import (
+    client_flags,
+    client_security,
+    make_local_cluster_tls,
+    server_flags,
+)
 from paramserver.cli.server_options import serve_args
 from paramserver.errors import ParamServerError
+from paramserver.security.certs import ClusterFiles
+from paramserver.security.credentials import ClientSecurity
+from paramserver.security.roles import AccessRole
 from paramserver.server.config import ServerConfig
 from paramserver.types import Mode
 from workers.connection import ServerConnection
@@ -34,6 +43,7 @@ class LocalTraining:
     workers: int = 2
     timeout_s: float = 600.0  # the whole run; then every process is stopped
     log_level: str = "WARNING"
+    tls: bool = False  # mutual TLS with a throwaway CA (run_dir/tls), each worker its cert
 
     def __post_init__(self) -> None:
         if self.servers < 1 or self.workers < 1:
@@ -89,16 +99,20 @@ def run_local_training(job: LocalTraining, run_dir: Path,
     run outlives `job.timeout_s`.
     """
     started = time.perf_counter()
+    tls = _cluster_tls(job, run_dir)
+    mine = client_security(tls)  # the launcher's own (admin) credential
     with LocalCluster(run_dir) as cluster:
         servers = cluster.start_servers(job.servers, [
-            *serve_args(_per_shard(job.server)), "--log-level", job.log_level])
+            *serve_args(_per_shard(job.server)), *server_flags(tls),
+            "--log-level", job.log_level])
         addresses = ",".join(address for _, address in servers)
         reports = [run_dir / f"worker-{rank}.json" for rank in range(job.workers)]
-        workers = [cluster.spawn(f"worker-{rank}", _worker_args(job, rank, addresses, report))
+        workers = [cluster.spawn(f"worker-{rank}",
+                                 _worker_args(job, rank, addresses, report, tls))
                    for rank, report in enumerate(reports)]
-        _wait(cluster, [m for m, _ in servers], workers, addresses, job, on_version)
-        accuracy, version = evaluate_server_model(addresses)
-        shard_bytes = _shard_bytes(addresses)
+        _wait(cluster, [m for m, _ in servers], workers, addresses, job, on_version, mine)
+        accuracy, version = evaluate_server_model(addresses, security=mine)
+        shard_bytes = _shard_bytes(addresses, mine)
         for managed, _ in servers:
             cluster.stop(managed)
     worker_reports = [json.loads(path.read_text()) for path in reports]
@@ -115,6 +129,14 @@ def run_local_training(job: LocalTraining, run_dir: Path,
         worker_versions=[r["version"] for r in worker_reports])
 
 
+def _cluster_tls(job: LocalTraining, run_dir: Path) -> ClusterFiles | None:
+    """With `job.tls`: a throwaway CA in run_dir/tls and a certificate per worker."""
+    if not job.tls:
+        return None
+    return make_local_cluster_tls(run_dir / "tls", {f"worker-{rank}": AccessRole.WORKER
+                                                   for rank in range(job.workers)})
+
+
 def _per_shard(config: ServerConfig) -> ServerConfig:
     """One checkpoint directory per shard: '{index}' in the path, or a shard-{index} below."""
     if config.checkpoint_dir is None or "{index}" in str(config.checkpoint_dir):
@@ -122,7 +144,8 @@ def _per_shard(config: ServerConfig) -> ServerConfig:
     return dataclasses.replace(config, checkpoint_dir=config.checkpoint_dir / "shard-{index}")
 
 
-def _worker_args(job: LocalTraining, rank: int, servers: str, report: Path) -> list[str]:
+def _worker_args(job: LocalTraining, rank: int, servers: str, report: Path,
+                 tls: ClusterFiles | None) -> list[str]:
     """`paramserver worker` arguments for one rank of `job`."""
     worker = job.worker
     return ["worker", "--servers", servers, "--rank", str(rank), "--num-workers",
@@ -132,7 +155,8 @@ def _worker_args(job: LocalTraining, rank: int, servers: str, report: Path) -> l
             "--pull-codec", " ".join(str(c) for c in worker.pull_codecs),
             "--report", str(report), "--log-level", job.log_level,
             "--ef-momentum", str(worker.ef_momentum),
-            *([] if worker.error_feedback else ["--no-error-feedback"])]
+            *([] if worker.error_feedback else ["--no-error-feedback"]),
+            *client_flags(tls, f"worker-{rank}")]
 
 
 def _overall_ratio(reports: list[dict[str, Any]]) -> float:
@@ -142,10 +166,10 @@ def _overall_ratio(reports: list[dict[str, Any]]) -> float:
     return dense / sent if sent else 1.0
 
 
-def _shard_bytes(addresses: str) -> list[int]:
+def _shard_bytes(addresses: str, security: ClientSecurity | None) -> list[int]:
     sizes = []
     for address in addresses.split(","):
-        connection = ServerConnection(address, timeout_s=10.0)
+        connection = ServerConnection(address, timeout_s=10.0, security=security)
         try:
             layout = connection.status().layout
             sizes.append(layout.nbytes if layout else 0)
@@ -156,11 +180,11 @@ def _shard_bytes(addresses: str) -> list[int]:
 
 def _wait(cluster: LocalCluster, servers: list[ManagedProcess], workers: list[ManagedProcess],
           addresses: str, job: LocalTraining,
-          on_version: Callable[[int], None] | None) -> None:
+          on_version: Callable[[int], None] | None, security: ClientSecurity | None) -> None:
     """Until every worker exits: fail fast on a failed process or the deadline, and pass
     the first shard's version to `on_version`."""
     deadline = time.monotonic() + job.timeout_s
-    connection = ServerConnection(addresses.split(",")[0], timeout_s=2.0)
+    connection = ServerConnection(addresses.split(",")[0], timeout_s=2.0, security=security)
     try:
         while any(w.process.poll() is None for w in workers):
             cluster.check_failed(workers)

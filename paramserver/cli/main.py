@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from paramserver import __version__
-from paramserver.cli import bench, client, federated, launch, serve, status, worker
+from paramserver.cli import bench, certs, client, federated, launch, serve, status, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A gRPC parameter server for distributed PyTorch training.")
     parser.add_argument("--version", action="version", version=f"paramserver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, worker, launch, status, federated, client, bench):
+    for module in (serve, worker, launch, status, federated, client, certs, bench):
         module.add_parser(sub)
     return parser
 

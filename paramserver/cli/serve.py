@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from paramserver.cli.options import add_logging, setup_logging
+from paramserver.cli.security_options import add_server_security, server_security_from_args
 from paramserver.cli.server_options import add_server_options, config_from_args
 from paramserver.server.app import ServerHooks, serve
+from paramserver.server.auth import check_binding
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds to drain in-flight calls on shutdown (5)")
     add_server_options(parser)
+    add_server_security(parser)
     add_logging(parser)
     parser.set_defaults(func=run)
 
@@ -29,8 +33,10 @@ def run(args: argparse.Namespace, hooks: ServerHooks | None = None) -> int:
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
-    except ValueError as error:
-        print(f"serve: {error}")
+        security = server_security_from_args(args)
+        check_binding(args.host, security)
+    except (ValueError, OSError) as error:
+        print(f"serve: {error}", file=sys.stderr)
         return 2
-    serve(config, args.host, args.port, args.port_file, args.grace, hooks)
+    serve(config, args.host, args.port, args.port_file, args.grace, hooks, security)
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from paramserver.cli.security_options import add_client_security, client_security_from_args
 from paramserver.errors import ParamServerError
+from paramserver.security.roles import printable
 from paramserver.types import ServerStatus
 
 
@@ -12,7 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser = sub.add_parser("status", help="show each shard's tensors, version and workers")
     parser.add_argument("--servers", "--server", dest="servers", default="127.0.0.1:50051",
                         help="server host:port, or several comma-separated")
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds per call, and to keep retrying an unreachable server")
+    add_client_security(parser)
     parser.set_defaults(func=run)
 
 
@@ -21,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
     failed = 0
     for address in [a.strip() for a in args.servers.split(",") if a.strip()]:
-        connection = ServerConnection(address, timeout_s=args.timeout)
+        connection = ServerConnection(address, timeout_s=args.timeout, retry_s=args.timeout,
+                                      security=client_security_from_args(args))
         try:
             print(format_status(address, connection.status()))
         except ParamServerError as error:
@@ -44,12 +49,13 @@ def format_status(address: str, status: ServerStatus) -> str:
         lines.append(f"   {'tensor (or slice)':<40} {'shape':<16} {'dtype':<10} {'bytes':>12}")
         for spec in status.layout.tensors:
             dtype = str(spec.dtype).removeprefix("torch.")
-            lines.append(f"   {spec.name:<40} {list(spec.shape)!s:<16} {dtype:<10} "
+            lines.append(f"   {printable(spec.name, 120):<40} {list(spec.shape)!s:<16} {dtype:<10} "
                          f"{spec.nbytes:>12}")
         lines.append(f"   {'total':<68} {status.layout.nbytes:>12}")
     lines.append(f"   connected: {len(status.workers)}")
     for worker in status.workers:
-        lines.append(f"   {worker.role.value:<9} {worker.worker_id:<20} pushes {worker.pushes:<8} "
+        lines.append(f"   {worker.role.value:<9} {printable(worker.worker_id):<20} pushes "
+                     f"{worker.pushes:<8} "
                      f"seen {worker.seconds_since_seen:.1f}s ago  codec {worker.push_codec}  "
                      f"incarnation {worker.incarnation}")
     events = [("restored from the checkpoint of step", [str(status.restored_version)]
@@ -59,5 +65,6 @@ def format_status(address: str, status: ServerStatus) -> str:
               ("largest SSP lead", [str(status.max_lead)] if status.mode.value == "ssp" else []),
               ("federated dropouts (client@round)", list(status.dropouts)),
               ("skipped rounds", [str(r) for r in status.skipped_rounds])]
-    lines += [f"   {label}: {', '.join(values)}" for label, values in events if values]
+    lines += [f"   {label}: {', '.join(printable(v) for v in values)}"
+              for label, values in events if values]
     return "\n".join(lines) + "\n"

@@ -15,8 +15,10 @@ from paramserver.cli.options import (
     train_config,
     write_json,
 )
+from paramserver.cli.security_options import add_client_security, client_security_from_args
 
 if TYPE_CHECKING:
+    from paramserver.security.credentials import ClientSecurity
     from workers.trainer import StepHook
 
 
@@ -36,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         help="seconds to keep retrying an unreachable server (60)")
     parser.add_argument("--report", type=Path, help="write a JSON summary here")
     add_training(parser)
+    add_client_security(parser)
     add_logging(parser)
     parser.set_defaults(func=run)
 
@@ -47,9 +50,10 @@ def run(args: argparse.Namespace, before_push: StepHook | None = None) -> int:
 
     setup_logging(args.log_level)
     tune_process()
+    security = client_security_from_args(args)
     config = train_config(args, args.servers, args.worker_id or f"worker-{args.rank}",
                           args.rank, args.num_workers, timeout_s=args.timeout,
-                          retry_s=args.retry)
+                          retry_s=args.retry, security=security)
     report = train(config, on_epoch=lambda e, loss, acc: print(
         f"[{config.worker_id}] epoch {e}/{config.epochs} loss {loss:.4f} "
         f"test accuracy {acc:.4f}", flush=True), before_push=before_push)
@@ -58,17 +62,18 @@ def run(args: argparse.Namespace, before_push: StepHook | None = None) -> int:
     write_json(args.report, summary)
     print(f"[{config.worker_id}] done: accuracy {report.accuracy:.4f}, {report.steps} steps, "
           f"final version {report.version}, {report.wall_s:.1f}s", flush=True)
-    _warn_if_out_of_lockstep(args.servers, config.worker_id, report.version)
+    _warn_if_out_of_lockstep(args.servers, config.worker_id, report.version, security)
     return 0
 
 
-def _warn_if_out_of_lockstep(servers: str, worker_id: str, version: int) -> None:
+def _warn_if_out_of_lockstep(servers: str, worker_id: str, version: int,
+                             security: ClientSecurity | None) -> None:
     """In a sync job every worker ends on the servers' final model: say so loudly when this
     worker's final version is not the version the servers hold as it finishes."""
     from paramserver.types import Mode
     from workers.probes import probe_status
 
-    status = probe_status(servers.split(",")[0])
+    status = probe_status(servers.split(",")[0], security=security)
     if status is not None and status.mode is Mode.SYNC and status.version != version:
         print(f"warning: [{worker_id}] ended on version {version} but the sync job is at "
               f"version {status.version}: the workers of this job end on different models",

@@ -16,11 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paramserver import serde
 from paramserver.process_tuning import tune_process
+from paramserver.security.credentials import ServerSecurity
+from paramserver.server.auth import Authenticator, check_binding
 from paramserver.server.checkpoint import BeforeWrite
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.server.servicer import ParameterServerServicer, generic_handler
-from paramserver.transport import server_options
+from paramserver.transport import server_credentials, server_options
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +64,48 @@ class RunningServer:
 
 
 def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
-                 max_threads: int = 64, hooks: ServerHooks | None = None) -> RunningServer:
-    """Start serving on host:port (0 picks a free port) and return at once."""
+                 max_threads: int = 64, hooks: ServerHooks | None = None,
+                 security: ServerSecurity | None = None) -> RunningServer:
+    """Start serving on host:port (0 picks a free port) and return at once.
+
+    `security`: TLS and how callers are authenticated (None: plaintext, no authentication,
+    which a non-loopback `host` refuses unless `security.insecure`; see `auth.py`)."""
     hooks = hooks or ServerHooks()
+    check_binding(host, security)
+    # Authentication runs first, so no other interceptor sees an unauthenticated call.
+    interceptors = [*([Authenticator(security)] if security and security.authenticates
+                      else []), *hooks.interceptors]
     core = ParameterServerCore(config, before_checkpoint_write=hooks.before_checkpoint_write)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
                                                     thread_name_prefix="ps-rpc"),
-                         interceptors=hooks.interceptors, options=server_options(),
+                         interceptors=interceptors, options=server_options(),
                          maximum_concurrent_rpcs=max_threads * 4)
     server.add_generic_rpc_handlers((generic_handler(ParameterServerServicer(core)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = (server.add_secure_port(f"{host}:{port}", server_credentials(security))
+             if security is not None and security.tls else
+             server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
     for service in ("", serde.SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d (%s, %d workers)", serde.SERVICE_NAME, host, bound,
-             config.mode.value, config.expected_workers)
+    log.info("serving %s on %s:%d (%s, %d workers, %s)", serde.SERVICE_NAME, host, bound,
+             config.mode.value, config.expected_workers, _describe(security))
     running = RunningServer(server, core, health_servicer, bound)
     running.ticker = threading.Thread(target=_tick, args=(running,), daemon=True,
                                       name="ps-lease")
     running.ticker.start()
     return running
+
+
+def _describe(security: ServerSecurity | None) -> str:
+    if security is None or not security.tls:
+        return "plaintext, no authentication"
+    if security.client_ca is not None:
+        return "mutual TLS"
+    return "TLS, bearer tokens" if security.tokens is not None else "TLS, no authentication"
 
 
 def _tick(running: RunningServer) -> None:
@@ -100,12 +120,13 @@ def _tick(running: RunningServer) -> None:
 
 
 def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,
-          grace_s: float = 5.0, hooks: ServerHooks | None = None) -> None:
+          grace_s: float = 5.0, hooks: ServerHooks | None = None,
+          security: ServerSecurity | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    running = start_server(config, host, port, hooks=hooks)
+    running = start_server(config, host, port, hooks=hooks, security=security)
     tune_process()
     try:
         if port_file is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from paramserver import __version__
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, negotiate
 from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
+from paramserver.security.roles import Principal, check_handshake, check_state_hash, printable
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
 from paramserver.server.checkpoint import BeforeWrite
@@ -80,14 +81,20 @@ class ParameterServerCore:
     # ---- handshake, heartbeat, rounds, leaving -------------------------------------------
 
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
-                  pull_offers: list[CodecSpec], held_version: int | None = None) -> Session:
+                  pull_offers: list[CodecSpec], held_version: int | None = None, *,
+                  caller: Principal | None = None) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
-        the parameters it holds; it goes on from the server's version either way."""
+        the parameters it holds; it goes on from the server's version either way.
+        `caller` (None: no authentication) owns the session; it may only open one under its
+        own name (`security/roles.py`)."""
+        check_handshake(caller, worker_id, role)
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
-        record = self.members.open(worker_id, role, push, pull)
+        record = self.members.open(worker_id, role, push, pull,
+                                   owner=caller.name if caller else None)
         log.info("session %s opened by %s %r, incarnation %d (push %s, pull %s)",
-                 record.session_id[:8], role.value, worker_id, record.incarnation, push, pull)
+                 record.session_id[:8], role.value, printable(worker_id), record.incarnation,
+                 push, pull)
         if held_version is not None and role is Role.WORKER:
             self._note_rejoin(worker_id, held_version)
         lease = self.config.lease_s
@@ -126,19 +133,21 @@ class ParameterServerCore:
             log.warning("worker %r rejoined holding version %d, %d behind: it pulls %d",
                         worker_id, held, version - held, version)
 
-    def heartbeat(self, session_id: str) -> int:
-        self.members.touch(session_id)
+    def heartbeat(self, session_id: str, *, caller: Principal | None = None) -> int:
+        self.members.touch(session_id, caller)
         return self.store.version
 
-    def join_round(self, session_id: str, round_: int, timeout_s: float) -> RoundJoin:
+    def join_round(self, session_id: str, round_: int, timeout_s: float, *,
+                   caller: Principal | None = None) -> RoundJoin:
         """Federated: wait for round >= `round_`; whether this client is sampled for it."""
-        record = self.members.require_worker(session_id)
+        record = self.members.require_worker(session_id, caller)
         return self.policy.join_round(record.worker_id, round_,
                                       min(timeout_s, self.config.max_wait_s))
 
-    def leave(self, session_id: str) -> None:
-        """A worker that is done: drop its session so no step waits for it."""
-        record = self.members.leave(session_id)
+    def leave(self, session_id: str, *, caller: Principal | None = None) -> None:
+        """A worker that is done: drop its session so no step waits for it (only the
+        credential that opened a session may end it)."""
+        record = self.members.leave(session_id, caller)
         if record is not None:
             log.info("worker %r left at step %d", record.worker_id, self.store.version)
             self._parts.discard(session_id)
@@ -173,7 +182,12 @@ class ParameterServerCore:
             log.warning("step %d has waited %.1fs for workers %s", self.store.version,
                         wait.waited_s, list(wait.missing))
 
-    def status(self, include_state_hash: bool = False) -> ServerStatus:
+    def status(self, include_state_hash: bool = False, *,
+               caller: Principal | None = None) -> ServerStatus:
+        """The server's state; never a session id (they are credentials). The state hash
+        (which reads the whole model under the store lock) is for admins only."""
+        if include_state_hash:
+            check_state_hash(caller)
         report = self.policy.report()
         return ServerStatus(
             layout=self.store.layout,
@@ -197,12 +211,13 @@ class ParameterServerCore:
 
     # ---- register, push, pull ------------------------------------------------------------
 
-    def register(self, stream: Iterator[object]) -> Registration:
+    def register(self, stream: Iterator[object], *,
+                 caller: Principal | None = None) -> Registration:
         """Create the model from a header plus initial values, or join an identical one."""
         header = first_message(stream, "register")
         if not isinstance(header, RegisterHeader):
             raise InvalidArgument("register stream must open with a RegisterHeader")
-        self.members.require_worker(header.session_id)
+        self.members.require_worker(header.session_id, caller)
         layout = header.layout
         if layout is None:
             raise InvalidArgument("register header carries an empty layout")
@@ -227,16 +242,18 @@ class ParameterServerCore:
                      header.shard_index, plan.num_shards, len(layout.tensors), layout.nbytes)
         return Registration(created=created, version=self.store.version, layout=layout)
 
-    def push(self, stream: Iterator[object]) -> PushResult:
+    def push(self, stream: Iterator[object], *,
+             caller: Principal | None = None) -> PushResult:
         """Receive one gradient push (or one part of it); it reaches the update policy only
         once it is whole and passed every check (see `intake.py` for their order)."""
-        result = self._intake.receive(stream)
+        result = self._intake.receive(stream, caller)
         if result.applied:
             self._maybe_checkpoint()
         return result
 
     def pull(self, session_id: str, min_version: int, names: list[str],
-             timeout_s: float, held_version: int = -1) -> Iterator[bytes]:
+             timeout_s: float, held_version: int = -1, *,
+             caller: Principal | None = None) -> Iterator[bytes]:
         """Encoded PullResponse messages: a header, then each tensor's chunks.
 
         In sync mode a member's pull is version-consistent as a whole, since the version
@@ -244,7 +261,7 @@ class ParameterServerCore:
         (Hogwild). SSP holds a worker's pull while it is too far ahead. With a delta pull
         codec the answer is the change since `held_version` (see `pull_streams.py`).
         """
-        record = self.members.touch(session_id)
+        record = self.members.touch(session_id, caller)
         specs = self._pulled_specs(names)
         timeout_s = min(timeout_s, self.config.max_wait_s)
         started = time.monotonic()

@@ -5,7 +5,8 @@ was; only a push that passed them all is held (a part) or handed to the update p
 which may still refuse it (federated screening) before applying anything:
 
  1. the stream opens with a PushHeader                               [INVALID_ARGUMENT]
- 2. its session is open and a worker's      [FAILED_PRECONDITION, `session expired:`]
+ 2. its session is open and a worker's      [FAILED_PRECONDITION, `session expired:`],
+    opened by the caller's credential (with authentication on)       [PERMISSION_DENIED]
  3. a sequenced push (sequence > 0) comes from the session's own incarnation
                                                                   [FAILED_PRECONDITION]
  4. the push ledger: a retry of an answered push gets the first answer again (not
@@ -31,6 +32,7 @@ import torch
 
 from paramserver.codecs import Codec, CodecError, Update
 from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.security.roles import Principal
 from paramserver.server.assembly import (
     TensorAssembler,
     check_specs,
@@ -64,11 +66,11 @@ class PushIntake:
         self._policy = policy
         self._pool = pool
 
-    def receive(self, stream: Iterator[object]) -> PushResult:
+    def receive(self, stream: Iterator[object], caller: Principal | None = None) -> PushResult:
         header = first_message(stream, "push")  # 1
         if not isinstance(header, PushHeader):
             raise InvalidArgument("push stream must open with a PushHeader")
-        record = self._members.require_worker(header.session_id)  # 2
+        record = self._members.require_worker(header.session_id, caller)  # 2
         if header.sequence and header.incarnation != record.incarnation:  # 3
             raise FailedPrecondition(
                 f"push from incarnation {header.incarnation} of worker {record.worker_id!r}, "

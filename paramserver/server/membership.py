@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from paramserver.codecs import Codec, make_codec
 from paramserver.errors import FailedPrecondition, InvalidArgument, SessionExpired
+from paramserver.security.roles import Principal, check_owner, printable
 from paramserver.types import CodecSpec, Mode, Role, WorkerInfo
 
 EXPIRED_MEMORY = 4096  # why-expired answers kept for sessions that are gone
@@ -39,6 +40,7 @@ class SessionRecord:
     incarnation: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     pushes: int = 0
+    owner: str | None = None  # the credential that opened it (None: no authentication)
     push_decoder: Codec = field(init=False)  # decodes this session's pushes
     pull_encoder: Codec = field(init=False)  # encodes this session's pulls
 
@@ -67,46 +69,53 @@ class Membership:
 
     # ---- sessions --------------------------------------------------------------------------
 
-    def open(self, worker_id: str, role: Role, push: CodecSpec, pull: CodecSpec) -> SessionRecord:
-        """A new session and incarnation; the worker's previous session is fenced off."""
+    def open(self, worker_id: str, role: Role, push: CodecSpec, pull: CodecSpec,
+             owner: str | None = None) -> SessionRecord:
+        """A new session and incarnation; the worker's previous session is fenced off.
+        `owner`: the authenticated credential's name, the only one that may use it."""
         if not worker_id:
             raise InvalidArgument("worker_id must not be empty")
         with self._lock:
             for old in [s for s, r in self._sessions.items()
                         if r.worker_id == worker_id and r.role is role]:
-                self._forget(old, f"worker {worker_id!r} opened a newer session")
+                self._forget(old, f"worker {printable(worker_id)!r} opened a newer session")
             incarnation = self._incarnations.get(worker_id, 0) + 1
             if role is Role.WORKER:
                 self._incarnations[worker_id] = incarnation
             record = SessionRecord(uuid.uuid4().hex, worker_id, role, push, pull, incarnation,
-                                   self._clock())
+                                   self._clock(), owner=owner)
             self._sessions[record.session_id] = record
             self._update_formed()
             return record
 
-    def touch(self, session_id: str) -> SessionRecord:
-        """The open session `session_id`, its lease renewed."""
+    def touch(self, session_id: str, caller: Principal | None = None) -> SessionRecord:
+        """The open session `session_id`, its lease renewed; PermissionDenied when
+        `caller` (None: no authentication) did not open it."""
         with self._lock:
             record = self._sessions.get(session_id)
             if record is None:
                 why = self._expired.get(session_id, "this server does not know it (restarted?)")
-                raise SessionExpired(f"session {session_id[:8]}: {why}; handshake again")
+                raise SessionExpired(f"session {printable(session_id, 8)}: {why}; handshake "
+                                     "again")
+            check_owner(caller, record.owner, session_id)
             record.last_seen = self._clock()
             return record
 
-    def require_worker(self, session_id: str) -> SessionRecord:
-        record = self.touch(session_id)
+    def require_worker(self, session_id: str, caller: Principal | None = None) -> SessionRecord:
+        record = self.touch(session_id, caller)
         if record.role is not Role.WORKER:
-            raise FailedPrecondition(f"session of {record.worker_id!r} is an observer and "
-                                     "cannot push or register")
+            raise FailedPrecondition(f"session of {printable(record.worker_id)!r} is an "
+                                     "observer and cannot push or register")
         return record
 
-    def leave(self, session_id: str) -> SessionRecord | None:
-        """A worker that is done: nobody waits for it any more."""
+    def leave(self, session_id: str, caller: Principal | None = None) -> SessionRecord | None:
+        """A worker that is done: nobody waits for it any more. Only its owner may."""
         with self._lock:
             record = self._sessions.get(session_id)
             if record is not None:
-                self._forget(session_id, f"worker {record.worker_id!r} left the job")
+                check_owner(caller, record.owner, session_id)
+                self._forget(session_id,
+                             f"worker {printable(record.worker_id)!r} left the job")
             return record
 
     def evict_silent(self, step: int) -> list[SessionRecord]:
@@ -119,7 +128,8 @@ class Membership:
                       if r.role is Role.WORKER and now - r.last_seen > self.lease_s]
             for record in silent:
                 self._forget(record.session_id,
-                             f"worker {record.worker_id!r} (incarnation {record.incarnation}) "
+                             f"worker {printable(record.worker_id)!r} (incarnation "
+                             f"{record.incarnation}) "
                              f"was evicted at step {step} after {now - record.last_seen:.1f}s "
                              "without a heartbeat")
                 self.evictions.append(f"{record.worker_id}@{step}")
@@ -202,11 +212,13 @@ class Membership:
                 record.pushes += 1
 
     def snapshot(self, clocks: dict[str, int] | None = None) -> tuple[WorkerInfo, ...]:
+        """Who is connected, for `Status`: without session ids, which are credentials
+        (anyone holding one could push as, or end, that worker)."""
         now = self._clock()
         clocks = clocks or {}
         with self._lock:
             return tuple(
-                WorkerInfo(r.worker_id, r.role, r.session_id, r.pushes, now - r.last_seen,
+                WorkerInfo(r.worker_id, r.role, "", r.pushes, now - r.last_seen,
                            r.push_codec, r.incarnation, clocks.get(r.worker_id, r.pushes))
                 for r in sorted(self._sessions.values(), key=lambda r: r.worker_id)
             )

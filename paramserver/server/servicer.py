@@ -17,6 +17,7 @@ import grpc
 
 from paramserver import serde
 from paramserver.errors import InvalidArgument, ParamServerError
+from paramserver.server.auth import caller_of
 from paramserver.server.core import ParameterServerCore
 from paramserver.types import (
     HandshakeRequest,
@@ -79,17 +80,17 @@ class ParameterServerServicer:
             request = _parsed(request)
             return self.core.handshake(request.worker_id, request.role,
                                        list(request.push_codecs), list(request.pull_codecs),
-                                       request.held_version)
+                                       request.held_version, caller=caller_of(context))
 
     def Register(self, request_iterator: Iterator[object],
                  context: grpc.ServicerContext) -> Registration:
         with _abort_on_error(context, "Register"):
-            return self.core.register(request_iterator)
+            return self.core.register(request_iterator, caller=caller_of(context))
 
     def Push(self, request_iterator: Iterator[object],
              context: grpc.ServicerContext) -> PushResult:
         with _abort_on_error(context, "Push"):
-            return self.core.push(request_iterator)
+            return self.core.push(request_iterator, caller=caller_of(context))
 
     def Pull(self, request: PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         with _abort_on_error(context, "Pull"):
@@ -97,25 +98,26 @@ class ParameterServerServicer:
             yield from self.core.pull(request.session_id, request.min_version,
                                       list(request.tensors),
                                       _time_left(context, self.core.config.max_wait_s),
-                                      request.held_version)
+                                      request.held_version, caller=caller_of(context))
 
     def Status(self, include_state_hash: bool, context: grpc.ServicerContext) -> ServerStatus:
         with _abort_on_error(context, "Status"):
-            return self.core.status(_parsed(include_state_hash))
+            return self.core.status(_parsed(include_state_hash), caller=caller_of(context))
 
     def Heartbeat(self, session_id: str, context: grpc.ServicerContext) -> int:
         with _abort_on_error(context, "Heartbeat"):
-            return self.core.heartbeat(_parsed(session_id))
+            return self.core.heartbeat(_parsed(session_id), caller=caller_of(context))
 
     def JoinRound(self, request: RoundRequest, context: grpc.ServicerContext) -> RoundJoin:
         with _abort_on_error(context, "JoinRound"):
             request = _parsed(request)
             return self.core.join_round(request.session_id, request.round,
-                                        _time_left(context, self.core.config.max_wait_s))
+                                        _time_left(context, self.core.config.max_wait_s),
+                                        caller=caller_of(context))
 
     def Leave(self, session_id: str, context: grpc.ServicerContext) -> None:
         with _abort_on_error(context, "Leave"):
-            self.core.leave(_parsed(session_id))
+            self.core.leave(_parsed(session_id), caller=caller_of(context))
 
 
 _HANDLER_KINDS = {
