@@ -87,6 +87,18 @@ class PullStream:
             delta[name] = payload
         self._delta, self._delta_from, self.version = delta, self.version, version
 
+    def last_sent_magnitudes(self) -> dict[str, float]:
+        """Per tensor, the smallest magnitude the newest delta carries (decoded); with
+        top-k every element of the residual is at most this (tests check the bound)."""
+        with self._lock:
+            out = {}
+            for name, payload in self._delta.items():
+                numel, dtype = self.replica[name].numel(), self.replica[name].dtype
+                sent = to_dense(self.codec.decode(payload, numel, dtype), numel, dtype)
+                nonzero = sent.abs()[sent != 0]
+                out[name] = float(nonzero.min()) if nonzero.numel() else 0.0
+            return out
+
     def residual(self, store: ParameterStore) -> dict[str, torch.Tensor]:
         """theta - theta_hat per tensor (for tests and the bound)."""
         with self._lock, store.lock:
