@@ -70,7 +70,7 @@ def ours_worker(index: int, round_barrier: Barrier, stage_barrier: Barrier, addr
     def round_trip() -> None:
         nonlocal version
         connection.push(version, specs, grads)
-        version, _ = connection.pull(version + 1, sink)
+        version = connection.pull(version + 1, sink).version
 
     stages = [run_rounds(round_trip, reps, round_barrier, stage_barrier)]
     connection.close()

@@ -74,7 +74,7 @@ def main() -> None:
                 for name, connection in connections.items():
                     started = time.perf_counter()
                     connection.push(versions[name], [spec], [grad])
-                    versions[name], _ = connection.pull(versions[name] + 1, sink)
+                    versions[name] = connection.pull(versions[name] + 1, sink).version
                     if rep >= WARMUP:
                         steps[name].append(time.perf_counter() - started)
             for connection in connections.values():
