@@ -32,7 +32,7 @@ test-fast: setup
 ## lint: ruff, mypy, and the complexity/module-size budgets of paramserver/ and workers/
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy paramserver workers
+	$(VENV)/bin/mypy paramserver workers benchmarks
 	$(PY) tools/check_budgets.py
 
 ## protos: regenerate paramserver/proto/ from protos/ (commit the result)

@@ -42,8 +42,8 @@ def main() -> None:
 
     elements = int(args.mb * 1e6 / 4)
     spec = TensorSpec("w", (elements,), torch.float32)
-    grad = memoryview(np.full(elements, 1e-6, dtype="<f4")).cast("B")
-    initial = memoryview(np.zeros(elements, dtype="<f4")).cast("B")
+    grad = np.full(elements, 1e-6, dtype="<f4").data.cast("B")
+    initial = np.zeros(elements, dtype="<f4").data.cast("B")
     target = np.empty(elements * 4, dtype=np.uint8)
 
     def sink(tensor: int, offset: int, data: memoryview) -> None:
