@@ -268,6 +268,22 @@ class PushHeader:
     more_parts: bool = False  # a part of the step's push; a later part closes it
     incarnation: int = 0
     sequence: int = 0  # exactly-once: 0 opts out of deduplication
+    options: StepOptions | None = None  # the closing part's step options (issue #18)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepOptions:
+    """What a worker's training loop says about one step (the closing push carries it).
+
+    `lr`: the rate its optimizer holds (None: the server's --lr). `max_grad_norm`: clip the
+    aggregated gradient to this 2-norm. `grad_scale`: the loss scale its gradients carry
+    (divided out by the server). `found_inf`: inf/NaN seen, skip the step.
+    """
+
+    lr: float | None = None
+    max_grad_norm: float | None = None
+    grad_scale: float = 1.0
+    found_inf: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,6 +296,7 @@ class HandshakeRequest:
     pull_codecs: tuple[CodecSpec, ...] = ()
     client_version: str = ""
     held_version: int | None = None  # a rejoin: the version of the parameters it holds
+    world_size: int | None = None  # the job size the worker believes in (WORLD_SIZE)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,14 +8,25 @@
 
 With `overlap=True` (the default) every parameter gets a post-accumulate-grad hook; once all
 gradients of a bucket (a few MiB, filled from the last layer backwards as in DDP) are ready,
-the bucket is pushed on a background thread while backward continues. `step()` pushes what
-is left, closes the step on every shard and pulls the next version in place.
+the bucket is copied and the copy pushed on a background thread while backward continues.
+`step()` pushes what is left, closes the step on every shard and pulls the next version in
+place.
+
+Safe by construction (issue #18): a pushed bucket is a copy taken when backward produced it,
+so nothing user code does to `.grad` afterwards can race the push; and `step()` compares
+every pushed copy with `.grad` (bit for bit): a gradient changed between backward and step
+(`torch.nn.utils.clip_grad_norm_`, `GradScaler.unscale_`, an in-place edit) means the servers
+got something else than the loop meant, so the step fails there, naming the fix
+(`ps.clip_grad_norm_`, which clips the averaged gradient on the servers like DDP; GradScaler
+through `ps.optimizer`; or `overlap=False`, which pushes `.grad` as it is at `step()`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -25,11 +36,12 @@ import torch
 from torch import nn
 
 from paramserver.errors import FailedPrecondition, InvalidArgument
-from paramserver.types import CodecSpec, Mode, PushResult
+from paramserver.types import CodecSpec, Mode, PushResult, StepOptions
 from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
 from workers.connection import LinkShaper
 from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
+from workers.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,9 @@ class AttachedModel:
         self._in_flight: list[Future[list[PushResult]]] = []
         self._in_flight_lock = threading.Lock()
         self._pushing = True  # False inside no_sync()
+        self._pushed: dict[str, torch.Tensor] = {}  # this step's pushed copies (hook threads)
+        self._max_grad_norm: float | None = None  # set by clip_grad_norm_ for this step
+        self._server_optimizer: str | None = None
         self._hooks = [self._params[name].register_post_accumulate_grad_hook(
             self._hook_for(name)) for name, _ in trainable]
         self.steps = 0
@@ -60,13 +75,18 @@ class AttachedModel:
 
     # ---- what the training loop calls ----------------------------------------------------
 
-    def step(self, num_samples: int = 1) -> list[PushResult]:
+    def step(self, num_samples: int = 1,
+             options: StepOptions | None = None) -> list[PushResult]:
         """Finish this step: wait for the bucket pushes still in flight, push the gradients
         not sent yet, close the step on every shard, pull the next version into the model.
 
-        Raises the servers' error (a `paramserver.errors.ParameterServerError`) if a push or
-        the pull failed; every call has a deadline, so a dead server never hangs the loop.
+        `options`: the step's rate, loss scale and inf/NaN flag (`ServerOptimizer` fills
+        them in); a bound set by `clip_grad_norm_` is added. Raises the servers' error (a
+        `paramserver.errors.ParamServerError`) if a push or the pull failed; every call has
+        a deadline, so a dead server never hangs the loop.
         """
+        options = dataclasses.replace(options or StepOptions(),
+                                      max_grad_norm=self._max_grad_norm)
         try:
             self._wait_for_parts()
             repeated = self._tracker.repeated
@@ -75,15 +95,66 @@ class AttachedModel:
                     f"parameters {sorted(set(repeated))[:5]} got a second gradient after their "
                     "bucket was pushed: call step() after every backward(), or accumulate "
                     "gradients inside `with attached.no_sync():`")
+            if not options.found_inf:  # inf/NaN steps are skipped whatever was pushed
+                self._check_pushed_unchanged()
             sent = self._tracker.handed_out()
             rest = [n for n, p in self._params.items() if p.grad is not None and n not in sent]
             if not sent and not rest:
                 raise InvalidArgument("no parameter has a gradient: call backward() first")
-            results = self.client.step(num_samples=num_samples, names=rest)
+            results = self.client.step(num_samples=num_samples, names=rest, options=options)
         finally:
             self._tracker.reset()
+            self._pushed = {}
+            self._max_grad_norm = None
         self.steps += 1
         return results
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Clip this step's gradient like `torch.nn.utils.clip_grad_norm_` under DDP: the
+        servers clip the *averaged* gradient of all workers to total 2-norm `max_norm` before
+        applying it (same formula: times min(1, max_norm / (norm + 1e-6))).
+
+        Call it between backward() and step(), in place of torch's; `.grad` is left as it
+        is. Returns the 2-norm of this worker's own gradient (the averaged one exists only
+        on the servers). Needs one server: the norm spans every parameter, and each shard
+        only sees its own.
+        """
+        if norm_type != 2.0:
+            raise InvalidArgument(f"only the 2-norm is supported, got norm_type={norm_type}")
+        if not max_norm > 0:
+            raise InvalidArgument(f"max_norm must be positive, got {max_norm}")
+        plan = self.client.plan
+        if plan is not None and plan.num_shards > 1:
+            raise FailedPrecondition(
+                f"ps.clip_grad_norm_ needs the whole model on one server ({plan.num_shards} "
+                "shards hold it): the total norm spans all shards")
+        self._max_grad_norm = float(max_norm)
+        grads = [p.grad.detach() for p in self._params.values() if p.grad is not None]
+        if not grads:
+            return torch.tensor(0.0)
+        return torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g, 2.0).to(grads[0].device) for g in grads]), 2.0)
+
+    @property
+    def server_optimizer(self) -> str:
+        """The servers' update rule as `status` describes it (asked once)."""
+        if self._server_optimizer is None:
+            self._server_optimizer = self.client.connections[0].status().optimizer
+        return self._server_optimizer
+
+    def _check_pushed_unchanged(self) -> None:
+        """Every pushed copy must still equal `.grad` (see the module docstring)."""
+        changed = [name for name, copy in self._pushed.items()
+                   if not _same_bits(copy, self._params[name].grad)]
+        if changed:
+            raise RuntimeError(
+                f"the gradients of {sorted(changed)[:3]} changed between backward() and "
+                "step(), after they were pushed (overlap pushes them during backward): use "
+                "ps.clip_grad_norm_(max_norm) instead of torch.nn.utils.clip_grad_norm_ "
+                "(it clips the averaged gradient, like DDP), let scaler.step(optimizer) "
+                "unscale through the ps.optimizer(...) wrapper instead of calling "
+                "scaler.unscale_, or attach with overlap=False to push .grad as it is at "
+                "step() (each worker then clips its own gradient, unlike DDP)")
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -127,20 +198,25 @@ class AttachedModel:
             names = self._tracker.ready(name)
             if not names:
                 return
+            # A copy taken now, on the autograd thread: user code that edits .grad after
+            # backward (clipping, unscaling) cannot race the push; step() compares.
+            copies = {n: g.detach().clone() for n in names
+                      if (g := self._params[n].grad) is not None}
+            self._pushed.update(copies)
             ready = None
-            if param.is_cuda:  # the gradient is final once the work queued so far is done
+            if param.is_cuda:  # the copies are final once the work queued so far is done
                 ready = torch.cuda.Event()
                 ready.record()
-            future = self._pusher.submit(self._push_part, names, ready)
+            future = self._pusher.submit(self._push_part, copies, ready)
             with self._in_flight_lock:
                 self._in_flight.append(future)
 
         return hook
 
-    def _push_part(self, names: list[str], ready: Any) -> list[PushResult]:
+    def _push_part(self, copies: dict[str, torch.Tensor], ready: Any) -> list[PushResult]:
         if ready is not None:
             ready.synchronize()
-        results = self.client.push(names=names, more_parts=True)
+        results = self.client.push(more_parts=True, gradients=copies)
         self.parts_pushed += 1
         return results
 
@@ -156,41 +232,13 @@ class AttachedModel:
                 raise error
 
 
-class ServerOptimizer(torch.optim.Optimizer):
-    """A drop-in for `torch.optim.Optimizer` whose `step()` pushes the gradients and pulls the
-    servers' parameters; the update rule is the servers' optimizer (`paramserver serve
-    --optimizer ...`). Wrapping an existing optimizer keeps its param groups (so LR
-    schedulers and `zero_grad` work as before), but its own update rule is not used.
-    """
-
-    def __init__(self, attached: AttachedModel,
-                 wrapped: torch.optim.Optimizer | None = None) -> None:
-        self.attached = attached
-        self.wrapped = wrapped
-        if wrapped is not None:
-            super().__init__(wrapped.param_groups, dict(wrapped.defaults))
-            self.param_groups = wrapped.param_groups  # shared: schedulers see one list
-        else:
-            params = [p for p in attached.model.parameters() if p.requires_grad]
-            super().__init__(params, {})
-        self.num_samples = 1  # weight of the next step under --aggregate weighted
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.attached.step(num_samples=self.num_samples)
-        return loss
-
-
 def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "none",
            pull_codecs: Codecs = "none", mode: str | Mode | None = None,
            worker_id: str | None = None, overlap: bool = True,
            bucket_mb: float = DEFAULT_BUCKET_BYTES / 2**20, error_feedback: bool = True,
            ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
-           shaper_factory: Callable[[str], LinkShaper] | None = None) -> AttachedModel:
+           shaper_factory: Callable[[str], LinkShaper] | None = None,
+           world_size: int | None = None) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -202,15 +250,22 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     waits at most `timeout_s`; unreachable servers are retried for `retry_s`, then the
     error is raised in the training loop. `shaper_factory(address)` paces each server's
     connection (see `workers.connection.LinkShaper`; benchmarks emulate slow links with it).
+    `world_size`: the number of workers in the job (default: WORLD_SIZE when torchrun set
+    it); a sync server started with another --workers refuses the attach, naming both, and
+    so does any server while another live process holds this worker id (a duplicate RANK).
+    Addresses are checked at once; the connect wait lasts at most `retry_s`.
     """
     identity = WorkerIdentity.from_env()
+    if world_size is None and "WORLD_SIZE" in os.environ:
+        world_size = identity.world_size
     if worker_id is not None:
         identity = WorkerIdentity(worker_id, identity.rank, identity.world_size,
                                   identity.local_rank)
     client = ParameterClient(servers, identity.worker_id, push_codecs=_specs(codecs),
                              pull_codecs=_specs(pull_codecs), timeout_s=timeout_s,
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
-                             retry_s=retry_s, shaper_factory=shaper_factory)
+                             retry_s=retry_s, shaper_factory=shaper_factory,
+                             world_size=world_size)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:
@@ -225,3 +280,11 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
 
 def _specs(codecs: Codecs) -> tuple[CodecSpec, ...]:
     return CodecSpec.parse_list(codecs) if isinstance(codecs, str) else tuple(codecs)
+
+
+def _same_bits(copy: torch.Tensor, grad: torch.Tensor | None) -> bool:
+    """Bit-for-bit equality (NaN equals itself here, unlike torch.equal)."""
+    if grad is None or grad.shape != copy.shape or grad.dtype != copy.dtype:
+        return False
+    return torch.equal(copy.reshape(-1).view(torch.uint8),
+                       grad.detach().reshape(-1).contiguous().view(torch.uint8))

@@ -3,7 +3,7 @@
 Payloads go out and come back as raw bytes through the chunk fast path; callers provide
 byte views to send and a sink to receive into, so no full-model copy is made here.
 
-Every call has a deadline. UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential
+Every call has a deadline. UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED are retried with exponential
 backoff until `retry_s` has passed, then raised with the attempt count. gRPC's own retry
 never re-sends a request above 256 KiB, so pushes are retried here, carrying the same
 (incarnation, sequence): the server's ledger answers a retry of an applied push without
@@ -42,12 +42,15 @@ from paramserver.types import (
     RoundRequest,
     ServerStatus,
     Session,
+    StepOptions,
     TensorSpec,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# CANCELLED: a draining server (SIGTERM) cancels the calls in flight; it comes back.
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+           grpc.StatusCode.CANCELLED)
 MAX_BACKOFF_S = 2.0
 
 # (index into the pull header's tensors, byte offset, payload view)
@@ -144,6 +147,8 @@ class ServerConnection:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects (the server may still be starting)."""
+        log.info("waiting up to %.0fs for the server at %s to accept connections", timeout_s,
+                 self.address)
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
@@ -152,12 +157,13 @@ class ServerConnection:
 
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
-                  held_version: int | None = None) -> Session:
-        """Open a session; a rejoin states `held_version`, the version it holds."""
+                  held_version: int | None = None, world_size: int | None = None) -> Session:
+        """Open a session; a rejoin states `held_version`, the version it holds; a worker
+        may state the job size it expects (`world_size`, checked by the server)."""
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
-                                   held_version=held_version)
+                                   held_version=held_version, world_size=world_size)
         self.session = _answer(self._call(self._handshake, request))
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session
@@ -177,11 +183,13 @@ class ServerConnection:
             registration, layout=layout)
 
     def push(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[memoryview],
-             num_samples: int = 1, more_parts: bool = False) -> PushResult:
+             num_samples: int = 1, more_parts: bool = False,
+             options: StepOptions | None = None) -> PushResult:
         """Push one gradient per spec; payloads are the encoded little-endian bytes.
 
         `more_parts=True` sends one part of the step's push; the server holds it until a
-        part with `more_parts=False` closes the push.
+        part with `more_parts=False` closes the push; its `options` (lr, clipping, loss
+        scale, inf found) apply to the whole step.
         """
         if len(tensors) != len(payloads):
             raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
@@ -189,7 +197,7 @@ class ServerConnection:
         self._sequence += 1
         header = serde.encode_push_header(
             PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts,
-                       self.session.incarnation, self._sequence))
+                       self.session.incarnation, self._sequence, options))
         before = self.bytes_pushed
         try:
             response = self._retrying(lambda: self._push(self._messages(header, payloads),

@@ -14,7 +14,7 @@ per-shard record, which the calling thread merges once every shard answered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -34,26 +34,19 @@ from paramserver.types import (
     Role,
     RoundJoin,
     Session,
+    StepOptions,
     TensorSpec,
 )
+from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import PullDecoder, encode_routes, is_raw
-from workers.routes import Route, ShardRoutes, recorded_plan
+from workers.routes import Route, ShardRoutes, recorded_plan, trainable_keys
 from workers.tensor_io import HostMirror
 
 log = logging.getLogger(__name__)
 HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
-
-
-def parse_servers(servers: str | Sequence[str]) -> list[str]:
-    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2']; the order is the shard order."""
-    items = servers.split(",") if isinstance(servers, str) else list(servers)
-    addresses = [a.strip() for a in items if a.strip()]
-    if not addresses:
-        raise InvalidArgument("no server address given")
-    return addresses
 
 
 @dataclass(frozen=True)
@@ -90,6 +83,7 @@ class StepPush:
     raw: dict[str, memoryview] | None  # gradients' host bytes, when some shard pushes `none`
     num_samples: int
     more_parts: bool
+    options: StepOptions | None = None  # the closing push's step options
 
 
 class ParameterClient:
@@ -116,11 +110,13 @@ class ParameterClient:
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
-                 timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
+                 timeout_s: float = 60.0, connect_timeout_s: float | None = None,
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
-                 shaper_factory: Callable[[str], LinkShaper] | None = None) -> None:
+                 shaper_factory: Callable[[str], LinkShaper] | None = None,
+                 world_size: int | None = None) -> None:
         self.worker_id = worker_id
         self.role = role
+        self.world_size = world_size  # stated at handshake, checked against --workers
         self._offers = (tuple(push_codecs), tuple(pull_codecs))
         addresses = parse_servers(servers)
         self.connections = [
@@ -128,9 +124,11 @@ class ParameterClient:
                              shaper=shaper_factory(a) if shaper_factory else None)
             for a in addresses]
         self._shards = ShardFanOut(len(addresses))
-        self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_timeout_s))
+        connect_s = retry_s if connect_timeout_s is None else connect_timeout_s
+        self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_s))
         self.sessions: list[Session] = self._shards.run(
-            lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers))
+            lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers,
+                                                            world_size=world_size))
         self.versions = [s.version for s in self.sessions]
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
@@ -145,6 +143,7 @@ class ParameterClient:
         self._routes: ShardRoutes | None = None
         self._params: dict[str, nn.Parameter] = {}
         self._mirrors: dict[str, HostMirror] = {}
+        self.skip_frozen = False  # set once the first pull brought the frozen parameters
 
     def _feedback_for(self, codec: Codec) -> ErrorFeedback | None:
         if codec.biased and self._error_feedback:
@@ -205,6 +204,7 @@ class ParameterClient:
         joins = self._shards.run(self._register_or_rejoin)
         self.rejoins += sum(j.rejoined for j in joins)
         self.pull([j.version for j in joins])
+        self.skip_frozen = True
         return any(j.created for j in joins)
 
     def _register(self, shard: int) -> Registration:
@@ -235,7 +235,8 @@ class ParameterClient:
         connection = self.connections[shard]
         log.warning("%s: %s; rejoining", connection.address, why)
         session = connection.handshake(self.worker_id, self.role, *self._offers,
-                                       held_version=self.versions[shard])
+                                       held_version=self.versions[shard],
+                                       world_size=self.world_size)
         self.sessions[shard] = session
         if session.push_codec != self.push_codecs[shard].spec:
             self.push_codecs[shard] = make_codec(session.push_codec)
@@ -249,19 +250,23 @@ class ParameterClient:
     # ---- the step --------------------------------------------------------------------
 
     def push(self, num_samples: int = 1, names: Collection[str] | None = None,
-             more_parts: bool = False) -> list[PushResult]:
+             more_parts: bool = False, options: StepOptions | None = None,
+             gradients: Mapping[str, torch.Tensor] | None = None) -> list[PushResult]:
         """Push `param.grad` to every shard concurrently.
 
         `names` limits the push to those parameters (default: every one with a gradient).
         `more_parts=True` sends one part of the step's push, to the shards that hold any of
-        `names`; the push with `more_parts=False` closes the step on every shard.
+        `names`; the push with `more_parts=False` closes the step on every shard, with the
+        step's `options` (lr, clipping, loss scale, inf found). `gradients` pushes these
+        tensors (by parameter name) instead of the parameters' `.grad`.
         """
         routes = self._attached_routes()
-        gradients = self._gradients(names)
+        gradients = dict(gradients) if gradients is not None else self._gradients(names)
         raw = None
         if any(is_raw(c) for c in self.push_codecs):  # host bytes once, shared by the shards
             raw = {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
-        step = StepPush(routes.with_params(gradients), gradients, raw, num_samples, more_parts)
+        step = StepPush(routes.with_params(gradients), gradients, raw, num_samples, more_parts,
+                        options)
         shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
         pushes = self._shards.run(lambda shard: self._push_shard(shard, step), shards)
         self._merge(dict(zip(shards, pushes)))
@@ -294,7 +299,7 @@ class ParameterClient:
         connection = self.connections[shard]
         try:
             result = connection.push(version, [r.stored for r in routes], payloads,
-                                     step.num_samples, step.more_parts)
+                                     step.num_samples, step.more_parts, step.options)
         except SessionExpired as error:
             self._rejoin(shard, error.message)
             current = self.versions[shard]  # what the rejoined shard holds now
@@ -333,21 +338,25 @@ class ParameterClient:
 
     def _pull_into(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
                    timeout_s: float | None) -> int:
-        decoder = PullDecoder(shard, make_codec(self.sessions[shard].pull_codec),
-                              self._attached_routes().by_key(shard), targets)
-        version, _ = self.connections[shard].pull(min_version, decoder.sink,
+        routes = self._attached_routes().by_key(shard)
+        decoder = PullDecoder(shard, make_codec(self.sessions[shard].pull_codec), routes,
+                              targets)
+        names = trainable_keys(routes, self._params) if self.skip_frozen else ()
+        version, _ = self.connections[shard].pull(min_version, decoder.sink, names,
                                                   timeout_s=timeout_s,
                                                   on_header=decoder.on_header)
         return version
 
-    def step(self, num_samples: int = 1,
-             names: Collection[str] | None = None) -> list[PushResult]:
+    def step(self, num_samples: int = 1, names: Collection[str] | None = None,
+             options: StepOptions | None = None,
+             gradients: Mapping[str, torch.Tensor] | None = None) -> list[PushResult]:
         """Push (or close) this step's push and bring back the parameters of the next version.
 
         `names`: what is left to push after parts sent with `push(more_parts=True)`.
         Sync: waits until every shard closed the step. Async: until our own update is in.
         """
-        results = self.push(num_samples=num_samples, names=names)
+        results = self.push(num_samples=num_samples, names=names, options=options,
+                            gradients=gradients)
         self.pull(list(self._targets))
         return results
 

@@ -33,6 +33,7 @@ from paramserver.server.store import ParameterStore
 from paramserver.sharding import plan_partition
 from paramserver.types import (
     CodecSpec,
+    Mode,
     ModelLayout,
     PushResult,
     RegisterHeader,
@@ -77,9 +78,15 @@ class ParameterServerCore:
     # ---- handshake, heartbeat, rounds, leaving -------------------------------------------
 
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
-                  pull_offers: list[CodecSpec], held_version: int | None = None) -> Session:
+                  pull_offers: list[CodecSpec], held_version: int | None = None,
+                  world_size: int | None = None) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
-        the parameters it holds; it goes on from the server's version either way."""
+        the parameters it holds; it goes on from the server's version either way.
+        `world_size`: the job size a worker states (torchrun's WORLD_SIZE), checked
+        against --workers, and a first handshake stating it is refused while another live
+        session holds the worker id (two processes with one RANK)."""
+        if world_size is not None and role is Role.WORKER:
+            self._check_job_size(worker_id, world_size, rejoin=held_version is not None)
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
         record = self.members.open(worker_id, role, push, pull)
@@ -97,6 +104,18 @@ class ParameterServerCore:
                 shard_index=self.store.shard_index, incarnation=record.incarnation,
                 heartbeat_interval_s=lease / 4 if lease else 0.0, lease_s=lease,
                 staleness=self.config.staleness)
+
+    def _check_job_size(self, worker_id: str, world_size: int, rejoin: bool) -> None:
+        expected = self.config.expected_workers
+        if self.config.mode is Mode.SYNC and world_size != expected:
+            raise FailedPrecondition(
+                f"worker {worker_id!r} states WORLD_SIZE={world_size}, but this server was "
+                f"started with --workers {expected}: start both with the same job size")
+        if not rejoin and worker_id in self.members.live_workers():
+            raise FailedPrecondition(
+                f"worker id {worker_id!r} is already attached by a live process (a duplicate "
+                f"RANK?): give each process its own RANK or worker_id; if that process died, "
+                f"its session ends within --lease-timeout ({self.config.lease_s:g}s)")
 
     def _note_rejoin(self, worker_id: str, held: int) -> None:
         version = self.store.version

@@ -15,16 +15,20 @@ which may still refuse it (federated screening) before applying anything:
     its registered shape and dtype, listed once                        [INVALID_ARGUMENT]
  6. the part fits the session's open push (same step, no tensor twice)
                                               [FAILED_PRECONDITION / INVALID_ARGUMENT]
- 7. weighted aggregation: num_samples > 0 on the closing part          [INVALID_ARGUMENT]
+ 7. weighted aggregation: num_samples > 0 on the closing part; its step options (lr,
+    max_grad_norm, grad_scale) positive and finite                   [INVALID_ARGUMENT]
  8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
  9. chunks arrive in order, without gaps, within the codec's size bound [INVALID_ARGUMENT]
 10. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+Then a loss-scaled push (grad_scale, AMP) is divided by its scale, all parts together,
+before the policy sees it (unless it found inf/NaN: that step is skipped anyway).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 
 import torch
@@ -44,8 +48,9 @@ from paramserver.server.ledger import PushLedger
 from paramserver.server.membership import Membership, SessionRecord
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import ReceivedPush, UpdatePolicy
+from paramserver.server.policies.step_rules import unscale
 from paramserver.server.store import ParameterStore
-from paramserver.types import Aggregation, PushHeader, PushResult, TensorSpec
+from paramserver.types import Aggregation, PushHeader, PushResult, StepOptions, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ class PushIntake:
         check_specs(header.tensors, self._store.require_layout().by_name())  # 5
         self._parts.check(header.session_id, header.step, [s.name for s in header.tensors])  # 6
         weight = 1.0 if header.more_parts else self._weight_of(header)  # 7
+        if not header.more_parts and header.options is not None:
+            _check_options(header.options)  # 7
         self._policy.check_step(record.worker_id, header.step)  # 8
         with PooledBuffers(self._pool) as buffers:
             updates = self._read_updates(header, record.push_decoder, stream, buffers)  # 9, 10
@@ -99,9 +106,12 @@ class PushIntake:
                 self._parts.hold(header.session_id, header.step, updates, buffers)
                 return PushResult(version=self._store.version, applied=False)
             updates = self._parts.close(header.session_id, header.step, updates, buffers)
+            options = header.options or StepOptions()
+            if not options.found_inf:
+                unscale(updates, options.grad_scale)
             result = self._policy.submit(ReceivedPush(
                 worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
-                buffers=buffers))
+                buffers=buffers, options=options))
         self._members.count_push(header.session_id)
         return result
 
@@ -120,6 +130,15 @@ class PushIntake:
             raise InvalidArgument(f"weighted aggregation needs num_samples > 0, "
                                   f"got {header.num_samples}")
         return float(header.num_samples)
+
+
+def _check_options(options: StepOptions) -> None:
+    bad = [f"{name}={value}" for name, value in (("lr", options.lr),
+                                                ("max_grad_norm", options.max_grad_norm),
+                                                ("grad_scale", options.grad_scale))
+           if value is not None and not (value > 0 and math.isfinite(value))]
+    if bad:
+        raise InvalidArgument(f"step options must be positive and finite: {', '.join(bad)}")
 
 
 def _decode(codec: Codec, spec: TensorSpec, payload: torch.Tensor) -> Update:

@@ -79,7 +79,7 @@ class ParameterServerServicer:
             request = _parsed(request)
             return self.core.handshake(request.worker_id, request.role,
                                        list(request.push_codecs), list(request.pull_codecs),
-                                       request.held_version)
+                                       request.held_version, request.world_size)
 
     def Register(self, request_iterator: Iterator[object],
                  context: grpc.ServicerContext) -> Registration:

@@ -19,6 +19,7 @@ from paramserver.codecs.base import add_into
 from paramserver.errors import Aborted, FailedPrecondition
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.policies.base import Clock, ReceivedPush
+from paramserver.server.policies.step_rules import StepRules
 from paramserver.server.store import ParameterStore
 from paramserver.types import TensorSpec
 
@@ -31,6 +32,7 @@ class Aggregate:
         self._buffers = PooledBuffers(pool)
         self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a buffer owned here
         self._weights: dict[str, float] = {}
+        self.push_weight = 0.0  # the weights of every push added, whatever it holds
 
     def __enter__(self) -> Self:
         return self
@@ -66,14 +68,22 @@ class Aggregate:
                  source: PooledBuffers) -> None:
         for name, update in updates.items():
             self.add(name, update, weight, source)
+        self.push_weight += weight
 
-    def means(self) -> dict[str, torch.Tensor]:
-        """The weighted mean per tensor, computed in place (the sums are gone after)."""
-        return {name: total if self._weights[name] == 1.0 else total.div_(self._weights[name])
+    def means(self, over_all_pushes: bool = False) -> dict[str, torch.Tensor]:
+        """The weighted mean per tensor, computed in place (the sums are gone after).
+
+        `over_all_pushes`: divide every tensor's sum by the weight of all pushes added, so a
+        push without a tensor counts as a zero gradient for it (DDP's mean over all ranks,
+        with find_unused_parameters=True); else by the weight of the pushes that held it.
+        """
+        weights = ({n: self.push_weight for n in self._weights} if over_all_pushes
+                   else self._weights)
+        return {name: total if weights[name] == 1.0 else total.div_(weights[name])
                 for name, total in self._sums.items()}
 
     def release(self) -> None:
-        self._sums, self._weights = {}, {}
+        self._sums, self._weights, self.push_weight = {}, {}, 0.0
         self._buffers.release()
 
 
@@ -83,10 +93,14 @@ class StepAssembly:
     pushes close the step. Not thread-safe: the owning policy holds its lock around calls.
     """
 
-    def __init__(self, store: ParameterStore, pool: BufferPool, clock: Clock) -> None:
+    def __init__(self, store: ParameterStore, pool: BufferPool, clock: Clock,
+                 over_all_pushes: bool = False, base_lr: float = 1.0) -> None:
         self._store = store
         self._pool = pool
         self._clock = clock
+        self._over_all_pushes = over_all_pushes  # see Aggregate.means
+        self._base_lr = base_lr  # the server's --lr, which stated rates replace
+        self._rules = StepRules()
         self.pushed: set[str] = set()
         self.opened_at: float | None = None  # the first push of the open step
         self._aggregate = Aggregate(pool, store.spec)
@@ -107,6 +121,7 @@ class StepAssembly:
     def add(self, push: ReceivedPush) -> None:
         self.check(push.worker_id, push.step)
         self._aggregate.add_push(push.updates, push.weight, push.buffers)
+        self._rules.add(push.options)
         self.pushed.add(push.worker_id)
         if self.opened_at is None:
             self.opened_at = self._clock()
@@ -115,9 +130,15 @@ class StepAssembly:
         return 0.0 if self.opened_at is None else self._clock() - self.opened_at
 
     def close(self) -> int:
-        """Apply the weighted mean as one optimizer step; returns the new version."""
+        """Apply the weighted mean as one optimizer step, under the step's rules (see
+        `step_rules`): skipped if a push found inf/NaN, clipped, at the stated rate. Returns
+        the new version."""
+        if self._rules.found_inf:
+            return self.skip()
         with self._aggregate:
-            version = self._store.apply(self._aggregate.means())
+            means = self._aggregate.means(self._over_all_pushes)
+            self._rules.clip(means)
+            version = self._store.apply(means, self._rules.lr_scale(self._base_lr))
         self._reset()
         return version
 
@@ -129,4 +150,5 @@ class StepAssembly:
 
     def _reset(self) -> None:
         self.pushed, self.opened_at = set(), None
+        self._rules = StepRules()
         self._aggregate = Aggregate(self._pool, self._store.spec)
