@@ -83,6 +83,8 @@ class ServerOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.attached.step(num_samples=self.num_samples, options=self.step_options())
+        if self.wrapped is not None:  # an LR scheduler on it counts this as its step
+            self.wrapped._opt_called = True  # type: ignore[attr-defined]
         return loss
 
 
@@ -104,11 +106,12 @@ def _describe(optimizer: torch.optim.Optimizer) -> str | None:
     """The optimizer in the servers' `OptimizerConfig.describe()` form, if it is one."""
     d = optimizer.defaults
     if type(optimizer) is torch.optim.SGD:
-        return OptimizerConfig(name="sgd", lr=1.0, momentum=d["momentum"],
-                               weight_decay=d["weight_decay"],
-                               nesterov=d["nesterov"]).describe()
+        return OptimizerConfig(name="sgd", lr=1.0, momentum=float(d["momentum"]),
+                               weight_decay=float(d["weight_decay"]),
+                               nesterov=bool(d["nesterov"])).describe()
     if type(optimizer) is torch.optim.Adam and not d.get("amsgrad"):
         beta1, beta2 = d["betas"]
-        return OptimizerConfig(name="adam", lr=1.0, beta1=beta1, beta2=beta2, eps=d["eps"],
-                               weight_decay=d["weight_decay"]).describe()
+        return OptimizerConfig(name="adam", lr=1.0, beta1=float(beta1), beta2=float(beta2),
+                               eps=float(d["eps"]),
+                               weight_decay=float(d["weight_decay"])).describe()
     return None

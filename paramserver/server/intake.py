@@ -16,7 +16,7 @@ which may still refuse it (federated screening) before applying anything:
  6. the part fits the session's open push (same step, no tensor twice)
                                               [FAILED_PRECONDITION / INVALID_ARGUMENT]
  7. weighted aggregation: num_samples > 0 on the closing part; its step options (lr,
-    max_grad_norm, grad_scale) positive and finite                   [INVALID_ARGUMENT]
+    max_grad_norm, grad_scale) finite, lr >= 0, the others > 0        [INVALID_ARGUMENT]
  8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
  9. chunks arrive in order, without gaps, within the codec's size bound [INVALID_ARGUMENT]
@@ -133,12 +133,13 @@ class PushIntake:
 
 
 def _check_options(options: StepOptions) -> None:
-    bad = [f"{name}={value}" for name, value in (("lr", options.lr),
-                                                ("max_grad_norm", options.max_grad_norm),
-                                                ("grad_scale", options.grad_scale))
-           if value is not None and not (value > 0 and math.isfinite(value))]
+    bad = [f"{name}={value}" for name, value, least in (
+               ("lr", options.lr, 0.0), ("max_grad_norm", options.max_grad_norm, 1e-300),
+               ("grad_scale", options.grad_scale, 1e-300))
+           if value is not None and not (value >= least and math.isfinite(value))]
     if bad:
-        raise InvalidArgument(f"step options must be positive and finite: {', '.join(bad)}")
+        raise InvalidArgument("step options must be finite, lr >= 0, max_grad_norm and "
+                              f"grad_scale > 0: got {', '.join(bad)}")
 
 
 def _decode(codec: Codec, spec: TensorSpec, payload: torch.Tensor) -> Update:
