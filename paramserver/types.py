@@ -39,6 +39,12 @@ class Aggregation(enum.Enum):
 
 
 
+# Model buffers (BatchNorm running statistics) are stored under this prefix next to the
+# parameters (issue #18): no gradient ever reaches them; a push that carries one overwrites
+# its value (DDP semantics: rank 0's buffers win), and pulls serve them like parameters.
+BUFFER_PREFIX = "buffer:"
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, shape and dtype of one model tensor."""

@@ -41,6 +41,7 @@ from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
 from workers.connection import LinkShaper
 from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
+from workers.payloads import is_raw
 from workers.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            bucket_mb: float = DEFAULT_BUCKET_BYTES / 2**20, error_feedback: bool = True,
            ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
            shaper_factory: Callable[[str], LinkShaper] | None = None,
-           world_size: int | None = None) -> AttachedModel:
+           world_size: int | None = None,
+           broadcast_buffers: bool | None = None) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -254,6 +256,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     it); a sync server started with another --workers refuses the attach, naming both, and
     so does any server while another live process holds this worker id (a duplicate RANK).
     Addresses are checked at once; the connect wait lasts at most `retry_s`.
+    `broadcast_buffers` (default: rank 0 does): push the model's float buffers (BatchNorm
+    statistics) with every step, so the servers hold them and every worker, and anyone who
+    attaches later, pulls them, as DDP broadcasts rank 0's buffers before each forward.
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -272,6 +277,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
             raise FailedPrecondition(f"expected a {expected.value} job, but the servers run "
                                      f"in {client.session.mode.value} mode")
         client.attach(model)
+        client.broadcast_buffers = _broadcasts_buffers(broadcast_buffers, identity, client)
         return AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
     except BaseException:
         client.close()
@@ -288,3 +294,16 @@ def _same_bits(copy: torch.Tensor, grad: torch.Tensor | None) -> bool:
         return False
     return torch.equal(copy.reshape(-1).view(torch.uint8),
                        grad.detach().reshape(-1).contiguous().view(torch.uint8))
+
+
+def _broadcasts_buffers(asked: bool | None, identity: WorkerIdentity,
+                        client: ParameterClient) -> bool:
+    """Rank 0 pushes the buffers unless told otherwise; never through a compressing codec,
+    which would sparsify or quantize values that are not gradients."""
+    wanted = identity.rank == 0 if asked is None else asked
+    if wanted and not all(is_raw(c) for c in client.push_codecs):
+        log.warning("model buffers (BatchNorm statistics) are not pushed with push codec %s: "
+                    "push with codec none to keep them on the servers",
+                    client.push_codecs[0].spec)
+        return False
+    return wanted

@@ -1,10 +1,14 @@
-"""Run one call per shard concurrently and collect the per-shard results in order."""
+"""Run one call per shard concurrently and collect the per-shard results in order; the
+records a shard's call answers with."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
+
+from paramserver.types import PushResult
 
 T = TypeVar("T")
 
@@ -31,3 +35,28 @@ class ShardFanOut:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+@dataclass(frozen=True)
+class ShardPush:
+    """One shard's answer to a push."""
+
+    result: PushResult
+    target: int  # the version to pull after this push
+    aborted: bool = False  # dropped: the step closed without it, or it was too stale
+    rejoined: bool = False  # the shard had forgotten our session; the push was dropped
+
+
+@dataclass(frozen=True)
+class ShardPull:
+    version: int
+    rejoined: bool = False
+
+
+@dataclass(frozen=True)
+class ShardJoin:
+    """One shard's answer to attach: did we create its part of the model, at what version."""
+
+    created: bool
+    version: int
+    rejoined: bool = False

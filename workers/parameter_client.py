@@ -26,6 +26,7 @@ from paramserver.codecs import Codec, ErrorFeedback, make_codec
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
+    BUFFER_PREFIX,
     CodecSpec,
     Mode,
     ModelLayout,
@@ -39,39 +40,14 @@ from paramserver.types import (
 )
 from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
-from workers.fan_out import ShardFanOut
+from workers.fan_out import ShardFanOut, ShardJoin, ShardPull, ShardPush
 from workers.heartbeat import Heartbeat
 from workers.payloads import PullDecoder, encode_routes, is_raw
-from workers.routes import Route, ShardRoutes, recorded_plan, trainable_keys
+from workers.routes import Route, ShardRoutes, float_buffers, recorded_plan, trainable_keys
 from workers.tensor_io import HostMirror
 
 log = logging.getLogger(__name__)
 HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
-
-
-@dataclass(frozen=True)
-class ShardPush:
-    """One shard's answer to a push."""
-
-    result: PushResult
-    target: int  # the version to pull after this push
-    aborted: bool = False  # dropped: the step closed without it, or it was too stale
-    rejoined: bool = False  # the shard had forgotten our session; the push was dropped
-
-
-@dataclass(frozen=True)
-class ShardPull:
-    version: int
-    rejoined: bool = False
-
-
-@dataclass(frozen=True)
-class ShardJoin:
-    """One shard's answer to attach: did we create its part of the model, at what version."""
-
-    created: bool
-    version: int
-    rejoined: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,7 +117,8 @@ class ParameterClient:
         self.dense_bytes_pushed = 0  # what the pushed gradients would take uncompressed
         self.plan: PartitionPlan | None = None
         self._routes: ShardRoutes | None = None
-        self._params: dict[str, nn.Parameter] = {}
+        self._params: dict[str, torch.Tensor] = {}  # parameters, then float buffers
+        self.broadcast_buffers = False  # closing pushes carry the buffers' values (rank 0)
         self._mirrors: dict[str, HostMirror] = {}
         self.skip_frozen = False  # set once the first pull brought the frozen parameters
 
@@ -186,9 +163,10 @@ class ParameterClient:
         Returns True when this call created the model on some shard. Every worker starts
         from the same parameters: the servers', not its own initialisation.
         """
-        params = dict(model.named_parameters())
+        params: dict[str, torch.Tensor] = dict(model.named_parameters())
         if not params:
             raise InvalidArgument("the model has no parameters to train")
+        params.update(float_buffers(model))
         layout = ModelLayout(tuple(TensorSpec.of(n, p) for n, p in params.items()))
         addresses = [c.address for c in self.connections]
         plan = (recorded_plan(self.sessions, addresses, layout)
@@ -254,19 +232,18 @@ class ParameterClient:
              gradients: Mapping[str, torch.Tensor] | None = None) -> list[PushResult]:
         """Push `param.grad` to every shard concurrently.
 
-        `names` limits the push to those parameters (default: every one with a gradient).
-        `more_parts=True` sends one part of the step's push, to the shards that hold any of
-        `names`; the push with `more_parts=False` closes the step on every shard, with the
-        step's `options` (lr, clipping, loss scale, inf found). `gradients` pushes these
-        tensors (by parameter name) instead of the parameters' `.grad`.
+        `names` limits the push to those parameters (default: every one with a gradient);
+        `gradients` pushes these tensors (by name) instead of `.grad`. `more_parts=True`
+        sends one part of the step's push, to the shards that hold any of them; the push
+        with `more_parts=False` closes the step on every shard, with the step's `options`
+        (lr, clipping, loss scale, inf found) and, with `broadcast_buffers`, the buffers.
         """
         routes = self._attached_routes()
         gradients = dict(gradients) if gradients is not None else self._gradients(names)
-        raw = None
-        if any(is_raw(c) for c in self.push_codecs):  # host bytes once, shared by the shards
-            raw = {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
-        step = StepPush(routes.with_params(gradients), gradients, raw, num_samples, more_parts,
-                        options)
+        if self.broadcast_buffers and not more_parts:
+            gradients.update(self._buffers())
+        step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
+                        num_samples, more_parts, options)
         shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
         pushes = self._shards.run(lambda shard: self._push_shard(shard, step), shards)
         self._merge(dict(zip(shards, pushes)))
@@ -290,6 +267,15 @@ class ParameterClient:
         if not gradients and names is None:
             raise InvalidArgument("no parameter has a gradient: call backward() first")
         return gradients
+
+    def _raw(self, gradients: dict[str, torch.Tensor]) -> dict[str, memoryview] | None:
+        """The gradients' host bytes, once for all shards, when some shard pushes `none`."""
+        if not any(is_raw(c) for c in self.push_codecs):
+            return None
+        return {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        return {n: t for n, t in self._params.items() if n.startswith(BUFFER_PREFIX)}
 
     def _push_shard(self, shard: int, step: StepPush) -> ShardPush:
         """Encode this shard's slices and push them; runs on the shard's fan-out thread."""

@@ -21,8 +21,11 @@ which may still refuse it (federated screening) before applying anything:
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
  9. chunks arrive in order, without gaps, within the codec's size bound [INVALID_ARGUMENT]
 10. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
-Then a loss-scaled push (grad_scale, AMP) is divided by its scale, all parts together,
-before the policy sees it (unless it found inf/NaN: that step is skipped anyway).
+
+Then model buffers in the push (BatchNorm statistics, names under BUFFER_PREFIX) are
+written to the store as values (rank 0's win, as under DDP), and a loss-scaled push
+(grad_scale, AMP) is divided by its scale, all parts together, before the policy sees it
+(unless it found inf/NaN: that step is skipped anyway).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Iterator
 import torch
 
 from paramserver.codecs import Codec, CodecError, Update
+from paramserver.codecs.base import to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.server.assembly import (
     TensorAssembler,
@@ -50,7 +54,14 @@ from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import ReceivedPush, UpdatePolicy
 from paramserver.server.policies.step_rules import unscale
 from paramserver.server.store import ParameterStore
-from paramserver.types import Aggregation, PushHeader, PushResult, StepOptions, TensorSpec
+from paramserver.types import (
+    BUFFER_PREFIX,
+    Aggregation,
+    PushHeader,
+    PushResult,
+    StepOptions,
+    TensorSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +117,7 @@ class PushIntake:
                 self._parts.hold(header.session_id, header.step, updates, buffers)
                 return PushResult(version=self._store.version, applied=False)
             updates = self._parts.close(header.session_id, header.step, updates, buffers)
+            self._write_buffers(updates)
             options = header.options or StepOptions()
             if not options.found_inf:
                 unscale(updates, options.grad_scale)
@@ -122,6 +134,17 @@ class PushIntake:
         drain_chunks(stream, assembler, "push")
         return {spec.name: _decode(codec, spec, payload)
                 for spec, payload in zip(header.tensors, assembler.finish_payloads())}
+
+    def _write_buffers(self, updates: dict[str, Update]) -> None:
+        """Take the model buffers (BatchNorm statistics) out of a push and store their
+        values: they are values, not gradients, and never reach the optimizer."""
+        names = [n for n in updates if n.startswith(BUFFER_PREFIX)]
+        if names:
+            values = {}
+            for name in names:
+                spec = self._store.spec(name)
+                values[name] = to_dense(updates.pop(name), spec.numel, spec.dtype)
+            self._store.overwrite(values)
 
     def _weight_of(self, header: PushHeader) -> float:
         if self._config.aggregation is Aggregation.MEAN:

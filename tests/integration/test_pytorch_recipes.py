@@ -20,9 +20,9 @@ from torch import nn
 
 from paramserver.errors import FailedPrecondition, ParamServerError
 from paramserver.optimizer import OptimizerConfig
-from paramserver.types import Mode
+from paramserver.types import Mode, Role
 from tests.conftest import ServerFactory
-from workers import attach
+from workers import ParameterClient, attach
 from workers.attach import AttachedModel
 
 SGD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9)
@@ -411,3 +411,75 @@ def test_the_connect_wait_honours_retry_s() -> None:
     with pytest.raises(ParamServerError, match="not reachable within 1"):
         attach(Net(), f"127.0.0.1:{port}", retry_s=1.0)
     assert time.monotonic() - started < 15
+
+
+# ---- buffers: BatchNorm statistics ---------------------------------------------------------
+
+
+class BNNet(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layers = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                    nn.Linear(32, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def _float_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
+
+
+def test_batchnorm_statistics_are_rank_0s_and_served_to_a_late_evaluator(
+        server: Callable[..., str]) -> None:
+    """DDP broadcasts rank 0's buffers before every forward; the old code neither stored
+    nor served them, so an evaluator attaching later kept its initial statistics."""
+    address = server()
+    models = [BNNet(), BNNet()]
+    errors: list[BaseException] = []
+
+    def run(rank: int) -> None:
+        try:
+            with attach(models[rank], address, worker_id=f"w{rank}", bucket_mb=BUCKET_MB,
+                        broadcast_buffers=rank == 0) as ps:
+                optimizer = ps.optimizer(_sgd(models[rank]))
+                for batch in DATA[rank]:
+                    optimizer.zero_grad()
+                    nn.functional.cross_entropy(models[rank](batch[0]), batch[1]).backward()
+                    optimizer.step()
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+
+    # DDP, in one process: each rank's forward normalises with its own batch and starts from
+    # rank 0's statistics; rank 0's updated statistics are the ones that survive the step.
+    reference = BNNet()
+    opt = _sgd(reference)
+    for i in range(STEPS):
+        opt.zero_grad()
+        loss0 = nn.functional.cross_entropy(reference(DATA[0][i][0]), DATA[0][i][1])
+        rank0 = _float_buffers(reference)
+        loss1 = nn.functional.cross_entropy(reference(DATA[1][i][0]), DATA[1][i][1])
+        ((loss0 + loss1) / 2).backward()
+        opt.step()
+        for name, buffer in reference.named_buffers():
+            if name in rank0:
+                buffer.copy_(rank0[name])
+    expected = {**_params(reference), **_float_buffers(reference)}
+    for model in models:
+        got = {**_params(model), **_float_buffers(model)}
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
+
+    evaluator = BNNet(seed=7)
+    with ParameterClient(address, "evaluator", role=Role.OBSERVER) as observer:
+        observer.attach(evaluator)
+    for name, value in _float_buffers(reference).items():
+        torch.testing.assert_close(_float_buffers(evaluator)[name], value, rtol=1e-5, atol=1e-6)
