@@ -306,6 +306,14 @@ class HandshakeRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StateUpload:
+    """A shard state (a checkpoint payload) to install on a fresh server."""
+
+    session_id: str
+    state: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
 class PullRequest:
     """Parameters at version >= min_version (a long poll); all tensors when none named."""
 

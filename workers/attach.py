@@ -38,6 +38,7 @@ from torch import nn
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.types import CodecSpec, Mode, PushResult, StepOptions
 from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
+from workers.checkpoints import client_state, load_client_state
 from workers.connection import LinkShaper
 from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
@@ -135,6 +136,17 @@ class AttachedModel:
             return torch.tensor(0.0)
         return torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(g, 2.0).to(grads[0].device) for g in grads]), 2.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint of the job as this worker sees it: the servers' parameters,
+        optimizer state and version, and this worker's codec residuals (see
+        `workers.checkpoints`); `torch.save` it like any state_dict. Call between steps."""
+        return client_state(self.client)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()` on fresh servers, right after attach, before the first
+        step; every worker may call it (the servers install it once)."""
+        load_client_state(self.client, state)
 
     @property
     def server_optimizer(self) -> str:

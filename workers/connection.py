@@ -42,6 +42,7 @@ from paramserver.types import (
     RoundRequest,
     ServerStatus,
     Session,
+    StateUpload,
     StepOptions,
     TensorSpec,
 )
@@ -99,6 +100,8 @@ class ServerConnection:
         self._join_round = self._method("JoinRound")
         self._register = self._method("Register")
         self._push = self._method("Push")
+        self._get_state = self._method("GetState")
+        self._set_state = self._method("SetState")
         self._pull = self._method("Pull", _counting(self, serde.RPCS["Pull"].response_from_bytes))
 
     def _method(self, name: str, response_from_bytes: Callable[[bytes], Any] | None = None,
@@ -249,6 +252,16 @@ class ServerConnection:
     def status(self, include_state_hash: bool = False) -> ServerStatus:
         status: ServerStatus = _answer(self._call(self._status, include_state_hash))
         return status
+
+    def get_state(self) -> bytes:
+        """The server's whole state (parameters, optimizer state, version) as bytes."""
+        state: bytes = _answer(self._call(self._get_state, self.session_id))
+        return state
+
+    def set_state(self, state: bytes) -> int:
+        """Install a state from `get_state` on this fresh server; the version it holds."""
+        upload = StateUpload(session_id=self.session_id, state=state)
+        return int(_answer(self._call(self._set_state, upload)))
 
     def heartbeat(self) -> int:
         try:  # one attempt: the next heartbeat is the retry

@@ -380,3 +380,29 @@ class JoinRoundResponse(_message.Message):
     sampled: bool
     sampled_count: int
     def __init__(self, round: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_count: _Optional[int] = ...) -> None: ...
+
+class StateRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class StateResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: bytes
+    def __init__(self, state: _Optional[bytes] = ...) -> None: ...
+
+class SetStateRequest(_message.Message):
+    __slots__ = ("session_id", "state")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    state: bytes
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class SetStateResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...

@@ -29,6 +29,7 @@ from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
 from paramserver.server.policies.base import Clock
 from paramserver.server.pull import pull_messages
+from paramserver.server.state_transfer import install_state, read_state
 from paramserver.server.store import ParameterStore
 from paramserver.sharding import plan_partition
 from paramserver.types import (
@@ -265,6 +266,19 @@ class ParameterServerCore:
         if missing:
             raise NotFound(f"unknown tensors {missing}")
         return tuple(by_name[n] for n in names)
+
+    def get_state(self, session_id: str) -> bytes:
+        """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""
+        self.members.touch(session_id)
+        return read_state(self.store)
+
+    def set_state(self, session_id: str, blob: bytes) -> int:
+        """Install a worker's checkpoint on this fresh shard; the version it holds."""
+        self.members.require_worker(session_id)
+        version = install_state(self.store, blob, self.policy.report().pending_pushes)
+        log.info("state of version %d installed by a worker (%s)", version,
+                 self.store.state_hash()[:12])
+        return version
 
     # ---- checkpoints and shutdown --------------------------------------------------------
 

@@ -27,6 +27,7 @@ from paramserver.types import (
     RoundRequest,
     ServerStatus,
     Session,
+    StateUpload,
 )
 
 T = TypeVar("T")
@@ -115,6 +116,15 @@ class ParameterServerServicer:
     def Leave(self, session_id: str, context: grpc.ServicerContext) -> None:
         with _abort_on_error(context, "Leave"):
             self.core.leave(_parsed(session_id))
+
+    def GetState(self, session_id: str, context: grpc.ServicerContext) -> bytes:
+        with _abort_on_error(context, "GetState"):
+            return self.core.get_state(_parsed(session_id))
+
+    def SetState(self, upload: StateUpload, context: grpc.ServicerContext) -> int:
+        with _abort_on_error(context, "SetState"):
+            upload = _parsed(upload)
+            return self.core.set_state(upload.session_id, upload.state)
 
 
 _HANDLER_KINDS = {
