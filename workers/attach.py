@@ -12,11 +12,11 @@ the bucket is copied and the copy pushed on a background thread while backward c
 `step()` pushes what is left, closes the step on every shard and pulls the next version in
 place.
 
-Safe by construction (issue #18): a pushed bucket is a copy taken when backward produced it,
-so nothing user code does to `.grad` afterwards can race the push; and `step()` compares
-every pushed copy with `.grad` (bit for bit): a gradient changed between backward and step
-(`torch.nn.utils.clip_grad_norm_`, `GradScaler.unscale_`, an in-place edit) means the servers
-got something else than the loop meant, so the step fails there, naming the fix
+Safe by construction (issue #18): the hook takes a fingerprint (sum and 2-norm, exact bits)
+of each gradient it hands to a push, and `step()` compares it with `.grad` once every part
+is done: a gradient changed between backward and step (`torch.nn.utils.clip_grad_norm_`,
+`GradScaler.unscale_`, an in-place edit) means the servers got something else than the loop
+meant (or a mix, had the edit raced the push), so the step fails there, naming the fix
 (`ps.clip_grad_norm_`, which clips the averaged gradient on the servers like DDP; GradScaler
 through `ps.optimizer`; or `overlap=False`, which pushes `.grad` as it is at `step()`).
 """
@@ -67,7 +67,7 @@ class AttachedModel:
         self._in_flight: list[Future[list[PushResult]]] = []
         self._in_flight_lock = threading.Lock()
         self._pushing = True  # False inside no_sync()
-        self._pushed: dict[str, torch.Tensor] = {}  # this step's pushed copies (hook threads)
+        self._pushed: dict[str, torch.Tensor | None] = {}  # fingerprints of pushed parts
         self._max_grad_norm: float | None = None  # set by clip_grad_norm_ for this step
         self._server_optimizer: str | None = None
         self._hooks = [self._params[name].register_post_accumulate_grad_hook(
@@ -104,6 +104,8 @@ class AttachedModel:
             if not sent and not rest:
                 raise InvalidArgument("no parameter has a gradient: call backward() first")
             results = self.client.step(num_samples=num_samples, names=rest, options=options)
+            if options.found_inf:
+                _drop_nonfinite_feedback(self.client)
         finally:
             self._tracker.reset()
             self._pushed = {}
@@ -156,9 +158,9 @@ class AttachedModel:
         return self._server_optimizer
 
     def _check_pushed_unchanged(self) -> None:
-        """Every pushed copy must still equal `.grad` (see the module docstring)."""
-        changed = [name for name, copy in self._pushed.items()
-                   if not _same_bits(copy, self._params[name].grad)]
+        """Every pushed gradient must still match its fingerprint (see the module doc)."""
+        changed = [name for name, mark in self._pushed.items()
+                   if not _same_bits(mark, _fingerprint(self._params[name].grad))]
         if changed:
             raise RuntimeError(
                 f"the gradients of {sorted(changed)[:3]} changed between backward() and "
@@ -213,23 +215,21 @@ class AttachedModel:
                 return
             # A copy taken now, on the autograd thread: user code that edits .grad after
             # backward (clipping, unscaling) cannot race the push; step() compares.
-            copies = {n: g.detach().clone() for n in names
-                      if (g := self._params[n].grad) is not None}
-            self._pushed.update(copies)
+            self._pushed.update((n, _fingerprint(self._params[n].grad)) for n in names)
             ready = None
-            if param.is_cuda:  # the copies are final once the work queued so far is done
+            if param.is_cuda:  # the gradient is final once the work queued so far is done
                 ready = torch.cuda.Event()
                 ready.record()
-            future = self._pusher.submit(self._push_part, copies, ready)
+            future = self._pusher.submit(self._push_part, names, ready)
             with self._in_flight_lock:
                 self._in_flight.append(future)
 
         return hook
 
-    def _push_part(self, copies: dict[str, torch.Tensor], ready: Any) -> list[PushResult]:
+    def _push_part(self, names: list[str], ready: Any) -> list[PushResult]:
         if ready is not None:
             ready.synchronize()
-        results = self.client.push(more_parts=True, gradients=copies)
+        results = self.client.push(names=names, more_parts=True)
         self.parts_pushed += 1
         return results
 
@@ -300,12 +300,21 @@ def _specs(codecs: Codecs) -> tuple[CodecSpec, ...]:
     return CodecSpec.parse_list(codecs) if isinstance(codecs, str) else tuple(codecs)
 
 
-def _same_bits(copy: torch.Tensor, grad: torch.Tensor | None) -> bool:
+def _fingerprint(grad: torch.Tensor | None) -> torch.Tensor | None:
+    """(sum, 2-norm) of a gradient, computed where it lives (no device sync): clipping and
+    unscaling change the norm, other edits the sum or the norm. Two reads of the gradient,
+    about half what a copy and a full comparison would cost."""
+    if grad is None:
+        return None
+    flat = grad.detach().reshape(-1)
+    return torch.stack((flat.sum(), torch.linalg.vector_norm(flat)))
+
+
+def _same_bits(mark: torch.Tensor | None, now: torch.Tensor | None) -> bool:
     """Bit-for-bit equality (NaN equals itself here, unlike torch.equal)."""
-    if grad is None or grad.shape != copy.shape or grad.dtype != copy.dtype:
+    if mark is None or now is None or mark.dtype != now.dtype:
         return False
-    return torch.equal(copy.reshape(-1).view(torch.uint8),
-                       grad.detach().reshape(-1).contiguous().view(torch.uint8))
+    return torch.equal(mark.view(torch.uint8), now.view(torch.uint8))
 
 
 def _broadcasts_buffers(asked: bool | None, identity: WorkerIdentity,
@@ -319,3 +328,15 @@ def _broadcasts_buffers(asked: bool | None, identity: WorkerIdentity,
                     client.push_codecs[0].spec)
         return False
     return wanted
+
+
+def _drop_nonfinite_feedback(client: ParameterClient) -> None:
+    """After a step skipped for inf/NaN: error-feedback state that took in the non-finite
+    gradient is dropped (it would carry NaN into every later push), as GradScaler drops
+    the whole gradient of that step."""
+    for feedback in client._feedback:
+        if feedback is None:
+            continue
+        for state in (feedback.residuals, feedback.velocities):
+            for key in [k for k, v in state.items() if not bool(torch.isfinite(v).all())]:
+                del state[key]

@@ -224,6 +224,25 @@ def test_grad_scaler_recipe_trains_on_unscaled_gradients_and_skips_inf_steps(
     assert scales[1][INF_STEP] == scales[1][0]  # (each worker's scaler sees its own grads)
 
 
+def test_an_inf_step_does_not_poison_error_feedback(server: Callable[..., str]) -> None:
+    """With a biased codec, the skipped step's inf must not stay in the residuals (it would
+    turn every later push into NaN that GradScaler, seeing finite local grads, lets pass)."""
+    def loop(rank: int, model: Net, ps: AttachedModel) -> None:
+        optimizer = ps.optimizer(_sgd(model))
+        scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+        for i, batch in enumerate(DATA[rank]):
+            optimizer.zero_grad()
+            loss = _loss(model, batch) * (float("inf") if i == 1 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        assert ps.version == STEPS
+
+    models = _run_workers(server(expected_workers=1), loop, workers=1, codecs="topk:ratio=0.25")
+    for name, param in models[0].named_parameters():
+        assert bool(torch.isfinite(param).all()), name
+
+
 def test_unscale_then_torch_clipping_with_overlap_fails_the_first_step_naming_the_fix(
         server: Callable[..., str]) -> None:
     """The AMP docs' clipping recipe (unscale_, clip_grad_norm_) edits .grad after the
