@@ -8,9 +8,8 @@
 
 With `overlap=True` (the default) every parameter gets a post-accumulate-grad hook; once all
 gradients of a bucket (a few MiB, filled from the last layer backwards as in DDP) are ready,
-the bucket is copied and the copy pushed on a background thread while backward continues.
-`step()` pushes what is left, closes the step on every shard and pulls the next version in
-place.
+the bucket is pushed on a background thread while backward continues. `step()` pushes what
+is left, closes the step on every shard and pulls the next version in place.
 
 Safe by construction (issue #18): the hook takes a fingerprint (sum and 2-norm, exact bits)
 of each gradient it hands to a push, and `step()` compares it with `.grad` once every part
@@ -119,8 +118,8 @@ class AttachedModel:
         applying it (same formula: times min(1, max_norm / (norm + 1e-6))).
 
         Call it between backward() and step(), in place of torch's; `.grad` is left as it
-        is. Returns the 2-norm of this worker's own gradient (the averaged one exists only
-        on the servers). Needs one server: the norm spans every parameter, and each shard
+        is. Returns the 2-norm of this worker's own gradient as it is (loss-scaled under
+        GradScaler; the averaged gradient exists only on the servers). Needs one server: the norm spans every parameter, and each shard
         only sees its own.
         """
         if norm_type != 2.0:
