@@ -555,3 +555,44 @@ def test_a_state_is_not_loaded_onto_servers_that_trained(server: Callable[..., s
         optimizer.step()
         with pytest.raises(FailedPrecondition, match="fresh servers"):
             ps.load_state_dict(state)
+
+
+# ---- the same recipe under a real DDP run (gloo, two processes) ----------------------------
+
+
+def _ddp_rank(rank: int, port: int, out: str) -> None:
+    """One DDP rank of the unused-branch recipe (find_unused_parameters=True)."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                         rank=rank, world_size=2)
+    try:
+        model = nn.parallel.DistributedDataParallel(Net(), find_unused_parameters=True)
+        optimizer = _sgd(model.module)
+        for i, batch in enumerate(DATA[rank]):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(batch[0], rank == 0 and i % 2 == 0),
+                                        batch[1]).backward()
+            optimizer.step()
+        if rank == 0:
+            torch.save(_params(model.module), out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_unused_branch_matches_a_real_ddp_run(server: Callable[..., str],
+                                              tmp_path: Any) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = str(tmp_path / "ddp.pt")
+    torch.multiprocessing.spawn(_ddp_rank, args=(port, out), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+
+    def loop(rank: int, model: Net, ps: AttachedModel) -> None:
+        optimizer = ps.optimizer(_sgd(model))
+        for i, batch in enumerate(DATA[rank]):
+            optimizer.zero_grad()
+            _loss(model, batch, rank == 0 and i % 2 == 0).backward()
+            optimizer.step()
+
+    for model in _run_workers(server(), loop):
+        _assert_close(model, ddp)
