@@ -223,9 +223,9 @@ class ServerConnection:
         request = PullRequest(session_id=self.session_id, min_version=min_version,
                               tensors=tuple(names))
         # A long poll that ran out of time is an answer (the version did not come), not a
-        # transport failure: only UNAVAILABLE is retried here.
+        # transport failure: only UNAVAILABLE and CANCELLED (a draining server) are retried.
         return self._retrying(lambda: self._pull_once(request, sink, timeout_s, on_header),
-                              (grpc.StatusCode.UNAVAILABLE,))
+                              (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
     def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
                    on_header: Callable[[int, tuple[TensorSpec, ...]], None] | None,
