@@ -7,7 +7,8 @@ it a parameter-server worker.
     RANK=1 WORLD_SIZE=2 python examples/embed_existing_loop.py --servers 127.0.0.1:50051
 
 Under torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from torchrun; each worker trains on its own
-shard of the data. The update rule is the server's (`serve --optimizer/--lr/--momentum`).
+shard of the data; WORLD_SIZE must match the server's --workers. The update rule is the
+server's (`serve --optimizer/--momentum`), at the learning rate of the wrapped optimizer.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +37,12 @@ class Aggregation(enum.Enum):
     WEIGHTED = "weighted"  # average weighted by each push's num_samples
 
 
+
+
+# Model buffers (BatchNorm running statistics) are stored under this prefix next to the
+# parameters (issue #18): no gradient ever reaches them; a push that carries one overwrites
+# its value (DDP semantics: rank 0's buffers win), and pulls serve them like parameters.
+BUFFER_PREFIX = "buffer:"
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,22 @@ class PushHeader:
     incarnation: int = 0
     sequence: int = 0  # exactly-once: 0 opts out of deduplication
     momentum_applied: bool = False  # the worker applied the server's momentum (DGC)
+    options: StepOptions | None = None  # the closing part's step options (issue #18)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepOptions:
+    """What a worker's training loop says about one step (the closing push carries it).
+
+    `lr`: the rate its optimizer holds (None: the server's --lr). `max_grad_norm`: clip the
+    aggregated gradient to this 2-norm. `grad_scale`: the loss scale its gradients carry
+    (divided out by the server). `found_inf`: inf/NaN seen, skip the step.
+    """
+
+    lr: float | None = None
+    max_grad_norm: float | None = None
+    grad_scale: float = 1.0
+    found_inf: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -284,6 +306,15 @@ class HandshakeRequest:
     pull_codecs: tuple[CodecSpec, ...] = ()
     client_version: str = ""
     held_version: int | None = None  # a rejoin: the version of the parameters it holds
+    world_size: int | None = None  # the job size the worker believes in (WORLD_SIZE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateUpload:
+    """A shard state (a checkpoint payload) to install on a fresh server."""
+
+    session_id: str
+    state: bytes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -341,36 +372,3 @@ class PushResult:
     applied: bool
     staleness: int = 0
     duplicate: bool = False  # the answer to an earlier identical push (not applied again)
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    worker_id: str
-    role: Role
-    session_id: str
-    pushes: int
-    seconds_since_seen: float
-    push_codec: CodecSpec
-    incarnation: int = 0
-    clock: int = 0
-
-
-@dataclass(frozen=True)
-class ServerStatus:
-    layout: ModelLayout | None
-    version: int
-    mode: Mode
-    expected_workers: int
-    optimizer: str
-    pending_pushes: int
-    server_version: str
-    workers: tuple[WorkerInfo, ...] = field(default=())
-    plan: PartitionPlan | None = None
-    shard_index: int = 0
-    max_lead: int = 0
-    evicted: tuple[str, ...] = ()
-    state_hash: str = ""
-    restored_version: int = -1
-    dropouts: tuple[str, ...] = ()
-    skipped_rounds: tuple[int, ...] = ()
-    rejoins: tuple[str, ...] = ()  # "worker@held->version", oldest first

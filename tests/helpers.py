@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from paramserver.transport import chunk_ranges
-from paramserver.types import ModelLayout, PushHeader, RegisterHeader, TensorSpec
+from paramserver.types import ModelLayout, PushHeader, RegisterHeader, StepOptions, TensorSpec
 from paramserver.wire import Chunk
 
 
@@ -35,8 +35,9 @@ def register_stream(session_id: str, tensors: Mapping[str, torch.Tensor],
 
 def push_stream(session_id: str, step: int, grads: Mapping[str, torch.Tensor],
                 num_samples: int = 1, more_parts: bool = False,
-                momentum_applied: bool = False) -> list[object]:
+                momentum_applied: bool = False,
+                options: StepOptions | None = None) -> list[object]:
     specs = tuple(TensorSpec.of(n, g) for n, g in grads.items())
     return [PushHeader(session_id, step, num_samples, specs, more_parts,
-                       momentum_applied=momentum_applied),
+                       momentum_applied=momentum_applied, options=options),
             *chunks(list(grads.values()))]

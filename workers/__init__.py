@@ -10,11 +10,12 @@
 `ParameterClient` is the lower-level client (no hooks, explicit push and pull).
 """
 
-from workers.attach import AttachedModel, ServerOptimizer, attach
+from workers.attach import AttachedModel, attach
 from workers.connection import ServerConnection
 from workers.environment import WorkerIdentity
 from workers.federated import FedAvg
 from workers.parameter_client import ParameterClient
+from workers.server_optimizer import ServerOptimizer
 
 __all__ = ["AttachedModel", "FedAvg", "ParameterClient", "ServerConnection", "ServerOptimizer",
            "WorkerIdentity", "attach"]

@@ -10,12 +10,22 @@ With `overlap=True` (the default) every parameter gets a post-accumulate-grad ho
 gradients of a bucket (a few MiB, filled from the last layer backwards as in DDP) are ready,
 the bucket is pushed on a background thread while backward continues. `step()` pushes what
 is left, closes the step on every shard and pulls the next version in place.
+
+Safe by construction (issue #18): the hook takes a fingerprint (sum and 2-norm, exact bits)
+of each gradient it hands to a push, and `step()` compares it with `.grad` once every part
+is done: a gradient changed between backward and step (`torch.nn.utils.clip_grad_norm_`,
+`GradScaler.unscale_`, an in-place edit) means the servers got something else than the loop
+meant (or a mix, had the edit raced the push), so the step fails there, naming the fix
+(`ps.clip_grad_norm_`, which clips the averaged gradient on the servers like DDP; GradScaler
+through `ps.optimizer`; or `overlap=False`, which pushes `.grad` as it is at `step()`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -26,11 +36,14 @@ from torch import nn
 
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.security.credentials import ClientSecurity
-from paramserver.types import CodecSpec, Mode, PushResult
+from paramserver.types import CodecSpec, Mode, PushResult, StepOptions
 from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
+from workers.checkpoints import client_state, load_client_state
 from workers.connection import LinkShaper
 from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
+from workers.payloads import is_raw
+from workers.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,9 @@ class AttachedModel:
         self._in_flight: list[Future[list[PushResult]]] = []
         self._in_flight_lock = threading.Lock()
         self._pushing = True  # False inside no_sync()
+        self._pushed: dict[str, torch.Tensor | None] = {}  # fingerprints of pushed parts
+        self._max_grad_norm: float | None = None  # set by clip_grad_norm_ for this step
+        self._server_optimizer: str | None = None
         self._hooks = [self._params[name].register_post_accumulate_grad_hook(
             self._hook_for(name)) for name, _ in trainable]
         self.steps = 0
@@ -61,13 +77,18 @@ class AttachedModel:
 
     # ---- what the training loop calls ----------------------------------------------------
 
-    def step(self, num_samples: int = 1) -> list[PushResult]:
+    def step(self, num_samples: int = 1,
+             options: StepOptions | None = None) -> list[PushResult]:
         """Finish this step: wait for the bucket pushes still in flight, push the gradients
         not sent yet, close the step on every shard, pull the next version into the model.
 
-        Raises the servers' error (a `paramserver.errors.ParameterServerError`) if a push or
-        the pull failed; every call has a deadline, so a dead server never hangs the loop.
+        `options`: the step's rate, loss scale and inf/NaN flag (`ServerOptimizer` fills
+        them in); a bound set by `clip_grad_norm_` is added. Raises the servers' error (a
+        `paramserver.errors.ParamServerError`) if a push or the pull failed; every call has
+        a deadline, so a dead server never hangs the loop.
         """
+        options = dataclasses.replace(options or StepOptions(),
+                                      max_grad_norm=self._max_grad_norm)
         try:
             self._wait_for_parts()
             repeated = self._tracker.repeated
@@ -76,15 +97,79 @@ class AttachedModel:
                     f"parameters {sorted(set(repeated))[:5]} got a second gradient after their "
                     "bucket was pushed: call step() after every backward(), or accumulate "
                     "gradients inside `with attached.no_sync():`")
+            if not options.found_inf:  # inf/NaN steps are skipped whatever was pushed
+                self._check_pushed_unchanged()
             sent = self._tracker.handed_out()
             rest = [n for n, p in self._params.items() if p.grad is not None and n not in sent]
             if not sent and not rest:
                 raise InvalidArgument("no parameter has a gradient: call backward() first")
-            results = self.client.step(num_samples=num_samples, names=rest)
+            results = self.client.step(num_samples=num_samples, names=rest, options=options)
+            if options.found_inf:
+                _drop_nonfinite_feedback(self.client)
         finally:
             self._tracker.reset()
+            self._pushed = {}
+            self._max_grad_norm = None
         self.steps += 1
         return results
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Clip this step's gradient like `torch.nn.utils.clip_grad_norm_` under DDP: the
+        servers clip the *averaged* gradient of all workers to total 2-norm `max_norm` before
+        applying it (same formula: times min(1, max_norm / (norm + 1e-6))).
+
+        Call it between backward() and step(), in place of torch's; `.grad` is left as it
+        is. Returns the 2-norm of this worker's own gradient as it is (loss-scaled under
+        GradScaler; the averaged gradient exists only on the servers). Needs one server: the norm spans every parameter, and each shard
+        only sees its own.
+        """
+        if norm_type != 2.0:
+            raise InvalidArgument(f"only the 2-norm is supported, got norm_type={norm_type}")
+        if not max_norm > 0:
+            raise InvalidArgument(f"max_norm must be positive, got {max_norm}")
+        plan = self.client.plan
+        if plan is not None and plan.num_shards > 1:
+            raise FailedPrecondition(
+                f"ps.clip_grad_norm_ needs the whole model on one server ({plan.num_shards} "
+                "shards hold it): the total norm spans all shards")
+        self._max_grad_norm = float(max_norm)
+        grads = [p.grad.detach() for p in self._params.values() if p.grad is not None]
+        if not grads:
+            return torch.tensor(0.0)
+        return torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g, 2.0).to(grads[0].device) for g in grads]), 2.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A checkpoint of the job as this worker sees it: the servers' parameters,
+        optimizer state and version, and this worker's codec residuals (see
+        `workers.checkpoints`); `torch.save` it like any state_dict. Call between steps."""
+        return client_state(self.client)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from `state_dict()` on fresh servers, right after attach, before the first
+        step; every worker may call it (the servers install it once)."""
+        load_client_state(self.client, state)
+
+    @property
+    def server_optimizer(self) -> str:
+        """The servers' update rule as `status` describes it (asked once)."""
+        if self._server_optimizer is None:
+            self._server_optimizer = self.client.connections[0].status().optimizer
+        return self._server_optimizer
+
+    def _check_pushed_unchanged(self) -> None:
+        """Every pushed gradient must still match its fingerprint (see the module doc)."""
+        changed = [name for name, mark in self._pushed.items()
+                   if not _same_bits(mark, _fingerprint(self._params[name].grad))]
+        if changed:
+            raise RuntimeError(
+                f"the gradients of {sorted(changed)[:3]} changed between backward() and "
+                "step(), after they were pushed (overlap pushes them during backward): use "
+                "ps.clip_grad_norm_(max_norm) instead of torch.nn.utils.clip_grad_norm_ "
+                "(it clips the averaged gradient, like DDP), let scaler.step(optimizer) "
+                "unscale through the ps.optimizer(...) wrapper instead of calling "
+                "scaler.unscale_, or attach with overlap=False to push .grad as it is at "
+                "step() (each worker then clips its own gradient, unlike DDP)")
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -128,6 +213,9 @@ class AttachedModel:
             names = self._tracker.ready(name)
             if not names:
                 return
+            # A copy taken now, on the autograd thread: user code that edits .grad after
+            # backward (clipping, unscaling) cannot race the push; step() compares.
+            self._pushed.update((n, _fingerprint(self._params[n].grad)) for n in names)
             ready = None
             if param.is_cuda:  # the gradient is final once the work queued so far is done
                 ready = torch.cuda.Event()
@@ -157,42 +245,14 @@ class AttachedModel:
                 raise error
 
 
-class ServerOptimizer(torch.optim.Optimizer):
-    """A drop-in for `torch.optim.Optimizer` whose `step()` pushes the gradients and pulls the
-    servers' parameters; the update rule is the servers' optimizer (`paramserver serve
-    --optimizer ...`). Wrapping an existing optimizer keeps its param groups (so LR
-    schedulers and `zero_grad` work as before), but its own update rule is not used.
-    """
-
-    def __init__(self, attached: AttachedModel,
-                 wrapped: torch.optim.Optimizer | None = None) -> None:
-        self.attached = attached
-        self.wrapped = wrapped
-        if wrapped is not None:
-            super().__init__(wrapped.param_groups, dict(wrapped.defaults))
-            self.param_groups = wrapped.param_groups  # shared: schedulers see one list
-        else:
-            params = [p for p in attached.model.parameters() if p.requires_grad]
-            super().__init__(params, {})
-        self.num_samples = 1  # weight of the next step under --aggregate weighted
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self.attached.step(num_samples=self.num_samples)
-        return loss
-
-
 def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "none",
            pull_codecs: Codecs = "none", mode: str | Mode | None = None,
            worker_id: str | None = None, overlap: bool = True,
            bucket_mb: float = DEFAULT_BUCKET_BYTES / 2**20, error_feedback: bool = True,
            ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
            shaper_factory: Callable[[str], LinkShaper] | None = None,
-           security: ClientSecurity | None = None) -> AttachedModel:
+           security: ClientSecurity | None = None, world_size: int | None = None,
+           broadcast_buffers: bool | None = None) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -207,8 +267,17 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     `security`: TLS and this worker's credential (`ClientSecurity.from_files(ca, cert, key)`);
     None reads PARAMSERVER_TLS_CA/_CERT/_KEY or PARAMSERVER_TOKEN from the environment, and
     is plaintext when none is set. Under mutual TLS `worker_id` must be the certificate's.
+    `world_size`: the number of workers in the job (default: WORLD_SIZE when torchrun set
+    it); a sync server started with another --workers refuses the attach, naming both, and
+    so does any server while another live process holds this worker id (a duplicate RANK).
+    Addresses are checked at once; the connect wait lasts at most `retry_s`.
+    `broadcast_buffers` (default: rank 0 does): push the model's float buffers (BatchNorm
+    statistics) with every step, so the servers hold them and every worker, and anyone who
+    attaches later, pulls them, as DDP broadcasts rank 0's buffers before each forward.
     """
     identity = WorkerIdentity.from_env()
+    if world_size is None and "WORLD_SIZE" in os.environ:
+        world_size = identity.world_size
     if worker_id is not None:
         identity = WorkerIdentity(worker_id, identity.rank, identity.world_size,
                                   identity.local_rank)
@@ -216,13 +285,14 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              pull_codecs=_specs(pull_codecs), timeout_s=timeout_s,
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
                              retry_s=retry_s, shaper_factory=shaper_factory,
-                             security=security)
+                             security=security, world_size=world_size)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:
             raise FailedPrecondition(f"expected a {expected.value} job, but the servers run "
                                      f"in {client.session.mode.value} mode")
         client.attach(model)
+        client.broadcast_buffers = _broadcasts_buffers(broadcast_buffers, identity, client)
         return AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
     except BaseException:
         client.close()
@@ -231,3 +301,45 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
 
 def _specs(codecs: Codecs) -> tuple[CodecSpec, ...]:
     return CodecSpec.parse_list(codecs) if isinstance(codecs, str) else tuple(codecs)
+
+
+def _fingerprint(grad: torch.Tensor | None) -> torch.Tensor | None:
+    """(sum, 2-norm) of a gradient, computed where it lives (no device sync): clipping and
+    unscaling change the norm, other edits the sum or the norm. Two reads of the gradient,
+    about half what a copy and a full comparison would cost."""
+    if grad is None:
+        return None
+    flat = grad.detach().reshape(-1)
+    return torch.stack((flat.sum(), torch.linalg.vector_norm(flat)))
+
+
+def _same_bits(mark: torch.Tensor | None, now: torch.Tensor | None) -> bool:
+    """Bit-for-bit equality (NaN equals itself here, unlike torch.equal)."""
+    if mark is None or now is None or mark.dtype != now.dtype:
+        return False
+    return torch.equal(mark.view(torch.uint8), now.view(torch.uint8))
+
+
+def _broadcasts_buffers(asked: bool | None, identity: WorkerIdentity,
+                        client: ParameterClient) -> bool:
+    """Rank 0 pushes the buffers unless told otherwise; never through a compressing codec,
+    which would sparsify or quantize values that are not gradients."""
+    wanted = identity.rank == 0 if asked is None else asked
+    if wanted and not all(is_raw(c) for c in client.push_codecs):
+        log.warning("model buffers (BatchNorm statistics) are not pushed with push codec %s: "
+                    "push with codec none to keep them on the servers",
+                    client.push_codecs[0].spec)
+        return False
+    return wanted
+
+
+def _drop_nonfinite_feedback(client: ParameterClient) -> None:
+    """After a step skipped for inf/NaN: error-feedback state that took in the non-finite
+    gradient is dropped (it would carry NaN into every later push), as GradScaler drops
+    the whole gradient of that step."""
+    for feedback in client._feedback:
+        if feedback is None:
+            continue
+        for state in (feedback.residuals, feedback.velocities):
+            for key in [k for k, v in state.items() if not bool(torch.isfinite(v).all())]:
+                del state[key]

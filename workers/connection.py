@@ -3,7 +3,7 @@
 Payloads go out and come back as raw bytes through the chunk fast path; callers provide
 byte views to send and a sink to receive into, so no full-model copy is made here.
 
-Every call has a deadline. UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential
+Every call has a deadline. UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED are retried with exponential
 backoff until `retry_s` has passed, then raised with the attempt count. gRPC's own retry
 never re-sends a request above 256 KiB, so pushes are retried here, carrying the same
 (incarnation, sequence): the server's ledger answers a retry of an applied push without
@@ -24,6 +24,7 @@ from paramserver import __version__, serde, wire
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
+from paramserver.status import ServerStatus
 from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, open_channel, tls_refusal
 from paramserver.types import (
     CodecSpec,
@@ -38,14 +39,17 @@ from paramserver.types import (
     Role,
     RoundJoin,
     RoundRequest,
-    ServerStatus,
     Session,
+    StateUpload,
+    StepOptions,
     TensorSpec,
 )
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# CANCELLED: a draining server (SIGTERM) cancels the calls in flight; it comes back.
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+           grpc.StatusCode.CANCELLED)
 MAX_BACKOFF_S = 2.0
 
 # (index into the pull header's tensors, byte offset, payload view)
@@ -99,6 +103,8 @@ class ServerConnection:
         self._join_round = self._method("JoinRound")
         self._register = self._method("Register")
         self._push = self._method("Push")
+        self._get_state = self._method("GetState")
+        self._set_state = self._method("SetState")
         self._pull = self._method("Pull", _counting(self, serde.RPCS["Pull"].response_from_bytes))
 
     def _method(self, name: str, response_from_bytes: Callable[[bytes], Any] | None = None,
@@ -157,6 +163,8 @@ class ServerConnection:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects (the server may still be starting)."""
+        log.info("waiting up to %.0fs for the server at %s to accept connections", timeout_s,
+                 self.address)
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
@@ -165,12 +173,13 @@ class ServerConnection:
 
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
-                  held_version: int | None = None) -> Session:
-        """Open a session; a rejoin states `held_version`, the version it holds."""
+                  held_version: int | None = None, world_size: int | None = None) -> Session:
+        """Open a session; a rejoin states `held_version`, the version it holds; a worker
+        may state the job size it expects (`world_size`, checked by the server)."""
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
-                                   held_version=held_version)
+                                   held_version=held_version, world_size=world_size)
         self.session = _answer(self._call(self._handshake, request))
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session
@@ -191,12 +200,14 @@ class ServerConnection:
 
     def push(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[memoryview],
              num_samples: int = 1, more_parts: bool = False,
+             options: StepOptions | None = None,
              momentum_applied: bool = False) -> PushResult:
         """Push one gradient per spec; payloads are the encoded little-endian bytes.
 
         `more_parts=True` sends one part of the step's push; the server holds it until a
-        part with `more_parts=False` closes the push. `momentum_applied`: the payloads
-        carry the server's momentum (Session.momentum_correction), apply them plainly.
+        part with `more_parts=False` closes the push; its `options` (lr, clipping, loss
+        scale, inf found) apply to the whole step. `momentum_applied`: the payloads carry
+        the server's momentum (Session.momentum_correction), apply them plainly.
         """
         if len(tensors) != len(payloads):
             raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
@@ -204,7 +215,7 @@ class ServerConnection:
         self._sequence += 1
         header = serde.encode_push_header(
             PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts,
-                       self.session.incarnation, self._sequence, momentum_applied))
+                       self.session.incarnation, self._sequence, momentum_applied, options))
         before = self.bytes_pushed
         try:
             response = self._retrying(lambda: self._push(self._messages(header, payloads),
@@ -228,9 +239,9 @@ class ServerConnection:
         request = PullRequest(session_id=self.session_id, min_version=min_version,
                               tensors=tuple(names), held_version=held_version)
         # A long poll that ran out of time is an answer (the version did not come), not a
-        # transport failure: only UNAVAILABLE is retried here.
+        # transport failure: only UNAVAILABLE and CANCELLED (a draining server) are retried.
         return self._retrying(lambda: self._pull_once(request, sink, timeout_s, on_header),
-                              (grpc.StatusCode.UNAVAILABLE,))
+                              (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
     def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
                    on_header: Callable[[PullHeader], None] | None) -> PullHeader:
@@ -256,6 +267,16 @@ class ServerConnection:
     def status(self, include_state_hash: bool = False) -> ServerStatus:
         status: ServerStatus = _answer(self._call(self._status, include_state_hash))
         return status
+
+    def get_state(self) -> bytes:
+        """The server's whole state (parameters, optimizer state, version) as bytes."""
+        state: bytes = _answer(self._call(self._get_state, self.session_id))
+        return state
+
+    def set_state(self, state: bytes) -> int:
+        """Install a state from `get_state` on this fresh server; the version it holds."""
+        upload = StateUpload(session_id=self.session_id, state=state)
+        return int(_answer(self._call(self._set_state, upload)))
 
     def heartbeat(self) -> int:
         try:  # one attempt: the next heartbeat is the retry

@@ -1,4 +1,5 @@
-"""Run one call per shard concurrently and collect the per-shard results in order."""
+"""Run one call per shard concurrently and collect the per-shard results in order; the
+records a shard's call answers with."""
 
 from __future__ import annotations
 

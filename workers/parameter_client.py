@@ -14,7 +14,7 @@ per-shard record, which the calling thread merges once every shard answered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Self
 
 import numpy as np
@@ -26,6 +26,7 @@ from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, Ses
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
+    BUFFER_PREFIX,
     CodecSpec,
     Mode,
     ModelLayout,
@@ -34,14 +35,16 @@ from paramserver.types import (
     Role,
     RoundJoin,
     Session,
+    StepOptions,
     TensorSpec,
 )
+from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
-from workers.routes import ShardRoutes, recorded_plan
-from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush, parse_servers
+from workers.routes import ShardRoutes, float_buffers, recorded_plan, trainable_keys
+from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush
 from workers.tensor_io import HostMirror
 
 log = logging.getLogger(__name__)
@@ -73,12 +76,14 @@ class ParameterClient:
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
                  push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
-                 timeout_s: float = 60.0, connect_timeout_s: float = 30.0,
+                 timeout_s: float = 60.0, connect_timeout_s: float | None = None,
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
                  shaper_factory: Callable[[str], LinkShaper] | None = None,
-                 security: ClientSecurity | None = None) -> None:
+                 security: ClientSecurity | None = None,
+                 world_size: int | None = None) -> None:
         self.worker_id = worker_id
         self.role = role
+        self.world_size = world_size  # stated at handshake, checked against --workers
         self._offers = (tuple(push_codecs), tuple(pull_codecs))
         addresses = parse_servers(servers)
         self.connections = [
@@ -87,9 +92,11 @@ class ParameterClient:
                              security=security)
             for a in addresses]
         self._shards = ShardFanOut(len(addresses))
-        self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_timeout_s))
+        connect_s = retry_s if connect_timeout_s is None else connect_timeout_s
+        self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_s))
         self.sessions: list[Session] = self._shards.run(
-            lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers))
+            lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers,
+                                                            world_size=world_size))
         self.versions = [s.version for s in self.sessions]
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
@@ -105,8 +112,10 @@ class ParameterClient:
         self.dense_bytes_pushed = 0  # what the pushed gradients would take uncompressed
         self.plan: PartitionPlan | None = None
         self._routes: ShardRoutes | None = None
-        self._params: dict[str, nn.Parameter] = {}
+        self._params: dict[str, torch.Tensor] = {}  # parameters, then float buffers
+        self.broadcast_buffers = False  # closing pushes carry the buffers' values (rank 0)
         self._mirrors: dict[str, HostMirror] = {}
+        self.skip_frozen = False  # set once the first pull brought the frozen parameters
 
     def _feedback_for(self, codec: Codec, session: Session) -> ErrorFeedback | None:
         """Error feedback for a biased codec, keeping the momentum the server asks us to
@@ -156,9 +165,10 @@ class ParameterClient:
         Returns True when this call created the model on some shard. Every worker starts
         from the same parameters: the servers', not its own initialisation.
         """
-        params = dict(model.named_parameters())
+        params: dict[str, torch.Tensor] = dict(model.named_parameters())
         if not params:
             raise InvalidArgument("the model has no parameters to train")
+        params.update(float_buffers(model))
         layout = ModelLayout(tuple(TensorSpec.of(n, p) for n, p in params.items()))
         addresses = [c.address for c in self.connections]
         plan = (recorded_plan(self.sessions, addresses, layout)
@@ -174,6 +184,7 @@ class ParameterClient:
         joins = self._shards.run(self._register_or_rejoin)
         self.rejoins += sum(j.rejoined for j in joins)
         self.pull([j.version for j in joins])
+        self.skip_frozen = True
         return any(j.created for j in joins)
 
     def _register(self, shard: int) -> Registration:
@@ -204,7 +215,8 @@ class ParameterClient:
         connection = self.connections[shard]
         log.warning("%s: %s; rejoining", connection.address, why)
         session = connection.handshake(self.worker_id, self.role, *self._offers,
-                                       held_version=self.versions[shard])
+                                       held_version=self.versions[shard],
+                                       world_size=self.world_size)
         self.sessions[shard] = session
         self._stream_versions[shard] = -1  # a new session: the next pull comes whole
         if session.push_codec != self.push_codecs[shard].spec:
@@ -219,19 +231,22 @@ class ParameterClient:
     # ---- the step --------------------------------------------------------------------
 
     def push(self, num_samples: int = 1, names: Collection[str] | None = None,
-             more_parts: bool = False) -> list[PushResult]:
+             more_parts: bool = False, options: StepOptions | None = None,
+             gradients: Mapping[str, torch.Tensor] | None = None) -> list[PushResult]:
         """Push `param.grad` to every shard concurrently.
 
-        `names` limits the push to those parameters (default: every one with a gradient).
-        `more_parts=True` sends one part of the step's push, to the shards that hold any of
-        `names`; the push with `more_parts=False` closes the step on every shard.
+        `names` limits the push to those parameters (default: every one with a gradient);
+        `gradients` pushes these tensors (by name) instead of `.grad`. `more_parts=True`
+        sends one part of the step's push, to the shards that hold any of them; the push
+        with `more_parts=False` closes the step on every shard, with the step's `options`
+        (lr, clipping, loss scale, inf found) and, with `broadcast_buffers`, the buffers.
         """
         routes = self._attached_routes()
-        gradients = self._gradients(names)
-        raw = None
-        if any(is_raw(c) for c in self.push_codecs):  # host bytes once, shared by the shards
-            raw = {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
-        step = StepPush(routes.with_params(gradients), gradients, raw, num_samples, more_parts)
+        gradients = dict(gradients) if gradients is not None else self._gradients(names)
+        if self.broadcast_buffers and not more_parts:
+            gradients.update(self._buffers())
+        step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
+                        num_samples, more_parts, options)
         shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
         pushes = self._shards.run(lambda shard: self._push_shard(shard, step), shards)
         self._merge(dict(zip(shards, pushes)))
@@ -256,6 +271,15 @@ class ParameterClient:
             raise InvalidArgument("no parameter has a gradient: call backward() first")
         return gradients
 
+    def _raw(self, gradients: dict[str, torch.Tensor]) -> dict[str, memoryview] | None:
+        """The gradients' host bytes, once for all shards, when some shard pushes `none`."""
+        if not any(is_raw(c) for c in self.push_codecs):
+            return None
+        return {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        return {n: t for n, t in self._params.items() if n.startswith(BUFFER_PREFIX)}
+
     def _push_shard(self, shard: int, step: StepPush) -> ShardPush:
         """Encode this shard's slices and push them; runs on the shard's fan-out thread."""
         routes, version = step.routes[shard], self.versions[shard]
@@ -264,7 +288,7 @@ class ParameterClient:
         connection = self.connections[shard]
         try:
             result = connection.push(version, [r.stored for r in routes], payloads,
-                                     step.num_samples, step.more_parts,
+                                     step.num_samples, step.more_parts, step.options,
                                      momentum_applied=self._momentum_applied(shard))
         except SessionExpired as error:
             self._rejoin(shard, error.message)
@@ -306,27 +330,30 @@ class ParameterClient:
                    timeout_s: float | None) -> int:
         codec = make_codec(self.sessions[shard].pull_codec)
         routes = self._attached_routes().by_key(shard)
+        names = trainable_keys(routes, self._params) if self.skip_frozen else ()
         if codec.spec.name not in DELTA_PULL_CODECS:
             decoder = PullDecoder(shard, codec, routes, targets)
-            return self.connections[shard].pull(min_version, decoder.sink,
+            return self.connections[shard].pull(min_version, decoder.sink, names,
                                                 timeout_s=timeout_s,
                                                 on_header=decoder.on_header).version
         deltas = DeltaPullDecoder(shard, codec, routes, targets)
-        header = self.connections[shard].pull(min_version, deltas.sink, timeout_s=timeout_s,
-                                              on_header=deltas.on_header,
+        header = self.connections[shard].pull(min_version, deltas.sink, names,
+                                              timeout_s=timeout_s, on_header=deltas.on_header,
                                               held_version=self._stream_versions[shard])
         deltas.finish()
         self._stream_versions[shard] = header.version
         return header.version
 
-    def step(self, num_samples: int = 1,
-             names: Collection[str] | None = None) -> list[PushResult]:
+    def step(self, num_samples: int = 1, names: Collection[str] | None = None,
+             options: StepOptions | None = None,
+             gradients: Mapping[str, torch.Tensor] | None = None) -> list[PushResult]:
         """Push (or close) this step's push and bring back the parameters of the next version.
 
         `names`: what is left to push after parts sent with `push(more_parts=True)`.
         Sync: waits until every shard closed the step. Async: until our own update is in.
         """
-        results = self.push(num_samples=num_samples, names=names)
+        results = self.push(num_samples=num_samples, names=names, options=options,
+                            gradients=gradients)
         self.pull(list(self._targets))
         return results
 

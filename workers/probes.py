@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from paramserver.security.credentials import ClientSecurity
-from paramserver.types import ServerStatus
+from paramserver.status import ServerStatus
 from workers.connection import ServerConnection
 
 

@@ -7,12 +7,14 @@ servers already hold against the model and the server list before it is used.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+
+import torch
 
 from paramserver.errors import FailedPrecondition
 from paramserver.sharding import PartitionPlan
-from paramserver.types import ModelLayout, Session, TensorSpec
+from paramserver.types import BUFFER_PREFIX, ModelLayout, Session, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,21 @@ def _check_position(session: Session, address: str, position: int,
         raise FailedPrecondition(
             f"{address} holds shard {session.shard_index}, but is listed at position "
             f"{position}: list servers in the job's shard order")
+
+
+def trainable_keys(routes: Mapping[str, Route], params: Mapping[str, torch.Tensor],
+                   ) -> tuple[str, ...]:
+    """The stored names of `routes` whose parameter requires grad, or () (pull everything)
+    when that is all of them or none. Frozen parameters are pulled once, at attach: nobody
+    pushes a gradient for them, so they never change on the servers."""
+    keys = tuple(key for key, route in routes.items()
+                 if params[route.param].requires_grad or route.param.startswith(BUFFER_PREFIX))
+    return keys if keys and len(keys) < len(routes) else ()
+
+
+def float_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's floating-point buffers (BatchNorm running mean and variance), named
+    BUFFER_PREFIX + name. Integer buffers (num_batches_tracked) stay local: they only
+    matter for BatchNorm with momentum=None."""
+    return {BUFFER_PREFIX + name: buffer for name, buffer in model.named_buffers()
+            if buffer.dtype.is_floating_point}

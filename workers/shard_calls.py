@@ -1,26 +1,15 @@
-"""What one per-shard call of the client takes and answers, and the server list it fans out
-over. Each call runs on a fan-out thread and reports in one of these records, which the
-calling thread merges once every shard answered."""
+"""What one per-shard call of the client takes and answers. Each call runs on a fan-out
+thread and reports in one of these records, which the calling thread merges once every
+shard answered."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from paramserver.errors import InvalidArgument
-from paramserver.types import PushResult
+from paramserver.types import PushResult, StepOptions
 from workers.routes import Route
-
-
-def parse_servers(servers: str | Sequence[str]) -> list[str]:
-    """'a:1,b:2' or ['a:1', 'b:2'] -> ['a:1', 'b:2']; the order is the shard order."""
-    items = servers.split(",") if isinstance(servers, str) else list(servers)
-    addresses = [a.strip() for a in items if a.strip()]
-    if not addresses:
-        raise InvalidArgument("no server address given")
-    return addresses
 
 
 @dataclass(frozen=True)
@@ -57,3 +46,4 @@ class StepPush:
     raw: dict[str, memoryview] | None  # gradients' host bytes, when some shard pushes `none`
     num_samples: int
     more_parts: bool
+    options: StepOptions | None = None  # the closing push's step options

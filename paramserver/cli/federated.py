@@ -22,11 +22,13 @@ from paramserver.cli.server_options import (
 from paramserver.types import Mode
 
 # Not offered: --clients sizes the job; the strategy decides the aggregation and the server
-# optimizer (all but its weight decay); the sync, SSP and async bounds do not apply to
-# rounds; --mode is offered below with the two federated modes only.
+# optimizer (all but its weight decay); the sync, SSP and async bounds and rates, and the
+# sync step's unused-gradient rule, do not apply to rounds; --mode is offered below with
+# the two federated modes only.
 OPTIONS = select(groups=(SERVER, FAULTS, FEDERATED), without=(
     "--workers", "--mode", "--aggregate", "--optimizer", "--lr", "--momentum", "--beta1",
-    "--beta2", "--eps", "--sync-quorum", "--staleness", "--max-staleness"))
+    "--beta2", "--eps", "--sync-quorum", "--staleness", "--max-staleness", "--async-lr",
+    "--unused-gradients"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -18,7 +18,7 @@ from typing import Any
 
 from paramserver.codecs import codec_names
 from paramserver.optimizer import OPTIMIZERS
-from paramserver.server.config import AsyncLearningRate, ServerConfig
+from paramserver.server.config import AsyncLearningRate, ServerConfig, UnusedGradients
 from paramserver.types import Aggregation, Mode
 
 _FROM_CONFIG: Any = object()  # sentinel: the default is the config's own
@@ -115,6 +115,10 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "for W = --workers (one sync step's rate; staler pushes weaker), "
                  "staleness = lr / staleness, constant = lr",
                  choices=tuple(r.value for r in AsyncLearningRate)),
+    ServerOption("--unused-gradients", "unused_gradients", SERVER,
+                 "sync: a worker that pushed no gradient for a tensor counts as a zero "
+                 "gradient in its mean (zero, as DDP), or is left out of it (skip)",
+                 choices=tuple(u.value for u in UnusedGradients)),
     ServerOption("--max-staleness", "max_staleness", FAULTS,
                  "async: refuse (ABORTED) gradients computed on parameters more than this "
                  "many updates old; none: no bound", type=int),

@@ -7,7 +7,7 @@ import argparse
 from paramserver.cli.security_options import add_client_security, client_security_from_args
 from paramserver.errors import ParamServerError
 from paramserver.security.roles import printable
-from paramserver.types import ServerStatus
+from paramserver.status import ServerStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -112,20 +112,22 @@ class TensorChunk(_message.Message):
     def __init__(self, tensor: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version", "held_version")
+    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version", "held_version", "world_size")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODECS_FIELD_NUMBER: _ClassVar[int]
     PULL_CODECS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: Role
     push_codecs: _containers.RepeatedCompositeFieldContainer[CodecSpec]
     pull_codecs: _containers.RepeatedCompositeFieldContainer[CodecSpec]
     client_version: str
     held_version: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ...) -> None: ...
+    world_size: int
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ..., world_size: _Optional[int] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
     __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness", "momentum_correction")
@@ -196,7 +198,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, created: _Optional[bool] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("session_id", "step", "num_samples", "tensors", "more_parts", "incarnation", "sequence", "momentum_applied")
+    __slots__ = ("session_id", "step", "num_samples", "tensors", "more_parts", "incarnation", "sequence", "lr", "max_grad_norm", "grad_scale", "found_inf", "momentum_applied")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +206,10 @@ class PushHeader(_message.Message):
     MORE_PARTS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    GRAD_SCALE_FIELD_NUMBER: _ClassVar[int]
+    FOUND_INF_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_APPLIED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
@@ -212,8 +218,12 @@ class PushHeader(_message.Message):
     more_parts: bool
     incarnation: int
     sequence: int
+    lr: float
+    max_grad_norm: float
+    grad_scale: float
+    found_inf: bool
     momentum_applied: bool
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., more_parts: _Optional[bool] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., momentum_applied: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., more_parts: _Optional[bool] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., lr: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., grad_scale: _Optional[float] = ..., found_inf: _Optional[bool] = ..., momentum_applied: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -378,3 +388,29 @@ class JoinRoundResponse(_message.Message):
     sampled: bool
     sampled_count: int
     def __init__(self, round: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_count: _Optional[int] = ...) -> None: ...
+
+class StateRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class StateResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: bytes
+    def __init__(self, state: _Optional[bytes] = ...) -> None: ...
+
+class SetStateRequest(_message.Message):
+    __slots__ = ("session_id", "state")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    state: bytes
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class SetStateResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...

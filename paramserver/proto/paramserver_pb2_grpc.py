@@ -74,6 +74,16 @@ class ParameterServerStub:
                 request_serializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundRequest.SerializeToString,
                 response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundResponse.FromString,
                 _registered_method=True)
+        self.GetState = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/GetState',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.StateRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.StateResponse.FromString,
+                _registered_method=True)
+        self.SetState = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/SetState',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -127,6 +137,20 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetState(self, request, context):
+        """Checkpoints from the training loop (issue #18): a worker reads this shard's whole state
+        (parameters, optimizer state, version) and installs it on fresh servers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +193,16 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.JoinRound,
                     request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundRequest.FromString,
                     response_serializer=paramserver_dot_proto_dot_paramserver__pb2.JoinRoundResponse.SerializeToString,
+            ),
+            'GetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetState,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.StateRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.StateResponse.SerializeToString,
+            ),
+            'SetState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetState,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +421,60 @@ class ParameterServer:
             '/paramserver.v1.ParameterServer/JoinRound',
             paramserver_dot_proto_dot_paramserver__pb2.JoinRoundRequest.SerializeToString,
             paramserver_dot_proto_dot_paramserver__pb2.JoinRoundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/GetState',
+            paramserver_dot_proto_dot_paramserver__pb2.StateRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.StateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/SetState',
+            paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

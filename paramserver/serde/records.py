@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from paramserver import __version__
 from paramserver.proto import paramserver_pb2 as pb
+from paramserver.status import ServerStatus, WorkerInfo
 from paramserver.types import (
     CodecSpec,
     HandshakeRequest,
@@ -15,11 +18,10 @@ from paramserver.types import (
     PushHeader,
     PushResult,
     Role,
-    ServerStatus,
     Session,
+    StepOptions,
     TensorSlice,
     TensorSpec,
-    WorkerInfo,
 )
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServer"].full_name
@@ -133,6 +135,7 @@ def handshake_request_to_proto(request: HandshakeRequest) -> pb.HandshakeRequest
         pull_codecs=[codec_to_proto(c) for c in request.pull_codecs],
         client_version=request.client_version,
         held_version=request.held_version,
+        world_size=request.world_size,
     )
 
 
@@ -144,6 +147,7 @@ def handshake_request_from_proto(msg: pb.HandshakeRequest) -> HandshakeRequest:
         pull_codecs=tuple(codec_from_proto(c) for c in msg.pull_codecs),
         client_version=msg.client_version,
         held_version=msg.held_version if msg.HasField("held_version") else None,
+        world_size=msg.world_size if msg.HasField("world_size") else None,
     )
 
 
@@ -199,7 +203,28 @@ def push_header_to_proto(header: PushHeader) -> pb.PushHeader:
         incarnation=header.incarnation,
         sequence=header.sequence,
         momentum_applied=header.momentum_applied,
+        **_step_options_fields(header.options),
     )
+
+
+def _step_options_fields(options: StepOptions | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    fields: dict[str, Any] = {"lr": options.lr, "max_grad_norm": options.max_grad_norm,
+                                 "found_inf": options.found_inf}
+    if options.grad_scale != 1.0:
+        fields["grad_scale"] = options.grad_scale
+    return fields
+
+
+def _step_options_from_proto(msg: pb.PushHeader) -> StepOptions | None:
+    if not any(msg.HasField(f) for f in ("lr", "max_grad_norm", "grad_scale")) \
+            and not msg.found_inf:
+        return None
+    return StepOptions(lr=msg.lr if msg.HasField("lr") else None,
+                       max_grad_norm=msg.max_grad_norm if msg.HasField("max_grad_norm") else None,
+                       grad_scale=msg.grad_scale if msg.HasField("grad_scale") else 1.0,
+                       found_inf=msg.found_inf)
 
 
 def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
@@ -212,6 +237,7 @@ def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
         incarnation=msg.incarnation,
         sequence=msg.sequence,
         momentum_applied=msg.momentum_applied,
+        options=_step_options_from_proto(msg),
     )
 
 

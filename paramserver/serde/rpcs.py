@@ -34,6 +34,7 @@ from paramserver.types import (
     Registration,
     RoundJoin,
     RoundRequest,
+    StateUpload,
 )
 
 
@@ -116,4 +117,15 @@ RPCS: dict[str, Rpc] = {
         _serializing(lambda _: pb.LeaveResponse()),
         _parsing(pb.LeaveResponse, lambda _: None)),
 }
+RPCS["GetState"] = Rpc(
+    _serializing(lambda session_id: pb.StateRequest(session_id=session_id)),
+    _parsing(pb.StateRequest, lambda m: str(m.session_id)),
+    _serializing(lambda state: pb.StateResponse(state=state)),
+    _parsing(pb.StateResponse, lambda m: bytes(m.state)))
+RPCS["SetState"] = Rpc(
+    _serializing(lambda r: pb.SetStateRequest(session_id=r.session_id, state=r.state)),
+    _parsing(pb.SetStateRequest, lambda m: StateUpload(session_id=m.session_id,
+                                                       state=bytes(m.state))),
+    _serializing(lambda version: pb.SetStateResponse(version=version)),
+    _parsing(pb.SetStateResponse, lambda m: int(m.version)))
 STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream"}

@@ -107,7 +107,7 @@ class CheckpointStore:
         if self.shard_index not in (None, state.shard_index):
             raise ValueError(f"this store holds shard {self.shard_index}, "
                              f"not shard {state.shard_index}")
-        body = _encode_payload(state)
+        body = encode_state(state)
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest())
         final = self.directory / checkpoint_name(state.shard_index, state.version)
         fd, temp = tempfile.mkstemp(prefix=final.name + ".", suffix=TEMP_SUFFIX,
@@ -184,7 +184,7 @@ def read_checkpoint(path: Path) -> ShardState:
     if hashlib.sha256(body).digest() != checksum:
         raise CorruptCheckpoint("payload checksum mismatch")
     try:
-        state = _decode_payload(body)
+        state = decode_state(body)
     except Exception as exc:  # a verified payload that will not decode is as unusable
         raise CorruptCheckpoint(f"unreadable payload: {type(exc).__name__}: {exc}") from exc
     if _parse_name(path) != (state.shard_index, state.version):
@@ -193,7 +193,7 @@ def read_checkpoint(path: Path) -> ShardState:
     return state
 
 
-def _encode_payload(state: ShardState) -> bytes:
+def encode_state(state: ShardState) -> bytes:
     _check_restorable(state)
     buffer = io.BytesIO()
     torch.save({
@@ -208,7 +208,7 @@ def _encode_payload(state: ShardState) -> bytes:
     return buffer.getvalue()
 
 
-def _decode_payload(body: bytes) -> ShardState:
+def decode_state(body: bytes) -> ShardState:
     payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     plan = serde.plan_from_bytes(payload["plan"])
     if plan is None:

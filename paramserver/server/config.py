@@ -27,6 +27,14 @@ class AsyncLearningRate(enum.Enum):
     CONSTANT = "constant"  # lr for every push, however stale (before issue #19)
 
 
+class UnusedGradients(enum.Enum):
+    """Sync: how a tensor's mean treats the workers of a step that pushed no gradient for it
+    (the parameter was unused in their forward)."""
+
+    ZERO = "zero"  # as a zero gradient: the mean is over all the step's pushes, like DDP
+    SKIP = "skip"  # not at all: the mean is over the workers that pushed it (before #18)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     mode: Mode = Mode.SYNC
@@ -41,6 +49,7 @@ class ServerConfig:
     staleness: int = 0  # ssp: the bound S
     max_staleness: int | None = None  # async: refuse gradients staler than this
     async_lr: AsyncLearningRate = AsyncLearningRate.WORKERS  # async: rate per push
+    unused_gradients: UnusedGradients = UnusedGradients.ZERO  # sync: see UnusedGradients
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 0  # steps between checkpoints (0: only on shutdown)
     reform_timeout_s: float = 60.0  # after a restart: wait this long for the old members

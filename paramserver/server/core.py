@@ -31,8 +31,10 @@ from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
 from paramserver.server.policies.base import Clock
 from paramserver.server.pull import delta_pull_messages, pull_messages
 from paramserver.server.pull_streams import PullStreams
+from paramserver.server.state_transfer import install_state, read_state
 from paramserver.server.store import ParameterStore
 from paramserver.sharding import plan_partition
+from paramserver.status import ServerStatus
 from paramserver.types import (
     CodecSpec,
     Mode,
@@ -42,7 +44,6 @@ from paramserver.types import (
     Registration,
     Role,
     RoundJoin,
-    ServerStatus,
     Session,
     TensorSpec,
 )
@@ -81,13 +82,19 @@ class ParameterServerCore:
     # ---- handshake, heartbeat, rounds, leaving -------------------------------------------
 
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
-                  pull_offers: list[CodecSpec], held_version: int | None = None, *,
+                  pull_offers: list[CodecSpec], held_version: int | None = None,
+                  world_size: int | None = None, *,
                   caller: Principal | None = None) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
         the parameters it holds; it goes on from the server's version either way.
-        `caller` (None: no authentication) owns the session; it may only open one under its
-        own name (`security/roles.py`)."""
+        `world_size`: the job size a worker states (torchrun's WORLD_SIZE), checked
+        against --workers, and a first handshake stating it is refused while another live
+        session holds the worker id (two processes with one RANK). `caller` (None: no
+        authentication) owns the session; it may only open one under its own name
+        (`security/roles.py`)."""
         check_handshake(caller, worker_id, role)
+        if world_size is not None and role is Role.WORKER:
+            self._check_job_size(worker_id, world_size, rejoin=held_version is not None)
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
         record = self.members.open(worker_id, role, push, pull,
@@ -121,6 +128,18 @@ class ParameterServerCore:
                 or self.config.mode in (Mode.FEDERATED, Mode.FEDBUFF)):
             return 0.0
         return optimizer.momentum
+
+    def _check_job_size(self, worker_id: str, world_size: int, rejoin: bool) -> None:
+        expected = self.config.expected_workers
+        if self.config.mode is Mode.SYNC and world_size != expected:
+            raise FailedPrecondition(
+                f"worker {worker_id!r} states WORLD_SIZE={world_size}, but this server was "
+                f"started with --workers {expected}: start both with the same job size")
+        if not rejoin and worker_id in self.members.live_workers():
+            raise FailedPrecondition(
+                f"worker id {worker_id!r} is already attached by a live process (a duplicate "
+                f"RANK?): give each process its own RANK or worker_id; if that process died, "
+                f"its session ends within --lease-timeout ({self.config.lease_s:g}s)")
 
     def _note_rejoin(self, worker_id: str, held: int) -> None:
         version = self.store.version
@@ -284,6 +303,19 @@ class ParameterServerCore:
         if missing:
             raise NotFound(f"unknown tensors {missing}")
         return tuple(by_name[n] for n in names)
+
+    def get_state(self, session_id: str) -> bytes:
+        """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""
+        self.members.touch(session_id)
+        return read_state(self.store)
+
+    def set_state(self, session_id: str, blob: bytes) -> int:
+        """Install a worker's checkpoint on this fresh shard; the version it holds."""
+        self.members.require_worker(session_id)
+        version = install_state(self.store, blob, self.policy.report().pending_pushes)
+        log.info("state of version %d installed by a worker (%s)", version,
+                 self.store.state_hash()[:12])
+        return version
 
     # ---- checkpoints and shutdown --------------------------------------------------------
 

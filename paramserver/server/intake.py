@@ -16,21 +16,29 @@ which may still refuse it (federated screening) before applying anything:
     its registered shape and dtype, listed once                        [INVALID_ARGUMENT]
  6. the part fits the session's open push (same step, no tensor twice)
                                               [FAILED_PRECONDITION / INVALID_ARGUMENT]
- 7. weighted aggregation: num_samples > 0 on the closing part          [INVALID_ARGUMENT]
+ 7. weighted aggregation: num_samples > 0 on the closing part; its step options (lr,
+    max_grad_norm, grad_scale) finite, lr >= 0, the others > 0        [INVALID_ARGUMENT]
  8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
  9. chunks arrive in order, without gaps, within the codec's size bound [INVALID_ARGUMENT]
 10. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+
+Then model buffers in the push (BatchNorm statistics, names under BUFFER_PREFIX) are
+written to the store as values (rank 0's win, as under DDP), and a loss-scaled push
+(grad_scale, AMP) is divided by its scale, all parts together, before the policy sees it
+(unless it found inf/NaN: that step is skipped anyway).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 
 import torch
 
 from paramserver.codecs import Codec, CodecError, Update
+from paramserver.codecs.base import to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.security.roles import Principal
 from paramserver.server.assembly import (
@@ -46,8 +54,16 @@ from paramserver.server.ledger import PushLedger
 from paramserver.server.membership import Membership, SessionRecord
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import ReceivedPush, UpdatePolicy
+from paramserver.server.policies.step_rules import unscale
 from paramserver.server.store import ParameterStore
-from paramserver.types import Aggregation, PushHeader, PushResult, TensorSpec
+from paramserver.types import (
+    BUFFER_PREFIX,
+    Aggregation,
+    PushHeader,
+    PushResult,
+    StepOptions,
+    TensorSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +110,8 @@ class PushIntake:
         check_specs(header.tensors, self._store.require_layout().by_name())  # 5
         self._parts.check(header.session_id, header.step, [s.name for s in header.tensors])  # 6
         weight = 1.0 if header.more_parts else self._weight_of(header)  # 7
+        if not header.more_parts and header.options is not None:
+            _check_options(header.options)  # 7
         self._policy.check_step(record.worker_id, header.step)  # 8
         with PooledBuffers(self._pool) as buffers:
             updates = self._read_updates(header, record.push_decoder, stream, buffers)  # 9, 10
@@ -101,9 +119,13 @@ class PushIntake:
                 self._parts.hold(header.session_id, header.step, updates, buffers)
                 return PushResult(version=self._store.version, applied=False)
             updates = self._parts.close(header.session_id, header.step, updates, buffers)
+            self._write_buffers(updates)
+            options = header.options or StepOptions()
+            if not options.found_inf:
+                unscale(updates, options.grad_scale)
             result = self._policy.submit(ReceivedPush(
                 worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
-                buffers=buffers, momentum_applied=header.momentum_applied))
+                buffers=buffers, momentum_applied=header.momentum_applied, options=options))
         self._members.count_push(header.session_id)
         return result
 
@@ -115,6 +137,17 @@ class PushIntake:
         return {spec.name: _decode(codec, spec, payload)
                 for spec, payload in zip(header.tensors, assembler.finish_payloads())}
 
+    def _write_buffers(self, updates: dict[str, Update]) -> None:
+        """Take the model buffers (BatchNorm statistics) out of a push and store their
+        values: they are values, not gradients, and never reach the optimizer."""
+        names = [n for n in updates if n.startswith(BUFFER_PREFIX)]
+        if names:
+            values = {}
+            for name in names:
+                spec = self._store.spec(name)
+                values[name] = to_dense(updates.pop(name), spec.numel, spec.dtype)
+            self._store.overwrite(values)
+
     def _weight_of(self, header: PushHeader) -> float:
         if self._config.aggregation is Aggregation.MEAN:
             return 1.0
@@ -122,6 +155,16 @@ class PushIntake:
             raise InvalidArgument(f"weighted aggregation needs num_samples > 0, "
                                   f"got {header.num_samples}")
         return float(header.num_samples)
+
+
+def _check_options(options: StepOptions) -> None:
+    bad = [f"{name}={value}" for name, value, least in (
+               ("lr", options.lr, 0.0), ("max_grad_norm", options.max_grad_norm, 1e-300),
+               ("grad_scale", options.grad_scale, 1e-300))
+           if value is not None and not (value >= least and math.isfinite(value))]
+    if bad:
+        raise InvalidArgument("step options must be finite, lr >= 0, max_grad_norm and "
+                              f"grad_scale > 0: got {', '.join(bad)}")
 
 
 def _decode(codec: Codec, spec: TensorSpec, payload: torch.Tensor) -> Update:

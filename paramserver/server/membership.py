@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from paramserver.codecs import Codec, make_codec
 from paramserver.errors import FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.security.roles import Principal, check_owner, printable
-from paramserver.types import CodecSpec, Mode, Role, WorkerInfo
+from paramserver.status import WorkerInfo
+from paramserver.types import CodecSpec, Mode, Role
 
 EXPIRED_MEMORY = 4096  # why-expired answers kept for sessions that are gone
 

@@ -19,6 +19,7 @@ from paramserver import serde
 from paramserver.errors import InvalidArgument, ParamServerError
 from paramserver.server.auth import caller_of
 from paramserver.server.core import ParameterServerCore
+from paramserver.status import ServerStatus
 from paramserver.types import (
     HandshakeRequest,
     PullRequest,
@@ -26,8 +27,8 @@ from paramserver.types import (
     Registration,
     RoundJoin,
     RoundRequest,
-    ServerStatus,
     Session,
+    StateUpload,
 )
 
 T = TypeVar("T")
@@ -80,7 +81,8 @@ class ParameterServerServicer:
             request = _parsed(request)
             return self.core.handshake(request.worker_id, request.role,
                                        list(request.push_codecs), list(request.pull_codecs),
-                                       request.held_version, caller=caller_of(context))
+                                       request.held_version, request.world_size,
+                                       caller=caller_of(context))
 
     def Register(self, request_iterator: Iterator[object],
                  context: grpc.ServicerContext) -> Registration:
@@ -118,6 +120,15 @@ class ParameterServerServicer:
     def Leave(self, session_id: str, context: grpc.ServicerContext) -> None:
         with _abort_on_error(context, "Leave"):
             self.core.leave(_parsed(session_id), caller=caller_of(context))
+
+    def GetState(self, session_id: str, context: grpc.ServicerContext) -> bytes:
+        with _abort_on_error(context, "GetState"):
+            return self.core.get_state(_parsed(session_id))
+
+    def SetState(self, upload: StateUpload, context: grpc.ServicerContext) -> int:
+        with _abort_on_error(context, "SetState"):
+            upload = _parsed(upload)
+            return self.core.set_state(upload.session_id, upload.state)
 
 
 _HANDLER_KINDS = {

@@ -14,7 +14,7 @@ import torch
 from paramserver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from paramserver.optimizer import OptimizerConfig
 from paramserver.sharding import PartitionPlan
-from paramserver.types import ModelLayout, TensorSpec
+from paramserver.types import BUFFER_PREFIX, ModelLayout, TensorSpec
 
 
 def state_digest(version: int, params: Mapping[str, torch.Tensor]) -> str:
@@ -128,6 +128,15 @@ class ParameterStore:
             self.version += 1
             self.lock.notify_all()
             return self.version
+
+    def overwrite(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Replace the values of buffers (names under BUFFER_PREFIX), which no optimizer
+        step ever changes; the version does not move."""
+        with self.lock:
+            for name, value in values.items():
+                if not name.startswith(BUFFER_PREFIX):
+                    raise FailedPrecondition(f"{name!r} is a parameter, not a buffer")
+                self.params[name].view(-1).copy_(value.view(-1))
 
     def snapshot(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
         """A consistent copy of version, parameters and optimizer state (for checkpoints)."""

@@ -72,11 +72,16 @@ def _record_pushes(attached: AttachedModel) -> list[tuple[list[str], bool]]:
     log: list[tuple[list[str], bool]] = []
     original = attached.client.push
 
-    def push(num_samples: int = 1, names=None, more_parts: bool = False):  # type: ignore[no-untyped-def]
+    def push(num_samples: int = 1, names=None, more_parts: bool = False,  # type: ignore[no-untyped-def]
+             **kwargs):
         params = attached.client._params
-        sent = [n for n in (params if names is None else names) if params[n].grad is not None]
+        if kwargs.get("gradients") is not None:
+            sent = list(kwargs["gradients"])
+        else:
+            sent = [n for n in (params if names is None else names)
+                    if params[n].grad is not None]
         log.append((sent, more_parts))
-        return original(num_samples=num_samples, names=names, more_parts=more_parts)
+        return original(num_samples=num_samples, names=names, more_parts=more_parts, **kwargs)
 
     attached.client.push = push  # type: ignore[method-assign]
     return log

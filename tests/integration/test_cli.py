@@ -50,7 +50,8 @@ def test_federated_help_lists_no_flag_it_ignores(capsys: pytest.CaptureFixture[s
     # The strategy decides the server optimizer and aggregation; rounds have no SSP/async bound.
     flags = set(re.findall(r"--[a-z0-9-]+", _help(capsys, "federated")))
     ignored = {"--lr", "--momentum", "--optimizer", "--aggregate", "--beta1", "--beta2",
-               "--eps", "--sync-quorum", "--staleness", "--max-staleness", "--workers"}
+               "--eps", "--sync-quorum", "--staleness", "--max-staleness", "--workers",
+               "--async-lr", "--unused-gradients"}
     assert not flags & ignored, flags & ignored
     assert {"--strategy", "--fraction", "--round-timeout", "--mode"} <= flags
 

@@ -32,6 +32,7 @@ from paramserver.security.roles import AccessRole, Principal
 from paramserver.server.app import RunningServer, start_server
 from paramserver.server.auth import check_binding
 from paramserver.server.config import ServerConfig
+from paramserver.status import ServerStatus, WorkerInfo
 from paramserver.types import (
     ModelLayout,
     PullRequest,
@@ -40,7 +41,6 @@ from paramserver.types import (
     Role,
     RoundRequest,
     TensorSpec,
-    WorkerInfo,
 )
 from tests.helpers import raw
 from workers.connection import ServerConnection
@@ -330,7 +330,7 @@ def test_serve_refuses_a_public_address_without_insecure(capsys) -> None:  # typ
 
 
 def test_status_table_prints_identities_safely() -> None:
-    from paramserver.types import CodecSpec, Mode, ServerStatus
+    from paramserver.types import CodecSpec, Mode
 
     hostile = "\x1b[2J\x1b]0;pwned\x07" + "x" * (4 << 20)
     info = WorkerInfo(hostile, Role.WORKER, "", 1, 0.0, CodecSpec("none"), 1, 1)

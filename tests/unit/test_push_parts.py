@@ -10,7 +10,7 @@ import torch
 
 from paramserver.errors import ParamServerError
 from paramserver.optimizer import OptimizerConfig
-from paramserver.server.config import ServerConfig
+from paramserver.server.config import ServerConfig, UnusedGradients
 from paramserver.server.core import ParameterServerCore
 from paramserver.types import Aggregation, Mode, Role
 from tests.helpers import push_stream, register_stream
@@ -51,15 +51,20 @@ def test_parts_apply_once_as_one_push(mode: Mode) -> None:
     np.testing.assert_allclose(core.store.params["b"].numpy(), -1.0 * np.ones(3))
 
 
-def test_closing_part_may_be_empty_and_sync_waits_for_every_worker() -> None:
-    core, (s1, s2) = _core(workers=2)
+@pytest.mark.parametrize(("unused", "b_mean"), [
+    (UnusedGradients.ZERO, 0.5),  # s2 pushed no b: a zero gradient from s2, as DDP averages
+    (UnusedGradients.SKIP, 1.0),  # the mean over the workers that pushed b (s1 only)
+])
+def test_closing_part_may_be_empty_and_sync_waits_for_every_worker(
+        unused: UnusedGradients, b_mean: float) -> None:
+    core, (s1, s2) = _core(workers=2, unused_gradients=unused)
     core.push(iter(push_stream(s1, 0, {"w": torch.ones(2, 3)}, more_parts=True)))
     core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)}, more_parts=True)))
     assert not core.push(iter(push_stream(s1, 0, {}))).applied  # s1 done, s2 missing
     result = core.push(iter(push_stream(s2, 0, {"w": torch.full((2, 3), 3.0)})))
     assert result.applied
     np.testing.assert_allclose(core.store.params["w"].numpy(), INIT["w"].numpy() - 0.5 * 2.0)
-    np.testing.assert_allclose(core.store.params["b"].numpy(), -0.5 * np.ones(3))  # s1 only
+    np.testing.assert_allclose(core.store.params["b"].numpy(), -0.5 * b_mean * np.ones(3))
 
 
 def test_weight_comes_from_the_closing_part() -> None:

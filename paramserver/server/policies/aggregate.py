@@ -19,6 +19,7 @@ from paramserver.codecs.base import add_into
 from paramserver.errors import Aborted, FailedPrecondition
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.policies.base import Clock, ReceivedPush
+from paramserver.server.policies.step_rules import StepRules
 from paramserver.server.store import ParameterStore
 from paramserver.types import TensorSpec
 
@@ -31,6 +32,7 @@ class Aggregate:
         self._buffers = PooledBuffers(pool)
         self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a buffer owned here
         self._weights: dict[str, float] = {}
+        self.push_weight = 0.0  # the weights of every push added, whatever it holds
 
     def __enter__(self) -> Self:
         return self
@@ -66,15 +68,20 @@ class Aggregate:
                  source: PooledBuffers) -> None:
         for name, update in updates.items():
             self.add(name, update, weight, source)
+        self.push_weight += weight
 
-    def means(self) -> dict[str, torch.Tensor]:
-        """The weighted mean per tensor, computed in place (the sums are gone after)."""
-        return self.divided_by(self._weights)
-
-    @property
-    def weights(self) -> dict[str, float]:
-        """Per tensor, the sum of the weights added."""
+    def weights(self, over_all_pushes: bool = False) -> dict[str, float]:
+        """Per tensor, what its sum is divided by for the mean: the weight of the pushes that
+        held it, or (`over_all_pushes`) of every push added, so a push without a tensor
+        counts as a zero gradient for it (DDP's mean over all ranks, with
+        find_unused_parameters=True)."""
+        if over_all_pushes:
+            return {name: self.push_weight for name in self._weights}
         return dict(self._weights)
+
+    def means(self, over_all_pushes: bool = False) -> dict[str, torch.Tensor]:
+        """The weighted mean per tensor, computed in place (the sums are gone after)."""
+        return self.divided_by(self.weights(over_all_pushes))
 
     def divided_by(self, totals: dict[str, float]) -> dict[str, torch.Tensor]:
         """Each sum divided by totals[name] in place (the sums are gone after)."""
@@ -82,7 +89,7 @@ class Aggregate:
                 for name, total in self._sums.items()}
 
     def release(self) -> None:
-        self._sums, self._weights = {}, {}
+        self._sums, self._weights, self.push_weight = {}, {}, 0.0
         self._buffers.release()
 
 
@@ -96,10 +103,14 @@ class StepAssembly:
     divided by the step's total weight, so the step is the mean over every push.
     """
 
-    def __init__(self, store: ParameterStore, pool: BufferPool, clock: Clock) -> None:
+    def __init__(self, store: ParameterStore, pool: BufferPool, clock: Clock,
+                 over_all_pushes: bool = False, base_lr: float = 1.0) -> None:
         self._store = store
         self._pool = pool
         self._clock = clock
+        self._over_all_pushes = over_all_pushes  # see Aggregate.means
+        self._base_lr = base_lr  # the server's --lr, which stated rates replace
+        self._rules = StepRules()
         self.pushed: set[str] = set()
         self.opened_at: float | None = None  # the first push of the open step
         self._aggregate = Aggregate(pool, store.spec)
@@ -122,6 +133,7 @@ class StepAssembly:
         self.check(push.worker_id, push.step)
         target = self._corrected if push.momentum_applied else self._aggregate
         target.add_push(push.updates, push.weight, push.buffers)
+        self._rules.add(push.options)
         self.pushed.add(push.worker_id)
         if self.opened_at is None:
             self.opened_at = self._clock()
@@ -130,15 +142,31 @@ class StepAssembly:
         return 0.0 if self.opened_at is None else self._clock() - self.opened_at
 
     def close(self) -> int:
-        """Apply the weighted mean as one optimizer step; returns the new version."""
-        totals = self._aggregate.weights
-        for name, weight in self._corrected.weights.items():
-            totals[name] = totals.get(name, 0.0) + weight
+        """Apply the weighted mean as one optimizer step, under the step's rules (see
+        `step_rules`): skipped if a push found inf/NaN, clipped, at the stated rate. Pushes
+        with momentum applied join it as a plain SGD step. Returns the new version."""
+        if self._rules.found_inf:
+            return self.skip()
+        totals = self._totals()
         with self._aggregate, self._corrected:
-            version = self._store.apply(self._aggregate.divided_by(totals),
+            means = self._aggregate.divided_by(totals)
+            self._rules.clip(means)
+            version = self._store.apply(means, self._rules.lr_scale(self._base_lr),
                                         plain=self._corrected.divided_by(totals) or None)
         self._reset()
         return version
+
+    def _totals(self) -> dict[str, float]:
+        """Per tensor, the weight both sums are divided by: of every push of the step
+        (`over_all_pushes`), else of the pushes, raw or corrected, that held the tensor."""
+        raw, corrected = self._aggregate, self._corrected
+        if self._over_all_pushes:
+            everyone = raw.push_weight + corrected.push_weight
+            return {name: everyone for name in {*raw.weights(), *corrected.weights()}}
+        totals = raw.weights()
+        for name, weight in corrected.weights().items():
+            totals[name] = totals.get(name, 0.0) + weight
+        return totals
 
     def skip(self) -> int:
         """Drop the pushes and advance the version with the parameters unchanged."""
@@ -149,5 +177,6 @@ class StepAssembly:
 
     def _reset(self) -> None:
         self.pushed, self.opened_at = set(), None
+        self._rules = StepRules()
         self._aggregate = Aggregate(self._pool, self._store.spec)
         self._corrected = Aggregate(self._pool, self._store.spec)

@@ -14,6 +14,7 @@ from paramserver.codecs.base import to_dense
 from paramserver.errors import Aborted, FailedPrecondition
 from paramserver.server.config import AsyncLearningRate
 from paramserver.server.policies.base import PolicyContext, PolicyDefaults, ReceivedPush
+from paramserver.server.policies.step_rules import StepRules
 from paramserver.server.store import ParameterStore
 from paramserver.types import PushResult
 
@@ -44,19 +45,25 @@ class AsyncPolicy(PolicyDefaults):
         self._job_size = context.config.expected_workers
         self._max_staleness = max_staleness
         self._rate = rate
+        self._base_lr = context.config.optimizer.lr
 
     def check_step(self, worker_id: str, step: int) -> None:
         check_async_step(self._store, step, self._max_staleness)
 
     def submit(self, push: ReceivedPush) -> PushResult:
+        rules = StepRules()
+        rules.add(push.options)
+        if rules.found_inf:  # GradScaler found inf/NaN: this gradient is skipped
+            return PushResult(version=self._store.version, applied=False)
         grads = {}
         for name, update in push.updates.items():
             spec = self._store.spec(name)
             grads[name] = to_dense(update, spec.numel, spec.dtype)
+        rules.clip(grads)
         workers = len(self._members.live_workers())
         with self._store.lock:
             staleness = check_async_step(self._store, push.step, self._max_staleness)
-            scale = self._lr_scale(workers, staleness)
+            scale = self._lr_scale(workers, staleness) * rules.lr_scale(self._base_lr)
             version = (self._store.apply({}, scale, plain=grads) if push.momentum_applied
                        else self._store.apply(grads, scale))
         return PushResult(version=version, applied=True, staleness=staleness)

@@ -18,7 +18,7 @@ from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
 from paramserver.server.membership import Membership
 from paramserver.server.store import ParameterStore
-from paramserver.types import PushResult, RoundJoin
+from paramserver.types import PushResult, RoundJoin, StepOptions
 
 Clock = Callable[[], float]
 
@@ -33,6 +33,7 @@ class ReceivedPush:
     updates: dict[str, Update]
     buffers: PooledBuffers  # the pooled bytes the updates view
     momentum_applied: bool = False  # carries the server's momentum: apply with plain SGD
+    options: StepOptions = field(default_factory=StepOptions)  # lr, clipping, inf/NaN found
 
 
 @dataclass(frozen=True, kw_only=True)

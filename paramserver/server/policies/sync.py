@@ -1,7 +1,10 @@
 """Synchronous steps: one push from every live worker, aggregated, applied once.
 
-A tensor's aggregate is the (weighted) mean over the workers that pushed it; a tensor nobody
-pushed gets no gradient, which torch.optim treats like `param.grad is None`.
+A tensor's aggregate is the (weighted) mean over all the step's pushes, a push without it
+counting as a zero gradient, as DDP averages over all ranks (`--unused-gradients skip`: over
+the workers that pushed it); a tensor nobody pushed gets no gradient, which torch.optim
+treats like `param.grad is None` (DDP leaves a globally unused parameter's grad alone too).
+The step's options (rate, clipping, inf/NaN found) apply as `step_rules` says.
 
 Membership is dynamic: the step closes once every *live* worker pushed (a worker evicted or
 gone after pushing still counts; one that never pushed is not waited for), or, with a
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import threading
 
+from paramserver.server.config import UnusedGradients
 from paramserver.server.policies.aggregate import StepAssembly
 from paramserver.server.policies.base import (
     PolicyContext,
@@ -35,7 +39,10 @@ class SyncPolicy(PolicyDefaults):
         self._members = context.members
         self._quorum = quorum
         self._lock = threading.Lock()
-        self._step = StepAssembly(context.store, context.pool, context.clock)
+        self._step = StepAssembly(
+            context.store, context.pool, context.clock,
+            over_all_pushes=context.config.unused_gradients is UnusedGradients.ZERO,
+            base_lr=context.config.optimizer.lr)
 
     def check_step(self, worker_id: str, step: int) -> None:
         with self._lock:

@@ -1,0 +1,53 @@
+"""A shard's whole state, read and installed over the wire: checkpoints from the training
+loop (`ps.state_dict()` / `ps.load_state_dict()`, issue #18).
+
+The state travels as a server checkpoint's payload (`checkpoint.encode_state`): version,
+layout, plan, parameters and optimizer state, read back with weights_only=True. Installing
+is for fresh servers: a server takes a state for the model it holds while it is still at
+version 0 with no push pending, and answers a state it already holds (same version and
+parameters: a second worker loading the same checkpoint) without change; anything else is
+refused, so a checkpoint never silently rewinds a job that is training.
+"""
+
+from __future__ import annotations
+
+from paramserver.errors import FailedPrecondition, InvalidArgument
+from paramserver.server.checkpoint import ShardState, decode_state, encode_state
+from paramserver.server.store import ParameterStore, state_digest
+
+
+def read_state(store: ParameterStore) -> bytes:
+    """This shard's state as checkpoint payload bytes."""
+    version, params, optimizer = store.snapshot()
+    layout, plan = store.require_layout(), store.plan
+    assert plan is not None
+    return encode_state(ShardState(version, layout, plan, store.shard_index, params,
+                                   optimizer, {}))
+
+
+def install_state(store: ParameterStore, blob: bytes, pending_pushes: int) -> int:
+    """Install `blob` on a fresh shard (see the module docstring); the version it holds."""
+    try:
+        state = decode_state(blob)
+    except Exception as error:  # noqa: BLE001 - any undecodable payload is the caller's
+        raise InvalidArgument(f"the state does not decode: {error}") from None
+    layout = store.require_layout()
+    with store.lock:
+        assert store.plan is not None
+        if layout.describe_difference(state.layout) or state.plan != store.plan \
+                or state.shard_index != store.shard_index:
+            raise FailedPrecondition(
+                f"the state is of another model or shard (shard {state.shard_index}); load "
+                "it with the same model, onto servers listed in the same order")
+        if store.version == state.version and \
+                state_digest(state.version, state.params) == state_digest(store.version,
+                                                                          store.params):
+            return store.version  # already installed (another worker loaded it first)
+        if store.version != 0 or pending_pushes:
+            raise FailedPrecondition(
+                f"this server is at version {store.version} with {pending_pushes} pushes "
+                f"pending: load a state (version {state.version}) onto fresh servers, "
+                "before the first step")
+        store.restore(state.layout, state.plan, state.shard_index, state.params,
+                      state.optimizer, state.version)
+    return state.version
