@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from paramserver.errors import ParamServerError
 from paramserver.types import CodecSpec, Mode, Role
 from workers.data import epoch_batches, load_digits_dataset, shard_indices, steps_per_epoch
 from workers.models import accuracy, digits_mlp
@@ -100,6 +101,12 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
                      config.worker_id, epoch + 1, loss, acc, client.version)
             if on_epoch is not None:
                 on_epoch(epoch + 1, loss, acc)
+        if steps_done and client.aborted_pushes >= steps_done * len(client.connections):
+            # Every push was refused as a replay or too late: nothing this worker computed
+            # was applied, which exit 0 would hide (a poisoned ledger did; issue #13).
+            raise ParamServerError(
+                f"{config.worker_id}: all {client.aborted_pushes} pushes were ABORTED; none "
+                "of this worker's gradients was applied")
         if client.session.mode in (Mode.ASYNC, Mode.SSP):
             client.pull(0)  # the freshest parameters, including other workers' updates
         return TrainReport(

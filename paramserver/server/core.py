@@ -10,12 +10,13 @@ Pushes are checked by `intake.PushIntake`, applied by the mode's update policy
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from paramserver import __version__
-from paramserver.codecs import negotiate
+from paramserver.codecs import Codec, negotiate
 from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -24,6 +25,7 @@ from paramserver.server.checkpointing import ShardCheckpointer
 from paramserver.server.config import ServerConfig
 from paramserver.server.intake import PushIntake
 from paramserver.server.ledger import PushLedger
+from paramserver.server.limits import LongPolls
 from paramserver.server.membership import Membership
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
@@ -54,10 +56,13 @@ class ParameterServerCore:
                  before_checkpoint_write: BeforeWrite | None = None) -> None:
         self.config = config
         self.store = ParameterStore(config.optimizer)
-        self.members = Membership(config.mode, config.expected_workers, config.lease_s, clock)
+        self.members = Membership(config.mode, config.expected_workers, config.lease_s, clock,
+                                  max_sessions=config.limits.max_sessions,
+                                  member_idle_s=config.limits.member_idle_s)
+        self._long_polls = LongPolls(config.limits.max_long_polls)
         self.ledger = PushLedger()
         pool = BufferPool()
-        self._parts = PartAssembler(pool)
+        self._parts = PartAssembler(pool, config.limits.max_held_part_bytes)
         self.policy: UpdatePolicy = make_policy(PolicyContext(
             store=self.store, members=self.members, pool=pool, config=config, clock=clock))
         self._intake = PushIntake(config=config, store=self.store, members=self.members,
@@ -80,6 +85,9 @@ class ParameterServerCore:
                   pull_offers: list[CodecSpec], held_version: int | None = None) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
         the parameters it holds; it goes on from the server's version either way."""
+        self.config.limits.check_worker_id(worker_id)
+        self.config.limits.check_offers(push_offers)
+        self.config.limits.check_offers(pull_offers)
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
         record = self.members.open(worker_id, role, push, pull)
@@ -113,11 +121,18 @@ class ParameterServerCore:
         self.members.touch(session_id)
         return self.store.version
 
-    def join_round(self, session_id: str, round_: int, timeout_s: float) -> RoundJoin:
-        """Federated: wait for round >= `round_`; whether this client is sampled for it."""
+    def join_round(self, session_id: str, round_: int, timeout_s: float,
+                   cancelled: threading.Event | None = None) -> RoundJoin:
+        """Federated: wait for round >= `round_`; whether this client is sampled for it.
+        `cancelled`: set when the caller went away (the wait then ends; see `wake`)."""
         record = self.members.require_worker(session_id)
-        return self.policy.join_round(record.worker_id, round_,
-                                      min(timeout_s, self.config.max_wait_s))
+        with self._long_polls.poll("JoinRound", cancelled) as poll:
+            return self.policy.join_round(record.worker_id, round_,
+                                          min(timeout_s, self.config.max_wait_s), poll)
+
+    def wake(self) -> None:
+        """Make every long poll re-check its condition (a call was cancelled)."""
+        self.store.wake()
 
     def leave(self, session_id: str) -> None:
         """A worker that is done: drop its session so no step waits for it."""
@@ -189,6 +204,8 @@ class ParameterServerCore:
         layout = header.layout
         if layout is None:
             raise InvalidArgument("register header carries an empty layout")
+        self.config.limits.check_layout(layout)  # before the plan or any buffer is made
+        self.members.mark_active(header.session_id)
         # A client that sends no plan (one server, or a foreign client) holds the whole model.
         plan = header.plan or plan_partition(layout, 1)
         if plan.shard_layout(header.shard_index) != layout:
@@ -219,21 +236,24 @@ class ParameterServerCore:
         return result
 
     def pull(self, session_id: str, min_version: int, names: list[str],
-             timeout_s: float) -> Iterator[bytes]:
+             timeout_s: float, cancelled: threading.Event | None = None) -> Iterator[bytes]:
         """Encoded PullResponse messages: a header, then each tensor's chunks.
 
         In sync mode a member's pull is version-consistent as a whole, since the version
         cannot advance before that member pushes again; an async pull may span updates
-        (Hogwild). SSP holds a worker's pull while it is too far ahead.
+        (Hogwild). SSP holds a worker's pull while it is too far ahead. A pull that has to
+        wait takes one of `--max-long-polls` slots, and ends once `cancelled` is set.
         """
         record = self.members.touch(session_id)
         specs = self._pulled_specs(names)
+        _check_pull_codec(record.pull_encoder, specs)
         timeout_s = min(timeout_s, self.config.max_wait_s)
         started = time.monotonic()
-        if record.role is Role.WORKER:
-            self.policy.wait_turn(record.worker_id, timeout_s)
-        version = self.store.wait_for_version(min_version,
-                                              timeout_s - (time.monotonic() - started))
+        with self._long_polls.poll("Pull", cancelled) as poll:
+            if record.role is Role.WORKER:
+                self.policy.wait_turn(record.worker_id, timeout_s, poll)
+            version = self.store.wait_for_version(
+                min_version, timeout_s - (time.monotonic() - started), poll)
         return pull_messages(self.store, version, specs, record.pull_encoder,
                              self.config.chunk_bytes)
 
@@ -261,3 +281,15 @@ class ParameterServerCore:
     def close(self) -> None:
         """Wake every waiter with UNAVAILABLE; called on shutdown."""
         self.store.close()
+
+
+def _check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:
+    """The 16-bit pull codecs carry floating-point tensors only: refuse the others up front
+    instead of failing halfway through the stream."""
+    if codec.spec.name == "none":
+        return
+    wrong = [s.name for s in specs if not s.dtype.is_floating_point]
+    if wrong:
+        raise InvalidArgument(f"tensors {wrong[:8]} are not floating-point, and this "
+                              f"session's pull codec {codec.spec} carries only floating-point "
+                              "values: pull them by name from a session with pull codec none")

@@ -9,17 +9,26 @@ which may still refuse it (federated screening) before applying anything:
  3. a sequenced push (sequence > 0) comes from the session's own incarnation
                                                                   [FAILED_PRECONDITION]
  4. the push ledger: a retry of an answered push gets the first answer again (not
-    applied twice); a replayed older sequence [ABORTED]; a fenced incarnation
+    applied twice); a replayed older sequence [ABORTED]; a fenced incarnation, or a
+    sequence that does not advance by exactly one (1 opens an incarnation)
                                                                   [FAILED_PRECONDITION]
  5. a model is registered [FAILED_PRECONDITION]; every tensor is known [NOT_FOUND] with
-    its registered shape and dtype, listed once                        [INVALID_ARGUMENT]
+    its registered shape and dtype, listed once, and floating-point    [INVALID_ARGUMENT]
  6. the part fits the session's open push (same step, no tensor twice)
                                               [FAILED_PRECONDITION / INVALID_ARGUMENT]
  7. weighted aggregation: num_samples > 0 on the closing part          [INVALID_ARGUMENT]
  8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
- 9. chunks arrive in order, without gaps, within the codec's size bound [INVALID_ARGUMENT]
-10. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+ 9. a part that is not the last fits, at its largest, in the bytes every session's held
+    parts may take (--max-held-part-bytes)                           [RESOURCE_EXHAUSTED]
+10. chunks arrive in order, without gaps, within the codec's size bound, and nothing
+    but chunks follows the header (an undecodable message included)   [INVALID_ARGUMENT]
+11. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+12. every decoded value is finite (no NaN, no infinity): one poisoned gradient would
+    spread to the whole model in one step                              [INVALID_ARGUMENT]
+
+From check 8 on the session counts as an active member (`Membership.mark_active`): one a
+sync step waits for.
 """
 
 from __future__ import annotations
@@ -90,28 +99,46 @@ class PushIntake:
     def _receive_new(self, header: PushHeader, record: SessionRecord,
                      stream: Iterator[object]) -> PushResult:
         check_specs(header.tensors, self._store.require_layout().by_name())  # 5
+        _check_floating(header.tensors)
         self._parts.check(header.session_id, header.step, [s.name for s in header.tensors])  # 6
         weight = 1.0 if header.more_parts else self._weight_of(header)  # 7
         self._policy.check_step(record.worker_id, header.step)  # 8
-        with PooledBuffers(self._pool) as buffers:
-            updates = self._read_updates(header, record.push_decoder, stream, buffers)  # 9, 10
-            if header.more_parts:
-                self._parts.hold(header.session_id, header.step, updates, buffers)
-                return PushResult(version=self._store.version, applied=False)
-            updates = self._parts.close(header.session_id, header.step, updates, buffers)
-            result = self._policy.submit(ReceivedPush(
-                worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
-                buffers=buffers))
+        self._members.mark_active(header.session_id)
+        codec = record.push_decoder
+        limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
+        reserved = sum(limits) if header.more_parts else 0
+        self._parts.reserve(reserved)  # 9
+        try:
+            with PooledBuffers(self._pool) as buffers:
+                updates = self._read_updates(header, codec, limits, stream, buffers)  # 10-12
+                if header.more_parts:
+                    self._parts.hold(header.session_id, header.step, updates, buffers,
+                                     reserved)
+                    reserved = 0  # held now: counted until the push closes
+                    return PushResult(version=self._store.version, applied=False)
+                return self._submit(header, record, weight, updates, buffers)
+        finally:
+            self._parts.unreserve(reserved)
+
+    def _submit(self, header: PushHeader, record: SessionRecord, weight: float,
+                updates: dict[str, Update], buffers: PooledBuffers) -> PushResult:
+        """The closing part: merged with the held ones, handed to the update policy."""
+        updates = self._parts.close(header.session_id, header.step, updates, buffers)
+        result = self._policy.submit(ReceivedPush(
+            worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
+            buffers=buffers))
         self._members.count_push(header.session_id)
         return result
 
-    def _read_updates(self, header: PushHeader, codec: Codec, stream: Iterator[object],
-                      buffers: PooledBuffers) -> dict[str, Update]:
-        limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
+    def _read_updates(self, header: PushHeader, codec: Codec, limits: list[int],
+                      stream: Iterator[object], buffers: PooledBuffers) -> dict[str, Update]:
         assembler = TensorAssembler(header.tensors, buffers, limits)
         drain_chunks(stream, assembler, "push")
-        return {spec.name: _decode(codec, spec, payload)
-                for spec, payload in zip(header.tensors, assembler.finish_payloads())}
+        updates = {spec.name: _decode(codec, spec, payload)
+                   for spec, payload in zip(header.tensors, assembler.finish_payloads())}
+        for spec in header.tensors:
+            _require_finite(spec, updates[spec.name])
+        return updates
 
     def _weight_of(self, header: PushHeader) -> float:
         if self._config.aggregation is Aggregation.MEAN:
@@ -120,6 +147,32 @@ class PushIntake:
             raise InvalidArgument(f"weighted aggregation needs num_samples > 0, "
                                   f"got {header.num_samples}")
         return float(header.num_samples)
+
+
+def _check_floating(specs: tuple[TensorSpec, ...]) -> None:
+    """Only floating-point parameters take gradients (an integer buffer is registered for
+    pulls, never pushed)."""
+    for spec in specs:
+        if not spec.dtype.is_floating_point:
+            raise InvalidArgument(f"tensor {spec.name!r} is {spec.dtype}: only floating-point "
+                                  "tensors can be pushed")
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """True when no element is NaN or infinite.
+
+    One reduction, no temporary as large as the tensor: a sum is finite exactly when every
+    element is, unless the finite elements overflow the dtype; only then (a sum that is not
+    finite) is the exact elementwise test run, to tell the two apart."""
+    if bool(torch.isfinite(values.sum())):
+        return True
+    return bool(torch.isfinite(values).all())
+
+
+def _require_finite(spec: TensorSpec, update: Update) -> None:
+    if not all_finite(update.values):
+        raise InvalidArgument(f"tensor {spec.name!r}: the update holds NaN or infinite "
+                              "values; nothing was applied")
 
 
 def _decode(codec: Codec, spec: TensorSpec, payload: torch.Tensor) -> Update:
