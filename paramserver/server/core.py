@@ -71,7 +71,9 @@ class ParameterServerCore:
         self._checkpoints = (
             ShardCheckpointer(self.store, self.members, self.ledger, config.checkpoint_dir,
                               config.checkpoint_every, config.reform_timeout_s,
-                              before_checkpoint_write)
+                              before_checkpoint_write,
+                              config.checkpoint_key.read_bytes() if config.checkpoint_key
+                              else None)
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0
