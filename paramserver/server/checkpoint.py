@@ -211,6 +211,19 @@ def read_checkpoint(path: Path, key: bytes | None = None) -> ShardState:
         data = _read_regular(path)
     except IsADirectoryError:
         raise CorruptCheckpoint("a directory, not a checkpoint file") from None
+    body = _verified_body(data, key)
+    try:
+        state = _decode_payload(body)
+    except Exception as exc:  # a verified payload that will not decode is as unusable
+        raise CorruptCheckpoint(f"unreadable payload: {type(exc).__name__}: {exc}") from exc
+    if _parse_name(path) != (state.shard_index, state.version):
+        raise CorruptCheckpoint(f"holds shard {state.shard_index} version {state.version}, "
+                                "not what its name says")
+    return state
+
+
+def _verified_body(data: bytes, key: bytes | None) -> bytes:
+    """The payload of a checkpoint file's bytes, once its header and digest verify."""
     if len(data) < _HEADER.size:
         raise CorruptCheckpoint(f"short file: {len(data)} bytes, the header alone is "
                                 f"{_HEADER.size}")
@@ -231,14 +244,7 @@ def read_checkpoint(path: Path, key: bytes | None = None) -> ShardState:
     if not hmac.compare_digest(_digest(body, key)[2], checksum):
         raise CorruptCheckpoint("payload checksum mismatch" if key is None else
                                 "HMAC mismatch: forged, tampered, or signed with another key")
-    try:
-        state = _decode_payload(body)
-    except Exception as exc:  # a verified payload that will not decode is as unusable
-        raise CorruptCheckpoint(f"unreadable payload: {type(exc).__name__}: {exc}") from exc
-    if _parse_name(path) != (state.shard_index, state.version):
-        raise CorruptCheckpoint(f"holds shard {state.shard_index} version {state.version}, "
-                                "not what its name says")
-    return state
+    return body
 
 
 def _encode_payload(state: ShardState) -> bytes:
