@@ -143,7 +143,7 @@ def test_a_push_followed_by_an_undecodable_message_changes_nothing(job) -> None:
     channel = grpc.insecure_channel(server.address, options=channel_options())
     push = channel.stream_unary("/paramserver.v1.ParameterServer/Push")
     messages = [m.SerializeToString() for m in _push(session, 0, {0: np.ones(4, "<f4").tobytes()})]
-    messages.append(b"\x0a\x05\xff\xff\xff")  # field 1 (header) whose bytes do not parse
+    messages.append(b"\x0a\x03\xff\xff\xff")  # a whole header field; its bytes do not parse
     with pytest.raises(grpc.RpcError) as caught:
         push(iter(messages), timeout=10)
     assert caught.value.code() == INVALID
