@@ -65,6 +65,10 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
                  max_threads: int = 64, hooks: ServerHooks | None = None) -> RunningServer:
     """Start serving on host:port (0 picks a free port) and return at once."""
     hooks = hooks or ServerHooks()
+    if config.limits.max_long_polls >= max_threads:
+        raise ValueError(f"--max-long-polls {config.limits.max_long_polls} must stay below "
+                         f"the server's {max_threads} RPC threads, or waiting pulls could "
+                         "take them all")
     core = ParameterServerCore(config, before_checkpoint_write=hooks.before_checkpoint_write)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
                                                     thread_name_prefix="ps-rpc"),

@@ -159,8 +159,9 @@ class ParameterServerCore:
         if formed:
             log.warning("the job re-formed at step %d without %s (--reform-timeout)",
                         self.store.version, list(awaited))
-        if evicted or formed:
-            self.policy.members_changed()
+        # Every tick, not only on evictions: a worker that stops pushing leaves the set a
+        # step waits for once --member-idle-timeout passes, with no event to say so.
+        self.policy.members_changed()
         self.policy.tick()
         self._maybe_checkpoint()
         self._log_long_wait()

@@ -84,6 +84,25 @@ def test_a_registered_worker_gone_idle_stops_holding_ssp_pulls() -> None:
     assert b"".join(core.pull(fast, 0, [], timeout_s=1.0))
 
 
+def test_a_registered_ghost_stalls_a_sync_step_only_until_it_is_idle() -> None:
+    clock = FakeClock()
+    core = ParameterServerCore(ServerConfig(expected_workers=1, lease_s=0.0, optimizer=SGD,
+                                            limits=ServerLimits(member_idle_s=5.0)),
+                               clock=clock)
+    real, ghost = (core.handshake(w, Role.WORKER, [], []).session_id for w in ("real", "ghost"))
+    core.register(iter(register_stream(real, INIT)))
+    core.register(iter(register_stream(ghost, INIT, with_values=False)))  # then only heartbeats
+    assert not core.push(iter(push_stream(real, 0, {"b": torch.ones(3)}))).applied
+    clock.now += 4.0
+    core.heartbeat(ghost)
+    core.tick()
+    assert core.store.version == 0  # still within the idle timeout: waited for
+    clock.now += 2.0
+    core.heartbeat(ghost)
+    core.tick()  # idle for 6 s > 5 s: no longer a member the step waits for
+    assert core.store.version == 1
+
+
 def test_a_cancelled_pull_ends_at_once() -> None:
     import threading
     import time
