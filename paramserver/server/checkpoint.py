@@ -144,23 +144,42 @@ class CheckpointStore:
     def load_latest(self) -> ShardState | None:
         """The newest checkpoint that verifies, or None when there is none.
 
-        Each file skipped (torn, corrupt, unreadable) is logged as a warning naming it and why.
+        Each file skipped (torn, corrupt, unreadable, not a regular file) is logged as a
+        warning naming it and why. Files named for other shards are skipped likewise
+        unless one of them verifies: a directory holding valid checkpoints of several
+        shards is refused (ValueError) rather than guessed at.
         """
         listing = self._listing()
-        shards = sorted({shard for (_, shard), _ in listing})
-        if len(shards) > 1:
-            raise ValueError(f"{self.directory} holds checkpoints of shards {shards}: "
-                             "pass shard_index to CheckpointStore to pick one")
-        for _, path in listing:
-            try:
-                return read_checkpoint(path, self.key)
-            except CorruptCheckpoint as exc:
-                log.warning("skipping checkpoint %s: %s", path, exc)
-            except FileNotFoundError:
-                pass  # pruned by a concurrent save since we listed it
-            except OSError as exc:  # unreadable: permissions, I/O error
-                log.warning("skipping checkpoint %s: %s", path, exc)
+        for index, (_, path) in enumerate(listing):
+            state = self._try_read(path)
+            if state is not None:
+                rivals = [(shard, p) for (_, shard), p in listing[index + 1:]
+                          if shard != state.shard_index]
+                self._refuse_other_shards(state.shard_index, rivals)
+                return state
         return None
+
+    def _try_read(self, path: Path) -> ShardState | None:
+        try:
+            return read_checkpoint(path, self.key)
+        except CorruptCheckpoint as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+        except FileNotFoundError:
+            pass  # pruned by a concurrent save since we listed it
+        except OSError as exc:  # unreadable: permissions, I/O error
+            log.warning("skipping checkpoint %s: %s", path, exc)
+        return None
+
+    def _refuse_other_shards(self, shard_index: int,
+                             others: list[tuple[int, Path]]) -> None:
+        """ValueError when any of `others` ((shard, path) of other shards' files) is a
+        valid checkpoint."""
+        for shard, path in others:
+            if self._try_read(path) is not None:
+                raise ValueError(
+                    f"{self.directory} holds checkpoints of shards "
+                    f"{sorted({shard_index, shard})}: pass shard_index to CheckpointStore "
+                    "to pick one, or give each shard its own directory")
 
     def _listing(self) -> list[tuple[tuple[int, int], Path]]:
         """((version, shard), path) of this store's checkpoint files, newest first."""

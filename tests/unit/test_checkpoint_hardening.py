@@ -53,3 +53,15 @@ def test_a_keyed_store_refuses_unsigned_forged_and_other_key_checkpoints(
 def test_a_short_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         CheckpointStore(tmp_path, key=b"short")
+
+
+def test_a_stray_file_named_for_another_shard_is_skipped(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.save(_state(1))
+    (tmp_path / checkpoint_name(1, 9)).write_bytes(b"not a checkpoint")
+    assert store.load_latest().version == 1  # type: ignore[union-attr]
+    other = _state(2)
+    other.shard_index = 1  # a real checkpoint of another shard: refuse to guess
+    CheckpointStore(tmp_path, shard_index=1).save(other)
+    with pytest.raises(ValueError, match="checkpoints of shards \\[0, 1\\]"):
+        store.load_latest()
