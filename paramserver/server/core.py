@@ -208,7 +208,6 @@ class ParameterServerCore:
         if layout is None:
             raise InvalidArgument("register header carries an empty layout")
         self.config.limits.check_layout(layout)  # before the plan or any buffer is made
-        self.members.mark_active(header.session_id)
         # A client that sends no plan (one server, or a foreign client) holds the whole model.
         plan = header.plan or plan_partition(layout, 1)
         if plan.shard_layout(header.shard_index) != layout:
@@ -217,6 +216,7 @@ class ParameterServerCore:
         with self.store.lock:
             if self.store.layout is not None:
                 self.store.require_same_model(layout, plan, header.shard_index)
+                self.members.mark_active(header.session_id)  # joined: a member from now on
                 return Registration(created=False, version=self.store.version,
                                     layout=self.store.layout)
         if not header.values_follow:
@@ -225,6 +225,7 @@ class ParameterServerCore:
         assembler = TensorAssembler(layout.tensors)
         drain_chunks(stream, assembler, "register")
         created = self.store.create(layout, assembler.finish(), plan, header.shard_index)
+        self.members.mark_active(header.session_id)
         if created:
             log.info("model registered: shard %d of %d, %d tensors, %d bytes",
                      header.shard_index, plan.num_shards, len(layout.tensors), layout.nbytes)
