@@ -70,6 +70,7 @@ class Membership:
         self._formed = mode not in (Mode.SYNC, Mode.FEDERATED)  # these wait for N workers
         self._reforms = mode in (Mode.SYNC, Mode.SSP, Mode.FEDERATED)  # after a restart
         self._form_on_activity = mode in (Mode.SYNC, Mode.SSP)
+        self._active: dict[str, float] = {}  # worker_id -> its last register or push
         self._awaited: frozenset[str] = frozenset()  # re-forming: the members it had
         self._reform_deadline: float | None = None  # re-forming until then
         self.evictions: list[str] = []  # "worker@step", oldest first
@@ -151,11 +152,12 @@ class Membership:
         return {r.worker_id for r in self._sessions.values() if r.role is Role.WORKER}
 
     def _members(self) -> set[str]:
-        """The workers that form a job: in sync and SSP those that registered or pushed in
-        their session (a handshake alone does not); federated rounds sample every client
-        with a session, and their timeouts bound a round's wait."""
+        """The workers that form a job: in sync and SSP those with a session whose worker
+        id registered or pushed (in any incarnation; a restored job's members count as
+        such), so a fresh id that only handshakes does not; federated rounds sample every
+        client with a session, and their timeouts bound a round's wait."""
         return {r.worker_id for r in self._sessions.values()
-                if r.role is Role.WORKER and (r.last_active is not None
+                if r.role is Role.WORKER and (r.worker_id in self._active
                                               or not self._form_on_activity)}
 
     def live_workers(self) -> set[str]:
@@ -163,21 +165,26 @@ class Membership:
             return self._workers()
 
     def blocking_workers(self) -> set[str]:
-        """The live workers a sync step or an SSP pull waits for: those that registered or
-        pushed within `member_idle_s`. A session that only handshakes and heartbeats (a
-        "ghost") never makes a job wait (issue #13)."""
+        """The live workers a sync step or an SSP pull waits for: those whose worker id
+        registered or pushed within `member_idle_s`. A worker that rejoins (a new
+        incarnation) is waited for from its handshake on, as before; a session of a new id
+        that only handshakes and heartbeats (a "ghost") never makes a job wait (#13)."""
         now = self._clock()
         with self._lock:
             return {r.worker_id for r in self._sessions.values()
-                    if r.role is Role.WORKER and r.last_active is not None
-                    and (not self._idle_s or now - r.last_active <= self._idle_s)}
+                    if r.role is Role.WORKER and r.worker_id in self._active
+                    and (not self._idle_s or now - self._active[r.worker_id] <= self._idle_s)}
 
     def mark_active(self, session_id: str) -> None:
         """The session registered or is pushing: a member that steps wait for."""
         with self._lock:
             record = self._sessions.get(session_id)
             if record is not None:
-                record.last_active = self._clock()
+                record.last_active = self._active[record.worker_id] = self._clock()
+                if len(self._active) > EXPIRED_MEMORY:  # forget the longest idle ids
+                    for worker_id in sorted(self._active, key=self._active.__getitem__)[
+                            :EXPIRED_MEMORY // 2]:
+                        del self._active[worker_id]
                 self._update_formed()
 
     def _update_formed(self) -> bool:
@@ -214,6 +221,9 @@ class Membership:
             return
         with self._lock:
             self._awaited = frozenset(members)
+            now = self._clock()
+            for member in self._awaited:  # the job's members before the restart
+                self._active.setdefault(member, now)
             self._reform_deadline = self._clock() + timeout_s
             self._formed = False
             self._update_formed()
