@@ -17,6 +17,11 @@ from paramserver.security.credentials import ClientSecurity, ServerSecurity
 
 DEFAULT_CHUNK_BYTES = 1 << 20  # 1 MiB of tensor payload per TensorChunk
 MAX_MESSAGE_BYTES = 64 << 20  # headers may carry large layouts; chunks stay ~1 MiB
+# Unary requests (Handshake, Status, Heartbeat, Pull, JoinRound, Leave) are small: the
+# largest, a Handshake at every limit of ServerLimits, is under 8 KiB. gRPC bounds messages
+# per server, not per method, so the servicer's deserializers refuse bigger unary requests
+# (RESOURCE_EXHAUSTED) before parsing them.
+MAX_UNARY_REQUEST_BYTES = 64 << 10
 FLOW_CONTROL_WINDOW = 64 << 20
 
 _COMMON_OPTIONS: list[tuple[str, Any]] = [

@@ -12,7 +12,7 @@ from paramserver.wire import Chunk
 
 
 def raw(tensor: torch.Tensor) -> memoryview:
-    return memoryview(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy())
+    return tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().data
 
 
 def chunks(tensors: list[torch.Tensor], chunk_bytes: int = 64) -> list[Chunk]:

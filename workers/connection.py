@@ -181,6 +181,7 @@ class ServerConnection:
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
                                    held_version=held_version, world_size=world_size)
         self.session = _answer(self._call(self._handshake, request))
+        self._sequence = 0  # each incarnation numbers its pushes from 1 (docs/wire.md 5)
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session
 

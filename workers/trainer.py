@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from paramserver.errors import ParamServerError
 from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec, Mode, Role
 from workers.data import epoch_batches, load_digits_dataset, shard_indices, steps_per_epoch
@@ -103,6 +104,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
                      config.worker_id, epoch + 1, loss, acc, client.version)
             if on_epoch is not None:
                 on_epoch(epoch + 1, loss, acc)
+        require_some_applied(config.worker_id, steps_done * len(client.connections),
+                             client.aborted_pushes)
         if client.session.mode in (Mode.ASYNC, Mode.SSP):
             client.pull(0)  # the freshest parameters, including other workers' updates
         return TrainReport(
@@ -124,6 +127,15 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             duplicate_pushes=sum(c.duplicates for c in client.connections),
             retries=sum(c.retries for c in client.connections),
         )
+
+
+def require_some_applied(worker_id: str, pushes: int, aborted: int) -> None:
+    """Fail loudly when every one of `pushes` (> 0) was ABORTED: nothing this worker
+    computed was applied, which an exit status of 0 would hide (issue #13: a poisoned
+    ledger made a worker "finish" with 118 of 118 pushes dropped)."""
+    if pushes and aborted >= pushes:
+        raise ParamServerError(f"{worker_id}: all {aborted} pushes were ABORTED (replayed or "
+                               "too late); none of this worker's gradients was applied")
 
 
 def evaluate_server_model(servers: str, hidden: int = 128, timeout_s: float = 30.0,

@@ -82,6 +82,7 @@ SERVER = "server"
 FAULTS = "faults and consistency"
 FEDERATED = "federated rounds (--mode federated / fedbuff)"
 CODECS = "codec negotiation"
+LIMITS = "limits (what one request may cost the server)"
 
 OPTIONS: tuple[ServerOption, ...] = (
     ServerOption("--workers", "expected_workers", SERVER,
@@ -127,6 +128,10 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "('{index}' is replaced by the shard's index in launch)", type=Path),
     ServerOption("--checkpoint-every", "checkpoint_every", FAULTS,
                  "steps between checkpoints; one is always written on SIGTERM"),
+    ServerOption("--checkpoint-key", "checkpoint_key", FAULTS,
+                 "a file holding a secret key (at least 16 bytes): checkpoints are signed "
+                 "with HMAC-SHA256 under it, and unsigned or forged ones are refused at start",
+                 type=Path),
     ServerOption("--reform-timeout", "reform_timeout_s", FAULTS,
                  "after a restart from a checkpoint, a sync/SSP/federated job waits this many "
                  "seconds for the workers it had before it steps again, then goes on with "
@@ -153,6 +158,26 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "smallest top-k/random-k ratio accepted; smaller offers are raised to it"),
     ServerOption("--min-bits", "codecs.min_bits", CODECS,
                  "fewest quantisation bits accepted; fewer are raised to it"),
+    ServerOption("--max-model-bytes", "limits.max_model_bytes", LIMITS,
+                 "largest model (this shard's parameters) a Register may declare"),
+    ServerOption("--max-tensor-rank", "limits.max_tensor_rank", LIMITS,
+                 "most dimensions of one tensor"),
+    ServerOption("--max-tensor-numel", "limits.max_tensor_numel", LIMITS,
+                 "most elements of one tensor"),
+    ServerOption("--max-worker-id", "limits.max_worker_id_chars", LIMITS,
+                 "longest worker id, in characters"),
+    ServerOption("--max-codec-chars", "limits.max_codec_chars", LIMITS,
+                 "longest codec offer (name and parameters), in characters"),
+    ServerOption("--max-sessions", "limits.max_sessions", LIMITS,
+                 "most open sessions, workers and observers together"),
+    ServerOption("--max-long-polls", "limits.max_long_polls", LIMITS,
+                 "most pulls and JoinRounds waiting at once; more are RESOURCE_EXHAUSTED"),
+    ServerOption("--max-held-part-bytes", "limits.max_held_part_bytes", LIMITS,
+                 "most bytes of push parts held for unfinished multi-part pushes"),
+    ServerOption("--member-idle-timeout", "limits.member_idle_s", LIMITS,
+                 "sync steps and SSP pulls wait only for workers that registered or pushed "
+                 "within this many seconds (a handshake alone never stalls a job); 0: "
+                 "forever"),
 )
 BY_FLAG = {option.flag: option for option in OPTIONS}
 

@@ -8,6 +8,7 @@ INVALID_ARGUMENT, changing nothing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,13 +95,42 @@ def view_as(payload: torch.Tensor, start: int, count: int, dtype: torch.dtype) -
     return section.view(dtype)
 
 
+def check_param_names(spec: CodecSpec, known: tuple[str, ...]) -> None:
+    """Refuse parameters the codec does not have, naming the ones it has."""
+    unknown = sorted(k for k, _ in spec.params if k not in known)
+    if unknown:
+        raise CodecError(f"codec {spec.name} has no parameter {', '.join(unknown)}; known: "
+                         f"{', '.join(known) or 'none'}")
+
+
 def float_param(spec: CodecSpec, key: str, default: float | None = None) -> float:
+    """A finite number (NaN and infinities refused)."""
     raw = dict(spec.params).get(key)
     if raw is None:
         if default is None:
             raise CodecError(f"codec {spec.name} needs parameter {key}")
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise CodecError(f"codec {spec.name}: {key}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise CodecError(f"codec {spec.name}: {key}={raw!r} is not finite")
+    return value
+
+
+def int_param(spec: CodecSpec, key: str, default: int, low: int, high: int) -> int:
+    """An integer in [low, high]; written as an integer or an integral float ("8", "8.0")."""
+    raw = dict(spec.params).get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        number = float_param(spec, key)
+        if not number.is_integer():
+            raise CodecError(f"codec {spec.name}: {key}={raw!r} is not an integer") from None
+        value = int(number)
+    if not low <= value <= high:
+        raise CodecError(f"codec {spec.name}: {key}={value} is outside [{low}, {high}]")
+    return value

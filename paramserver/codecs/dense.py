@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from paramserver.codecs.base import CodecError, DenseUpdate, bytes_of, expect_nbytes
+from paramserver.codecs.base import (
+    CodecError,
+    DenseUpdate,
+    bytes_of,
+    check_param_names,
+    expect_nbytes,
+)
 from paramserver.types import CodecSpec
 
 
@@ -14,6 +20,7 @@ class Raw:
     biased = False
 
     def __init__(self, spec: CodecSpec) -> None:
+        check_param_names(spec, ())
         self.spec = CodecSpec("none")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,6 +41,7 @@ class Cast:
     biased = False
 
     def __init__(self, spec: CodecSpec, wire_dtype: torch.dtype) -> None:
+        check_param_names(spec, ())
         self.spec = CodecSpec(spec.name)
         self.wire_dtype = wire_dtype
 

@@ -22,7 +22,8 @@ class CodecLimits:
     min_bits: int = 2  # quantisers: fewest bits per value
 
     def adjust(self, spec: CodecSpec) -> CodecSpec:
-        """The offer moved inside the limits (e.g. a smaller ratio raised to min_ratio)."""
+        """The offer (already valid: see `negotiate`) moved inside the limits (e.g. a
+        smaller ratio raised to min_ratio)."""
         params = dict(spec.params)
         if "ratio" in params and float(params["ratio"]) < self.min_ratio:
             params["ratio"] = f"{self.min_ratio:g}"
@@ -46,6 +47,7 @@ def negotiate(direction: str, offers: Sequence[CodecSpec], limits: CodecLimits) 
             rejected.append(f"{offer} (not allowed for {direction})")
             continue
         try:
+            make_codec(offer)  # valid as offered: nonsense is refused, never adjusted
             return make_codec(limits.adjust(offer)).spec
         except (CodecError, ValueError) as error:
             rejected.append(f"{offer} ({error})")

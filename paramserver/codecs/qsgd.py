@@ -16,31 +16,37 @@ import math
 
 import torch
 
-from paramserver.codecs.base import CodecError, DenseUpdate, bytes_of, expect_nbytes, view_as
+from paramserver.codecs.base import (
+    CodecError,
+    DenseUpdate,
+    bytes_of,
+    check_param_names,
+    expect_nbytes,
+    int_param,
+    view_as,
+)
 from paramserver.types import CodecSpec
 
 BITS = (2, 4, 8)
+MAX_BUCKET = 1 << 16
 
 
 class QSGD:
     biased = False
 
     def __init__(self, spec: CodecSpec) -> None:
-        params = dict(spec.params)
-        try:
-            self.bits = int(params.get("bits", "8"))
-            self.bucket = int(params.get("bucket", "512"))
-        except ValueError:
-            raise CodecError(f"qsgd: bits and bucket must be integers, got {params}") from None
+        check_param_names(spec, ("bits", "bucket", "seed"))
+        self.bits = int_param(spec, "bits", 8, 1, 64)
+        # The bound keeps decoding's per-bucket temporaries small: an unbounded bucket let a
+        # 7-byte push allocate 1 GiB (issue #13).
+        self.bucket = int_param(spec, "bucket", 512, 1, MAX_BUCKET)
         if self.bits not in BITS:
             raise CodecError(f"qsgd: bits must be one of {BITS}, got {self.bits}")
-        if self.bucket < 1:
-            raise CodecError(f"qsgd: bucket must be positive, got {self.bucket}")
         self.levels = 2 ** (self.bits - 1) - 1
         self.per_byte = 8 // self.bits
         self.spec = CodecSpec.parse(f"qsgd:bits={self.bits},bucket={self.bucket}")
         self._generators: dict[torch.device, torch.Generator] = {}
-        self._seed = int(params.get("seed", "2024"))
+        self._seed = int_param(spec, "seed", 2024, 0, 2**63 - 1)
 
     def _buckets(self, numel: int) -> int:
         return math.ceil(numel / self.bucket)

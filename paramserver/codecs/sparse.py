@@ -19,8 +19,10 @@ from paramserver.codecs.base import (
     CodecError,
     SparseUpdate,
     bytes_of,
+    check_param_names,
     expect_nbytes,
     float_param,
+    int_param,
     view_as,
 )
 from paramserver.types import CodecSpec
@@ -36,12 +38,15 @@ def _align8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
+MAX_K = 1 << 62
+
+
 def _ratio_and_k(spec: CodecSpec) -> tuple[float | None, int | None]:
     params = dict(spec.params)
     if "k" in params:
-        k = int(float_param(spec, "k"))
-        if k < 1:
-            raise CodecError(f"{spec.name}: k must be at least 1, got {k}")
+        k = int(float_param(spec, "k"))  # int(float(K)), as docs/wire.md section 1 says
+        if not 1 <= k <= MAX_K:
+            raise CodecError(f"{spec.name}: k must be in [1, 2**62], got {k}")
         return None, k
     ratio = float_param(spec, "ratio", 0.01)
     if not 0 < ratio <= 1:
@@ -79,6 +84,7 @@ class TopK(_Sparsifier):
     MARGIN = 1.5  # aim the threshold at MARGIN * k candidates so that usually >= k pass
 
     def __init__(self, spec: CodecSpec) -> None:
+        check_param_names(spec, ("k", "mode", "ratio"))
         super().__init__(spec)
         self.mode = dict(spec.params).get("mode", "exact")
         if self.mode not in ("exact", "approx"):
@@ -151,10 +157,11 @@ class RandomK(_Sparsifier):
     biased = False
 
     def __init__(self, spec: CodecSpec) -> None:
+        check_param_names(spec, ("k", "ratio", "seed"))
         super().__init__(spec)
         size = f"k={self.fixed_k}" if self.fixed_k is not None else f"ratio={self.ratio:g}"
         self.spec = CodecSpec.parse(f"randomk:{size}")
-        self._seed = int(float_param(spec, "seed", 12345))
+        self._seed = int_param(spec, "seed", 12345, 0, 2**64 - 1)
         self._encodes = 0  # counter of the payload-seed stream
 
     @staticmethod

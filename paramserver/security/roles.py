@@ -55,6 +55,10 @@ METHOD_ROLES: dict[str, frozenset[AccessRole]] = {
     "Heartbeat": frozenset(AccessRole),
     "Leave": frozenset(AccessRole),
     "Status": frozenset(AccessRole),
+    # A shard's whole state (parameters and optimizer state) for a worker's own checkpoint;
+    # installing one is a worker's act on fresh servers.
+    "GetState": frozenset({AccessRole.WORKER, AccessRole.ADMIN}),
+    "SetState": frozenset({AccessRole.WORKER}),
 }
 
 

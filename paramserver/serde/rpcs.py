@@ -28,6 +28,7 @@ from paramserver.serde.streams import (
     decode_push_request,
     decode_register_request,
 )
+from paramserver.transport import MAX_UNARY_REQUEST_BYTES
 from paramserver.types import (
     ModelLayout,
     PullRequest,
@@ -55,14 +56,25 @@ class Rpc:
     response_from_bytes: Callable[[bytes], Any]
 
 
-def _parsing(message_type: type[Any], from_proto: Callable[[Any], Any]
-             ) -> Callable[[bytes], Any]:
+def _parsing(message_type: type[Any], from_proto: Callable[[Any], Any],
+             max_bytes: int | None = None) -> Callable[[bytes], Any]:
+    """A deserializer that never raises (an exception inside a gRPC deserializer becomes
+    INTERNAL, with a traceback logged for every request): `max_bytes` bounds a request."""
     def parse(data: bytes) -> Any:
+        if max_bytes is not None and len(data) > max_bytes:
+            return MalformedMessage(f"{message_type.__name__} of {len(data)} bytes; at most "
+                                    f"{max_bytes}", too_large=True)
         try:
             return from_proto(message_type.FromString(data))
-        except (DecodeError, ValueError) as exc:
+        except (DecodeError, ValueError, TypeError, KeyError, OverflowError) as exc:
             return MalformedMessage(f"cannot decode {message_type.__name__}: {exc}")
     return parse
+
+
+def _request(message_type: type[Any], from_proto: Callable[[Any], Any]
+             ) -> Callable[[bytes], Any]:
+    """The server's deserializer of a unary request."""
+    return _parsing(message_type, from_proto, MAX_UNARY_REQUEST_BYTES)
 
 
 def _serializing(to_proto: Callable[[Any], Any]) -> Callable[[Any], bytes]:
@@ -72,7 +84,7 @@ def _serializing(to_proto: Callable[[Any], Any]) -> Callable[[Any], bytes]:
 RPCS: dict[str, Rpc] = {
     "Handshake": Rpc(
         _serializing(handshake_request_to_proto),
-        _parsing(pb.HandshakeRequest, handshake_request_from_proto),
+        _request(pb.HandshakeRequest, handshake_request_from_proto),
         _serializing(session_to_proto),
         _parsing(pb.HandshakeResponse, session_from_proto)),
     "Register": Rpc(
@@ -90,22 +102,22 @@ RPCS: dict[str, Rpc] = {
                                               min_version=r.min_version,
                                               tensors=list(r.tensors),
                                               held_version=r.held_version)),
-        _parsing(pb.PullRequest, lambda m: PullRequest(
+        _request(pb.PullRequest, lambda m: PullRequest(
             session_id=m.session_id, min_version=m.min_version, tensors=tuple(m.tensors),
             held_version=m.held_version if m.HasField("held_version") else -1)),
         _identity, decode_pull_response),
     "Status": Rpc(
         _serializing(lambda include_hash: pb.StatusRequest(include_state_hash=include_hash)),
-        _parsing(pb.StatusRequest, lambda m: bool(m.include_state_hash)),
+        _request(pb.StatusRequest, lambda m: bool(m.include_state_hash)),
         _serializing(status_to_proto), _parsing(pb.StatusResponse, status_from_proto)),
     "Heartbeat": Rpc(
         _serializing(lambda session_id: pb.HeartbeatRequest(session_id=session_id)),
-        _parsing(pb.HeartbeatRequest, lambda m: str(m.session_id)),
+        _request(pb.HeartbeatRequest, lambda m: str(m.session_id)),
         _serializing(lambda version: pb.HeartbeatResponse(version=version)),
         _parsing(pb.HeartbeatResponse, lambda m: int(m.version))),
     "JoinRound": Rpc(
         _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round)),
-        _parsing(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
+        _request(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
                                                              round=m.round)),
         _serializing(lambda j: pb.JoinRoundResponse(round=j.round, sampled=j.sampled,
                                                     sampled_count=j.sampled_count)),
@@ -113,17 +125,19 @@ RPCS: dict[str, Rpc] = {
             round=m.round, sampled=m.sampled, sampled_count=m.sampled_count))),
     "Leave": Rpc(
         _serializing(lambda session_id: pb.LeaveRequest(session_id=session_id)),
-        _parsing(pb.LeaveRequest, lambda m: str(m.session_id)),
+        _request(pb.LeaveRequest, lambda m: str(m.session_id)),
         _serializing(lambda _: pb.LeaveResponse()),
         _parsing(pb.LeaveResponse, lambda _: None)),
 }
 RPCS["GetState"] = Rpc(
     _serializing(lambda session_id: pb.StateRequest(session_id=session_id)),
-    _parsing(pb.StateRequest, lambda m: str(m.session_id)),
+    _request(pb.StateRequest, lambda m: str(m.session_id)),
     _serializing(lambda state: pb.StateResponse(state=state)),
     _parsing(pb.StateResponse, lambda m: bytes(m.state)))
 RPCS["SetState"] = Rpc(
     _serializing(lambda r: pb.SetStateRequest(session_id=r.session_id, state=r.state)),
+    # A whole shard's state: bounded by the message limit, not the unary request bound; a
+    # server takes it only before it trained (core.set_state).
     _parsing(pb.SetStateRequest, lambda m: StateUpload(session_id=m.session_id,
                                                        state=bytes(m.state))),
     _serializing(lambda version: pb.SetStateResponse(version=version)),

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from paramserver import wire
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.serde.records import (
@@ -40,7 +42,8 @@ def _wrapper_decoder(
                 return wire.decode_chunk(body)
             if field == 1 and body is not None:
                 return header_from(header_type.FromString(body.tobytes()))
-        except (wire.WireError, ValueError) as exc:
+        except (wire.WireError, DecodeError, ValueError, TypeError, KeyError,
+                OverflowError) as exc:  # raising here would be INTERNAL, and applied
             return MalformedMessage(f"cannot decode {wrapper.__name__}: {exc}")
         return MalformedMessage(f"{wrapper.__name__} carries neither a header nor a chunk")
 
@@ -50,11 +53,14 @@ def _wrapper_decoder(
 class MalformedMessage:
     """Returned by deserializers instead of raising, so handlers can answer INVALID_ARGUMENT.
 
-    (An exception inside a grpc deserializer surfaces as INTERNAL with no useful message.)
+    (An exception inside a grpc deserializer surfaces as INTERNAL with no useful message,
+    and ends a client stream early, so what arrived before it would be applied.)
+    `too_large`: refused for its size (RESOURCE_EXHAUSTED), not its content.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, too_large: bool = False) -> None:
         self.reason = reason
+        self.too_large = too_large
 
 
 def encode_register_header(header: RegisterHeader) -> bytes:

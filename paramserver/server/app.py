@@ -71,6 +71,10 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
     `security`: TLS and how callers are authenticated (None: plaintext, no authentication,
     which a non-loopback `host` refuses unless `security.insecure`; see `auth.py`)."""
     hooks = hooks or ServerHooks()
+    if config.limits.max_long_polls >= max_threads:
+        raise ValueError(f"--max-long-polls {config.limits.max_long_polls} must stay below "
+                         f"the server's {max_threads} RPC threads, or waiting pulls could "
+                         "take them all")
     check_binding(host, security)
     # Authentication runs first, so no other interceptor sees an unauthenticated call.
     interceptors = [*([Authenticator(security)] if security and security.authenticates

@@ -13,17 +13,25 @@ fsync it, rename it to its final name, fsync the directory so the rename itself 
 power cut. A final name therefore only ever holds a complete file; a crash mid-save leaves at
 most a `*.tmp` file, which is never read (and is safe to delete when no save is running).
 Damage that happens anyway (disk errors, a bad copy) fails the checksum: `load_latest` skips
-such a file with a warning and falls back to the one before.
+such a file with a warning and falls back to the one before. So does any entry that is not
+a regular file (a directory or FIFO under a checkpoint's name is never opened for reading).
+
+With a key (`--checkpoint-key FILE`) the 32-byte digest is HMAC-SHA256(key, payload) and
+the format version is 2: a store with a key refuses unsigned files and files signed with
+another key, so a forged or tampered checkpoint is never loaded; a store without a key
+refuses signed files rather than trust them unchecked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import logging
 import os
 import re
+import stat
 import struct
 import tempfile
 from collections.abc import Callable
@@ -40,7 +48,9 @@ from paramserver.types import ModelLayout
 log = logging.getLogger(__name__)
 
 MAGIC = b"PSCKPT\r\n"  # the CR LF is mangled by text-mode copies, as in PNG's signature
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # digest: SHA-256 of the payload
+SIGNED_FORMAT_VERSION = 2  # digest: HMAC-SHA256 of the payload under the store's key
+MIN_KEY_BYTES = 16
 TEMP_SUFFIX = ".tmp"
 _HEADER = struct.Struct("<8sIQ32s")
 _NAME = re.compile(r"shard-(\d{4,})-v(\d{12,})\.ckpt")
@@ -82,9 +92,12 @@ class CheckpointStore:
     """
 
     def __init__(self, directory: Path, keep: int = 3, *, shard_index: int | None = None,
-                 before_write: BeforeWrite | None = None) -> None:
+                 before_write: BeforeWrite | None = None, key: bytes | None = None) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
+        if key is not None and len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"a checkpoint key needs at least {MIN_KEY_BYTES} bytes")
+        self.key = key
         self.directory = Path(directory)
         self.keep = keep
         self.shard_index = shard_index
@@ -108,7 +121,7 @@ class CheckpointStore:
             raise ValueError(f"this store holds shard {self.shard_index}, "
                              f"not shard {state.shard_index}")
         body = encode_state(state)
-        header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body), hashlib.sha256(body).digest())
+        header = _HEADER.pack(MAGIC, *_digest(body, self.key))
         final = self.directory / checkpoint_name(state.shard_index, state.version)
         fd, temp = tempfile.mkstemp(prefix=final.name + ".", suffix=TEMP_SUFFIX,
                                     dir=self.directory)
@@ -131,27 +144,51 @@ class CheckpointStore:
     def load_latest(self) -> ShardState | None:
         """The newest checkpoint that verifies, or None when there is none.
 
-        Each file skipped (torn, corrupt, unreadable) is logged as a warning naming it and why.
+        Each file skipped (torn, corrupt, unreadable, not a regular file) is logged as a
+        warning naming it and why. Files named for other shards are skipped likewise
+        unless one of them verifies: a directory holding valid checkpoints of several
+        shards is refused (ValueError) rather than guessed at.
         """
         listing = self._listing()
-        shards = sorted({shard for (_, shard), _ in listing})
-        if len(shards) > 1:
-            raise ValueError(f"{self.directory} holds checkpoints of shards {shards}: "
-                             "pass shard_index to CheckpointStore to pick one")
-        for _, path in listing:
-            try:
-                return read_checkpoint(path)
-            except CorruptCheckpoint as exc:
-                log.warning("skipping checkpoint %s: %s", path, exc)
-            except FileNotFoundError:
-                pass  # pruned by a concurrent save since we listed it
+        for index, (_, path) in enumerate(listing):
+            state = self._try_read(path)
+            if state is not None:
+                rivals = [(shard, p) for (_, shard), p in listing[index + 1:]
+                          if shard != state.shard_index]
+                self._refuse_other_shards(state.shard_index, rivals)
+                return state
         return None
+
+    def _try_read(self, path: Path) -> ShardState | None:
+        try:
+            return read_checkpoint(path, self.key)
+        except CorruptCheckpoint as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+        except FileNotFoundError:
+            pass  # pruned by a concurrent save since we listed it
+        except OSError as exc:  # unreadable: permissions, I/O error
+            log.warning("skipping checkpoint %s: %s", path, exc)
+        return None
+
+    def _refuse_other_shards(self, shard_index: int,
+                             others: list[tuple[int, Path]]) -> None:
+        """ValueError when any of `others` ((shard, path) of other shards' files) is a
+        valid checkpoint."""
+        for shard, path in others:
+            if self._try_read(path) is not None:
+                raise ValueError(
+                    f"{self.directory} holds checkpoints of shards "
+                    f"{sorted({shard_index, shard})}: pass shard_index to CheckpointStore "
+                    "to pick one, or give each shard its own directory")
 
     def _listing(self) -> list[tuple[tuple[int, int], Path]]:
         """((version, shard), path) of this store's checkpoint files, newest first."""
         found = []
         for path in self.directory.iterdir():
             if _NAME.fullmatch(path.name):
+                if not path.is_file():  # a directory, FIFO, socket: never opened
+                    log.warning("skipping %s: not a regular file", path)
+                    continue
                 shard, version = _parse_name(path)
                 if self.shard_index in (None, shard):
                     found.append(((version, shard), path))
@@ -166,23 +203,34 @@ class CheckpointStore:
                 old.unlink(missing_ok=True)  # a concurrent save may have pruned it already
 
 
-def read_checkpoint(path: Path) -> ShardState:
-    """Read and verify one checkpoint file; CorruptCheckpoint says what is wrong with it."""
-    data = path.read_bytes()
-    if len(data) < _HEADER.size:
-        raise CorruptCheckpoint(f"short file: {len(data)} bytes, the header alone is "
-                                f"{_HEADER.size}")
-    magic, fmt, length, checksum = _HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise CorruptCheckpoint(f"bad magic bytes {magic!r}, not a checkpoint")
-    if fmt != FORMAT_VERSION:
-        raise CorruptCheckpoint(f"format version {fmt}; this code reads {FORMAT_VERSION}")
-    body = data[_HEADER.size:]
-    if len(body) != length:
-        raise CorruptCheckpoint(f"payload is {len(body)} bytes, the header says {length} "
-                                "(torn or truncated write)")
-    if hashlib.sha256(body).digest() != checksum:
-        raise CorruptCheckpoint("payload checksum mismatch")
+def _digest(body: bytes, key: bytes | None) -> tuple[int, int, bytes]:
+    """(format version, length, digest) of a payload, signed when there is a key."""
+    if key is None:
+        return FORMAT_VERSION, len(body), hashlib.sha256(body).digest()
+    return SIGNED_FORMAT_VERSION, len(body), hmac.new(key, body, hashlib.sha256).digest()
+
+
+def _read_regular(path: Path) -> bytes:
+    """A regular file's bytes; CorruptCheckpoint for anything else, without blocking (a FIFO
+    is opened non-blocking and refused before any read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptCheckpoint("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read()
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: Path, key: bytes | None = None) -> ShardState:
+    """Read and verify one checkpoint file (its HMAC under `key`, when given);
+    CorruptCheckpoint says what is wrong with it."""
+    try:
+        data = _read_regular(path)
+    except IsADirectoryError:
+        raise CorruptCheckpoint("a directory, not a checkpoint file") from None
+    body = _verified_body(data, key)
     try:
         state = decode_state(body)
     except Exception as exc:  # a verified payload that will not decode is as unusable
@@ -191,6 +239,31 @@ def read_checkpoint(path: Path) -> ShardState:
         raise CorruptCheckpoint(f"holds shard {state.shard_index} version {state.version}, "
                                 "not what its name says")
     return state
+
+
+def _verified_body(data: bytes, key: bytes | None) -> bytes:
+    """The payload of a checkpoint file's bytes, once its header and digest verify."""
+    if len(data) < _HEADER.size:
+        raise CorruptCheckpoint(f"short file: {len(data)} bytes, the header alone is "
+                                f"{_HEADER.size}")
+    magic, fmt, length, checksum = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptCheckpoint(f"bad magic bytes {magic!r}, not a checkpoint")
+    if fmt not in (FORMAT_VERSION, SIGNED_FORMAT_VERSION):
+        raise CorruptCheckpoint(f"format version {fmt}; this code reads {FORMAT_VERSION} "
+                                f"and {SIGNED_FORMAT_VERSION}")
+    if key is not None and fmt != SIGNED_FORMAT_VERSION:
+        raise CorruptCheckpoint("unsigned, and --checkpoint-key requires signed checkpoints")
+    if key is None and fmt == SIGNED_FORMAT_VERSION:
+        raise CorruptCheckpoint("signed: start with its --checkpoint-key to load it")
+    body = data[_HEADER.size:]
+    if len(body) != length:
+        raise CorruptCheckpoint(f"payload is {len(body)} bytes, the header says {length} "
+                                "(torn or truncated write)")
+    if not hmac.compare_digest(_digest(body, key)[2], checksum):
+        raise CorruptCheckpoint("payload checksum mismatch" if key is None else
+                                "HMAC mismatch: forged, tampered, or signed with another key")
+    return body
 
 
 def encode_state(state: ShardState) -> bytes:

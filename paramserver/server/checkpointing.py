@@ -24,11 +24,11 @@ class ShardCheckpointer:
 
     def __init__(self, store: ParameterStore, members: Membership, ledger: PushLedger,
                  directory: Path, every: int = 0, reform_timeout_s: float = 60.0,
-                 before_write: BeforeWrite | None = None) -> None:
+                 before_write: BeforeWrite | None = None, key: bytes | None = None) -> None:
         self._store = store
         self._members = members
         self._ledger = ledger
-        self._files = CheckpointStore(directory, before_write=before_write)
+        self._files = CheckpointStore(directory, before_write=before_write, key=key)
         self._every = every
         self._reform_timeout_s = reform_timeout_s
         self._lock = threading.Lock()

@@ -9,6 +9,7 @@ from pathlib import Path
 from paramserver.codecs import CodecLimits
 from paramserver.federated.config import FederatedConfig
 from paramserver.optimizer import OptimizerConfig
+from paramserver.server.limits import ServerLimits
 from paramserver.transport import DEFAULT_CHUNK_BYTES
 from paramserver.types import Aggregation, Mode
 
@@ -52,8 +53,10 @@ class ServerConfig:
     unused_gradients: UnusedGradients = UnusedGradients.ZERO  # sync: see UnusedGradients
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 0  # steps between checkpoints (0: only on shutdown)
+    checkpoint_key: Path | None = None  # a file whose bytes key the checkpoints' HMAC
     reform_timeout_s: float = 60.0  # after a restart: wait this long for the old members
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # federated modes
+    limits: ServerLimits = field(default_factory=ServerLimits)  # what a request may cost
 
     def __post_init__(self) -> None:
         if self.expected_workers < 1:
@@ -61,7 +64,7 @@ class ServerConfig:
         if min(self.lease_s, self.sync_quorum, self.staleness, self.reform_timeout_s) < 0:
             raise ValueError("--lease-timeout, --sync-quorum, --staleness and "
                              "--reform-timeout must be >= 0")
-        if self.checkpoint_every and self.checkpoint_dir is None:
-            raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        if (self.checkpoint_every or self.checkpoint_key) and self.checkpoint_dir is None:
+            raise ValueError("--checkpoint-every and --checkpoint-key need --checkpoint-dir")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes}")

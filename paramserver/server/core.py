@@ -10,6 +10,7 @@ Pushes are checked by `intake.PushIntake`, applied by the mode's update policy
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from paramserver.server.checkpointing import ShardCheckpointer
 from paramserver.server.config import ServerConfig
 from paramserver.server.intake import PushIntake
 from paramserver.server.ledger import PushLedger
+from paramserver.server.limits import LongPolls
 from paramserver.server.membership import Membership
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
@@ -58,10 +60,13 @@ class ParameterServerCore:
                  before_checkpoint_write: BeforeWrite | None = None) -> None:
         self.config = config
         self.store = ParameterStore(config.optimizer)
-        self.members = Membership(config.mode, config.expected_workers, config.lease_s, clock)
+        self.members = Membership(config.mode, config.expected_workers, config.lease_s, clock,
+                                  max_sessions=config.limits.max_sessions,
+                                  member_idle_s=config.limits.member_idle_s)
+        self._long_polls = LongPolls(config.limits.max_long_polls)
         self.ledger = PushLedger()
         pool = BufferPool()
-        self._parts = PartAssembler(pool)
+        self._parts = PartAssembler(pool, config.limits.max_held_part_bytes)
         self.policy: UpdatePolicy = make_policy(PolicyContext(
             store=self.store, members=self.members, pool=pool, config=config, clock=clock))
         self._intake = PushIntake(config=config, store=self.store, members=self.members,
@@ -70,7 +75,9 @@ class ParameterServerCore:
         self._checkpoints = (
             ShardCheckpointer(self.store, self.members, self.ledger, config.checkpoint_dir,
                               config.checkpoint_every, config.reform_timeout_s,
-                              before_checkpoint_write)
+                              before_checkpoint_write,
+                              config.checkpoint_key.read_bytes() if config.checkpoint_key
+                              else None)
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0
@@ -92,6 +99,9 @@ class ParameterServerCore:
         session holds the worker id (two processes with one RANK). `caller` (None: no
         authentication) owns the session; it may only open one under its own name
         (`security/roles.py`)."""
+        self.config.limits.check_worker_id(worker_id)
+        self.config.limits.check_offers(push_offers)
+        self.config.limits.check_offers(pull_offers)
         check_handshake(caller, worker_id, role)
         if world_size is not None and role is Role.WORKER:
             self._check_job_size(worker_id, world_size, rejoin=held_version is not None)
@@ -156,12 +166,19 @@ class ParameterServerCore:
         self.members.touch(session_id, caller)
         return self.store.version
 
-    def join_round(self, session_id: str, round_: int, timeout_s: float, *,
+    def join_round(self, session_id: str, round_: int, timeout_s: float,
+                   cancelled: threading.Event | None = None, *,
                    caller: Principal | None = None) -> RoundJoin:
-        """Federated: wait for round >= `round_`; whether this client is sampled for it."""
+        """Federated: wait for round >= `round_`; whether this client is sampled for it.
+        `cancelled`: set when the caller went away (the wait then ends; see `wake`)."""
         record = self.members.require_worker(session_id, caller)
-        return self.policy.join_round(record.worker_id, round_,
-                                      min(timeout_s, self.config.max_wait_s))
+        with self._long_polls.poll("JoinRound", cancelled) as poll:
+            return self.policy.join_round(record.worker_id, round_,
+                                          min(timeout_s, self.config.max_wait_s), poll)
+
+    def wake(self) -> None:
+        """Make every long poll re-check its condition (a call was cancelled)."""
+        self.store.wake()
 
     def leave(self, session_id: str, *, caller: Principal | None = None) -> None:
         """A worker that is done: drop its session so no step waits for it (only the
@@ -187,8 +204,9 @@ class ParameterServerCore:
         if formed:
             log.warning("the job re-formed at step %d without %s (--reform-timeout)",
                         self.store.version, list(awaited))
-        if evicted or formed:
-            self.policy.members_changed()
+        # Every tick, not only on evictions: a worker that stops pushing leaves the set a
+        # step waits for once --member-idle-timeout passes, with no event to say so.
+        self.policy.members_changed()
         self.policy.tick()
         self._maybe_checkpoint()
         self._log_long_wait()
@@ -240,6 +258,7 @@ class ParameterServerCore:
         layout = header.layout
         if layout is None:
             raise InvalidArgument("register header carries an empty layout")
+        self.config.limits.check_layout(layout)  # before the plan or any buffer is made
         # A client that sends no plan (one server, or a foreign client) holds the whole model.
         plan = header.plan or plan_partition(layout, 1)
         if plan.shard_layout(header.shard_index) != layout:
@@ -248,6 +267,7 @@ class ParameterServerCore:
         with self.store.lock:
             if self.store.layout is not None:
                 self.store.require_same_model(layout, plan, header.shard_index)
+                self.members.mark_active(header.session_id)  # joined: a member from now on
                 return Registration(created=False, version=self.store.version,
                                     layout=self.store.layout)
         if not header.values_follow:
@@ -256,6 +276,7 @@ class ParameterServerCore:
         assembler = TensorAssembler(layout.tensors)
         drain_chunks(stream, assembler, "register")
         created = self.store.create(layout, assembler.finish(), plan, header.shard_index)
+        self.members.mark_active(header.session_id)
         if created:
             log.info("model registered: shard %d of %d, %d tensors, %d bytes",
                      header.shard_index, plan.num_shards, len(layout.tensors), layout.nbytes)
@@ -271,23 +292,26 @@ class ParameterServerCore:
         return result
 
     def pull(self, session_id: str, min_version: int, names: list[str],
-             timeout_s: float, held_version: int = -1, *,
-             caller: Principal | None = None) -> Iterator[bytes]:
+             timeout_s: float, cancelled: threading.Event | None = None,
+             held_version: int = -1, *, caller: Principal | None = None) -> Iterator[bytes]:
         """Encoded PullResponse messages: a header, then each tensor's chunks.
 
         In sync mode a member's pull is version-consistent as a whole, since the version
         cannot advance before that member pushes again; an async pull may span updates
-        (Hogwild). SSP holds a worker's pull while it is too far ahead. With a delta pull
-        codec the answer is the change since `held_version` (see `pull_streams.py`).
+        (Hogwild). SSP holds a worker's pull while it is too far ahead. A pull that has to
+        wait takes one of `--max-long-polls` slots, and ends once `cancelled` is set. With a
+        delta pull codec the answer is the change since `held_version` (`pull_streams.py`).
         """
         record = self.members.touch(session_id, caller)
         specs = self._pulled_specs(names)
+        _check_pull_codec(record.pull_encoder, specs)
         timeout_s = min(timeout_s, self.config.max_wait_s)
         started = time.monotonic()
-        if record.role is Role.WORKER:
-            self.policy.wait_turn(record.worker_id, timeout_s)
-        version = self.store.wait_for_version(min_version,
-                                              timeout_s - (time.monotonic() - started))
+        with self._long_polls.poll("Pull", cancelled) as poll:
+            if record.role is Role.WORKER:
+                self.policy.wait_turn(record.worker_id, timeout_s, poll)
+            version = self.store.wait_for_version(
+                min_version, timeout_s - (time.monotonic() - started), poll)
         codec = record.pull_encoder
         if codec.spec.name in DELTA_PULL_CODECS:
             served = self.pull_streams.for_codec(codec).serve(self.store, specs, held_version)
@@ -304,14 +328,15 @@ class ParameterServerCore:
             raise NotFound(f"unknown tensors {missing}")
         return tuple(by_name[n] for n in names)
 
-    def get_state(self, session_id: str) -> bytes:
+    def get_state(self, session_id: str, *, caller: Principal | None = None) -> bytes:
         """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""
-        self.members.touch(session_id)
+        self.members.touch(session_id, caller)
         return read_state(self.store)
 
-    def set_state(self, session_id: str, blob: bytes) -> int:
+    def set_state(self, session_id: str, blob: bytes, *,
+                  caller: Principal | None = None) -> int:
         """Install a worker's checkpoint on this fresh shard; the version it holds."""
-        self.members.require_worker(session_id)
+        self.members.require_worker(session_id, caller)
         version = install_state(self.store, blob, self.policy.report().pending_pushes)
         log.info("state of version %d installed by a worker (%s)", version,
                  self.store.state_hash()[:12])
@@ -331,3 +356,15 @@ class ParameterServerCore:
     def close(self) -> None:
         """Wake every waiter with UNAVAILABLE; called on shutdown."""
         self.store.close()
+
+
+def _check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:
+    """The 16-bit pull codecs carry floating-point tensors only: refuse the others up front
+    instead of failing halfway through the stream."""
+    if codec.spec.name == "none":
+        return
+    wrong = [s.name for s in specs if not s.dtype.is_floating_point]
+    if wrong:
+        raise InvalidArgument(f"tensors {wrong[:8]} are not floating-point, and this "
+                              f"session's pull codec {codec.spec} carries only floating-point "
+                              "values: pull them by name from a session with pull codec none")

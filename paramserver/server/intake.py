@@ -10,34 +10,40 @@ which may still refuse it (federated screening) before applying anything:
  3. a sequenced push (sequence > 0) comes from the session's own incarnation
                                                                   [FAILED_PRECONDITION]
  4. the push ledger: a retry of an answered push gets the first answer again (not
-    applied twice); a replayed older sequence [ABORTED]; a fenced incarnation
+    applied twice); a replayed older sequence [ABORTED]; a fenced incarnation, or a
+    sequence that does not advance by exactly one (1 opens an incarnation)
                                                                   [FAILED_PRECONDITION]
  5. a model is registered [FAILED_PRECONDITION]; every tensor is known [NOT_FOUND] with
-    its registered shape and dtype, listed once                        [INVALID_ARGUMENT]
+    its registered shape and dtype, listed once, and floating-point    [INVALID_ARGUMENT]
  6. the part fits the session's open push (same step, no tensor twice)
                                               [FAILED_PRECONDITION / INVALID_ARGUMENT]
  7. weighted aggregation: num_samples > 0 on the closing part; its step options (lr,
     max_grad_norm, grad_scale) finite, lr >= 0, the others > 0        [INVALID_ARGUMENT]
  8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
- 9. chunks arrive in order, without gaps, within the codec's size bound [INVALID_ARGUMENT]
-10. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+ 9. a part that is not the last fits, at its largest, in the bytes every session's held
+    parts may take (--max-held-part-bytes)                           [RESOURCE_EXHAUSTED]
+10. chunks arrive in order, without gaps, within the codec's size bound, and nothing
+    but chunks follows the header (an undecodable message included)   [INVALID_ARGUMENT]
+11. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+12. on the closing part, every decoded value of the whole push (held parts included) is
+    finite: one poisoned gradient would spread to the whole model in one step. A push
+    whose loop found inf/NaN itself (GradScaler: `found_inf`) is let through, as its step
+    is skipped anyway; its model buffers must still be finite          [INVALID_ARGUMENT]
 
-Then model buffers in the push (BatchNorm statistics, names under BUFFER_PREFIX) are
-written to the store as values (rank 0's win, as under DDP), and a loss-scaled push
-(grad_scale, AMP) is divided by its scale, all parts together, before the policy sees it
-(unless it found inf/NaN: that step is skipped anyway).
+From check 8 on the session counts as an active member (`Membership.mark_active`): one a
+sync step waits for. After check 12, model buffers in the push (BatchNorm statistics,
+names under BUFFER_PREFIX) are written to the store as values (rank 0's win, as under DDP),
+and a loss-scaled push (grad_scale, AMP) is divided by its scale, all parts together,
+before the policy sees it (unless it found inf/NaN: that step is skipped anyway).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 
-import torch
-
-from paramserver.codecs import Codec, CodecError, Update
+from paramserver.codecs import Codec, Update
 from paramserver.codecs.base import to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.security.roles import Principal
@@ -55,6 +61,12 @@ from paramserver.server.membership import Membership, SessionRecord
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import ReceivedPush, UpdatePolicy
 from paramserver.server.policies.step_rules import unscale
+from paramserver.server.push_checks import (
+    check_floating,
+    check_options,
+    decode,
+    require_finite,
+)
 from paramserver.server.store import ParameterStore
 from paramserver.types import (
     BUFFER_PREFIX,
@@ -62,7 +74,6 @@ from paramserver.types import (
     PushHeader,
     PushResult,
     StepOptions,
-    TensorSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -108,33 +119,49 @@ class PushIntake:
     def _receive_new(self, header: PushHeader, record: SessionRecord,
                      stream: Iterator[object]) -> PushResult:
         check_specs(header.tensors, self._store.require_layout().by_name())  # 5
+        check_floating(header.tensors)
         self._parts.check(header.session_id, header.step, [s.name for s in header.tensors])  # 6
         weight = 1.0 if header.more_parts else self._weight_of(header)  # 7
         if not header.more_parts and header.options is not None:
-            _check_options(header.options)  # 7
+            check_options(header.options)  # 7
         self._policy.check_step(record.worker_id, header.step)  # 8
-        with PooledBuffers(self._pool) as buffers:
-            updates = self._read_updates(header, record.push_decoder, stream, buffers)  # 9, 10
-            if header.more_parts:
-                self._parts.hold(header.session_id, header.step, updates, buffers)
-                return PushResult(version=self._store.version, applied=False)
-            updates = self._parts.close(header.session_id, header.step, updates, buffers)
-            self._write_buffers(updates)
-            options = header.options or StepOptions()
-            if not options.found_inf:
-                unscale(updates, options.grad_scale)
-            result = self._policy.submit(ReceivedPush(
-                worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
-                buffers=buffers, momentum_applied=header.momentum_applied, options=options))
+        self._members.mark_active(header.session_id)
+        codec = record.push_decoder
+        limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
+        reserved = sum(limits) if header.more_parts else 0
+        self._parts.reserve(reserved)  # 9
+        try:
+            with PooledBuffers(self._pool) as buffers:
+                updates = self._read_updates(header, codec, limits, stream, buffers)  # 10, 11
+                if header.more_parts:
+                    self._parts.hold(header.session_id, header.step, updates, buffers,
+                                     reserved)
+                    reserved = 0  # held now: counted until the push closes
+                    return PushResult(version=self._store.version, applied=False)
+                return self._submit(header, record, weight, updates, buffers)
+        finally:
+            self._parts.unreserve(reserved)
+
+    def _submit(self, header: PushHeader, record: SessionRecord, weight: float,
+                updates: dict[str, Update], buffers: PooledBuffers) -> PushResult:
+        """The closing part: merged with the held ones, handed to the update policy."""
+        updates = self._parts.close(header.session_id, header.step, updates, buffers)
+        options = header.options or StepOptions()
+        require_finite(updates, skip_gradients=options.found_inf)  # 12
+        self._write_buffers(updates)
+        if not options.found_inf:
+            unscale(updates, options.grad_scale)
+        result = self._policy.submit(ReceivedPush(
+            worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
+            buffers=buffers, momentum_applied=header.momentum_applied, options=options))
         self._members.count_push(header.session_id)
         return result
 
-    def _read_updates(self, header: PushHeader, codec: Codec, stream: Iterator[object],
-                      buffers: PooledBuffers) -> dict[str, Update]:
-        limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
+    def _read_updates(self, header: PushHeader, codec: Codec, limits: list[int],
+                      stream: Iterator[object], buffers: PooledBuffers) -> dict[str, Update]:
         assembler = TensorAssembler(header.tensors, buffers, limits)
         drain_chunks(stream, assembler, "push")
-        return {spec.name: _decode(codec, spec, payload)
+        return {spec.name: decode(codec, spec, payload)
                 for spec, payload in zip(header.tensors, assembler.finish_payloads())}
 
     def _write_buffers(self, updates: dict[str, Update]) -> None:
@@ -155,21 +182,3 @@ class PushIntake:
             raise InvalidArgument(f"weighted aggregation needs num_samples > 0, "
                                   f"got {header.num_samples}")
         return float(header.num_samples)
-
-
-def _check_options(options: StepOptions) -> None:
-    bad = [f"{name}={value}" for name, value, least in (
-               ("lr", options.lr, 0.0), ("max_grad_norm", options.max_grad_norm, 1e-300),
-               ("grad_scale", options.grad_scale, 1e-300))
-           if value is not None and not (value >= least and math.isfinite(value))]
-    if bad:
-        raise InvalidArgument("step options must be finite, lr >= 0, max_grad_norm and "
-                              f"grad_scale > 0: got {', '.join(bad)}")
-
-
-def _decode(codec: Codec, spec: TensorSpec, payload: torch.Tensor) -> Update:
-    try:
-        return codec.decode(payload, spec.numel, spec.dtype)
-    except CodecError as error:
-        raise InvalidArgument(f"tensor {spec.name!r}: payload does not decode under codec "
-                              f"{codec.spec}: {error}") from None

@@ -37,8 +37,11 @@ class PushLedger:
               timeout_s: float) -> PushResult | None:
         """None: process this push (now marked in flight). Otherwise the earlier answer.
 
-        Raises FAILED_PRECONDITION for a fenced incarnation and ABORTED for a replayed older
-        sequence; both leave the state untouched.
+        Raises FAILED_PRECONDITION for a fenced incarnation or a sequence that does not
+        advance by exactly one (a new incarnation starts at 1), and ABORTED for a replayed
+        older sequence; all leave the ledger and the state untouched. Without the exact
+        step, one forged push with sequence 2**64-1 would make every later push of the
+        worker a "replay" (issue #13).
         """
         if sequence == 0:
             return None
@@ -50,8 +53,11 @@ class PushLedger:
                     raise FailedPrecondition(
                         f"worker {worker_id!r} incarnation {incarnation} is fenced off: "
                         f"incarnation {entry.incarnation} replaced it; handshake again")
-                if entry is None or incarnation > entry.incarnation or sequence > entry.sequence:
-                    self._entries[worker_id] = Entry(incarnation, sequence, None, True)
+                if entry is None or incarnation > entry.incarnation:
+                    self._start(worker_id, incarnation, sequence, expected=1)
+                    return None
+                if sequence > entry.sequence:
+                    self._start(worker_id, incarnation, sequence, entry.sequence + 1)
                     return None
                 if sequence < entry.sequence:
                     raise Aborted(f"push sequence {sequence} of worker {worker_id!r} replays an "
@@ -66,6 +72,16 @@ class PushLedger:
                     raise DeadlineExceeded(f"push {sequence} of worker {worker_id!r} is still "
                                            "being applied; retry")
                 self._changed.wait(remaining)
+
+    def _start(self, worker_id: str, incarnation: int, sequence: int,
+               expected: int) -> None:
+        """Mark a new push in flight (caller holds `_changed`)."""
+        if sequence != expected:
+            raise FailedPrecondition(
+                f"push sequence {sequence} of worker {worker_id!r} incarnation {incarnation}: "
+                f"expected {expected} (sequences advance by one per push, from 1 in each "
+                "incarnation); handshake again")
+        self._entries[worker_id] = Entry(incarnation, sequence, None, True)
 
     def finish(self, worker_id: str, incarnation: int, sequence: int,
                result: PushResult | None) -> None:

@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from paramserver.codecs import Codec, make_codec
-from paramserver.errors import FailedPrecondition, InvalidArgument, SessionExpired
+from paramserver.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    SessionExpired,
+)
 from paramserver.security.roles import Principal, check_owner, printable
 from paramserver.status import WorkerInfo
 from paramserver.types import CodecSpec, Mode, Role
@@ -42,6 +47,7 @@ class SessionRecord:
     last_seen: float = field(default_factory=time.monotonic)
     pushes: int = 0
     owner: str | None = None  # the credential that opened it (None: no authentication)
+    last_active: float | None = None  # the last register or push; None: handshake only
     push_decoder: Codec = field(init=False)  # decodes this session's pushes
     pull_encoder: Codec = field(init=False)  # encodes this session's pulls
 
@@ -54,15 +60,20 @@ class Membership:
     """Open sessions by id; `_lock` guards every field and every record."""
 
     def __init__(self, mode: Mode, expected_workers: int, lease_s: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, max_sessions: int = 1024,
+                 member_idle_s: float = 0.0) -> None:
         self._expected = expected_workers
         self.lease_s = lease_s  # 0: nobody is ever evicted
+        self._max_sessions = max_sessions
+        self._idle_s = member_idle_s  # 0: an active worker stays one until it leaves
         self._clock = clock
         self._sessions: dict[str, SessionRecord] = {}
         self._incarnations: dict[str, int] = {}  # worker_id -> last incarnation handed out
         self._expired: OrderedDict[str, str] = OrderedDict()  # session_id -> why
         self._formed = mode not in (Mode.SYNC, Mode.FEDERATED)  # these wait for N workers
         self._reforms = mode in (Mode.SYNC, Mode.SSP, Mode.FEDERATED)  # after a restart
+        self._form_on_activity = mode in (Mode.SYNC, Mode.SSP)
+        self._active: dict[str, float] = {}  # worker_id -> its last register or push
         self._awaited: frozenset[str] = frozenset()  # re-forming: the members it had
         self._reform_deadline: float | None = None  # re-forming until then
         self.evictions: list[str] = []  # "worker@step", oldest first
@@ -80,6 +91,9 @@ class Membership:
             for old in [s for s, r in self._sessions.items()
                         if r.worker_id == worker_id and r.role is role]:
                 self._forget(old, f"worker {printable(worker_id)!r} opened a newer session")
+            if len(self._sessions) >= self._max_sessions:
+                raise ResourceExhausted(f"this server has {len(self._sessions)} open sessions, "
+                                        "its limit (--max-sessions); retry later")
             incarnation = self._incarnations.get(worker_id, 0) + 1
             if role is Role.WORKER:
                 self._incarnations[worker_id] = incarnation
@@ -120,21 +134,21 @@ class Membership:
             return record
 
     def evict_silent(self, step: int) -> list[SessionRecord]:
-        """Evict every worker whose lease ran out; returns them."""
+        """Evict every session (worker or observer) whose lease ran out; returns the
+        workers among them (observers hold no state anyone waits for)."""
         if self.lease_s <= 0:
             return []
         now = self._clock()
         with self._lock:
-            silent = [r for r in self._sessions.values()
-                      if r.role is Role.WORKER and now - r.last_seen > self.lease_s]
+            silent = [r for r in self._sessions.values() if now - r.last_seen > self.lease_s]
             for record in silent:
                 self._forget(record.session_id,
-                             f"worker {printable(record.worker_id)!r} (incarnation "
-                             f"{record.incarnation}) "
-                             f"was evicted at step {step} after {now - record.last_seen:.1f}s "
-                             "without a heartbeat")
-                self.evictions.append(f"{record.worker_id}@{step}")
-            return silent
+                             f"{record.role.value} {printable(record.worker_id)!r} "
+                             f"(incarnation {record.incarnation}) was evicted at step {step} "
+                             f"after {now - record.last_seen:.1f}s without a heartbeat")
+                if record.role is Role.WORKER:
+                    self.evictions.append(f"{record.worker_id}@{step}")
+            return [r for r in silent if r.role is Role.WORKER]
 
     def _forget(self, session_id: str, why: str) -> None:
         del self._sessions[session_id]
@@ -147,15 +161,47 @@ class Membership:
     def _workers(self) -> set[str]:
         return {r.worker_id for r in self._sessions.values() if r.role is Role.WORKER}
 
+    def _members(self) -> set[str]:
+        """The workers that form a job: in sync and SSP those with a session whose worker
+        id registered or pushed (in any incarnation; a restored job's members count as
+        such), so a fresh id that only handshakes does not; federated rounds sample every
+        client with a session, and their timeouts bound a round's wait."""
+        return {r.worker_id for r in self._sessions.values()
+                if r.role is Role.WORKER and (r.worker_id in self._active
+                                              or not self._form_on_activity)}
+
     def live_workers(self) -> set[str]:
         with self._lock:
             return self._workers()
+
+    def blocking_workers(self) -> set[str]:
+        """The live workers a sync step or an SSP pull waits for: those whose worker id
+        registered or pushed within `member_idle_s`. A worker that rejoins (a new
+        incarnation) is waited for from its handshake on, as before; a session of a new id
+        that only handshakes and heartbeats (a "ghost") never makes a job wait (#13)."""
+        now = self._clock()
+        with self._lock:
+            return {r.worker_id for r in self._sessions.values()
+                    if r.role is Role.WORKER and r.worker_id in self._active
+                    and (not self._idle_s or now - self._active[r.worker_id] <= self._idle_s)}
+
+    def mark_active(self, session_id: str) -> None:
+        """The session registered or is pushing: a member that steps wait for."""
+        with self._lock:
+            record = self._sessions.get(session_id)
+            if record is not None:
+                record.last_active = self._active[record.worker_id] = self._clock()
+                if len(self._active) > EXPIRED_MEMORY:  # forget the longest idle ids
+                    for worker_id in sorted(self._active, key=self._active.__getitem__)[
+                            :EXPIRED_MEMORY // 2]:
+                        del self._active[worker_id]
+                self._update_formed()
 
     def _update_formed(self) -> bool:
         """Form the job if its rule is met now; True when this call formed it."""
         if self._formed:
             return False
-        workers = self._workers()
+        workers = self._members()
         if self._reform_deadline is None:
             self._formed = len(workers) >= self._expected
         elif self._awaited:
@@ -185,6 +231,9 @@ class Membership:
             return
         with self._lock:
             self._awaited = frozenset(members)
+            now = self._clock()
+            for member in self._awaited:  # the job's members before the restart
+                self._active.setdefault(member, now)
             self._reform_deadline = self._clock() + timeout_s
             self._formed = False
             self._update_formed()
@@ -194,7 +243,7 @@ class Membership:
         with self._lock:
             if self._formed:
                 return ()
-            return tuple(sorted(self._awaited - self._workers()))
+            return tuple(sorted(self._awaited - self._members()))
 
     def incarnations(self) -> dict[str, int]:
         with self._lock:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from typing import NoReturn, TypeVar
 
 import grpc
 
 from paramserver import serde
-from paramserver.errors import InvalidArgument, ParamServerError
+from paramserver.errors import InvalidArgument, ParamServerError, ResourceExhausted
 from paramserver.server.auth import caller_of
 from paramserver.server.core import ParameterServerCore
 from paramserver.status import ServerStatus
@@ -56,10 +57,25 @@ def _abort_on_error(context: grpc.ServicerContext, method: str) -> Iterator[None
 
 
 def _parsed(request: T) -> T:
-    """A unary request record, or InvalidArgument when its bytes did not parse."""
+    """A unary request record; InvalidArgument when its bytes did not parse,
+    ResourceExhausted when there were too many of them."""
     if isinstance(request, serde.MalformedMessage):
-        raise InvalidArgument(request.reason)
+        raise (ResourceExhausted if request.too_large else InvalidArgument)(request.reason)
     return request
+
+
+def _cancellation(context: grpc.ServicerContext, core: ParameterServerCore) -> threading.Event:
+    """An event set when the call ends (a client that cancels, or goes away), after which
+    the core wakes its long polls: a cancelled wait frees its thread at once (issue #13)."""
+    ended = threading.Event()
+
+    def on_end() -> None:
+        ended.set()
+        core.wake()
+
+    if not context.add_callback(on_end):  # already over
+        ended.set()
+    return ended
 
 
 def _time_left(context: grpc.ServicerContext, ceiling: float) -> float:
@@ -100,7 +116,8 @@ class ParameterServerServicer:
             yield from self.core.pull(request.session_id, request.min_version,
                                       list(request.tensors),
                                       _time_left(context, self.core.config.max_wait_s),
-                                      request.held_version, caller=caller_of(context))
+                                      _cancellation(context, self.core), request.held_version,
+                                      caller=caller_of(context))
 
     def Status(self, include_state_hash: bool, context: grpc.ServicerContext) -> ServerStatus:
         with _abort_on_error(context, "Status"):
@@ -115,6 +132,7 @@ class ParameterServerServicer:
             request = _parsed(request)
             return self.core.join_round(request.session_id, request.round,
                                         _time_left(context, self.core.config.max_wait_s),
+                                        _cancellation(context, self.core),
                                         caller=caller_of(context))
 
     def Leave(self, session_id: str, context: grpc.ServicerContext) -> None:
@@ -123,12 +141,13 @@ class ParameterServerServicer:
 
     def GetState(self, session_id: str, context: grpc.ServicerContext) -> bytes:
         with _abort_on_error(context, "GetState"):
-            return self.core.get_state(_parsed(session_id))
+            return self.core.get_state(_parsed(session_id), caller=caller_of(context))
 
     def SetState(self, upload: StateUpload, context: grpc.ServicerContext) -> int:
         with _abort_on_error(context, "SetState"):
             upload = _parsed(upload)
-            return self.core.set_state(upload.session_id, upload.state)
+            return self.core.set_state(upload.session_id, upload.state,
+                                       caller=caller_of(context))
 
 
 _HANDLER_KINDS = {

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from paramserver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from paramserver.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 from paramserver.optimizer import OptimizerConfig
+from paramserver.server.limits import LongPoll
 from paramserver.sharding import PartitionPlan
 from paramserver.types import BUFFER_PREFIX, ModelLayout, TensorSpec
 
@@ -50,6 +51,8 @@ class ParameterStore:
         self._optimizer_config = optimizer
         self._optimizer: torch.optim.Optimizer | None = None
         self._closed = False
+        self._hash_lock = threading.Lock()  # one state hash at a time
+        self._hashed: tuple[int, str] | None = None  # (version, its state hash)
 
     def create(self, layout: ModelLayout, values: Mapping[str, torch.Tensor],
                plan: PartitionPlan, shard_index: int) -> bool:
@@ -67,6 +70,7 @@ class ParameterStore:
             self._optimizer = self._optimizer_config.build(self.params.values())
             self.layout = layout
             self.version = 0
+            self._hashed = None
             self.lock.notify_all()
             return True
 
@@ -107,6 +111,7 @@ class ParameterStore:
         """
         with self.lock:
             assert self._optimizer is not None
+            self._check_grads(grads)
             for name, param in self.params.items():
                 grad = grads.get(name)
                 param.grad = None if grad is None else grad.view(param.shape)
@@ -138,6 +143,19 @@ class ParameterStore:
                     raise FailedPrecondition(f"{name!r} is a parameter, not a buffer")
                 self.params[name].view(-1).copy_(value.view(-1))
 
+    def _check_grads(self, grads: Mapping[str, torch.Tensor]) -> None:
+        """Refuse, before any parameter moves, what the optimizer would fail on halfway."""
+        for name, grad in grads.items():
+            param = self.params.get(name)
+            if param is None:
+                raise InvalidArgument(f"no parameter named {name!r}")
+            if not param.dtype.is_floating_point:
+                raise InvalidArgument(f"tensor {name!r} is {param.dtype}: only floating-point "
+                                      "parameters take gradients")
+            if grad.numel() != param.numel() or grad.dtype != param.dtype:
+                raise InvalidArgument(f"gradient of {name!r} is {grad.dtype}[{grad.numel()}], "
+                                      f"the parameter {param.dtype}[{param.numel()}]")
+
     def snapshot(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
         """A consistent copy of version, parameters and optimizer state (for checkpoints)."""
         with self.lock:
@@ -158,10 +176,13 @@ class ParameterStore:
             self._optimizer.load_state_dict(optimizer_state)
             self.layout = layout
             self.version = version
+            self._hashed = None
             self.lock.notify_all()
 
-    def wait_for_version(self, min_version: int, timeout_s: float) -> int:
-        """Block until version >= min_version; DeadlineExceeded after timeout_s."""
+    def wait_for_version(self, min_version: int, timeout_s: float,
+                         poll: LongPoll | None = None) -> int:
+        """Block until version >= min_version; DeadlineExceeded after timeout_s. `poll`
+        (when given) is told before each wait: it may refuse (no slot, call cancelled)."""
         deadline = time.monotonic() + timeout_s
         with self.lock:
             while self.version < min_version or self.layout is None:
@@ -172,8 +193,15 @@ class ParameterStore:
                     raise DeadlineExceeded(
                         f"version {min_version} not reached within {timeout_s:.1f}s "
                         f"(server is at version {self.version})")
+                if poll is not None:
+                    poll.before_wait()
                 self.lock.wait(remaining)
             return self.version
+
+    def wake(self) -> None:
+        """Wake every waiter so it re-checks its condition (a call was cancelled)."""
+        with self.lock:
+            self.lock.notify_all()
 
     def byte_view(self, name: str) -> memoryview:
         """The raw little-endian bytes of one parameter; read it only under `lock`."""
@@ -181,9 +209,20 @@ class ParameterStore:
         return memoryview(flat.view(torch.uint8).numpy().data)
 
     def state_hash(self) -> str:
-        """`state_digest` of the current version and parameters."""
-        with self.lock:
-            return state_digest(self.version, self.params)
+        """`state_digest` of the current version and parameters.
+
+        Hashing a large model takes long (about 0.5 s per GiB), so it runs on a copy taken
+        under the lock, one at a time (`_hash_lock`), and is remembered per version: callers
+        that ask in a loop cost a push at most one copy per version (issue #13)."""
+        with self._hash_lock:
+            with self.lock:
+                version = self.version
+                if self._hashed is not None and self._hashed[0] == version:
+                    return self._hashed[1]
+                copies = {name: param.detach().clone() for name, param in self.params.items()}
+            digest = state_digest(version, copies)
+            self._hashed = (version, digest)
+            return digest
 
     @property
     def closed(self) -> bool:

@@ -560,9 +560,10 @@ def test_a_state_is_not_loaded_onto_servers_that_trained(server: Callable[..., s
 # ---- the same recipe under a real DDP run (gloo, two processes) ----------------------------
 
 
-def _ddp_rank(rank: int, port: int, out: str) -> None:
+def _ddp_rank(rank: int, rendezvous: str, out: str) -> None:
     """One DDP rank of the unused-branch recipe (find_unused_parameters=True)."""
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+    # A file rendezvous: no port picked in advance that another process could take first.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}",
                                          rank=rank, world_size=2)
     try:
         model = nn.parallel.DistributedDataParallel(Net(), find_unused_parameters=True)
@@ -580,11 +581,9 @@ def _ddp_rank(rank: int, port: int, out: str) -> None:
 
 def test_unused_branch_matches_a_real_ddp_run(server: Callable[..., str],
                                               tmp_path: Any) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
-    torch.multiprocessing.spawn(_ddp_rank, args=(port, out), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_ddp_rank, args=(str(tmp_path / "rendezvous"), out), nprocs=2,
+                                join=True)
     ddp = torch.load(out, weights_only=True)
 
     def loop(rank: int, model: Net, ps: AttachedModel) -> None:

@@ -156,6 +156,7 @@ def test_sync_job_forms_with_expected_workers_then_others_may_join() -> None:
     s2 = core.handshake("b", Role.WORKER, [], []).session_id
     assert core.push(iter(push_stream(s2, 0, {"b": torch.ones(3)}))).applied
     s3 = core.handshake("c", Role.WORKER, [], []).session_id  # joins the running job
+    core.register(iter(register_stream(s3, INIT, with_values=False)))  # a member from here
     core.handshake("viewer", Role.OBSERVER, [], [])  # observers never count
     for session in (s1, s2):
         assert not core.push(iter(push_stream(session, 1, {"b": torch.ones(3)}))).applied

@@ -34,6 +34,9 @@ def test_silent_workers_are_evicted_and_their_sessions_expire() -> None:
     members = Membership(Mode.SYNC, 2, lease_s=2.0, clock=clock)
     a = members.open("a", Role.WORKER, NONE, NONE)
     b = members.open("b", Role.WORKER, NONE, NONE)
+    assert not members.formed  # a handshake alone makes no member (issue #13)
+    for record in (a, b):
+        members.mark_active(record.session_id)  # as Register or a push does
     assert members.formed and members.live_workers() == {"a", "b"}
     clock.now += 1.5
     members.touch(a.session_id)  # a heartbeats, b does not
@@ -55,8 +58,9 @@ def _two_worker_job() -> tuple[ParameterServerCore, FakeClock, str]:
     clock = FakeClock()
     core.members._clock = clock
     session = core.handshake("a", Role.WORKER, [], []).session_id
-    core.handshake("b", Role.WORKER, [], [])
+    other = core.handshake("b", Role.WORKER, [], []).session_id
     core.register(iter(register_stream(session, {"w": torch.ones(3)})))
+    core.register(iter(register_stream(other, {"w": torch.ones(3)}, with_values=False)))
     return core, clock, session
 
 
@@ -152,7 +156,7 @@ def test_a_restarted_sync_job_waits_for_every_member_it_had(tmp_path: Path) -> N
     restored.push(iter(push_stream(b, 1, {"w": torch.ones(3)})))
     assert restored.store.version == 1  # still waiting for c
     c = restored.handshake("c", Role.WORKER, [], []).session_id
-    assert restored.members.formed
+    assert restored.members.formed  # a member of the restored job counts from its handshake
     assert restored.push(iter(push_stream(c, 1, {"w": torch.ones(3)}))).applied
     assert restored.store.version == 2
 

@@ -60,5 +60,5 @@ def test_a_config_survives_the_trip_through_serve_arguments(config: ServerConfig
 
 
 def test_inconsistent_values_name_the_flag() -> None:
-    with pytest.raises(ValueError, match="--checkpoint-every needs --checkpoint-dir"):
+    with pytest.raises(ValueError, match="--checkpoint-every and --checkpoint-key need --checkpoint-dir"):
         _serve_config("--checkpoint-every", "3")

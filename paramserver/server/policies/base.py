@@ -16,6 +16,7 @@ from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
+from paramserver.server.limits import LongPoll
 from paramserver.server.membership import Membership
 from paramserver.server.store import ParameterStore
 from paramserver.types import PushResult, RoundJoin, StepOptions
@@ -78,8 +79,9 @@ class UpdatePolicy(Protocol):
     def members_changed(self) -> None:
         """Workers left or were evicted: a step that only waited for them may close now."""
 
-    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
-        """Block a worker's pull while it may not run ahead (SSP); others return at once."""
+    def wait_turn(self, worker_id: str, timeout_s: float, poll: LongPoll | None = None) -> None:
+        """Block a worker's pull while it may not run ahead (SSP); others return at once.
+        `poll.before_wait()` runs before each wait (long-poll slot, cancellation)."""
 
     def waiting_for(self) -> StepWait:
         """How long the open step has waited, and for which live workers (sync)."""
@@ -87,7 +89,8 @@ class UpdatePolicy(Protocol):
     def tick(self) -> None:
         """Periodic duty (federated rounds time out here)."""
 
-    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> RoundJoin:
+    def join_round(self, worker_id: str, round_: int, timeout_s: float,
+                   poll: LongPoll | None = None) -> RoundJoin:
         """Federated: the open round >= round_, and whether this worker is sampled."""
 
     def report(self) -> PolicyReport:
@@ -100,7 +103,7 @@ class PolicyDefaults:
     def members_changed(self) -> None:
         return None
 
-    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+    def wait_turn(self, worker_id: str, timeout_s: float, poll: LongPoll | None = None) -> None:
         return None
 
     def waiting_for(self) -> StepWait:
@@ -109,7 +112,8 @@ class PolicyDefaults:
     def tick(self) -> None:
         return None
 
-    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> RoundJoin:
+    def join_round(self, worker_id: str, round_: int, timeout_s: float,
+                   poll: LongPoll | None = None) -> RoundJoin:
         raise FailedPrecondition("this server does not run federated rounds (--mode "
                                  "federated or fedbuff)")
 

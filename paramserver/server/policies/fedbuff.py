@@ -11,6 +11,7 @@ import math
 import threading
 
 from paramserver.federated.screening import screen
+from paramserver.server.limits import LongPoll
 from paramserver.server.policies.aggregate import Aggregate
 from paramserver.server.policies.asynchronous import check_async_step
 from paramserver.server.policies.base import (
@@ -37,7 +38,8 @@ class FedBuffPolicy(PolicyDefaults):
         self._buffer = Aggregate(context.pool, context.store.spec)
         self._count = 0
 
-    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> RoundJoin:
+    def join_round(self, worker_id: str, round_: int, timeout_s: float,
+                   poll: LongPoll | None = None) -> RoundJoin:
         return RoundJoin(round=self._store.version, sampled=True, sampled_count=0)
 
     def check_step(self, worker_id: str, step: int) -> None:

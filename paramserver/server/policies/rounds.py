@@ -19,6 +19,7 @@ import time
 from paramserver.errors import FailedPrecondition
 from paramserver.federated.sampling import sample_clients
 from paramserver.federated.screening import screen
+from paramserver.server.limits import LongPoll
 from paramserver.server.policies.aggregate import StepAssembly
 from paramserver.server.policies.base import (
     PolicyContext,
@@ -62,9 +63,10 @@ class RoundPolicy(PolicyDefaults):
         log.info("round %d: sampled %d clients %s", version, len(self._sampled),
                  sorted(self._sampled))
 
-    def join_round(self, worker_id: str, round_: int, timeout_s: float) -> RoundJoin:
+    def join_round(self, worker_id: str, round_: int, timeout_s: float,
+                   poll: LongPoll | None = None) -> RoundJoin:
         """Wait until round >= `round_` is open."""
-        self._store.wait_for_version(round_, timeout_s)
+        self._store.wait_for_version(round_, timeout_s, poll)
         deadline = time.monotonic() + timeout_s
         while True:
             with self._lock:
@@ -75,6 +77,8 @@ class RoundPolicy(PolicyDefaults):
             if time.monotonic() > deadline:
                 raise FailedPrecondition("the federation has not formed yet: fewer clients "
                                          f"joined than --workers ({self._members.live_workers()})")
+            if poll is not None:
+                poll.before_wait()
             time.sleep(0.05)
 
     def check_step(self, worker_id: str, step: int) -> None:

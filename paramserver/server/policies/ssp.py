@@ -14,6 +14,7 @@ import threading
 import time
 
 from paramserver.errors import DeadlineExceeded
+from paramserver.server.limits import LongPoll
 from paramserver.server.policies.asynchronous import AsyncPolicy
 from paramserver.server.policies.base import (
     PolicyContext,
@@ -44,7 +45,7 @@ class SspPolicy(PolicyDefaults):
     def submit(self, push: ReceivedPush) -> PushResult:
         result = self._apply.submit(push)
         with self._changed:
-            self._join(push.worker_id, self._members.live_workers())
+            self._join(push.worker_id, self._members.blocking_workers())
             self._clock[push.worker_id] += 1
             self._changed.notify_all()
         return result
@@ -64,14 +65,14 @@ class SspPolicy(PolicyDefaults):
                 del self._clock[gone]
             self._changed.notify_all()
 
-    def wait_turn(self, worker_id: str, timeout_s: float) -> None:
+    def wait_turn(self, worker_id: str, timeout_s: float, poll: LongPoll | None = None) -> None:
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while True:
                 if not self._members.formed:  # re-forming after a restart
-                    self._wait_until(deadline, worker_id, timeout_s, "the job to re-form")
+                    self._wait_until(deadline, worker_id, timeout_s, "the job to re-form", poll)
                     continue
-                live = self._members.live_workers() | {worker_id}
+                live = self._members.blocking_workers() | {worker_id}
                 mine = self._join(worker_id, live)
                 lead = mine - self._slowest(live)
                 if lead <= self.staleness:
@@ -79,14 +80,17 @@ class SspPolicy(PolicyDefaults):
                     return
                 self._wait_until(deadline, worker_id, timeout_s,
                                  f"its lead of {lead} steps over the slowest live worker to "
-                                 f"shrink to the bound {self.staleness}")
+                                 f"shrink to the bound {self.staleness}", poll)
 
     def _wait_until(self, deadline: float, worker_id: str, timeout_s: float,
-                    what: str) -> None:
-        """One bounded wait on `_changed` (held); DeadlineExceeded past the deadline."""
+                    what: str, poll: LongPoll | None) -> None:
+        """One bounded wait on `_changed` (held); DeadlineExceeded past the deadline. The
+        wait is short, so a cancelled call (`poll`) ends within 0.25 s."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded(f"worker {worker_id!r} waited {timeout_s:.1f}s for {what}")
+        if poll is not None:
+            poll.before_wait()
         self._changed.wait(min(remaining, 0.25))
 
     def report(self) -> PolicyReport:

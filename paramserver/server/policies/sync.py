@@ -7,7 +7,8 @@ treats like `param.grad is None` (DDP leaves a globally unused parameter's grad 
 The step's options (rate, clipping, inf/NaN found) apply as `step_rules` says.
 
 Membership is dynamic: the step closes once every *live* worker pushed (a worker evicted or
-gone after pushing still counts; one that never pushed is not waited for), or, with a
+gone after pushing still counts; one that never pushed is not waited for; a live worker is
+one that registered or pushed within `--member-idle-timeout`, never a mere handshake), or, with a
 quorum K (backup workers, Chen et al. 2016), as soon as K pushes arrived. A push for a step
 that already closed is ABORTED: the late worker pulls and catches up.
 """
@@ -65,13 +66,13 @@ class SyncPolicy(PolicyDefaults):
             return False
         if self._quorum and len(self._step.pushed) >= self._quorum:
             return True
-        return self._members.live_workers() <= self._step.pushed
+        return self._members.blocking_workers() <= self._step.pushed
 
     def waiting_for(self) -> StepWait:
         with self._lock:
             if self._step.opened_at is None:
                 return StepWait()
-            missing = self._members.live_workers() - self._step.pushed
+            missing = self._members.blocking_workers() - self._step.pushed
             return StepWait(waited_s=self._step.waited_s(), missing=tuple(sorted(missing)))
 
     def report(self) -> PolicyReport:
