@@ -1,0 +1,116 @@
+"""Jobs across hosts with links of their own (network namespaces on one machine, see
+testbed/): a sharded sync job, a partitioned and healed worker host, a federated run.
+
+Servers bind their host's address (10.77.0.x); workers reach them by IP. Every wait is
+bounded (a WaitTimeout is a hang); every process is ended by pid and every namespace
+deleted when the bed closes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paramserver.polling import wait_for
+from testbed import NetBed
+from tests.chaos import wait_exit
+from tests.hosts.conftest import BedFactory
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+BAR = 0.95
+LEASE_S = 2.0
+
+
+def _report(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def _worker(bed: NetBed, index: int, servers: str, rank: int, workers: int, epochs: int,
+            ) -> tuple[Any, Path]:
+    report = bed.run_dir / f"worker-{rank}.json"
+    managed = bed.spawn(bed.host(index), f"worker-{rank}", [
+        "worker", "--servers", servers, "--rank", str(rank), "--num-workers", str(workers),
+        "--worker-id", f"worker-{rank}", "--epochs", str(epochs), "--report", str(report),
+        "--timeout", "20", "--log-level", "INFO"])
+    return managed, report
+
+
+def test_sharded_sync_job_across_four_hosts(netbed: BedFactory) -> None:
+    """2 server hosts hold one shard each; 2 worker hosts reach them by IP at 1 Gbit/s."""
+    bed = netbed(4, "1gbit")
+    addresses = [bed.start_server(bed.host(i), ["--workers", "2"])[1] for i in (0, 1)]
+    assert addresses == ["10.77.0.1:50051", "10.77.0.2:50051"]
+    servers = ",".join(addresses)
+    workers = [_worker(bed, 2 + rank, servers, rank, 2, 10) for rank in (0, 1)]
+    for managed, _ in workers:
+        assert wait_exit(managed, 180) == 0, managed.log_tail()
+    reports = [_report(path) for _, path in workers]
+    assert all(r["accuracy"] >= BAR for r in reports), reports
+    assert {r["version"] for r in reports} == {reports[0]["version"]}  # one model, in step
+    shards = [bed.status(bed.host(2), a) for a in addresses]
+    assert [(s["shard_index"], s["num_shards"]) for s in shards if s] == [(0, 2), (1, 2)]
+
+
+def test_partitioned_worker_host_is_evicted_and_rejoins_after_healing(
+        netbed: BedFactory) -> None:
+    """`loss 100%` on a worker host's link for longer than the lease: the server evicts it
+    and the others go on; healed, it rejoins and the job ends above the bar."""
+    bed = netbed(4, "1gbit")
+    _, address = bed.start_server(bed.host(0), ["--workers", "3", "--lease-timeout",
+                                                str(LEASE_S), "--log-level", "INFO"])
+    workers = [_worker(bed, 1 + rank, address, rank, 3, 12) for rank in range(3)]
+    observer = bed.host(1)  # a host whose link stays up
+
+    def status() -> dict[str, Any] | None:
+        return bed.status(observer, address)
+
+    wait_for("training under way", lambda: (s := status()) and s["version"] >= 15, 90)
+    victim = bed.host(3)  # worker-2's host
+    bed.partition(victim)
+    cut = time.monotonic()
+    evicted = wait_for("eviction", lambda: (s := status()) and any(
+        e.startswith("worker-2@") for e in s["evicted"]) and s, 30)
+    assert time.monotonic() - cut <= LEASE_S + 8  # the lease, plus probes on 2 cores
+    during = evicted["version"]
+    wait_for("steps without the cut-off host", lambda: (s := status()) and
+             s["version"] >= during + 3, 30)
+    time.sleep(max(0.0, cut + 2 * LEASE_S + 1 - time.monotonic()))  # well past the lease
+    bed.heal(victim)
+    for managed, _ in workers:
+        assert wait_exit(managed, 180) == 0, managed.log_tail()
+    reports = [_report(path) for _, path in workers]
+    assert reports[2]["rejoins"] >= 1, reports[2]
+    assert all(r["accuracy"] >= BAR for r in reports), reports
+    final = status()
+    assert final is not None and any(r.startswith("worker-2@") for r in final["rejoins"])
+
+
+def test_federated_run_across_hosts(netbed: BedFactory) -> None:
+    """One federated server host and three client hosts: every round closes with all
+    three, and the global model learns."""
+    bed = netbed(4, "100mbit")
+    _, address = bed.start_server(bed.host(0), ["--mode", "federated", "--fraction", "1.0",
+                                                "--min-clients", "3", "--round-timeout", "30"])
+    clients = []
+    for index in range(3):
+        report = bed.run_dir / f"client-{index}.json"
+        clients.append((bed.spawn(bed.host(1 + index), f"client-{index}", [
+            "client", "--servers", address, "--index", str(index), "--clients", "3",
+            "--rounds", "8", "--local-epochs", "2", "--report", str(report)]), report))
+    for managed, _ in clients:
+        assert wait_exit(managed, 180) == 0, managed.log_tail()
+    assert all(_report(path)["rounds_trained"] >= 1 for _, path in clients)
+    final = bed.status(bed.host(1), address)
+    assert final is not None and final["version"] >= 8 and not final["skipped_rounds"]
+    done = bed.run(bed.host(1), [*CLI_PYTHON, "-c",
+                                 "from workers.trainer import evaluate_server_model as e; "
+                                 f"print(e({address!r})[0])"], 120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) >= 0.9
+
+
+CLI_PYTHON = (__import__("sys").executable,)
