@@ -9,6 +9,7 @@ deleted when the bed closes.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from paramserver.polling import wait_for
-from testbed import NetBed
+from testbed import Host, NetBed
 from tests.chaos import wait_exit
 from tests.hosts.conftest import BedFactory
 
@@ -106,11 +107,13 @@ def test_federated_run_across_hosts(netbed: BedFactory) -> None:
     assert all(_report(path)["rounds_trained"] >= 1 for _, path in clients)
     final = bed.status(bed.host(1), address)
     assert final is not None and final["version"] >= 8 and not final["skipped_rounds"]
-    done = bed.run(bed.host(1), [*CLI_PYTHON, "-c",
-                                 "from workers.trainer import evaluate_server_model as e; "
-                                 f"print(e({address!r})[0])"], 120)
+    assert _accuracy_from(bed, bed.host(1), address) >= 0.9
+
+
+def _accuracy_from(bed: NetBed, host: Host, address: str) -> float:
+    """The test accuracy of the servers' model, read by an observer on `host`."""
+    code = ("from workers.trainer import evaluate_server_model as e; "
+            f"print(e({address!r})[0])")
+    done = bed.run(host, [sys.executable, "-c", code], 120)
     assert done.returncode == 0, done.stderr
-    assert float(done.stdout.split()[-1]) >= 0.9
-
-
-CLI_PYTHON = (__import__("sys").executable,)
+    return float(done.stdout.split()[-1])
