@@ -13,7 +13,12 @@ from paramserver.server.app import ServerHooks, serve
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("serve", help="run a parameter server",
                             description="Run a parameter server until SIGTERM or SIGINT.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind: an interface's IP, an IPv6 literal, or 0.0.0.0 "
+                             "/ :: for all (127.0.0.1)")
+    parser.add_argument("--advertise-address", default="", metavar="HOST:PORT",
+                        help="the address workers should dial, shown by `status` (default: "
+                             "the bound one); e.g. ps-0.ps:50051 behind a Service")
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once serving (for --port 0)")
@@ -32,5 +37,6 @@ def run(args: argparse.Namespace, hooks: ServerHooks | None = None) -> int:
     except ValueError as error:
         print(f"serve: {error}")
         return 2
-    serve(config, args.host, args.port, args.port_file, args.grace, hooks)
+    serve(config, args.host, args.port, args.port_file, args.grace, hooks,
+          advertise_address=args.advertise_address)
     return 0

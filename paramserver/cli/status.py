@@ -75,6 +75,7 @@ def status_record(address: str, status: ServerStatus) -> dict[str, Any]:
         "mode": status.mode.value, "expected_workers": status.expected_workers,
         "pending_pushes": status.pending_pushes, "optimizer": status.optimizer,
         "server_version": status.server_version,
+        "advertise_address": status.advertise_address,
         "model_bytes": status.layout.nbytes if status.layout is not None else 0,
         "workers": [{"worker_id": w.worker_id, "role": w.role.value, "pushes": w.pushes,
                      "seconds_since_seen": w.seconds_since_seen,
@@ -93,7 +94,7 @@ def format_status(address: str, status: ServerStatus) -> str:
     lines = [(f"== {address}  {shard}  version {status.version}  mode {status.mode.value}  "
               f"expected workers {status.expected_workers}  pending pushes "
               f"{status.pending_pushes}"),
-             f"   optimizer {status.optimizer}"]
+             f"   optimizer {status.optimizer}  advertised {status.advertise_address or '-'}"]
     if status.layout is not None:
         lines.append(f"   {'tensor (or slice)':<40} {'shape':<16} {'dtype':<10} {'bytes':>12}")
         for spec in status.layout.tensors:

@@ -42,10 +42,13 @@ class RunningServer:
     health: health.HealthServicer
     port: int
     ticker: threading.Thread | None = None
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """host:port to dial (a wildcard bind is dialled on loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(self.host, self.host)
+        return join_host_port(host, self.port)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Drain: health NOT_SERVING, long polls woken, in-flight pushes finish within the
@@ -61,9 +64,17 @@ class RunningServer:
             log.exception("final checkpoint failed")
 
 
+def join_host_port(host: str, port: int) -> str:
+    """'host:port', an IPv6 literal in brackets ('[::1]:50051')."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
-                 max_threads: int = 64, hooks: ServerHooks | None = None) -> RunningServer:
-    """Start serving on host:port (0 picks a free port) and return at once."""
+                 max_threads: int = 64, hooks: ServerHooks | None = None,
+                 advertise_address: str = "") -> RunningServer:
+    """Start serving on host:port (0 picks a free port; host may be any interface, an
+    IPv6 literal, or 0.0.0.0 / :: for all) and return at once. `advertise_address` is the
+    host:port workers should dial, reported in status (default: the bound address)."""
     hooks = hooks or ServerHooks()
     core = ParameterServerCore(config, before_checkpoint_write=hooks.before_checkpoint_write)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
@@ -73,7 +84,7 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
     server.add_generic_rpc_handlers((generic_handler(ParameterServerServicer(core)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_insecure_port(join_host_port(host, port))
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
@@ -81,7 +92,8 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d (%s, %d workers)", serde.SERVICE_NAME, host, bound,
              config.mode.value, config.expected_workers)
-    running = RunningServer(server, core, health_servicer, bound)
+    running = RunningServer(server, core, health_servicer, bound, host=host)
+    core.advertise_address = advertise_address or join_host_port(host, bound)
     running.ticker = threading.Thread(target=_tick, args=(running,), daemon=True,
                                       name="ps-lease")
     running.ticker.start()
@@ -100,19 +112,20 @@ def _tick(running: RunningServer) -> None:
 
 
 def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,
-          grace_s: float = 5.0, hooks: ServerHooks | None = None) -> None:
+          grace_s: float = 5.0, hooks: ServerHooks | None = None,
+          advertise_address: str = "") -> None:
     """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    running = start_server(config, host, port, hooks=hooks)
+    running = start_server(config, host, port, hooks=hooks, advertise_address=advertise_address)
     tune_process()
     try:
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(str(running.port))
             tmp.replace(port_file)  # atomic: a reader never sees a half-written port
-        print(f"paramserver listening on {host}:{running.port}", flush=True)
+        print(f"paramserver listening on {join_host_port(host, running.port)}", flush=True)
         while not stop.wait(0.5):
             pass
         log.info("signal received, shutting down")

@@ -71,6 +71,7 @@ class ParameterServerCore:
         self._clock = clock
         self._last_wait_log = 0.0
         self.rejoins: list[str] = []  # "worker@held->version", for status
+        self.advertise_address = ""  # set by the app once bound: host:port to dial
         self.restored_version = (self._checkpoints.restore()
                                  if self._checkpoints is not None else -1)
 
@@ -176,6 +177,7 @@ class ParameterServerCore:
             dropouts=report.dropouts,
             skipped_rounds=report.skipped_rounds,
             rejoins=tuple(self.rejoins),
+            advertise_address=self.advertise_address,
         )
 
     # ---- register, push, pull ------------------------------------------------------------
