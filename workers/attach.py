@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
 from workers.connection import LinkShaper
 from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
+
+if TYPE_CHECKING:
+    from workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ class AttachedModel:
         self._hooks = [self._params[name].register_post_accumulate_grad_hook(
             self._hook_for(name)) for name, _ in trainable]
         self.steps = 0
+        self.metrics: WorkerMetrics | None = None  # attach(metrics_port=) sets it
         self.parts_pushed = 0  # pushes started during backward (overlap)
 
     # ---- what the training loop calls ----------------------------------------------------
@@ -67,6 +72,7 @@ class AttachedModel:
         Raises the servers' error (a `paramserver.errors.ParameterServerError`) if a push or
         the pull failed; every call has a deadline, so a dead server never hangs the loop.
         """
+        started = time.perf_counter()
         try:
             self._wait_for_parts()
             repeated = self._tracker.repeated
@@ -83,6 +89,8 @@ class AttachedModel:
         finally:
             self._tracker.reset()
         self.steps += 1
+        if self.metrics is not None:
+            self.metrics.observe_step(time.perf_counter() - started)
         return results
 
     @contextlib.contextmanager
@@ -111,6 +119,8 @@ class AttachedModel:
             self._wait_for_parts()
         self._pusher.shutdown(wait=True)
         self.client.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def __enter__(self) -> Self:
         return self
@@ -190,7 +200,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            worker_id: str | None = None, overlap: bool = True,
            bucket_mb: float = DEFAULT_BUCKET_BYTES / 2**20, error_feedback: bool = True,
            ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
-           shaper_factory: Callable[[str], LinkShaper] | None = None) -> AttachedModel:
+           shaper_factory: Callable[[str], LinkShaper] | None = None,
+           metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+           ) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -202,6 +214,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     waits at most `timeout_s`; unreachable servers are retried for `retry_s`, then the
     error is raised in the training loop. `shaper_factory(address)` paces each server's
     connection (see `workers.connection.LinkShaper`; benchmarks emulate slow links with it).
+    `metrics_port`: serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a
+    free port, see `attached.metrics.port`; None: off).
     """
     identity = WorkerIdentity.from_env()
     if worker_id is not None:
@@ -217,7 +231,12 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
             raise FailedPrecondition(f"expected a {expected.value} job, but the servers run "
                                      f"in {client.session.mode.value} mode")
         client.attach(model)
-        return AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
+        attached = AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
+        if metrics_port is not None:
+            from workers.metrics import WorkerMetrics  # prometheus_client only if asked
+
+            attached.metrics = WorkerMetrics(client, metrics_port, metrics_host)
+        return attached
     except BaseException:
         client.close()
         raise

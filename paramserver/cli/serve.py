@@ -22,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once serving (for --port 0)")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: off)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds to drain in-flight calls on shutdown (5)")
     add_server_options(parser)
@@ -38,5 +40,5 @@ def run(args: argparse.Namespace, hooks: ServerHooks | None = None) -> int:
         print(f"serve: {error}")
         return 2
     serve(config, args.host, args.port, args.port_file, args.grace, hooks,
-          advertise_address=args.advertise_address)
+          advertise_address=args.advertise_address, metrics_port=args.metrics_port or None)
     return 0

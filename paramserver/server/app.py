@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +22,9 @@ from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.server.servicer import ParameterServerServicer, generic_handler
 from paramserver.transport import server_options
+
+if TYPE_CHECKING:
+    from paramserver.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class RunningServer:
     port: int
     ticker: threading.Thread | None = None
     host: str = "127.0.0.1"
+    metrics: ServerMetrics | None = None  # the /metrics endpoint (serve --metrics-port)
 
     @property
     def address(self) -> str:
@@ -58,6 +63,8 @@ class RunningServer:
         self.server.stop(grace_s).wait(grace_s + 1.0)
         if self.ticker is not None:
             self.ticker.join(timeout=2.0)
+        if self.metrics is not None:
+            self.metrics.close()
         try:
             self.core.checkpoint()
         except Exception:  # a failed final checkpoint must not hide the shutdown
@@ -71,15 +78,19 @@ def join_host_port(host: str, port: int) -> str:
 
 def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
                  max_threads: int = 64, hooks: ServerHooks | None = None,
-                 advertise_address: str = "") -> RunningServer:
+                 advertise_address: str = "", metrics_port: int | None = None,
+                 ) -> RunningServer:
     """Start serving on host:port (0 picks a free port; host may be any interface, an
     IPv6 literal, or 0.0.0.0 / :: for all) and return at once. `advertise_address` is the
-    host:port workers should dial, reported in status (default: the bound address)."""
+    host:port workers should dial, reported in status (default: the bound address).
+    `metrics_port`: serve Prometheus metrics on host:PORT (0: a free port; None: off)."""
     hooks = hooks or ServerHooks()
     core = ParameterServerCore(config, before_checkpoint_write=hooks.before_checkpoint_write)
+    metrics = None if metrics_port is None else _metrics_for(core)
+    interceptors = (*hooks.interceptors, *([metrics.interceptor] if metrics else []))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
                                                     thread_name_prefix="ps-rpc"),
-                         interceptors=hooks.interceptors, options=server_options(),
+                         interceptors=interceptors, options=server_options(),
                          maximum_concurrent_rpcs=max_threads * 4)
     server.add_generic_rpc_handlers((generic_handler(ParameterServerServicer(core)),))
     health_servicer = health.HealthServicer()
@@ -92,12 +103,23 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d (%s, %d workers)", serde.SERVICE_NAME, host, bound,
              config.mode.value, config.expected_workers)
-    running = RunningServer(server, core, health_servicer, bound, host=host)
+    running = RunningServer(server, core, health_servicer, bound, host=host, metrics=metrics)
+    if metrics is not None and metrics_port is not None:
+        log.info("metrics on %s", join_host_port(host, metrics.serve(host.strip("[]"),
+                                                                     metrics_port)))
     core.advertise_address = advertise_address or join_host_port(host, bound)
     running.ticker = threading.Thread(target=_tick, args=(running,), daemon=True,
                                       name="ps-lease")
     running.ticker.start()
     return running
+
+
+def _metrics_for(core: ParameterServerCore) -> ServerMetrics:
+    from paramserver.server.metrics import ServerMetrics  # prometheus_client only if asked
+
+    metrics = ServerMetrics()
+    metrics.watch(core)
+    return metrics
 
 
 def _tick(running: RunningServer) -> None:
@@ -113,12 +135,13 @@ def _tick(running: RunningServer) -> None:
 
 def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,
           grace_s: float = 5.0, hooks: ServerHooks | None = None,
-          advertise_address: str = "") -> None:
+          advertise_address: str = "", metrics_port: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    running = start_server(config, host, port, hooks=hooks, advertise_address=advertise_address)
+    running = start_server(config, host, port, hooks=hooks, advertise_address=advertise_address,
+                           metrics_port=metrics_port)
     tune_process()
     try:
         if port_file is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from paramserver import __version__
@@ -45,6 +46,15 @@ from paramserver.types import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerInternals:
+    """Figures for metrics that `status` does not carry."""
+
+    held_part_bytes: int  # pushed parts waiting for their closing part
+    checkpoint_s: float  # the newest checkpoint's write time (0: none)
+    checkpoint_at: float  # its time.time() (0: none)
 
 
 class ParameterServerCore:
@@ -255,6 +265,13 @@ class ParameterServerCore:
         """Write this shard's state now (see `ShardCheckpointer.save`); None when
         checkpointing is off or there is nothing (new) to save."""
         return self._checkpoints.save(every) if self._checkpoints is not None else None
+
+    def internals(self) -> ServerInternals:
+        """Held push bytes and checkpoint timing, for metrics."""
+        saver = self._checkpoints
+        return ServerInternals(held_part_bytes=self._parts.held_bytes(),
+                               checkpoint_s=saver.last_save_s if saver else 0.0,
+                               checkpoint_at=saver.last_saved_at if saver else 0.0)
 
     def _maybe_checkpoint(self) -> None:
         if self._checkpoints is not None:

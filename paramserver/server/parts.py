@@ -94,3 +94,8 @@ class PartAssembler:
     def open_count(self) -> int:
         with self._lock:
             return len(self._open)
+
+    def held_bytes(self) -> int:
+        """Bytes of pushed parts held until their closing part arrives."""
+        with self._lock:
+            return sum(held.buffers.nbytes for held in self._open.values())
