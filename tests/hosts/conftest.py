@@ -17,7 +17,7 @@ BedFactory = Callable[..., NetBed]
 @pytest.fixture
 def netbed() -> Iterator[BedFactory]:
     """make(hosts, rate='1gbit') -> an entered NetBed, closed (processes ended, namespaces
-    deleted) after the test; on a failure each process's log tail is printed."""
+    deleted) after the test; the tests put a failed process's log tail in their asserts."""
     why = unavailable()
     if why is not None:
         pytest.skip(f"no network namespaces here: {why}")
@@ -31,12 +31,6 @@ def netbed() -> Iterator[BedFactory]:
 
         try:
             yield make
-        except BaseException:
-            for bed in beds:
-                for managed in bed.cluster.processes if bed.cluster else ():
-                    print(f"---- {managed.name} (exit {managed.process.poll()})\n"
-                          f"{managed.log_tail(15)}")
-            raise
         finally:
             for bed in beds:
                 bed.close()

@@ -73,10 +73,15 @@ def test_partitioned_worker_host_is_evicted_and_rejoins_after_healing(
     victim = bed.host(3)  # worker-2's host
     bed.partition(victim)
     cut = time.monotonic()
-    evicted = wait_for("eviction", lambda: (s := status()) and any(
-        e.startswith("worker-2@") for e in s["evicted"]) and s, 30)
+
+    def evicted() -> dict[str, Any] | None:
+        current = status()
+        if current and any(e.startswith("worker-2@") for e in current["evicted"]):
+            return current
+        return None
+
+    during = wait_for("eviction", evicted, 30)["version"]
     assert time.monotonic() - cut <= LEASE_S + 8  # the lease, plus probes on 2 cores
-    during = evicted["version"]
     wait_for("steps without the cut-off host", lambda: (s := status()) and
              s["version"] >= during + 3, 30)
     time.sleep(max(0.0, cut + 2 * LEASE_S + 1 - time.monotonic()))  # well past the lease
