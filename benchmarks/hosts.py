@@ -85,7 +85,8 @@ def run_case(case: Case, run_dir: Path, warmup: int, reps: int) -> dict[str, Any
 
 def _speedup(rows: list[dict[str, Any]]) -> float | None:
     def step(servers: int) -> float | None:
-        return next((r["step_s"] for r in rows if r["system"] == "ours" and r["rate"] == "1gbit"
+        return next((r["step_s"] for r in rows if "error" not in r and r["system"] == "ours"
+                     and r["rate"] == "1gbit"
                      and r["workers"] == 4 and r["server_hosts"] == servers
                      and r["codec"] == "none"), None)
 
@@ -110,7 +111,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ps-hosts-bench-") as tmp:
         for index, case in enumerate(plan(args.plan, args.mb)):
             started = time.monotonic()
-            row = run_case(case, Path(tmp) / f"case-{index}", args.warmup, args.reps)
+            try:
+                row = run_case(case, Path(tmp) / f"case-{index}", args.warmup, args.reps)
+            except (RuntimeError, OSError) as error:  # one failed case must not lose the rest
+                print(f"{case}: failed: {str(error)[-2000:]}", flush=True)
+                rows.append({**asdict(case), "error": str(error)[-2000:]})
+                continue
             rows.append(row)
             where = (f"{case.server_hosts} server host(s)" if case.system == "ours"
                      else "all-reduce")
