@@ -50,7 +50,8 @@ def _worker(bed: NetBed, index: int, servers: str, rank: int, workers: int, epoc
 def test_sharded_sync_job_across_four_hosts(netbed: BedFactory) -> None:
     """2 server hosts hold one shard each; 2 worker hosts reach them by IP at 1 Gbit/s."""
     bed = netbed(4, "1gbit")
-    addresses = [bed.start_server(bed.host(i), ["--workers", "2"])[1] for i in (0, 1)]
+    addresses = [bed.start_server(bed.host(i), ["--workers", "2", "--metrics-port", "9100"])[1]
+                 for i in (0, 1)]
     assert addresses == ["10.77.0.1:50051", "10.77.0.2:50051"]
     servers = ",".join(addresses)
     workers = [_worker(bed, 2 + rank, servers, rank, 2, 10) for rank in (0, 1)]
@@ -61,6 +62,13 @@ def test_sharded_sync_job_across_four_hosts(netbed: BedFactory) -> None:
     assert {r["version"] for r in reports} == {reports[0]["version"]}  # one model, in step
     shards = [bed.status(bed.host(2), a) for a in addresses]
     assert [(s["shard_index"], s["num_shards"]) for s in shards if s] == [(0, 2), (1, 2)]
+    # Each shard's metrics, scraped across the bridge from a worker host.
+    scrape = ("import urllib.request as u; print(u.urlopen('http://10.77.0.2:9100/metrics', "
+              "timeout=10).read().decode())")
+    done = bed.run(bed.host(3), [sys.executable, "-c", scrape])
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in done.stdout.splitlines() if line.startswith("paramserver_steps_")]
+    assert steps == [f"paramserver_steps_total {float(reports[0]['version'])}"]
 
 
 def test_partitioned_worker_host_is_evicted_and_rejoins_after_healing(
