@@ -38,3 +38,4 @@ class ServerStatus:
     dropouts: tuple[str, ...] = ()
     skipped_rounds: tuple[int, ...] = ()
     rejoins: tuple[str, ...] = ()  # "worker@held->version", oldest first
+    advertise_address: str = ""  # host:port workers should dial

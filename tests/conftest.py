@@ -23,13 +23,18 @@ settings.load_profile("paramserver")
 
 @pytest.fixture
 def server_factory() -> Iterator[ServerFactory]:
-    """start(hooks=None, **ServerConfig fields) -> RunningServer on an ephemeral loopback
-    port; `hooks` injects faults (tests/server_faults.py)."""
+    """start(hooks=None, host="127.0.0.1", advertise_address="", metrics_port=None,
+    **ServerConfig fields)
+    -> RunningServer on an ephemeral loopback port; `hooks` injects faults
+    (tests/server_faults.py)."""
     started: list[RunningServer] = []
 
-    def start(hooks: ServerHooks | None = None, **config: object) -> RunningServer:
-        server = start_server(ServerConfig(**config), "127.0.0.1", 0,  # type: ignore[arg-type]
-                              hooks=hooks)
+    def start(hooks: ServerHooks | None = None, host: str = "127.0.0.1",
+              advertise_address: str = "", metrics_port: int | None = None,
+              **config: object) -> RunningServer:
+        server = start_server(ServerConfig(**config), host, 0,  # type: ignore[arg-type]
+                              hooks=hooks, advertise_address=advertise_address,
+                              metrics_port=metrics_port)
         started.append(server)
         return server
 

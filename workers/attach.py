@@ -27,9 +27,10 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
@@ -44,6 +45,9 @@ from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
 from workers.payloads import is_raw
 from workers.server_optimizer import ServerOptimizer
+
+if TYPE_CHECKING:
+    from workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class AttachedModel:
         self._hooks = [self._params[name].register_post_accumulate_grad_hook(
             self._hook_for(name)) for name, _ in trainable]
         self.steps = 0
+        self.metrics: WorkerMetrics | None = None  # attach(metrics_port=) sets it
         self.parts_pushed = 0  # pushes started during backward (overlap)
 
     # ---- what the training loop calls ----------------------------------------------------
@@ -89,6 +94,7 @@ class AttachedModel:
         """
         options = dataclasses.replace(options or StepOptions(),
                                       max_grad_norm=self._max_grad_norm)
+        started = time.perf_counter()
         try:
             self._wait_for_parts()
             repeated = self._tracker.repeated
@@ -111,6 +117,8 @@ class AttachedModel:
             self._pushed = {}
             self._max_grad_norm = None
         self.steps += 1
+        if self.metrics is not None:
+            self.metrics.observe_step(time.perf_counter() - started)
         return results
 
     def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
@@ -197,6 +205,8 @@ class AttachedModel:
             self._wait_for_parts()
         self._pusher.shutdown(wait=True)
         self.client.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def __enter__(self) -> Self:
         return self
@@ -252,7 +262,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            ef_momentum: float = 0.0, timeout_s: float = 60.0, retry_s: float = 60.0,
            shaper_factory: Callable[[str], LinkShaper] | None = None,
            security: ClientSecurity | None = None, world_size: int | None = None,
-           broadcast_buffers: bool | None = None) -> AttachedModel:
+           broadcast_buffers: bool | None = None, metrics_port: int | None = None,
+           metrics_host: str = "127.0.0.1") -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -274,6 +285,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     `broadcast_buffers` (default: rank 0 does): push the model's float buffers (BatchNorm
     statistics) with every step, so the servers hold them and every worker, and anyone who
     attaches later, pulls them, as DDP broadcasts rank 0's buffers before each forward.
+    `metrics_port`: serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a
+    free port, see `attached.metrics.port`; None: off).
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -293,7 +306,12 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                                      f"in {client.session.mode.value} mode")
         client.attach(model)
         client.broadcast_buffers = _broadcasts_buffers(broadcast_buffers, identity, client)
-        return AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
+        attached = AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
+        if metrics_port is not None:
+            from workers.metrics import WorkerMetrics  # prometheus_client only if asked
+
+            attached.metrics = WorkerMetrics(client, metrics_port, metrics_host)
+        return attached
     except BaseException:
         client.close()
         raise

@@ -16,10 +16,17 @@ from paramserver.server.auth import check_binding
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("serve", help="run a parameter server",
                             description="Run a parameter server until SIGTERM or SIGINT.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind: an interface's IP, an IPv6 literal, or 0.0.0.0 "
+                             "/ :: for all (127.0.0.1)")
+    parser.add_argument("--advertise-address", default="", metavar="HOST:PORT",
+                        help="the address workers should dial, shown by `status` (default: "
+                             "the bound one); e.g. ps-0.ps:50051 behind a Service")
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once serving (for --port 0)")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: off)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds to drain in-flight calls on shutdown (5)")
     add_server_options(parser)
@@ -38,5 +45,6 @@ def run(args: argparse.Namespace, hooks: ServerHooks | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2
-    serve(config, args.host, args.port, args.port_file, args.grace, hooks, security)
+    serve(config, args.host, args.port, args.port_file, args.grace, hooks, security,
+          advertise_address=args.advertise_address, metrics_port=args.metrics_port or None)
     return 0

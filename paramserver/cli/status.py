@@ -1,8 +1,14 @@
-"""`paramserver status`: print what each shard of a running job holds."""
+"""`paramserver status`: print what each shard of a running job holds; `--watch` redraws
+the table every few seconds, `--json` prints one JSON list (one object per shard) for
+scripts."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from typing import Any
 
 from paramserver.cli.security_options import add_client_security, client_security_from_args
 from paramserver.errors import ParamServerError
@@ -16,25 +22,74 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         help="server host:port, or several comma-separated")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds per call, and to keep retrying an unreachable server")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list, one object per shard (null: unreachable)")
+    parser.add_argument("--watch", type=float, nargs="?", const=2.0, default=None,
+                        metavar="SECONDS", help="redraw every SECONDS (2) until Ctrl-C")
     add_client_security(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    addresses = [a.strip() for a in args.servers.split(",") if a.strip()]
+    if args.watch is None:
+        return _show(addresses, args)
+    try:
+        while True:
+            if not args.json:
+                print("\x1b[H\x1b[2J", end="")  # clear the terminal, cursor home
+            print(time.strftime("%H:%M:%S"), flush=True)
+            _show(addresses, args)
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _show(addresses: list[str], args: argparse.Namespace) -> int:
     from workers.connection import ServerConnection
 
     failed = 0
-    for address in [a.strip() for a in args.servers.split(",") if a.strip()]:
-        connection = ServerConnection(address, timeout_s=args.timeout, retry_s=args.timeout,
+    records: list[dict[str, Any] | None] = []
+    for address in addresses:
+        connection = ServerConnection(address, timeout_s=args.timeout, retry_s=0.0,
                                       security=client_security_from_args(args))
         try:
-            print(format_status(address, connection.status()))
+            status = connection.status()
+            records.append(status_record(address, status))
+            if not args.json:
+                print(format_status(address, status))
         except ParamServerError as error:
-            print(f"{address}: cannot read status: {error.code.name}: {error.message}\n")
+            records.append(None)
+            if not args.json:
+                print(f"{address}: cannot read status: {error.code.name}: {error.message}\n")
             failed += 1
         finally:
             connection.close()
+    if args.json:
+        print(json.dumps(records), flush=True)
     return 1 if failed else 0
+
+
+def status_record(address: str, status: ServerStatus) -> dict[str, Any]:
+    """One shard's status as plain JSON values (the fields `format_status` shows)."""
+    plan = status.plan
+    return {
+        "address": address, "shard_index": status.shard_index,
+        "num_shards": plan.num_shards if plan else 0, "version": status.version,
+        "mode": status.mode.value, "expected_workers": status.expected_workers,
+        "pending_pushes": status.pending_pushes, "optimizer": status.optimizer,
+        "server_version": status.server_version,
+        "advertise_address": status.advertise_address,
+        "model_bytes": status.layout.nbytes if status.layout is not None else 0,
+        "workers": [{"worker_id": w.worker_id, "role": w.role.value, "pushes": w.pushes,
+                     "seconds_since_seen": w.seconds_since_seen,
+                     "push_codec": str(w.push_codec), "incarnation": w.incarnation}
+                    for w in status.workers],
+        "restored_version": status.restored_version, "evicted": list(status.evicted),
+        "rejoins": list(status.rejoins), "max_lead": status.max_lead,
+        "dropouts": list(status.dropouts), "skipped_rounds": list(status.skipped_rounds),
+    }
 
 
 def format_status(address: str, status: ServerStatus) -> str:
@@ -44,7 +99,7 @@ def format_status(address: str, status: ServerStatus) -> str:
     lines = [(f"== {address}  {shard}  version {status.version}  mode {status.mode.value}  "
               f"expected workers {status.expected_workers}  pending pushes "
               f"{status.pending_pushes}"),
-             f"   optimizer {status.optimizer}"]
+             f"   optimizer {status.optimizer}  advertised {status.advertise_address or '-'}"]
     if status.layout is not None:
         lines.append(f"   {'tensor (or slice)':<40} {'shape':<16} {'dtype':<10} {'bytes':>12}")
         for spec in status.layout.tensors:

@@ -310,7 +310,7 @@ class TensorStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds", "rejoins")
+    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds", "rejoins", "advertise_address")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,7 @@ class StatusResponse(_message.Message):
     DROPOUTS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     REJOINS_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     layout: ModelLayout
     version: int
     mode: Mode
@@ -347,7 +348,8 @@ class StatusResponse(_message.Message):
     dropouts: _containers.RepeatedScalarFieldContainer[str]
     skipped_rounds: _containers.RepeatedScalarFieldContainer[int]
     rejoins: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ..., rejoins: _Optional[_Iterable[str]] = ...) -> None: ...
+    advertise_address: str
+    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ..., rejoins: _Optional[_Iterable[str]] = ..., advertise_address: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -270,6 +270,7 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         dropouts=list(status.dropouts),
         skipped_rounds=list(status.skipped_rounds),
         rejoins=list(status.rejoins),
+        advertise_address=status.advertise_address,
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -308,6 +309,7 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         dropouts=tuple(msg.dropouts),
         skipped_rounds=tuple(msg.skipped_rounds),
         rejoins=tuple(msg.rejoins),
+        advertise_address=msg.advertise_address,
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,

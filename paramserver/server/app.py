@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,9 @@ from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.server.servicer import ParameterServerServicer, generic_handler
 from paramserver.transport import server_credentials, server_options
+
+if TYPE_CHECKING:
+    from paramserver.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,14 @@ class RunningServer:
     health: health.HealthServicer
     port: int
     ticker: threading.Thread | None = None
+    host: str = "127.0.0.1"
+    metrics: ServerMetrics | None = None  # the /metrics endpoint (serve --metrics-port)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """host:port to dial (a wildcard bind is dialled on loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(self.host, self.host)
+        return join_host_port(host, self.port)
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Drain: health NOT_SERVING, long polls woken, in-flight pushes finish within the
@@ -57,16 +65,27 @@ class RunningServer:
         self.server.stop(grace_s).wait(grace_s + 1.0)
         if self.ticker is not None:
             self.ticker.join(timeout=2.0)
+        if self.metrics is not None:
+            self.metrics.close()
         try:
             self.core.checkpoint()
         except Exception:  # a failed final checkpoint must not hide the shutdown
             log.exception("final checkpoint failed")
 
 
+def join_host_port(host: str, port: int) -> str:
+    """'host:port', an IPv6 literal in brackets ('[::1]:50051')."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
                  max_threads: int = 64, hooks: ServerHooks | None = None,
-                 security: ServerSecurity | None = None) -> RunningServer:
-    """Start serving on host:port (0 picks a free port) and return at once.
+                 security: ServerSecurity | None = None, advertise_address: str = "",
+                 metrics_port: int | None = None) -> RunningServer:
+    """Start serving on host:port (0 picks a free port; host may be any interface, an
+    IPv6 literal, or 0.0.0.0 / :: for all) and return at once. `advertise_address` is the
+    host:port workers should dial, reported in status (default: the bound address).
+    `metrics_port`: serve Prometheus metrics on host:PORT (0: a free port; None: off).
 
     `security`: TLS and how callers are authenticated (None: plaintext, no authentication,
     which a non-loopback `host` refuses unless `security.insecure`; see `auth.py`)."""
@@ -76,32 +95,48 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
                          f"the server's {max_threads} RPC threads, or waiting pulls could "
                          "take them all")
     check_binding(host, security)
-    # Authentication runs first, so no other interceptor sees an unauthenticated call.
-    interceptors = [*([Authenticator(security)] if security and security.authenticates
-                      else []), *hooks.interceptors]
     core = ParameterServerCore(config, before_checkpoint_write=hooks.before_checkpoint_write)
+    metrics = None if metrics_port is None else _metrics_for(core)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
                                                     thread_name_prefix="ps-rpc"),
-                         interceptors=interceptors, options=server_options(),
-                         maximum_concurrent_rpcs=max_threads * 4)
+                         interceptors=_interceptors(security, hooks, metrics),
+                         options=server_options(), maximum_concurrent_rpcs=max_threads * 4)
     server.add_generic_rpc_handlers((generic_handler(ParameterServerServicer(core)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = (server.add_secure_port(f"{host}:{port}", server_credentials(security))
-             if security is not None and security.tls else
-             server.add_insecure_port(f"{host}:{port}"))
-    if bound == 0:
-        raise OSError(f"cannot bind {host}:{port}")
+    bound = _bind(server, host, port, security)
     server.start()
     for service in ("", serde.SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s:%d (%s, %d workers, %s)", serde.SERVICE_NAME, host, bound,
              config.mode.value, config.expected_workers, _describe(security))
-    running = RunningServer(server, core, health_servicer, bound)
+    running = RunningServer(server, core, health_servicer, bound, host=host, metrics=metrics)
+    if metrics is not None and metrics_port is not None:
+        log.info("metrics on %s", join_host_port(host, metrics.serve(host.strip("[]"),
+                                                                     metrics_port)))
+    core.advertise_address = advertise_address or join_host_port(host, bound)
     running.ticker = threading.Thread(target=_tick, args=(running,), daemon=True,
                                       name="ps-lease")
     running.ticker.start()
     return running
+
+
+def _interceptors(security: ServerSecurity | None, hooks: ServerHooks,
+                  metrics: ServerMetrics | None) -> list[grpc.ServerInterceptor]:
+    """Authentication first, so no other interceptor sees an unauthenticated call; then
+    the injected hooks, then the metrics (which see what was answered)."""
+    first = [Authenticator(security)] if security and security.authenticates else []
+    return [*first, *hooks.interceptors, *([metrics.interceptor] if metrics else [])]
+
+
+def _bind(server: grpc.Server, host: str, port: int, security: ServerSecurity | None) -> int:
+    """The bound port: TLS when `security` has it, else plaintext; OSError if it fails."""
+    address = join_host_port(host, port)
+    bound = (server.add_secure_port(address, server_credentials(security))
+             if security is not None and security.tls else server.add_insecure_port(address))
+    if bound == 0:
+        raise OSError(f"cannot bind {address}")
+    return bound
 
 
 def _describe(security: ServerSecurity | None) -> str:
@@ -110,6 +145,14 @@ def _describe(security: ServerSecurity | None) -> str:
     if security.client_ca is not None:
         return "mutual TLS"
     return "TLS, bearer tokens" if security.tokens is not None else "TLS, no authentication"
+
+
+def _metrics_for(core: ParameterServerCore) -> ServerMetrics:
+    from paramserver.server.metrics import ServerMetrics  # prometheus_client only if asked
+
+    metrics = ServerMetrics()
+    metrics.watch(core)
+    return metrics
 
 
 def _tick(running: RunningServer) -> None:
@@ -125,19 +168,21 @@ def _tick(running: RunningServer) -> None:
 
 def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,
           grace_s: float = 5.0, hooks: ServerHooks | None = None,
-          security: ServerSecurity | None = None) -> None:
+          security: ServerSecurity | None = None, advertise_address: str = "",
+          metrics_port: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    running = start_server(config, host, port, hooks=hooks, security=security)
+    running = start_server(config, host, port, hooks=hooks, security=security,
+                           advertise_address=advertise_address, metrics_port=metrics_port)
     tune_process()
     try:
         if port_file is not None:
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(str(running.port))
             tmp.replace(port_file)  # atomic: a reader never sees a half-written port
-        print(f"paramserver listening on {host}:{running.port}", flush=True)
+        print(f"paramserver listening on {join_host_port(host, running.port)}", flush=True)
         while not stop.wait(0.5):
             pass
         log.info("signal received, shutting down")

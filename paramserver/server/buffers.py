@@ -63,6 +63,10 @@ class PooledBuffers:
     def __len__(self) -> int:
         return len(self._buffers)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(buffer.numel() for buffer in self._buffers)
+
     def take(self, nbytes: int) -> torch.Tensor:
         """A fresh buffer from the pool, owned here."""
         buffer = self._pool.take(nbytes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from paramserver.server.checkpoint import BeforeWrite, CheckpointStore, ShardState
@@ -33,6 +34,8 @@ class ShardCheckpointer:
         self._reform_timeout_s = reform_timeout_s
         self._lock = threading.Lock()
         self._saved_version = 0  # the version of the newest checkpoint
+        self.last_save_s = 0.0  # how long the newest checkpoint took to write (metrics)
+        self.last_saved_at = 0.0  # its wall-clock time, time.time() (0: none yet)
 
     def save(self, every: int = 0) -> Path | None:
         """Write this shard's state (atomically, with a checksum); None without a model, or
@@ -42,6 +45,7 @@ class ShardCheckpointer:
         with self._lock:
             if every and self._store.version - self._saved_version < every:
                 return None
+            started = time.perf_counter()
             version, params, optimizer = self._store.snapshot()
             assert self._store.layout is not None and self._store.plan is not None
             state = ShardState(version, self._store.layout, self._store.plan,
@@ -51,6 +55,7 @@ class ShardCheckpointer:
                                 "members": sorted(self._members.live_workers())})
             path = self._files.save(state)
             self._saved_version = max(self._saved_version, version)
+            self.last_save_s, self.last_saved_at = time.perf_counter() - started, time.time()
         log.info("checkpoint of step %d written to %s", version, path)
         return path
 

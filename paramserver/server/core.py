@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from paramserver import __version__
@@ -53,6 +54,15 @@ from paramserver.types import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ServerInternals:
+    """Figures for metrics that `status` does not carry."""
+
+    held_part_bytes: int  # pushed parts waiting for their closing part
+    checkpoint_s: float  # the newest checkpoint's write time (0: none)
+    checkpoint_at: float  # its time.time() (0: none)
+
+
 class ParameterServerCore:
     """One server (or shard): the store, its members, the update policy, checkpoints."""
 
@@ -83,6 +93,7 @@ class ParameterServerCore:
         self._last_wait_log = 0.0
         self.rejoins: list[str] = []  # "worker@held->version", for status
         self.pull_streams = PullStreams()  # compressed pulls: one replica per delta codec
+        self.advertise_address = ""  # set by the app once bound: host:port to dial
         self.restored_version = (self._checkpoints.restore()
                                  if self._checkpoints is not None else -1)
 
@@ -244,6 +255,7 @@ class ParameterServerCore:
             dropouts=report.dropouts,
             skipped_rounds=report.skipped_rounds,
             rejoins=tuple(self.rejoins),
+            advertise_address=self.advertise_address,
         )
 
     # ---- register, push, pull ------------------------------------------------------------
@@ -348,6 +360,13 @@ class ParameterServerCore:
         """Write this shard's state now (see `ShardCheckpointer.save`); None when
         checkpointing is off or there is nothing (new) to save."""
         return self._checkpoints.save(every) if self._checkpoints is not None else None
+
+    def internals(self) -> ServerInternals:
+        """Held push bytes and checkpoint timing, for metrics."""
+        saver = self._checkpoints
+        return ServerInternals(held_part_bytes=self._parts.held_bytes,
+                               checkpoint_s=saver.last_save_s if saver else 0.0,
+                               checkpoint_at=saver.last_saved_at if saver else 0.0)
 
     def _maybe_checkpoint(self) -> None:
         if self._checkpoints is not None:

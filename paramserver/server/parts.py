@@ -62,6 +62,7 @@ class PartAssembler:
 
     @property
     def held_bytes(self) -> int:
+        """Bytes reserved for pushed parts held until their closing part arrives."""
         with self._lock:
             return self._bytes
 

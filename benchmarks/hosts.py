@@ -1,0 +1,137 @@
+"""The peer comparison across hosts with links of their own (the namespace test bed,
+testbed/): ours (sync; none / top-k / qsgd) on 1 and 2 server hosts, and gloo all-reduce,
+with W workers each on its own host, every host's link capped at the same rate.
+
+    python -m benchmarks.hosts [--plan target|full] [--mb 100] [--reps 3] [--report FILE]
+
+`target` measures the issue's bar (1 Gbit/s per host, W=4, 100 MB, `none`: 2 server hosts
+>= 1.6x faster than 1) and gloo beside it; `full` every rate (10 Gbit/s, 1 Gbit/s,
+100 Mbit/s), W=2 and 4, 1 and 2 server hosts, the three codecs and gloo. At 100 Mbit/s the
+model is a tenth of --mb (a 100 MB step would take half a minute per step). A step's
+time is the slowest worker's median. Needs root (network namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import REPO
+from testbed import LinkSpec, NetBed, unavailable
+from tests.chaos import wait_exit
+
+CODECS = ("none", "topk:ratio=0.01", "qsgd:bits=8")
+RATES = ("10gbit", "1gbit", "100mbit")
+WORKER = (sys.executable, "-m", "benchmarks.hosts_worker")
+
+
+@dataclass(frozen=True)
+class Case:
+    system: str  # "ours" or "gloo"
+    rate: str
+    workers: int
+    server_hosts: int  # 0 for gloo
+    codec: str
+    model_mb: float
+
+
+def plan(name: str, mb: float) -> list[Case]:
+    if name == "target":
+        return [Case("ours", "1gbit", 4, 1, "none", mb), Case("ours", "1gbit", 4, 2, "none", mb),
+                Case("gloo", "1gbit", 4, 0, "none", mb)]
+    cases = []
+    for rate, workers in itertools.product(RATES, (2, 4)):
+        size = mb / 10 if rate == "100mbit" else mb
+        cases += [Case("ours", rate, workers, s, c, size) for s in (1, 2) for c in CODECS
+                  if c == "none" or s == 1]  # codecs on one server host, as the suite
+        cases.append(Case("gloo", rate, workers, 0, "none", size))
+    return cases
+
+
+def run_case(case: Case, run_dir: Path, warmup: int, reps: int) -> dict[str, Any]:
+    hosts = case.server_hosts + case.workers
+    with NetBed(run_dir, hosts, LinkSpec(case.rate)) as bed:
+        outs = [run_dir / f"rank-{r}.json" for r in range(case.workers)]
+        common = ["--mb", str(case.model_mb), "--warmup", str(warmup), "--reps", str(reps)]
+        env = {"PYTHONPATH": str(REPO)}
+        if case.system == "ours":
+            servers = ",".join(bed.start_server(bed.host(i), [
+                "--mode", "sync", "--workers", str(case.workers), "--lr", "0.001",
+                "--momentum", "0.9", "--grace", "1"])[1] for i in range(case.server_hosts))
+            args = ["ours", "--servers", servers, "--codec", case.codec]
+        else:
+            args = ["gloo", "--init", str(run_dir / "gloo-init"), "--world", str(case.workers)]
+        procs = [bed.spawn(bed.host(case.server_hosts + r), f"rank-{r}",
+                           [*args, "--rank", str(r), "--out", str(outs[r]), *common],
+                           program=WORKER, env=env) for r in range(case.workers)]
+        for proc in procs:
+            if wait_exit(proc, 900) != 0:
+                raise RuntimeError(f"{proc.name} failed:\n{proc.log_tail()}")
+        results = [json.loads(path.read_text()) for path in outs]
+    # A step ends when the slowest worker's does: the max over workers, step by step.
+    steps = [max(r["steps"][i] for r in results) for i in range(reps)]
+    return {**asdict(case), "step_s": statistics.median(steps), "steps": steps,
+            "bytes_up": results[0].get("bytes_up"), "bytes_down": results[0].get("bytes_down")}
+
+
+def _speedup(rows: list[dict[str, Any]]) -> float | None:
+    def step(servers: int) -> float | None:
+        return next((r["step_s"] for r in rows if "error" not in r and r["system"] == "ours"
+                     and r["rate"] == "1gbit"
+                     and r["workers"] == 4 and r["server_hosts"] == servers
+                     and r["codec"] == "none"), None)
+
+    one, two = step(1), step(2)
+    return one / two if one and two else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.hosts")
+    parser.add_argument("--plan", choices=["target", "full"], default="target")
+    parser.add_argument("--mb", type=float, default=100.0, help="model size (100)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--report", type=Path)
+    args = parser.parse_args()
+    why = unavailable()
+    if why is not None:
+        print(f"benchmarks.hosts: no network namespaces here ({why})")
+        return 2
+    rows = []
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ps-hosts-bench-") as tmp:
+        for index, case in enumerate(plan(args.plan, args.mb)):
+            started = time.monotonic()
+            try:
+                row = run_case(case, Path(tmp) / f"case-{index}", args.warmup, args.reps)
+            except (RuntimeError, OSError) as error:  # one failed case must not lose the rest
+                print(f"{case}: failed: {str(error)[-2000:]}", flush=True)
+                rows.append({**asdict(case), "error": str(error)[-2000:]})
+                continue
+            rows.append(row)
+            where = (f"{case.server_hosts} server host(s)" if case.system == "ours"
+                     else "all-reduce")
+            print(f"{case.system:<5} {case.codec:<16} {case.rate:>8}/host  W={case.workers}  "
+                  f"{where:<18} {case.model_mb:>6g} MB  step {1e3 * row['step_s']:9.1f} ms  "
+                  f"[{time.monotonic() - started:.0f} s]", flush=True)
+    speedup = _speedup(rows)
+    if speedup is not None:
+        print(f"2 server hosts vs 1 (1 Gbit/s per host, W=4, {args.mb:g} MB, none): "
+              f"{speedup:.2f}x faster (bar: >= 1.6x) -> {'PASS' if speedup >= 1.6 else 'FAIL'}")
+    if args.report is not None:
+        args.report.write_text(json.dumps({"rows": rows, "speedup_2_vs_1": speedup,
+                                           "load_average": os.getloadavg()}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""deploy/: every Kubernetes manifest validates offline against the Kubernetes schemas
+(kubernetes-validate, strict: unknown fields fail), the manifests agree with each other
+(shard count, worker count, grace period), and the Grafana dashboard queries only metrics
+we export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+VERSIONS = ("1.29.0", kubernetes_validate.latest_version())  # oldest supported, newest
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _by_kind() -> dict[str, dict[str, Any]]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for p in MANIFESTS for d in _documents(p)}
+
+
+def _flag(args: list[str], flag: str) -> str:
+    [value] = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+    return value
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates_offline(path: Path, version: str) -> None:
+    for document in _documents(path):
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_the_validator_refuses_a_wrong_manifest() -> None:
+    document = _documents(K8S / "ps-statefulset.yaml")[0]
+    document["spec"]["replica"] = 2  # a typo of `replicas`
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(document, VERSIONS[-1], strict=True)
+
+
+def test_the_manifests_agree() -> None:
+    kinds = _by_kind()
+    servers, service = kinds["StatefulSet/ps"], kinds["Service/ps"]
+    job = kinds["Job/ps-workers"]
+    assert servers["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"  # headless: ps-0.ps, ps-1.ps
+    pod = servers["spec"]["template"]["spec"]
+    server_args = pod["containers"][0]["args"]
+    worker_args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    shards = _flag(worker_args, "--servers").split(",")
+    assert shards == [f"ps-{i}.ps:50051" for i in range(servers["spec"]["replicas"])]
+    workers = int(_flag(server_args, "--workers"))
+    assert job["spec"]["completions"] == workers == int(_flag(worker_args, "--num-workers"))
+    assert job["spec"]["completionMode"] == "Indexed"
+    # SIGKILL must not cut the drain (--grace) or the final checkpoint after it short.
+    assert pod["terminationGracePeriodSeconds"] >= float(_flag(server_args, "--grace")) + 10
+    probes = pod["containers"][0]
+    assert probes["readinessProbe"]["grpc"]["port"] == probes["livenessProbe"]["grpc"]["port"]
+    assert servers["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "checkpoints"
+    assert kinds["PodDisruptionBudget/ps"]["spec"]["selector"] == servers["spec"]["selector"]
+
+
+def test_kustomization_lists_the_cpu_manifests() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert listed == {p.name for p in MANIFESTS} - {"workers-job-gpu.yaml"}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl to render kustomize")
+def test_kustomize_renders() -> None:
+    done = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    for document in yaml.safe_load_all(done.stdout):
+        kubernetes_validate.validate(document, VERSIONS[-1], strict=True)
+
+
+def test_grafana_dashboard_queries_only_exported_metrics() -> None:
+    exported = set()
+    for module in ("paramserver/server/metrics.py", "workers/metrics.py"):
+        exported |= set(re.findall(r'"(paramserver_[a-z_]+)"', (REPO / module).read_text()))
+    dashboard = json.loads((REPO / "deploy/grafana/paramserver.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"paramserver_[a-z_]+", target["expr"])}
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    unknown = {q for q in queried if q not in exported and not any(
+        q.endswith(s) and q.removesuffix(s) in exported for s in suffixes)}
+    assert not unknown
+    assert len(dashboard["panels"]) >= 10
+
+
+def test_grafana_dashboard_is_generated() -> None:
+    from tools.grafana_dashboard import dashboard
+
+    committed = json.loads((REPO / "deploy/grafana/paramserver.json").read_text())
+    assert committed == dashboard()
