@@ -77,6 +77,16 @@ class _Place:
     width: int  # encoded bytes per element
 
 
+def _place_of(shard: int, routes: Mapping[str, Route], targets: Mapping[str, np.ndarray],
+              spec: TensorSpec, width: int) -> _Place:
+    """Where a pulled tensor lands in the model; FailedPrecondition if it is not ours."""
+    route = routes.get(spec.name)
+    if route is None or route.stored != spec:
+        raise FailedPrecondition(f"shard {shard} sent {spec.name!r}, which does not match "
+                                 "the attached model")
+    return _Place(targets[route.param], route.byte_start, route.nbytes, spec.dtype, width)
+
+
 class PullDecoder:
     """Decodes one shard's pull stream into the model's tensors, in place.
 
@@ -102,14 +112,9 @@ class PullDecoder:
         self._places = [self._place(spec) for spec in header.tensors]
 
     def _place(self, spec: TensorSpec) -> _Place:
-        route = self._routes.get(spec.name)
-        if route is None or route.stored != spec:
-            raise FailedPrecondition(f"shard {self.shard} sent {spec.name!r}, which does not "
-                                     "match the attached model")
         # Elementwise codecs: the payload bound for one element is its exact width.
-        width = self._codec.max_payload_nbytes(1, spec.dtype)
-        return _Place(self._targets[route.param], route.byte_start, route.nbytes, spec.dtype,
-                      width)
+        return _place_of(self.shard, self._routes, self._targets, spec,
+                         self._codec.max_payload_nbytes(1, spec.dtype))
 
     def sink(self, index: int, offset: int, data: memoryview) -> None:
         """Write chunk `data` of tensor `index`, at encoded byte `offset`, into its place."""
@@ -165,14 +170,8 @@ class DeltaPullDecoder:
 
     def on_header(self, header: PullHeader) -> None:
         self._header = header
-        self._places = []
-        for spec in header.tensors:
-            route = self._routes.get(spec.name)
-            if route is None or route.stored != spec:
-                raise FailedPrecondition(f"shard {self.shard} sent {spec.name!r}, which does "
-                                         "not match the attached model")
-            self._places.append(_Place(self._targets[route.param], route.byte_start,
-                                       route.nbytes, spec.dtype, spec.dtype.itemsize))
+        self._places = [_place_of(self.shard, self._routes, self._targets, spec,
+                                  spec.dtype.itemsize) for spec in header.tensors]
         self._payloads = [bytearray() for _ in header.tensors]
 
     def sink(self, index: int, offset: int, data: memoryview) -> None:
