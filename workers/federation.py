@@ -49,7 +49,8 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
     wait_for("the first client registering the model", registered, timeout_s=300,
              period_s=0.2)
     with ParameterClient(servers, "round-observer", role=Role.OBSERVER, timeout_s=poll_s,
-                         retry_s=0.0, security=security) as observer:
+                         retry_s=0.0, connect_timeout_s=poll_s,
+                         security=security) as observer:
         observer.attach(model)
         while len(accuracies) < rounds:
             try:

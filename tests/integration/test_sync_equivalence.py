@@ -74,6 +74,17 @@ def _train_two_workers(address: str, sizes: tuple[int, int]):  # type: ignore[no
     return batches, results
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():  # type: ignore[no-untyped-def]
+    """Bit-reproducible gradients: with several intra-op threads a matmul's reduction order
+    can change from run to run, and Adam turns a 1e-9 difference in a tiny gradient into a
+    visible one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("shards", [1, 2, 3])
 @pytest.mark.parametrize("aggregation, sizes, optimizer", [
     (Aggregation.MEAN, (16, 16), OPT),
