@@ -70,18 +70,13 @@ class Aggregate:
             self.add(name, update, weight, source)
         self.push_weight += weight
 
-    def weights(self, over_all_pushes: bool = False) -> dict[str, float]:
-        """Per tensor, what its sum is divided by for the mean: the weight of the pushes that
-        held it, or (`over_all_pushes`) of every push added, so a push without a tensor
-        counts as a zero gradient for it (DDP's mean over all ranks, with
-        find_unused_parameters=True)."""
-        if over_all_pushes:
-            return {name: self.push_weight for name in self._weights}
+    def weights(self) -> dict[str, float]:
+        """Per tensor, the weight of the pushes that held it (`push_weight`: of all)."""
         return dict(self._weights)
 
-    def means(self, over_all_pushes: bool = False) -> dict[str, torch.Tensor]:
+    def means(self) -> dict[str, torch.Tensor]:
         """The weighted mean per tensor, computed in place (the sums are gone after)."""
-        return self.divided_by(self.weights(over_all_pushes))
+        return self.divided_by(self._weights)
 
     def divided_by(self, totals: dict[str, float]) -> dict[str, torch.Tensor]:
         """Each sum divided by totals[name] in place (the sums are gone after)."""
@@ -108,7 +103,7 @@ class StepAssembly:
         self._store = store
         self._pool = pool
         self._clock = clock
-        self._over_all_pushes = over_all_pushes  # see Aggregate.means
+        self._over_all_pushes = over_all_pushes  # see _totals
         self._base_lr = base_lr  # the server's --lr, which stated rates replace
         self._rules = StepRules()
         self.pushed: set[str] = set()
@@ -158,7 +153,9 @@ class StepAssembly:
 
     def _totals(self) -> dict[str, float]:
         """Per tensor, the weight both sums are divided by: of every push of the step
-        (`over_all_pushes`), else of the pushes, raw or corrected, that held the tensor."""
+        (`over_all_pushes`: a push without a tensor counts as a zero gradient for it, DDP's
+        mean over all ranks with find_unused_parameters=True), else of the pushes, raw or
+        corrected, that held the tensor."""
         raw, corrected = self._aggregate, self._corrected
         if self._over_all_pushes:
             everyone = raw.push_weight + corrected.push_weight
