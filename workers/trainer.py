@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -81,31 +82,38 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
                          ef_momentum=config.ef_momentum, retry_s=config.retry_s,
                          security=config.security) as client:
         client.attach(model)
+        loss_fn = nn.CrossEntropyLoss()
         n = len(data.x_train)
         mine = shard_indices(n, config.rank, config.num_workers, config.data)
         steps = steps_per_epoch(n, config.num_workers, config.data, config.batch_size)
-        loss_fn = nn.CrossEntropyLoss()
-        steps_done, loss = 0, float("nan")
-        for epoch in range(config.epochs):
-            seed = config.seed * 1_000_003 + epoch * 1_009 + config.rank
-            losses = []
-            for batch in epoch_batches(mine, steps, config.batch_size, seed):
-                model.zero_grad(set_to_none=True)
-                out = loss_fn(model(data.x_train[batch]), data.y_train[batch])
-                out.backward()
-                if before_push is not None:
-                    before_push(steps_done)
-                client.step(num_samples=len(batch))
-                losses.append(float(out))
-                steps_done += 1
-            loss = sum(losses) / len(losses)
-            acc = accuracy(model, data.x_test, data.y_test)
-            log.info("%s epoch %d loss %.4f test accuracy %.4f (version %d)",
-                     config.worker_id, epoch + 1, loss, acc, client.version)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, loss, acc)
-        require_some_applied(config.worker_id, steps_done * len(client.connections),
-                             client.aborted_pushes)
+        schedule = _Schedule(config, mine, steps)
+        loop = _LoopState()
+        for step in _job_steps(client, schedule, config.epochs * steps):
+            batch = schedule.batch(step)
+            model.zero_grad(set_to_none=True)
+            out = loss_fn(model(data.x_train[batch]), data.y_train[batch])
+            out.backward()
+            if before_push is not None:
+                before_push(loop.steps_done)
+            client.step(num_samples=len(batch))
+            loop.record(float(out))
+            if schedule.ends_epoch(step):
+                loss = loop.close_epoch()
+                acc = accuracy(model, data.x_test, data.y_test)
+                epoch = step // steps + 1
+                log.info("%s epoch %d loss %.4f test accuracy %.4f (version %d)",
+                         config.worker_id, epoch, loss, acc, client.version)
+                if on_epoch is not None:
+                    on_epoch(epoch, loss, acc)
+        steps_done, loss = loop.steps_done, loop.last_loss
+        if client.session.mode is Mode.SYNC and client.version >= schedule.steps * config.epochs:
+            # The job reached its last step: a backup worker whose every push came after its
+            # step closed (--sync-quorum) contributed nothing, but nothing was lost either.
+            warn_if_none_applied(config.worker_id, steps_done * len(client.connections),
+                                 client.aborted_pushes)
+        else:
+            require_some_applied(config.worker_id, steps_done * len(client.connections),
+                                 client.aborted_pushes)
         if client.session.mode in (Mode.ASYNC, Mode.SSP):
             client.pull(0)  # the freshest parameters, including other workers' updates
         return TrainReport(
@@ -127,6 +135,66 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             duplicate_pushes=sum(c.duplicates for c in client.connections),
             retries=sum(c.retries for c in client.connections),
         )
+
+
+class _Schedule:
+    """The batch of each step of the job: epoch e = step // steps draws its order from a
+    seed of (seed, e, rank), so a step redone after a server restart trains on the same
+    batch as the first time."""
+
+    def __init__(self, config: TrainConfig, mine: np.ndarray, steps: int) -> None:
+        self._config, self._mine, self.steps = config, mine, steps
+        self._epoch = -1
+        self._batches: list[np.ndarray] = []
+
+    def batch(self, step: int) -> np.ndarray:
+        epoch, index = divmod(step, self.steps)
+        if epoch != self._epoch:
+            seed = self._config.seed * 1_000_003 + epoch * 1_009 + self._config.rank
+            self._batches = epoch_batches(self._mine, self.steps, self._config.batch_size,
+                                          seed)
+            self._epoch = epoch
+        return self._batches[index]
+
+    def ends_epoch(self, step: int) -> bool:
+        """Whether the step just taken was its epoch's last one."""
+        return (step + 1) % self.steps == 0
+
+
+class _LoopState:
+    """Steps taken and the losses of the epoch under way."""
+
+    def __init__(self) -> None:
+        self.steps_done = 0
+        self.losses: list[float] = []
+        self.last_loss = float("nan")
+
+    def record(self, loss: float) -> None:
+        self.steps_done += 1
+        self.losses.append(loss)
+
+    def close_epoch(self) -> float:
+        self.last_loss = sum(self.losses) / max(len(self.losses), 1)
+        self.losses = []
+        return self.last_loss
+
+
+def _job_steps(client: ParameterClient, schedule: _Schedule, total: int) -> Iterator[int]:
+    """The steps this worker takes. Sync: the job's step numbering is the servers' version,
+    so every worker trains until the job reached `total` and all end on the same version,
+    even when a server restored from an older checkpoint made them redo steps (issue #19).
+    Async and SSP: this worker's own count of `total` steps, as every worker pushes its own."""
+    if client.session.mode is Mode.SYNC:
+        while client.version < total:
+            yield client.version
+    else:
+        yield from range(total)
+
+
+def warn_if_none_applied(worker_id: str, pushes: int, aborted: int) -> None:
+    if pushes and aborted >= pushes:
+        log.warning("%s: all %d pushes were ABORTED (each step closed before it arrived): "
+                    "this worker's gradients were not applied", worker_id, aborted)
 
 
 def require_some_applied(worker_id: str, pushes: int, aborted: int) -> None:

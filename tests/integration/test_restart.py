@@ -57,5 +57,8 @@ def test_restarted_sync_job_ends_on_one_model_each_time(cluster: LocalCluster) -
         assert len(versions) == 1, f"workers ended on different versions {versions}"
         assert len(accuracies) == 1, f"one final model, yet accuracies {accuracies}"
     assert all(r["rejoins"] >= RESTARTS for r in faulty)  # every restart was noticed
-    assert faulty[0]["version"] < calm[0]["version"]  # each restart lost a few steps ...
-    assert abs(faulty[0]["accuracy"] - calm[0]["accuracy"]) <= 0.01  # ... not the model
+    # Each restart went back to an older checkpoint and the workers redid those steps, in
+    # the job's own numbering: the same number of job steps, more steps taken.
+    assert faulty[0]["version"] == calm[0]["version"]
+    assert all(f["steps"] > c["steps"] for f, c in zip(faulty, calm))
+    assert abs(faulty[0]["accuracy"] - calm[0]["accuracy"]) <= 0.01
