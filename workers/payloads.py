@@ -77,17 +77,32 @@ class _Place:
     width: int  # encoded bytes per element
 
 
-def _place_of(shard: int, routes: Mapping[str, Route], targets: Mapping[str, np.ndarray],
-              spec: TensorSpec, width: int) -> _Place:
-    """Where a pulled tensor lands in the model; FailedPrecondition if it is not ours."""
-    route = routes.get(spec.name)
-    if route is None or route.stored != spec:
-        raise FailedPrecondition(f"shard {shard} sent {spec.name!r}, which does not match "
-                                 "the attached model")
-    return _Place(targets[route.param], route.byte_start, route.nbytes, spec.dtype, width)
+class _ShardPull:
+    """What every pull decoder holds: its shard, codec (one of `codecs`) and where the
+    pulled tensors land. One decoder serves one pull of one shard (one thread)."""
+
+    def __init__(self, shard: int, codec: Codec, routes: Mapping[str, Route],
+                 targets: Mapping[str, np.ndarray], codecs: tuple[str, ...]) -> None:
+        if codec.spec.name not in codecs:
+            raise FailedPrecondition(f"this decoder cannot pull with codec "
+                                     f"{codec.spec.name!r}; use {', '.join(codecs)}")
+        self.shard = shard
+        self._codec = codec
+        self._routes = routes
+        self._targets = targets
+        self._places: list[_Place] = []
+
+    def _place_of(self, spec: TensorSpec, width: int) -> _Place:
+        """Where a pulled tensor lands in the model; FailedPrecondition if it is not ours."""
+        route = self._routes.get(spec.name)
+        if route is None or route.stored != spec:
+            raise FailedPrecondition(f"shard {self.shard} sent {spec.name!r}, which does not "
+                                     "match the attached model")
+        return _Place(self._targets[route.param], route.byte_start, route.nbytes, spec.dtype,
+                      width)
 
 
-class PullDecoder:
+class PullDecoder(_ShardPull):
     """Decodes one shard's pull stream into the model's tensors, in place.
 
     Give `on_header` and `sink` to `ServerConnection.pull`. `routes` maps the shard's stored
@@ -97,15 +112,8 @@ class PullDecoder:
 
     def __init__(self, shard: int, codec: Codec, routes: Mapping[str, Route],
                  targets: Mapping[str, np.ndarray]) -> None:
-        if codec.spec.name not in PULL_CODECS:
-            raise FailedPrecondition(f"cannot pull with codec {codec.spec.name!r}; use "
-                                     f"{', '.join(PULL_CODECS)}")
-        self.shard = shard
-        self._codec = codec
+        super().__init__(shard, codec, routes, targets, PULL_CODECS)
         self._raw = is_raw(codec)
-        self._routes = routes
-        self._targets = targets
-        self._places: list[_Place] = []
 
     def on_header(self, header: PullHeader) -> None:
         """Map the header's tensors to their places; a retried pull starts over."""
@@ -113,8 +121,7 @@ class PullDecoder:
 
     def _place(self, spec: TensorSpec) -> _Place:
         # Elementwise codecs: the payload bound for one element is its exact width.
-        return _place_of(self.shard, self._routes, self._targets, spec,
-                         self._codec.max_payload_nbytes(1, spec.dtype))
+        return self._place_of(spec, self._codec.max_payload_nbytes(1, spec.dtype))
 
     def sink(self, index: int, offset: int, data: memoryview) -> None:
         """Write chunk `data` of tensor `index`, at encoded byte `offset`, into its place."""
@@ -146,7 +153,7 @@ class PullDecoder:
         return start, bytes_of(values).numpy()
 
 
-class DeltaPullDecoder:
+class DeltaPullDecoder(_ShardPull):
     """Collects one shard's compressed pull and applies it in place when it is whole.
 
     Each tensor's chunks form one payload: a delta under the pull codec (added to the
@@ -157,21 +164,13 @@ class DeltaPullDecoder:
 
     def __init__(self, shard: int, codec: Codec, routes: Mapping[str, Route],
                  targets: Mapping[str, np.ndarray]) -> None:
-        if codec.spec.name not in DELTA_PULL_CODECS:
-            raise FailedPrecondition(f"{codec.spec.name!r} does not pull deltas; use "
-                                     f"{', '.join(DELTA_PULL_CODECS)}")
-        self.shard = shard
-        self._codec = codec
-        self._routes = routes
-        self._targets = targets
+        super().__init__(shard, codec, routes, targets, DELTA_PULL_CODECS)
         self._header: PullHeader | None = None
-        self._places: list[_Place] = []
         self._payloads: list[bytearray] = []
 
     def on_header(self, header: PullHeader) -> None:
         self._header = header
-        self._places = [_place_of(self.shard, self._routes, self._targets, spec,
-                                  spec.dtype.itemsize) for spec in header.tensors]
+        self._places = [self._place_of(spec, spec.dtype.itemsize) for spec in header.tensors]
         self._payloads = [bytearray() for _ in header.tensors]
 
     def sink(self, index: int, offset: int, data: memoryview) -> None:
