@@ -47,6 +47,8 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
 def gloo(args: argparse.Namespace) -> dict[str, Any]:
     import torch.distributed as dist
 
+    from benchmarks.suite.peers import allreduce_step
+
     os.environ["GLOO_SOCKET_IFNAME"] = "eth0"  # the host's own link
     dist.init_process_group("gloo", init_method=f"file://{args.init}", rank=args.rank,
                             world_size=args.world)
@@ -56,11 +58,7 @@ def gloo(args: argparse.Namespace) -> dict[str, Any]:
         optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM)
 
         def step() -> None:
-            works = [dist.all_reduce(p.grad, async_op=True) for p in params]  # type: ignore[arg-type]
-            for work, p in zip(works, params):
-                work.wait()
-                p.grad.div_(args.world)  # type: ignore[union-attr]
-            optimizer.step()
+            allreduce_step(params, optimizer, args.world)
 
         for _ in range(args.warmup):
             step()

@@ -46,6 +46,17 @@ def _loopback_only() -> None:
 
 # ---- all-reduce over gloo ------------------------------------------------------------------
 
+def allreduce_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                   world: int) -> None:
+    """One data-parallel step: all-reduce every gradient (async, all in flight), average,
+    apply. The all-reduce peer of every comparison, on one host or across hosts."""
+    works = [dist.all_reduce(p.grad, async_op=True) for p in params]  # type: ignore[arg-type]
+    for work, p in zip(works, params):
+        work.wait()
+        p.grad.div_(world)  # type: ignore[union-attr]
+    optimizer.step()
+
+
 def allreduce_rank(rank: int, world: int, init_file: str, model_mb: float,
                    caps: tuple[str, ...], warmup: int, reps: int) -> list[dict[str, Any]]:
     """One rank: warm-up and timed steps per cap; rank 0 sets the caps between them."""
@@ -58,11 +69,7 @@ def allreduce_rank(rank: int, world: int, init_file: str, model_mb: float,
         optimizer = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM)
 
         def step() -> None:
-            works = [dist.all_reduce(p.grad, async_op=True) for p in params]  # type: ignore[arg-type]
-            for work, p in zip(works, params):
-                work.wait()
-                p.grad.div_(world)  # type: ignore[union-attr]
-            optimizer.step()
+            allreduce_step(params, optimizer, world)
 
         rows = []
         for cap in caps or (None,):
