@@ -51,6 +51,10 @@ class SessionExpired(FailedPrecondition):
 
 
 SESSION_EXPIRED = "session expired: "
+# In the FAILED_PRECONDITION a first handshake gets while a live session holds its worker id
+# (a duplicate RANK, or a restarted rank's previous process whose lease has not run out):
+# clients match it to wait for that lease (`ServerConnection.handshake(claim_wait_s=)`).
+WORKER_ID_HELD = "is already attached by a live process"
 
 
 class Aborted(ParamServerError):

@@ -42,6 +42,7 @@ from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
 from workers.checkpoints import client_state, load_client_state
 from workers.connection import LinkShaper
 from workers.environment import WorkerIdentity
+from workers.environment import claim_wait_s as default_claim_wait_s
 from workers.parameter_client import ParameterClient
 from workers.payloads import is_raw
 from workers.server_optimizer import ServerOptimizer
@@ -197,6 +198,17 @@ class AttachedModel:
         """The server version of the parameters now in the model."""
         return self.client.version
 
+    def job_steps(self, total: int) -> Iterator[int]:
+        """The steps of a job of `total` steps still to take, in the job's numbering. Sync:
+        the servers' version is the job's step, so a rank that (re)joins mid-job, e.g.
+        restarted by torchrun, takes up where the job is, and every rank ends on version
+        `total`. Async and SSP: this process's own `total` steps."""
+        if self.client.session.mode is Mode.SYNC:
+            while self.version < total:
+                yield self.version
+        else:
+            yield from range(total)
+
     def close(self) -> None:
         for handle in self._hooks:
             handle.remove()
@@ -263,7 +275,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            shaper_factory: Callable[[str], LinkShaper] | None = None,
            security: ClientSecurity | None = None, world_size: int | None = None,
            broadcast_buffers: bool | None = None, metrics_port: int | None = None,
-           metrics_host: str = "127.0.0.1") -> AttachedModel:
+           metrics_host: str = "127.0.0.1", claim_wait_s: float | None = None,
+           ) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -281,6 +294,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     `world_size`: the number of workers in the job (default: WORLD_SIZE when torchrun set
     it); a sync server started with another --workers refuses the attach, naming both, and
     so does any server while another live process holds this worker id (a duplicate RANK).
+    `claim_wait_s`: how long to wait for such a session's lease to run out first (default:
+    `retry_s` under torchrun's elastic agent, whose restarted ranks meet the sessions of
+    their dead predecessors, else 0; see `workers.environment.claim_wait_s`).
     Addresses are checked at once; the connect wait lasts at most `retry_s`.
     `broadcast_buffers` (default: rank 0 does): push the model's float buffers (BatchNorm
     statistics) with every step, so the servers hold them and every worker, and anyone who
@@ -298,7 +314,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              pull_codecs=_specs(pull_codecs), timeout_s=timeout_s,
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
                              retry_s=retry_s, shaper_factory=shaper_factory,
-                             security=security, world_size=world_size)
+                             security=security, world_size=world_size,
+                             claim_wait_s=(default_claim_wait_s(retry_s)
+                                           if claim_wait_s is None else claim_wait_s))
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

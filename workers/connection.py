@@ -21,7 +21,13 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from paramserver import __version__, serde, wire
-from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
+from paramserver.errors import (
+    WORKER_ID_HELD,
+    FailedPrecondition,
+    InvalidArgument,
+    ParamServerError,
+    from_rpc_error,
+)
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
 from paramserver.status import ServerStatus
@@ -51,6 +57,7 @@ T = TypeVar("T")
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
            grpc.StatusCode.CANCELLED)
 MAX_BACKOFF_S = 2.0
+CLAIM_POLL_S = 0.25  # a held worker id is asked for again this often
 
 # (index into the pull header's tensors, byte offset, payload view)
 ChunkSink = Callable[[int, int, memoryview], None]
@@ -173,14 +180,28 @@ class ServerConnection:
 
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
-                  held_version: int | None = None, world_size: int | None = None) -> Session:
+                  held_version: int | None = None, world_size: int | None = None,
+                  claim_wait_s: float = 0.0) -> Session:
         """Open a session; a rejoin states `held_version`, the version it holds; a worker
-        may state the job size it expects (`world_size`, checked by the server)."""
+        may state the job size it expects (`world_size`, checked by the server).
+        `claim_wait_s`: how long a first handshake refused because a live session holds
+        `worker_id` is tried again, every CLAIM_POLL_S, until that session's lease runs
+        out (a rank restarted by torchrun meets its dead predecessor's session)."""
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
                                    held_version=held_version, world_size=world_size)
-        self.session = _answer(self._call(self._handshake, request))
+        deadline = time.monotonic() + claim_wait_s
+        while True:
+            try:
+                self.session = _answer(self._call(self._handshake, request))
+                break
+            except FailedPrecondition as error:
+                if WORKER_ID_HELD not in error.message or time.monotonic() >= deadline:
+                    raise
+                log.info("%s: %s; trying again for up to %.0fs", self.address,
+                         error.message.split(":")[0], deadline - time.monotonic())
+                time.sleep(CLAIM_POLL_S)
         self._sequence = 0  # each incarnation numbers its pushes from 1 (docs/wire.md 5)
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session

@@ -80,7 +80,7 @@ class ParameterClient:
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
                  shaper_factory: Callable[[str], LinkShaper] | None = None,
                  security: ClientSecurity | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, claim_wait_s: float = 0.0) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
@@ -96,7 +96,8 @@ class ParameterClient:
         self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_s))
         self.sessions: list[Session] = self._shards.run(
             lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers,
-                                                            world_size=world_size))
+                                                            world_size=world_size,
+                                                            claim_wait_s=claim_wait_s))
         self.versions = [s.version for s in self.sessions]
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from paramserver import __version__
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, negotiate
-from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
+from paramserver.errors import WORKER_ID_HELD, FailedPrecondition, InvalidArgument, NotFound
 from paramserver.security.roles import Principal, check_handshake, check_state_hash, printable
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -158,9 +158,9 @@ class ParameterServerCore:
                 f"started with --workers {expected}: start both with the same job size")
         if not rejoin and worker_id in self.members.live_workers():
             raise FailedPrecondition(
-                f"worker id {worker_id!r} is already attached by a live process (a duplicate "
-                f"RANK?): give each process its own RANK or worker_id; if that process died, "
-                f"its session ends within --lease-timeout ({self.config.lease_s:g}s)")
+                f"worker id {worker_id!r} {WORKER_ID_HELD} (a duplicate RANK?): give each "
+                f"process its own RANK or worker_id; if that process died, its session "
+                f"ends within --lease-timeout ({self.config.lease_s:g}s)")
 
     def _note_rejoin(self, worker_id: str, held: int) -> None:
         version = self.store.version
