@@ -1,4 +1,4 @@
-"""An ordinary PyTorch training loop (digits MLP), plus the four lines marked `# ps` that make
+"""An ordinary PyTorch training loop (digits MLP), plus the lines marked `# ps` that make
 it a parameter-server worker.
 
     python examples/embed_existing_loop.py                       # plain, one process
