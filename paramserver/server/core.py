@@ -72,7 +72,8 @@ class ParameterServerCore:
         self.store = ParameterStore(config.optimizer)
         self.members = Membership(config.mode, config.expected_workers, config.lease_s, clock,
                                   max_sessions=config.limits.max_sessions,
-                                  member_idle_s=config.limits.member_idle_s)
+                                  member_idle_s=config.limits.member_idle_s,
+                                  regroup_s=config.reform_timeout_s)
         self._long_polls = LongPolls(config.limits.max_long_polls)
         self.ledger = PushLedger()
         pool = BufferPool()
