@@ -55,7 +55,7 @@ def main() -> None:
         return epoch_batches(mine, steps, args.batch_size, seed=epoch * 1000 + identity.rank)
 
     device = identity.device()
-    total = args.epochs * steps
+    total, taken = args.epochs * steps, 0
     for step in ps.job_steps(total) if args.servers else range(total):  # ps
         batch = batches(step // steps)[step % steps]
         x, y = data.x_train[batch].to(device), data.y_train[batch].to(device)
@@ -63,11 +63,12 @@ def main() -> None:
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
+        taken += 1
     version = ps.version if args.servers else total
     if args.servers:
         ps.close()  # ps
     print(json.dumps({"rank": identity.rank, "worker_id": identity.worker_id,
-                      "version": version,
+                      "version": version, "steps": taken,
                       "accuracy": accuracy(model.cpu(), data.x_test, data.y_test)}))
 
 

@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "embed_existing_loop.py"
 RDZV_PORT = 29400
 WORLD = 4  # 2 nodes x 2 processes
-LEASE_S = 2.0
 STEPS = steps_per_epoch(len(load_digits_dataset().y_train), WORLD, "split", 32)  # an epoch
 
 
@@ -103,9 +102,11 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_rejoins_the_job(
     """SIGKILL one rank mid-job: torchrun restarts its node's workers (and, after the new
     rendezvous, the other node's); each restarted rank waits out its dead predecessor's
     lease, attaches as the next incarnation of its RANK's worker id, and the job ends with
-    every rank on its last version."""
+    every rank on its last version, each restarted rank having trained."""
     bed = netbed(4, "1gbit")
-    servers = _servers(bed, LEASE_S)
+    # A lease longer than a restart takes here (about 15 s on the loaded 2-core machine),
+    # so the restarted ranks meet their predecessors' live sessions and must wait them out.
+    servers = _servers(bed, lease_s=30.0)
     epochs = 12  # 132 steps: the job is well under way, not over, when the kill lands
     agents = [_torchrun(bed, node, servers, epochs, max_restarts=1) for node in (0, 1)]
     observer = bed.host(2)
@@ -118,6 +119,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_rejoins_the_job(
     reports = _finish(agents, 240)
     _check_one_job(reports)
     assert reports[0]["version"] == epochs * STEPS, reports
+    assert all(r["steps"] > 0 for r in reports), reports  # none found the job done
     log = (bed.run_dir / "server-h0.log").read_text()
     incarnations = _incarnations(log)
     # Every rank attached again as a later incarnation of its worker id: the killed one
@@ -127,6 +129,10 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_rejoins_the_job(
     assert sorted(incarnations) == [f"rank-{r}" for r in range(WORLD)], incarnations
     assert all(seen[0] == 1 and seen[-1] >= 2 for seen in incarnations.values()), incarnations
     assert "evicted worker 'rank-3'" in log  # the killed rank's lease ran out
+    # A restarted rank was refused while its predecessor's lease ran, and waited (attach's
+    # claim wait under torchrun) instead of failing.
+    assert re.search(r"Handshake refused \(FAILED_PRECONDITION\): worker id 'rank-\d' is "
+                     "already attached by a live process", log)
     restarts = [a.log_path.read_text().count("will restart worker group") for a in agents]
     assert sum(restarts) >= 2, restarts  # the failed node, then the other one
     assert not psutil.pid_exists(victim.pid)
