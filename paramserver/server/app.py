@@ -121,7 +121,7 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
         log.info("metrics on %s", join_host_port(host, metrics.serve(host.strip("[]"),
                                                                      metrics_port)))
     if health_port is not None:
-        running.health_port = HealthPort(health_servicer, host.strip("[]"), health_port)
+        running.health_port = HealthPort(health_servicer, join_host_port(host, health_port))
         log.info("health (plaintext, health service only) on %s",
                  join_host_port(host, running.health_port.port))
     core.advertise_address = advertise_address or join_host_port(host, bound)

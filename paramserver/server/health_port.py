@@ -18,14 +18,13 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 
 class HealthPort:
-    """`health` served plaintext on host:port (0: a free port, see `.port`) until `close()`."""
+    """`health` served plaintext on `address` ('host:port', port 0: a free one, see
+    `.port`) until `close()`."""
 
-    def __init__(self, servicer: health.HealthServicer, host: str, port: int) -> None:
+    def __init__(self, servicer: health.HealthServicer, address: str) -> None:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2,
                                                               thread_name_prefix="ps-health"))
         health_pb2_grpc.add_HealthServicer_to_server(servicer, self._server)
-        address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else \
-            f"{host}:{port}"
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind the health port {address}")
