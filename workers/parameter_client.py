@@ -159,13 +159,14 @@ class ParameterClient:
 
     # ---- setup -----------------------------------------------------------------------
 
-    def attach(self, model: nn.Module) -> bool:
+    def attach(self, model: nn.Module, exclude: Collection[str] = ()) -> bool:
         """Register the model's parameters (or join the registered model), then pull them.
 
         Returns True when this call created the model on some shard. Every worker starts
         from the same parameters: the servers', not its own initialisation.
         """
-        params: dict[str, torch.Tensor] = dict(model.named_parameters())
+        params: dict[str, torch.Tensor] = {n: p for n, p in model.named_parameters()
+                                           if n not in exclude}  # tables (issue #16)
         if not params:
             raise InvalidArgument("the model has no parameters to train")
         params.update(float_buffers(model))
