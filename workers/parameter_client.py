@@ -165,8 +165,7 @@ class ParameterClient:
         Returns True when this call created the model on some shard. Every worker starts
         from the same parameters: the servers', not its own initialisation.
         """
-        params: dict[str, torch.Tensor] = {n: p for n, p in model.named_parameters()
-                                           if n not in exclude}  # tables (issue #16)
+        params = _parameters(model, exclude)
         if not params:
             raise InvalidArgument("the model has no parameters to train")
         params.update(float_buffers(model))
@@ -394,3 +393,8 @@ class ParameterClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _parameters(model: nn.Module, exclude: Collection[str]) -> dict[str, torch.Tensor]:
+    """The model's parameters but those in `exclude` (row-sparse tables, issue #16)."""
+    return {n: p for n, p in model.named_parameters() if n not in exclude}
