@@ -108,8 +108,8 @@ class AttachedModel:
                     "gradients inside `with attached.no_sync():`")
             if not options.found_inf:  # inf/NaN steps are skipped whatever was pushed
                 self._check_pushed_unchanged()
-                if self.tables is not None:  # before the dense push: one sequence each
-                    self.tables.push()
+            if self.tables is not None:  # before the dense push (one sequence per worker)
+                self.tables.push(drop=options.found_inf)
             sent = self._tracker.handed_out()
             rest = [n for n, p in self._params.items() if p.grad is not None and n not in sent]
             if not sent and not rest:

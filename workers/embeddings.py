@@ -68,6 +68,7 @@ class SparseEmbedding:
         self._client = client
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (unique ids, leaf)
         self._prefetched: tuple[torch.Tensor, Future[torch.Tensor]] | None = None
+        self.prefetch_hits = 0  # forwards served by a prefetch
         module.forward = self.forward  # type: ignore[method-assign]
 
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
@@ -90,6 +91,7 @@ class SparseEmbedding:
     def _rows(self, unique: torch.Tensor) -> torch.Tensor:
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None and torch.equal(prefetched[0], unique.cpu()):
+            self.prefetch_hits += 1
             return prefetched[1].result()
         return self._client.pull(self.name, unique.cpu().numpy())
 
@@ -145,12 +147,16 @@ class AttachedTables:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ps-prefetch")
         self._timeout_s = max(c.timeout_s for c in client.connections)
 
-    def push(self) -> None:
-        """Push every table's gradient rows of this step (sync: every table, every shard)."""
+    def push(self, drop: bool = False) -> None:
+        """Push every table's gradient rows of this step (sync: every table, every shard).
+        `drop`: the step found inf/NaN (GradScaler): push no rows (sync: empty pushes, so
+        the step still closes)."""
         self._pushed.clear()
         try:
             for name, embedding in self.embeddings.items():
                 ids, grads = embedding.gradient_rows()
+                if drop:
+                    ids, grads = ids[:0], grads[:0]
                 if len(ids) or self.client.sync:
                     self.client.push(name, ids, grads)
         finally:

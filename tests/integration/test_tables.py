@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from paramserver.cli.status import format_status, status_record
 from paramserver.optimizer import OptimizerConfig
 from paramserver.tables import TableSpec, initial_rows
 from paramserver.types import Mode
@@ -58,23 +59,30 @@ def _loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return nn.functional.mse_loss(model(ids, offsets), target)
 
 
-def _run_worker(address: str, name: str, batches: list, results: dict, **kw: object) -> None:
-    model = Tiny()
+def _run_worker(address: str, name: str, model: Tiny, batches: list, results: dict,
+                prefetch: bool = False) -> None:
+    me = int(name[-1])
     with attach(model, address, worker_id=name, world_size=2, retry_s=5, timeout_s=20,
-                table_optimizer="sgd:lr=0.1", **kw) as ps:  # type: ignore[arg-type]
+                table_optimizer="sgd:lr=0.1") as ps:
         assert "emb.weight" not in ps.client.plan.layout.by_name()  # not a dense tensor
-        for step in batches:
+        for index, step in enumerate(batches):
             model.zero_grad()
-            _loss(model, step[int(name[-1])]).backward()
+            _loss(model, step[me]).backward()
+            if prefetch and index + 1 < len(batches):  # overlaps with this step's push
+                ps.prefetch({"emb": batches[index + 1][me][0]})
             ps.step()
         assert ps.tables is not None
+        if prefetch:
+            assert ps.tables.embeddings["emb"].prefetch_hits == len(batches) - 1
         results[name] = (ps.tables.client.pull("emb", np.arange(ROWS), wait=True),
                          {n: p.detach().clone() for n, p in model.head.named_parameters()})
 
 
-def _two_workers(address: str, batches: list) -> dict:
+def _two_workers(address: str, batches: list, prefetch: bool = False) -> dict:
     results: dict = {}
-    threads = [threading.Thread(target=_run_worker, args=(address, f"w{i}", batches, results))
+    models = [Tiny(), Tiny()]  # here, not in the threads: they seed the global generator
+    threads = [threading.Thread(target=_run_worker,
+                                args=(address, f"w{i}", models[i], batches, results, prefetch))
                for i in range(2)]
     for thread in threads:
         thread.start()
@@ -84,11 +92,12 @@ def _two_workers(address: str, batches: list) -> dict:
     return results
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
 def test_two_sync_workers_equal_one_process_on_the_whole_batch(
-        server_factory: ServerFactory) -> None:
+        server_factory: ServerFactory, prefetch: bool) -> None:
     server = server_factory(mode=Mode.SYNC, expected_workers=2, optimizer=SGD)
     batches = _batches(steps=3, workers=2)
-    results = _two_workers(server.address, batches)
+    results = _two_workers(server.address, batches, prefetch)
 
     reference = Tiny()
     with torch.no_grad():
@@ -140,6 +149,10 @@ def test_a_hundred_million_row_table_costs_only_the_touched_rows(
     assert sum(t.bytes for t in statuses) < 64 * len(touched) * dim * 4 // 10
     assert grown < 2**30, f"RSS grew by {grown / 2**20:.0f} MiB for a 25.6 GB table"
     assert model.emb.weight.device.type == "meta"
+    shown = format_status(servers[0].address, servers[0].core.status())
+    assert "declared rows" in shown and str(rows) in shown
+    record = status_record(servers[1].address, servers[1].core.status())
+    assert record["tables"][0]["materialized_rows"] == statuses[1].materialized_rows
 
 
 @pytest.mark.parametrize("codec, atol", [("fp16", 1e-3), ("bf16", 1e-2)])
