@@ -17,7 +17,7 @@ declared size costs the worker nothing but the rows of the batch in flight.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -187,20 +187,25 @@ def plan_for(modules: Mapping[str, nn.Module], num_shards: int, optimizer: str |
                                        for n, m in modules.items()))
 
 
+def dense_parameters(model: nn.Module, exclude: Collection[str]) -> dict[str, torch.Tensor]:
+    """The model's parameters but the table weights in `exclude`."""
+    return {n: p for n, p in model.named_parameters() if n not in exclude}
+
+
 def excluded(modules: Mapping[str, Any]) -> set[str]:
     """The parameter names the dense path must leave alone: each table's weight."""
     return {f"{name}.weight" if name else "weight" for name in modules}
 
 
 def open_tables(modules: Mapping[str, nn.Module], connections: Sequence[Any], sync: bool,
-                optimizer: str | TableOptimizer, seed: int,
-                init_scale: float) -> AttachedTables | None:
+                optimizer: str | TableOptimizer, seed: int, init_scale: float,
+                rejoin: Callable[[int, str], None] | None = None) -> AttachedTables | None:
     """Declare `modules` as tables on the servers and take over their forward (None: the
     model has no tables)."""
     if not modules:
         return None
     plan = plan_for(modules, len(connections), optimizer, seed, init_scale)
-    client = TableClient(connections, plan, sync)
+    client = TableClient(connections, plan, sync, rejoin)
     try:
         client.declare()
     except BaseException:

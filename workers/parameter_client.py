@@ -40,6 +40,7 @@ from paramserver.types import (
 )
 from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
+from workers.embeddings import dense_parameters
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
@@ -165,7 +166,7 @@ class ParameterClient:
         Returns True when this call created the model on some shard. Every worker starts
         from the same parameters: the servers', not its own initialisation.
         """
-        params = _parameters(model, exclude)
+        params = dense_parameters(model, exclude)
         if not params:
             raise InvalidArgument("the model has no parameters to train")
         params.update(float_buffers(model))
@@ -205,6 +206,9 @@ class ParameterClient:
             self._rejoin(shard, error.message)
             return ShardJoin(created=False, version=self.versions[shard], rejoined=True)
         return ShardJoin(created=result.created, version=result.version)
+
+    def rejoin(self, shard: int, why: str) -> None:  # for table calls (issue #16)
+        self._rejoin(shard, why)
 
     def _rejoin(self, shard: int, why: str) -> None:
         """New session on a shard that forgot ours (we were evicted, or it restarted).
@@ -394,7 +398,3 @@ class ParameterClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _parameters(model: nn.Module, exclude: Collection[str]) -> dict[str, torch.Tensor]:
-    """The model's parameters but those in `exclude` (row-sparse tables, issue #16)."""
-    return {n: p for n, p in model.named_parameters() if n not in exclude}

@@ -11,12 +11,12 @@ its rows were read at.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from paramserver.errors import Aborted, FailedPrecondition
+from paramserver.errors import Aborted, FailedPrecondition, SessionExpired
 from paramserver.serde.tables import MAX_ROWS_PER_CALL
 from paramserver.tables import TablePlan, TableSpec, shard_of
 from paramserver.types import PushResult
@@ -32,8 +32,10 @@ class TableClient:
     """
 
     def __init__(self, connections: Sequence[ServerConnection], plan: TablePlan,
-                 sync: bool) -> None:
+                 sync: bool, rejoin: Callable[[int, str], None] | None = None) -> None:
         self.connections = list(connections)
+        self._rejoin = rejoin  # new session on a shard that forgot ours (ParameterClient's)
+        self.rejoins = 0
         self.plan = plan
         self.sync = sync
         self.specs = plan.by_name()
@@ -85,13 +87,14 @@ class TableClient:
 
         with self._lock:
             min_version = self._versions[(spec.name, shard)] if self.sync and wait else 0
-        header = self.connections[shard].pull_rows(spec.name, ids, min_version, sink)
+        try:
+            header = self.connections[shard].pull_rows(spec.name, ids, min_version, sink)
+        except SessionExpired as error:  # the shard restarted (or evicted us): join again
+            self._join_again(shard, error)
+            return self._pull_part(spec, shard, ids, wait=False)
         with self._lock:
-            if not self.sync:  # async: the version these rows were read at
+            if not self.sync or not wait:  # async: the version the rows were read at
                 self._versions[(spec.name, shard)] = header.version
-            elif not wait:
-                self._versions[(spec.name, shard)] = max(self._versions[(spec.name, shard)],
-                                                         header.version)
         if not len(ids):
             return torch.empty((0, spec.dim))
         values = torch.frombuffer(buffer, dtype=header.dtype)
@@ -112,7 +115,9 @@ class TableClient:
             try:
                 result = self.connections[k].push_rows(spec.name, step, ids[mine],
                                                        grads[torch.from_numpy(mine)])
-            except Aborted:  # sync: the step closed without us (evicted): learn the version
+            except (Aborted, SessionExpired) as error:  # this step's rows are lost for k
+                if isinstance(error, SessionExpired):
+                    self._join_again(k, error)
                 self._pull_part(spec, k, np.empty(0, dtype=np.int64), wait=False)
                 return None
             if self.sync:
@@ -123,6 +128,17 @@ class TableClient:
         results = self._fan_out.run(push_shard, shards)
         self.rows_pushed += len(ids)
         return [r for r in results if r is not None]
+
+    def _join_again(self, shard: int, error: SessionExpired) -> None:
+        """A new session on `shard`; a restarted shard restored its tables from its
+        checkpoint, so every table's version there is learned again."""
+        if self._rejoin is None:
+            raise error
+        self._rejoin(shard, error.message)
+        self.rejoins += 1
+        self.connections[shard].declare_tables(self.plan, shard)  # a shard without a checkpoint
+        for spec in self.plan.tables:
+            self._pull_part(spec, shard, np.empty(0, dtype=np.int64), wait=False)
 
     def close(self) -> None:
         self._fan_out.close()

@@ -8,6 +8,7 @@ on two shards must cost memory for the touched rows only."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -17,6 +18,8 @@ from torch import nn
 
 from paramserver.cli.status import format_status, status_record
 from paramserver.optimizer import OptimizerConfig
+from paramserver.server.app import start_server
+from paramserver.server.config import ServerConfig
 from paramserver.tables import TableSpec, initial_rows
 from paramserver.types import Mode
 from tests.conftest import ServerFactory
@@ -168,3 +171,37 @@ def test_rows_travel_under_the_16_bit_pull_codecs(server_factory: ServerFactory,
     expected = initial_rows(TableSpec("emb", ROWS, DIM, init_scale=0.5), np.arange(ROWS))
     torch.testing.assert_close(rows, expected, atol=atol, rtol=0)
     assert pulled > 0
+
+
+def test_a_restarted_shard_restores_its_rows_and_the_worker_goes_on(tmp_path: Path) -> None:
+    """Async, Adam rows: the shard's final checkpoint on stop holds rows and moments; a
+    server started on the same port from it holds the same table state, and the worker's
+    next step rejoins it (SessionExpired) instead of failing."""
+    config = ServerConfig(mode=Mode.ASYNC, expected_workers=1, optimizer=SGD,
+                          checkpoint_dir=tmp_path)
+    server = start_server(config, "127.0.0.1", 0)
+    restarted = None
+    try:
+        model = Tiny()
+        batches = _batches(steps=4, workers=1, seed=3)
+        with attach(model, server.address, worker_id="w0", retry_s=10, timeout_s=10,
+                    table_optimizer="adam:lr=0.01") as ps:
+            for (batch,) in batches[:2]:
+                model.zero_grad()
+                _loss(model, batch).backward()
+                ps.step()
+            saved = server.core.tables.state_hash()
+            server.stop(grace_s=0.5)
+            restarted = start_server(config, "127.0.0.1", server.port)
+            assert restarted.core.tables.state_hash() == saved
+            for (batch,) in batches[2:]:
+                model.zero_grad()
+                _loss(model, batch).backward()
+                ps.step()
+            assert ps.tables is not None and ps.tables.client.rejoins == 1
+        (table,) = restarted.core.status().tables
+        assert table.version == 4 and table.optimizer.startswith("adam")
+    finally:
+        server.stop(grace_s=0.5)
+        if restarted is not None:
+            restarted.stop(grace_s=0.5)
