@@ -177,6 +177,7 @@ class RowPushHeader:
     incarnation: int = 0
     sequence: int = 0
     num_samples: int = 1
+    encoded: bool = False  # rows are one payload of the session's push codec (else raw)
 
 
 @dataclass(frozen=True)
