@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from paramserver.errors import InvalidArgument
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.serde.records import dtype_from_proto, dtype_to_proto, push_result_from_proto
 from paramserver.serde.records import push_result_to_proto as _push_result_to_proto
@@ -44,9 +45,17 @@ def table_plan_to_proto(plan: TablePlan | None) -> pb.TablePlan:
 
 
 def table_plan_from_proto(msg: pb.TablePlan) -> TablePlan | None:
-    """None for an empty plan (no tables declared)."""
+    """None for an empty plan (no tables declared). ValueError for an invalid one (the
+    deserializers turn it into a MalformedMessage: INVALID_ARGUMENT)."""
     if msg.num_shards == 0 and not msg.tables:
         return None
+    try:
+        return _table_plan(msg)
+    except InvalidArgument as error:
+        raise ValueError(error.message) from None
+
+
+def _table_plan(msg: pb.TablePlan) -> TablePlan:
     return TablePlan(msg.num_shards, tuple(
         TableSpec(t.name, t.rows, t.dim, dtype_from_proto(t.dtype),
                   TableOptimizer(t.optimizer.name, t.optimizer.lr, t.optimizer.eps,

@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psutil
 import pytest
 import torch
 from torch import nn
 
+from paramserver import serde
 from paramserver.cli.status import format_status, status_record
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.app import start_server
@@ -23,7 +25,7 @@ from paramserver.server.config import ServerConfig
 from paramserver.tables import TableSpec, initial_rows
 from paramserver.types import Mode
 from tests.conftest import ServerFactory
-from workers import attach
+from workers import ParameterClient, attach
 
 ROWS, DIM = 50, 4
 SGD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.0)
@@ -225,3 +227,25 @@ def test_row_gradients_travel_under_an_unbiased_push_codec(
         moved = ps.tables.client.pull("emb", np.arange(ROWS)) - reference.emb.weight.detach()
     cosine = nn.functional.cosine_similarity(moved.view(-1), expected.view(-1), dim=0)
     assert float(cosine) > min_cosine
+
+
+@pytest.mark.parametrize("table", [
+    {"name": "t", "rows": 0, "dim": 4, "dtype": 1},  # no rows
+    {"name": "t", "rows": 10, "dim": 4, "dtype": 3},  # float16 tables
+    {"name": "", "rows": 10, "dim": 4, "dtype": 1},  # no name
+    {"name": "t", "rows": 10, "dim": 4, "dtype": 1, "optimizer": {"name": "lion"}},
+])
+def test_an_invalid_declaration_on_the_wire_is_invalid_argument(
+        server_factory: ServerFactory, table: dict) -> None:  # type: ignore[type-arg]
+    from paramserver.proto import paramserver_pb2 as pb
+
+    server = server_factory(mode=Mode.ASYNC, expected_workers=1)
+    with ParameterClient(server.address, "w0") as client:
+        request = pb.DeclareTablesRequest(
+            session_id=client.connections[0].session_id,
+            plan=pb.TablePlan(num_shards=1, sharding="mod", tables=[pb.TableSpec(**table)]))
+        call = client.connections[0].channel.unary_unary(serde.method_path("DeclareTables"))
+        with pytest.raises(grpc.RpcError) as info:
+            call(request.SerializeToString(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert server.core.tables.plan is None
