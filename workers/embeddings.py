@@ -153,12 +153,10 @@ class AttachedTables:
         the step still closes)."""
         self._pushed.clear()
         try:
-            for name, embedding in self.embeddings.items():
-                ids, grads = embedding.gradient_rows()
-                if drop:
-                    ids, grads = ids[:0], grads[:0]
-                if len(ids) or self.client.sync:
-                    self.client.push(name, ids, grads)
+            rows = {name: embedding.gradient_rows() for name, embedding in self.embeddings.items()}
+            if drop:
+                rows = {name: (ids[:0], grads[:0]) for name, (ids, grads) in rows.items()}
+            self.client.push_many(rows)
         finally:
             self._pushed.set()
 

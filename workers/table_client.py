@@ -106,32 +106,45 @@ class TableClient:
     def push(self, table: str, ids: np.ndarray, grads: torch.Tensor) -> list[PushResult]:
         """Push gradient rows for unique `ids` to their shards (sync: to every shard, empty
         where none of its rows was touched); one answer per shard pushed to."""
-        spec = self.specs[table]
-        owners = shard_of(ids, self.plan.num_shards)
-        grads = grads.detach().to("cpu", torch.float32)
-        shards = [k for k in range(self.plan.num_shards) if self.sync or (owners == k).any()]
+        return self.push_many({table: (ids, grads)})
 
-        def push_shard(k: int) -> PushResult | None:
-            mine = np.flatnonzero(owners == k)
+    def push_many(self, rows: dict[str, tuple[np.ndarray, torch.Tensor]]) -> list[PushResult]:
+        """`push` for several tables at once: one thread per shard pushes them in turn (a
+        connection's pushes must arrive in sequence order, so never two at once)."""
+        parts = {name: (ids, shard_of(ids, self.plan.num_shards),
+                        grads.detach().to("cpu", torch.float32))
+                 for name, (ids, grads) in rows.items()}
+
+        def push_shard(k: int) -> list[PushResult]:
+            results = []
+            for name, (ids, owners, grads) in parts.items():
+                mine = np.flatnonzero(owners == k)
+                if len(mine) or self.sync:
+                    result = self._push_part(self.specs[name], k, ids[mine],
+                                             grads[torch.from_numpy(mine)])
+                    results += [result] if result is not None else []
+            return results
+
+        answers = self._fan_out.run(push_shard)
+        self.rows_pushed += sum(len(ids) for ids, _, _ in parts.values())
+        return [r for shard in answers for r in shard]
+
+    def _push_part(self, spec: TableSpec, shard: int, ids: np.ndarray,
+                   grads: torch.Tensor) -> PushResult | None:
+        with self._lock:
+            step = self._versions[(spec.name, shard)]
+        try:
+            result = self.connections[shard].push_rows(spec.name, step, ids, grads,
+                                                       self._row_codec(shard))
+        except (Aborted, SessionExpired) as error:  # this step's rows are lost for the shard
+            if isinstance(error, SessionExpired):
+                self._join_again(shard, error)
+            self._pull_part(spec, shard, np.empty(0, dtype=np.int64), wait=False)
+            return None
+        if self.sync:
             with self._lock:
-                step = self._versions[(spec.name, k)]
-            try:
-                result = self.connections[k].push_rows(spec.name, step, ids[mine],
-                                                       grads[torch.from_numpy(mine)],
-                                                       self._row_codec(k))
-            except (Aborted, SessionExpired) as error:  # this step's rows are lost for k
-                if isinstance(error, SessionExpired):
-                    self._join_again(k, error)
-                self._pull_part(spec, k, np.empty(0, dtype=np.int64), wait=False)
-                return None
-            if self.sync:
-                with self._lock:
-                    self._versions[(spec.name, k)] = step + 1
-            return result
-
-        results = self._fan_out.run(push_shard, shards)
-        self.rows_pushed += len(ids)
-        return [r for r in results if r is not None]
+                self._versions[(spec.name, shard)] = step + 1
+        return result
 
     def _row_codec(self, shard: int) -> Codec | None:
         """Rows go out under the shard's push codec when it is unbiased (fp16, bf16, qsgd),

@@ -97,12 +97,13 @@ def _two_workers(address: str, batches: list, prefetch: bool = False) -> dict:
     return results
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("prefetch, shards", [(False, 1), (True, 1), (True, 2)])
 def test_two_sync_workers_equal_one_process_on_the_whole_batch(
-        server_factory: ServerFactory, prefetch: bool) -> None:
-    server = server_factory(mode=Mode.SYNC, expected_workers=2, optimizer=SGD)
+        server_factory: ServerFactory, prefetch: bool, shards: int) -> None:
+    servers = [server_factory(mode=Mode.SYNC, expected_workers=2, optimizer=SGD)
+               for _ in range(shards)]
     batches = _batches(steps=3, workers=2)
-    results = _two_workers(server.address, batches, prefetch)
+    results = _two_workers(",".join(s.address for s in servers), batches, prefetch)
 
     reference = Tiny()
     with torch.no_grad():
@@ -117,8 +118,9 @@ def test_two_sync_workers_equal_one_process_on_the_whole_batch(
         for name, value in head.items():
             torch.testing.assert_close(value, dict(reference.head.named_parameters())[name],
                                        atol=1e-6, rtol=0)
-    (table,) = server.core.status().tables
-    assert table.version == 3 and 0 < table.materialized_rows <= ROWS
+    tables = [t for server in servers for t in server.core.status().tables]
+    assert [t.version for t in tables] == [3] * shards
+    assert 0 < sum(t.materialized_rows for t in tables) <= ROWS
 
 
 def test_two_async_workers_apply_every_row_push(server_factory: ServerFactory) -> None:
