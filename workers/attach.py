@@ -170,6 +170,8 @@ class AttachedModel:
         """Resume from `state_dict()` on fresh servers, right after attach, before the first
         step; every worker may call it (the servers install it once)."""
         load_client_state(self.client, state)
+        if self.tables is not None:  # the servers' tables are at the loaded versions now
+            self.tables.client.refresh_versions()
 
     @property
     def server_optimizer(self) -> str:

@@ -57,9 +57,13 @@ class TableClient:
             if recorded != self.plan:
                 raise FailedPrecondition(f"the servers hold other tables ({recorded}); this "
                                          f"worker declares {self.plan}")
-        for spec in self.plan.tables:  # an empty pull answers with the version
-            self._pull_rows(spec, np.empty(0, dtype=np.int64), wait=False)
+        self.refresh_versions()  # an empty pull answers with the version
         return any(created for created, _ in answers)
+
+    def refresh_versions(self) -> None:
+        """Learn every table's version on every shard again (after a state was loaded)."""
+        for spec in self.plan.tables:
+            self._pull_rows(spec, np.empty(0, dtype=np.int64), wait=False)
 
     def pull(self, table: str, ids: np.ndarray, wait: bool = True) -> torch.Tensor:
         """Rows `ids` (unique int64) of `table`, float32 (len(ids), dim), on the CPU. In

@@ -251,3 +251,27 @@ def test_an_invalid_declaration_on_the_wire_is_invalid_argument(
             call(request.SerializeToString(), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     assert server.core.tables.plan is None
+
+
+def test_a_workers_checkpoint_carries_the_tables(server_factory: ServerFactory) -> None:
+    """ps.state_dict() on one job, ps.load_state_dict() on fresh servers: the same rows and
+    Adagrad state, and sync steps go on from the loaded table version."""
+    first = server_factory(mode=Mode.SYNC, expected_workers=1, optimizer=SGD)
+    batches = _batches(steps=3, workers=1, seed=5)
+    model = Tiny()
+    with attach(model, first.address, worker_id="w0", table_optimizer="adagrad:lr=0.1") as ps:
+        for (batch,) in batches[:2]:
+            model.zero_grad()
+            _loss(model, batch).backward()
+            ps.step()
+        state = ps.state_dict()
+    second = server_factory(mode=Mode.SYNC, expected_workers=1, optimizer=SGD)
+    model = Tiny()
+    with attach(model, second.address, worker_id="w0", table_optimizer="adagrad:lr=0.1") as ps:
+        ps.load_state_dict(state)
+        assert second.core.tables.state_hash() == first.core.tables.state_hash()
+        model.zero_grad()
+        _loss(model, batches[2][0]).backward()
+        ps.step()
+    (table,) = second.core.status().tables
+    assert table.version == 3
