@@ -201,6 +201,7 @@ class ParameterServerCore:
             log.info("worker %r left at step %d", record.worker_id, self.store.version)
             self._parts.discard(session_id)
             self.policy.members_changed()
+            self.tables.members_changed()
 
     def tick(self) -> None:
         """Periodic duties (the server runs this every fraction of a lease): evict workers
