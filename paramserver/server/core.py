@@ -256,6 +256,7 @@ class ParameterServerCore:
             skipped_rounds=report.skipped_rounds,
             rejoins=tuple(self.rejoins),
             advertise_address=self.advertise_address,
+            privacy=report.privacy,
         )
 
     # ---- register, push, pull ------------------------------------------------------------
