@@ -12,12 +12,14 @@ import pytest
 import torch
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
+from paramserver.cli.status import format_status, status_record
 from paramserver.errors import ParamServerError
 from paramserver.federated.config import FederatedConfig
 from paramserver.federated.privacy import (
     DPConfig,
     DPMode,
     PrivacyAccountant,
+    PrivacyReport,
     add_noise_,
     clip_,
     epsilon_of,
@@ -27,8 +29,10 @@ from paramserver.federated.privacy import (
     rounds_within,
 )
 from paramserver.optimizer import OptimizerConfig
+from paramserver.serde.records import status_from_proto, status_to_proto
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
+from paramserver.status import ServerStatus
 from paramserver.types import Aggregation, Mode, Role, RoundJoin
 from tests.helpers import push_stream, register_stream
 from workers.update_steps import ClipStep, NoiseStep, privacy_steps, run_steps
@@ -188,3 +192,21 @@ def test_a_push_without_every_tensor_is_refused_under_dp() -> None:
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert core.store.state_hash() == before
     assert np.all(core.store.params["b"].numpy() == 0)
+
+
+def test_privacy_status_crosses_the_wire_and_is_shown() -> None:
+    report = PrivacyReport(mode="central", noise_multiplier=1.1, clip_norm=0.3, delta=1e-5,
+                           epsilon=2.5, rounds=7, target_epsilon=8.0, budget_spent=False,
+                           sampling_rate=0.5)
+    status = ServerStatus(layout=None, version=7, mode=Mode.FEDERATED, expected_workers=4,
+                          optimizer="sgd", pending_pushes=0, server_version="x",
+                          privacy=report)
+    message = status_to_proto(status)
+    back = status_from_proto(type(message).FromString(message.SerializeToString()))
+    assert back.privacy == report
+    assert status_from_proto(status_to_proto(
+        ServerStatus(layout=None, version=0, mode=Mode.SYNC, expected_workers=1,
+                     optimizer="sgd", pending_pushes=0, server_version="x"))).privacy is None
+    assert "privacy: epsilon 2.500 at delta 1e-05 after 7 rounds (central DP" \
+        in format_status("a:1", back)
+    assert status_record("a:1", back)["privacy"]["epsilon"] == 2.5
