@@ -33,10 +33,18 @@ CONFIGS = [
                                    "--target-epsilon", "8"]),
     ("10 central z=0.3", 10, [*DP, "--clip-norm", "0.3", "--noise-multiplier", "0.3"]),
     ("10 central z=0.1", 10, [*DP, "--clip-norm", "0.3", "--noise-multiplier", "0.1"]),
+    ("10 central eps<=8 fedavgm", 10, [*DP, "--clip-norm", "0.3", "--target-epsilon", "8",
+                                       "--strategy", "fedavgm"]),
+    ("10 central eps<=8 fedavgm C=0.1", 10, [*DP, "--clip-norm", "0.1", "--target-epsilon",
+                                             "8", "--strategy", "fedavgm"]),
+    ("10 central eps<=8 fedadam", 10, [*DP, "--clip-norm", "0.3", "--target-epsilon", "8",
+                                       "--strategy", "fedadam"]),
     ("100 no DP (uniform)", 100, ["--strategy", "uniform"]),
     ("100 central eps<=8", 100, [*DP, "--clip-norm", "0.05", "--target-epsilon", "8"]),
     ("100 central eps<=8 fedadam", 100, [*DP, "--clip-norm", "0.05", "--target-epsilon", "8",
                                          "--strategy", "fedadam"]),
+    ("100 central eps<=8 fedavgm", 100, [*DP, "--clip-norm", "0.05", "--target-epsilon", "8",
+                                         "--strategy", "fedavgm"]),
 ]
 
 

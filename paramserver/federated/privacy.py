@@ -69,7 +69,8 @@ class DPConfig:
     def on(self) -> bool:
         return self.mode is not DPMode.OFF
 
-    def check(self, clip_norm: float, weighted: bool, rounds_mode: bool) -> None:
+    def check(self, clip_norm: float, weighted: bool, rounds_mode: bool,
+              checkpointed: bool = False) -> None:
         """Raise ValueError (naming the flag) unless the server settings give DP-FedAvg's
         guarantee."""
         if not self.on:
@@ -89,6 +90,10 @@ class DPConfig:
         if weighted:
             raise ValueError("--dp needs uniform weighting (--aggregate mean): with example "
                              "weights a client's influence is not bounded by --clip-norm")
+        if checkpointed:
+            raise ValueError("--dp with --checkpoint-dir is not supported yet: the "
+                             "accountant's rounds are not checkpointed, so a restarted "
+                             "server would report too small an epsilon")
 
 
 # ---- the mechanism: clipping and noise ---------------------------------------------------
