@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from paramserver.codecs import SparseUpdate, Update
 from paramserver.errors import InvalidArgument
 
 DEFAULT_DELTA = 1e-5
@@ -289,9 +290,17 @@ class RoundPrivacy:
             return 0.0
         return client_noise_std(self.config.noise_multiplier, self.clip_norm, sampled)
 
-    def check(self, names: set[str], model: set[str], momentum_applied: bool) -> None:
+    def check(self, updates: dict[str, Update], model: set[str],
+              momentum_applied: bool) -> None:
         """Refuse (InvalidArgument) a push DP cannot take: one that leaves model tensors out
-        (every tensor must get the noise) or carries a worker-side momentum."""
+        (every tensor must get the noise), carries a worker-side momentum, or, in
+        distributed mode, is sparse (a sparsifier would send a sliver of the client's noise
+        share and hold the rest back in its residual: the sum would lack its noise)."""
+        names = set(updates)
+        if self.config.mode is DPMode.DISTRIBUTED and any(
+                isinstance(u, SparseUpdate) for u in updates.values()):
+            raise InvalidArgument("--dp distributed needs dense updates: a sparsifying codec "
+                                  "(topk, randomk) drops most of the client's noise share")
         if momentum_applied:
             raise InvalidArgument("a push with momentum applied on the worker cannot join a "
                              "differentially private round")

@@ -212,3 +212,18 @@ def test_privacy_status_crosses_the_wire_and_is_shown() -> None:
     assert "privacy: epsilon 2.500 at delta 1e-05 after 7 rounds (central DP" \
         in format_status("a:1", back)
     assert status_record("a:1", back)["privacy"]["epsilon"] == 2.5
+
+
+def test_distributed_dp_refuses_sparse_updates() -> None:
+    from paramserver.codecs import DenseUpdate, SparseUpdate
+    from paramserver.federated.privacy import RoundPrivacy
+
+    sparse = {"w": SparseUpdate(torch.tensor([1]), torch.tensor([0.5]))}
+    distributed = RoundPrivacy(DPConfig(DPMode.DISTRIBUTED, 1.0), clip_norm=1.0)
+    with pytest.raises(ParamServerError, match="dense updates") as info:
+        distributed.check(sparse, {"w"}, momentum_applied=False)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    distributed.check({"w": DenseUpdate(torch.zeros(4))}, {"w"}, momentum_applied=False)
+    # central DP clips the decoded update on the server: a sparse one is fine
+    RoundPrivacy(DPConfig(DPMode.CENTRAL, 1.0), clip_norm=1.0).check(
+        sparse, {"w"}, momentum_applied=False)

@@ -115,8 +115,8 @@ class RoundPolicy(PolicyDefaults):
     def submit(self, push: ReceivedPush) -> PushResult:
         clip = self.config.clip_norm
         if self._privacy is not None:
-            self._privacy.check(set(push.updates), {t.name for t in self._store.require_layout().tensors},
-                                push.momentum_applied)
+            model = {t.name for t in self._store.require_layout().tensors}
+            self._privacy.check(push.updates, model, push.momentum_applied)
             clip = self._privacy.clip_norm_for_screening
         screen(push.updates, clip, self.config.reject_norm)
         with self._lock:
