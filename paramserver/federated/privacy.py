@@ -29,6 +29,7 @@ by its (data-dependent) weight, not by C. A weighted aggregation is refused.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import secrets
@@ -36,6 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from paramserver.codecs import SparseUpdate, Update
@@ -159,21 +161,36 @@ def _round_event(q: float, z: float):  # type: ignore[no-untyped-def]
     return dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z))
 
 
-def epsilon_of(rounds: list[tuple[float, float]], delta: float) -> float:
-    """Epsilon at `delta` after the rounds, each (sampling rate q, noise multiplier z),
-    by dp_accounting's RDP accountant."""
+@functools.lru_cache(maxsize=256)
+def _round_rdp(q: float, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """The RDP orders and curve of one round at (q, z). Computing a subsampled curve takes
+    a few hundred ms, and the server accounts under its round lock: each (q, z) is computed
+    once. Reads RdpAccountant's `_orders` / `_rdp` (dp_accounting is pinned, 0.6)."""
     from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
+
+    accountant = RdpAccountant()
+    with _quiet_absl():
+        accountant.compose(_round_event(q, z))
+    return np.asarray(accountant._orders), np.asarray(accountant._rdp)
+
+
+def epsilon_of(rounds: list[tuple[float, float]], delta: float) -> float:
+    """Epsilon at `delta` after the rounds, each (sampling rate q, noise multiplier z):
+    what dp_accounting's RDP accountant composing one Poisson-subsampled Gaussian per round
+    reports (the curves of the rounds add up; `compute_epsilon` converts, as its
+    `get_epsilon` does)."""
+    from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
     if not rounds:
         return 0.0
-    accountant = RdpAccountant()
     counts: dict[tuple[float, float], int] = {}
     for event in rounds:
         counts[event] = counts.get(event, 0) + 1
+    curves = {event: _round_rdp(*event) for event in counts}
+    orders = next(iter(curves.values()))[0]  # the accountant's default orders, always
+    total = np.sum([count * curves[event][1] for event, count in counts.items()], axis=0)
     with _quiet_absl():
-        for (q, z), count in counts.items():
-            accountant.compose(_round_event(q, z), count)
-        return float(accountant.get_epsilon(delta))
+        return float(compute_epsilon(orders, total, delta)[0])
 
 
 def noise_for_epsilon(target_epsilon: float, delta: float, q: float, rounds: int) -> float:
@@ -265,6 +282,7 @@ class RoundPrivacy:
         self.config = config
         self.clip_norm = clip_norm
         self.accountant = PrivacyAccountant(config, clip_norm)
+        _round_rdp(1.0, config.noise_multiplier)  # imports dp_accounting before any round
         self._generator = fresh_generator(seed)
         self._q = 0.0
 

@@ -66,6 +66,12 @@ def test_epsilon_grows_with_rounds_and_matches_dp_accounting() -> None:
     direct = RdpAccountant()
     direct.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), 10)
     assert eps[1] == pytest.approx(direct.get_epsilon(delta), rel=1e-9)
+    mixed = RdpAccountant()  # rounds at different (q, z), as dropouts make them
+    mixed.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), 3)
+    mixed.compose(dp_accounting.PoissonSampledDpEvent(0.2, dp_accounting.GaussianDpEvent(0.8)),
+                  2)
+    assert epsilon_of([(q, z), (0.2, 0.8), (q, z), (0.2, 0.8), (q, z)], delta) == \
+        pytest.approx(mixed.get_epsilon(delta), rel=1e-9)
     assert epsilon_of([], delta) == 0.0
 
 
