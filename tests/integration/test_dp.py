@@ -4,9 +4,16 @@ distributed DP reaches clients as separate processes through JoinRound."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from paramserver.federated.privacy import epsilon_of
+from paramserver.federated.config import FederatedConfig
+from paramserver.federated.privacy import DPConfig, DPMode, epsilon_of
+from paramserver.types import Mode
+from tests.conftest import ServerFactory
 from tests.integration.test_federated import _federated
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(200)]
@@ -39,3 +46,18 @@ def test_distributed_dp_with_client_processes(tmp_path) -> None:  # type: ignore
     assert privacy["mode"] == "distributed" and privacy["rounds"] == 2
     assert privacy["epsilon"] <= 20 and privacy["epsilon"] == pytest.approx(20, rel=0.02)
     assert report["dropouts"] == []
+
+
+def test_status_cli_shows_the_privacy_spent(server_factory: ServerFactory) -> None:
+    server = server_factory(mode=Mode.FEDERATED, expected_workers=2,
+                            federated=FederatedConfig(clip_norm=0.5),
+                            dp=DPConfig(DPMode.CENTRAL, 1.5, target_epsilon=6.0))
+    status = [sys.executable, "-m", "paramserver.cli.main", "status", "--timeout", "5",
+              "--servers", server.address]
+    shown = subprocess.run(status, capture_output=True, text=True, timeout=60, check=True)
+    assert ("privacy: epsilon 0.000 at delta 1e-05 after 0 rounds (central DP, noise "
+            "multiplier 1.5, clip norm 0.5, sampling rate 0, target 6)") in shown.stdout
+    record = json.loads(subprocess.run([*status, "--json"], capture_output=True, text=True,
+                                       timeout=60, check=True).stdout)[0]
+    assert record["privacy"]["noise_multiplier"] == 1.5
+    assert record["privacy"]["target_epsilon"] == 6.0
