@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,10 @@ import torch
 from torch import nn
 
 from paramserver.errors import FailedPrecondition
+from paramserver.federated.privacy import fresh_generator
 from paramserver.types import Mode, PushResult
 from workers.attach import AttachedModel
+from workers.update_steps import UpdateStep, privacy_steps, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +53,15 @@ class FedAvg:
         return self._global
 
     @torch.no_grad()
-    def step(self, num_examples: int) -> list[PushResult]:
-        """Push this round's update and load the new global model into the local one."""
+    def step(self, num_examples: int, steps: Sequence[UpdateStep] = ()) -> list[PushResult]:
+        """Push this round's update, after `steps` (clip, noise, ...), and load the new
+        global model into the local one."""
         if num_examples <= 0:
             raise ValueError(f"a client reports a positive number of examples, got {num_examples}")
-        for name, param in self.attached.model.named_parameters():
-            param.grad = self._global[name] - param.detach()
+        params = dict(self.attached.model.named_parameters())
+        update = run_steps({n: self._global[n] - p.detach() for n, p in params.items()}, steps)
+        for name, param in params.items():
+            param.grad = update[name]
         results = self.attached.step(num_samples=num_examples)
         for param in self.attached.model.parameters():
             param.grad = None
@@ -112,6 +118,7 @@ class FederatedClient:
         self.training = training
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
+        self._noise = fresh_generator()  # distributed DP: unpredictable to the server
         self.rounds_trained = self.rounds_dropped = 0
 
     def run(self, rounds: int, deadline_s: float = 600.0) -> ClientReport:
@@ -121,7 +128,7 @@ class FederatedClient:
         next_round = 0
         while time.monotonic() < stop:
             joined = client.join_round(next_round)
-            if joined.round >= rounds:
+            if joined.round >= rounds or joined.finished:
                 break
             next_round = joined.round + 1
             if not joined.sampled:
@@ -134,7 +141,8 @@ class FederatedClient:
                 continue  # the round closed while we were away: wait for the next
             self.fedavg.refresh()
             self._train_locally()
-            self.fedavg.step(client_weight(len(self.y), self.training.weighting))
+            self.fedavg.step(client_weight(len(self.y), self.training.weighting),
+                             privacy_steps(joined, self._noise))
             self.rounds_trained += 1
         return ClientReport(client.worker_id, len(self.y), self.rounds_trained,
                             self.rounds_dropped, client.bytes_pushed, client.bytes_pulled)

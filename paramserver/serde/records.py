@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from paramserver import __version__
+from paramserver.federated.privacy import PrivacyReport
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.status import ServerStatus, WorkerInfo
 from paramserver.tables.records import TableStatus
@@ -272,6 +274,7 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         skipped_rounds=list(status.skipped_rounds),
         rejoins=list(status.rejoins),
         advertise_address=status.advertise_address,
+        privacy=_privacy_to_proto(status.privacy),
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -315,6 +318,7 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         skipped_rounds=tuple(msg.skipped_rounds),
         rejoins=tuple(msg.rejoins),
         advertise_address=msg.advertise_address,
+        privacy=_privacy_from_proto(msg),
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,
@@ -333,3 +337,19 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
     )
 
 
+
+
+def _privacy_to_proto(report: PrivacyReport | None) -> pb.PrivacyStatus | None:
+    if report is None:
+        return None
+    return pb.PrivacyStatus(**dataclasses.asdict(report))
+
+
+def _privacy_from_proto(msg: pb.StatusResponse) -> PrivacyReport | None:
+    if not msg.HasField("privacy"):
+        return None
+    p = msg.privacy
+    return PrivacyReport(mode=p.mode, noise_multiplier=p.noise_multiplier,
+                         clip_norm=p.clip_norm, delta=p.delta, epsilon=p.epsilon,
+                         rounds=p.rounds, target_epsilon=p.target_epsilon,
+                         budget_spent=p.budget_spent, sampling_rate=p.sampling_rate)

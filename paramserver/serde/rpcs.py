@@ -120,10 +120,12 @@ RPCS: dict[str, Rpc] = {
         _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round)),
         _request(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
                                                              round=m.round)),
-        _serializing(lambda j: pb.JoinRoundResponse(round=j.round, sampled=j.sampled,
-                                                    sampled_count=j.sampled_count)),
+        _serializing(lambda j: pb.JoinRoundResponse(
+            round=j.round, sampled=j.sampled, sampled_count=j.sampled_count,
+            dp_clip_norm=j.dp_clip_norm, dp_noise_std=j.dp_noise_std, finished=j.finished)),
         _parsing(pb.JoinRoundResponse, lambda m: RoundJoin(
-            round=m.round, sampled=m.sampled, sampled_count=m.sampled_count))),
+            round=m.round, sampled=m.sampled, sampled_count=m.sampled_count,
+            dp_clip_norm=m.dp_clip_norm, dp_noise_std=m.dp_noise_std, finished=m.finished))),
     "Leave": Rpc(
         _serializing(lambda session_id: pb.LeaveRequest(session_id=session_id)),
         _request(pb.LeaveRequest, lambda m: str(m.session_id)),

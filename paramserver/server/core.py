@@ -262,6 +262,7 @@ class ParameterServerCore:
             rejoins=tuple(self.rejoins),
             advertise_address=self.advertise_address,
             tables=self.tables.status(),
+            privacy=report.privacy,
         )
 
     # ---- register, push, pull ------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition
+from paramserver.federated.privacy import PrivacyReport
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
 from paramserver.server.limits import LongPoll
@@ -54,6 +55,7 @@ class PolicyReport:
     max_lead: int = 0  # SSP: the largest lead any worker started a step with
     dropouts: tuple[str, ...] = ()  # federated: "client@round" that did not report
     skipped_rounds: tuple[int, ...] = ()  # federated: rounds closed without enough reports
+    privacy: PrivacyReport | None = None  # federated with --dp: epsilon spent so far
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,10 @@ once every live sampled client reported, or at the round timeout with whoever re
 that is enough (`min_clients`, `min_completion_rate`). Too few reports skip the round: the
 version advances, the global model stays unchanged. The weighted mean of the updates is
 applied by the server optimizer (SGD lr 1 = FedAvg; momentum = FedAvgM; Adam = FedAdam).
+With --dp (DP-FedAvg, `paramserver.federated.privacy`), the round's sum gets Gaussian noise
+(central) or holds the clients' noise shares (distributed), is divided by the number of
+sampled clients, and is accounted; once the next round would exceed --target-epsilon, no
+round opens again and JoinRound answers `finished`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 import time
 
 from paramserver.errors import FailedPrecondition
+from paramserver.federated.privacy import RoundPrivacy
 from paramserver.federated.sampling import sample_clients
 from paramserver.federated.screening import screen
 from paramserver.server.limits import LongPoll
@@ -51,6 +56,8 @@ class RoundPolicy(PolicyDefaults):
         self._round_opened = 0.0
         self._dropouts: list[str] = []
         self._skipped_rounds: list[int] = []
+        dp = context.config.dp
+        self._privacy = RoundPrivacy(dp, self.config.clip_norm) if dp.on else None
 
     def _open_round(self) -> None:
         """Sample the current round's clients once the job is formed (caller holds _lock)."""
@@ -58,8 +65,14 @@ class RoundPolicy(PolicyDefaults):
         if self._round == version or not self._members.formed:
             return
         self._round, self._round_opened = version, self._clock()
-        self._sampled = sample_clients(self._members.live_workers(), self.config.fraction,
+        live = self._members.live_workers()
+        self._sampled = sample_clients(live, self.config.fraction,
                                        self.config.min_clients, self.config.seed, version)
+        if self._privacy is not None and not self._privacy.open(len(self._sampled), len(live)):
+            log.warning("round %d not run: it would exceed --target-epsilon %g", version,
+                        self._privacy.config.target_epsilon)
+            self._sampled = frozenset()
+            return
         log.info("round %d: sampled %d clients %s", version, len(self._sampled),
                  sorted(self._sampled))
 
@@ -72,14 +85,22 @@ class RoundPolicy(PolicyDefaults):
             with self._lock:
                 self._open_round()
                 if self._round >= 0:
-                    return RoundJoin(round=self._round, sampled=worker_id in self._sampled,
-                                     sampled_count=len(self._sampled))
+                    return self._join_answer(worker_id)
             if time.monotonic() > deadline:
                 raise FailedPrecondition("the federation has not formed yet: fewer clients "
                                          f"joined than --workers ({self._members.live_workers()})")
             if poll is not None:
                 poll.before_wait()
             time.sleep(0.05)
+
+    def _join_answer(self, worker_id: str) -> RoundJoin:
+        sampled = worker_id in self._sampled
+        if self._privacy is None:
+            return RoundJoin(round=self._round, sampled=sampled, sampled_count=len(self._sampled))
+        return RoundJoin(round=self._round, sampled=sampled, sampled_count=len(self._sampled),
+                         dp_clip_norm=self._privacy.clip_norm,
+                         dp_noise_std=self._privacy.client_noise_std(len(self._sampled)),
+                         finished=self._privacy.finished)
 
     def check_step(self, worker_id: str, step: int) -> None:
         with self._lock:
@@ -92,7 +113,12 @@ class RoundPolicy(PolicyDefaults):
             raise FailedPrecondition(f"client {worker_id!r} was not sampled for round {step}")
 
     def submit(self, push: ReceivedPush) -> PushResult:
-        screen(push.updates, self.config.clip_norm, self.config.reject_norm)
+        clip = self.config.clip_norm
+        if self._privacy is not None:
+            model = {t.name for t in self._store.require_layout().tensors}
+            self._privacy.check(push.updates, model, push.momentum_applied)
+            clip = self._privacy.clip_norm_for_screening
+        screen(push.updates, clip, self.config.reject_norm)
         with self._lock:
             self._check(push.worker_id, push.step)
             self._step.add(push)
@@ -116,14 +142,17 @@ class RoundPolicy(PolicyDefaults):
 
     def _close(self) -> int:
         self._dropouts += self._missing()
-        return self._step.close()
+        privacy, sampled, reported = self._privacy, len(self._sampled), len(self._step.pushed)
+        if privacy is None:
+            return self._step.close()
+        return self._step.close(lambda sums: privacy.finish(sums, sampled, reported))
 
     def tick(self) -> None:
         """Close or skip a round that ran past its timeout."""
         with self._lock:
             self._open_round()
             if self._round < 0 or self._clock() - self._round_opened < \
-                    self.config.round_timeout_s:
+                    self.config.round_timeout_s or self._budget_spent():
                 return
             pushed = len(self._step.pushed)
             needed = max(self.config.min_clients,
@@ -140,6 +169,9 @@ class RoundPolicy(PolicyDefaults):
             self._skipped_rounds.append(self._round)
             self._step.skip()  # the next round, from the same global model
 
+    def _budget_spent(self) -> bool:
+        return self._privacy is not None and self._privacy.finished
+
     def waiting_for(self) -> StepWait:
         with self._lock:
             if self._step.opened_at is None:
@@ -151,4 +183,5 @@ class RoundPolicy(PolicyDefaults):
         with self._lock:
             return PolicyReport(pending_pushes=len(self._step.pushed),
                                 dropouts=tuple(self._dropouts),
-                                skipped_rounds=tuple(self._skipped_rounds))
+                                skipped_rounds=tuple(self._skipped_rounds),
+                                privacy=self._privacy.report() if self._privacy else None)
