@@ -14,7 +14,13 @@ from torch import nn
 from paramserver.errors import ParamServerError
 from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec, Mode, Role
-from workers.data import epoch_batches, load_digits_dataset, shard_indices, steps_per_epoch
+from workers.data import (
+    epoch_batches,
+    epoch_seed,
+    load_digits_dataset,
+    shard_indices,
+    steps_per_epoch,
+)
 from workers.models import accuracy, digits_mlp
 from workers.parameter_client import ParameterClient
 
@@ -150,7 +156,7 @@ class _Schedule:
     def batch(self, step: int) -> np.ndarray:
         epoch, index = divmod(step, self.steps)
         if epoch != self._epoch:
-            seed = self._config.seed * 1_000_003 + epoch * 1_009 + self._config.rank
+            seed = epoch_seed(self._config.seed, epoch, self._config.rank)
             self._batches = epoch_batches(self._mine, self.steps, self._config.batch_size,
                                           seed)
             self._epoch = epoch
