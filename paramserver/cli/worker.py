@@ -56,11 +56,12 @@ def run(args: argparse.Namespace, before_push: StepHook | None = None) -> int:
                           retry_s=args.retry, security=security)
     report = train(config, on_epoch=lambda e, loss, acc: print(
         f"[{config.worker_id}] epoch {e}/{config.epochs} loss {loss:.4f} "
-        f"test accuracy {acc:.4f}", flush=True), before_push=before_push)
+        f"test {'auc' if config.model == 'ctr' else 'accuracy'} {acc:.4f}", flush=True),
+        before_push=before_push)
     summary = {**dataclasses.asdict(report), "servers": len(args.servers.split(",")),
                "workers": args.num_workers}
     write_json(args.report, summary)
-    print(f"[{config.worker_id}] done: accuracy {report.accuracy:.4f}, {report.steps} steps, "
+    print(f"[{config.worker_id}] done: {report.metric} {report.accuracy:.4f}, {report.steps} steps, "
           f"final version {report.version}, {report.wall_s:.1f}s", flush=True)
     _warn_if_out_of_lockstep(args.servers, config.worker_id, report.version, security)
     return 0

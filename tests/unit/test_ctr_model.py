@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from workers.ctr_baseline import BaselineConfig, train_baseline
@@ -52,3 +53,14 @@ def test_auc_of_an_untrained_model_is_near_chance() -> None:
     spec = SPECS["tiny"]
     model = ctr_model(spec.table_rows, dim=8, seed=1)
     assert abs(auc(model, examples(spec, TRAIN, 0, 4000)) - 0.5) < 0.1
+
+
+def test_the_trainer_refuses_a_table_too_large_for_dense_tables() -> None:
+    from workers import tasks
+
+    if tasks.SPARSE_TABLES:
+        pytest.skip("sparse tables serve any size")
+    with pytest.raises(ValueError, match="sparse"):
+        tasks.make_task("ctr", ctr_spec="huge")
+    with pytest.raises(ValueError, match="choose from"):
+        tasks.make_task("ctr", ctr_spec="enormous")
