@@ -101,7 +101,7 @@ def ps_worker(rank: int, address: str, spec: Any, sparse: bool, warmup: int,
 
     torch.set_num_threads(1)
     model = _model(spec, sparse)
-    extra = {"table_optimizer": f"sgd:lr={LR}"} if sparse else {}
+    extra: dict[str, Any] = {"table_optimizer": f"sgd:lr={LR}"} if sparse else {}
     steps, moved, lo = [], [], 0
     with workers.attach(model, address, worker_id=f"bench-{rank}", world_size=WORKERS,
                         overlap=False, timeout_s=TIMEOUT_S, **extra) as ps:
