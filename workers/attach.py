@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Self
 
@@ -37,10 +37,12 @@ from torch import nn
 
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.security.credentials import ClientSecurity
+from paramserver.tables import TableOptimizer
 from paramserver.types import CodecSpec, Mode, PushResult, StepOptions
 from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
 from workers.checkpoints import client_state, load_client_state
 from workers.connection import LinkShaper
+from workers.embeddings import AttachedTables, excluded, find_tables, open_tables
 from workers.environment import WorkerIdentity
 from workers.parameter_client import ParameterClient
 from workers.payloads import is_raw
@@ -58,12 +60,13 @@ class AttachedModel:
     """A model whose `step()` goes through the parameter servers. Close it (or use `with`)."""
 
     def __init__(self, model: nn.Module, client: ParameterClient, identity: WorkerIdentity,
-                 overlap: bool, bucket_bytes: int) -> None:
+                 overlap: bool, bucket_bytes: int, exclude: Collection[str] = ()) -> None:
         self.model = model
         self.client = client
         self.identity = identity
         self.overlap = overlap  # may be switched between steps
-        self._params = dict(model.named_parameters())
+        self._params = {n: p for n, p in model.named_parameters() if n not in exclude}
+        self.tables: AttachedTables | None = None  # row-sparse tables (issue #16)
         trainable = [(n, p.numel() * p.element_size()) for n, p in self._params.items()
                      if p.requires_grad]
         self._tracker = BucketTracker(trainable, bucket_bytes)
@@ -105,6 +108,8 @@ class AttachedModel:
                     "gradients inside `with attached.no_sync():`")
             if not options.found_inf:  # inf/NaN steps are skipped whatever was pushed
                 self._check_pushed_unchanged()
+            if self.tables is not None:  # before the dense push (one sequence per worker)
+                self.tables.push(drop=options.found_inf)
             sent = self._tracker.handed_out()
             rest = [n for n, p in self._params.items() if p.grad is not None and n not in sent]
             if not sent and not rest:
@@ -146,6 +151,14 @@ class AttachedModel:
             return torch.tensor(0.0)
         return torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(g, 2.0).to(grads[0].device) for g in grads]), 2.0)
+
+    def prefetch(self, table_inputs: Mapping[str, torch.Tensor]) -> None:
+        """Start pulling the rows the next batch needs ({table module name: its input
+        ids}), on a background thread; the next forward on the same ids uses them. Call it
+        any time after backward: it waits until this step's rows were pushed."""
+        if self.tables is None:
+            raise FailedPrecondition("the model has no row-sparse tables")
+        self.tables.prefetch(table_inputs)
 
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the job as this worker sees it: the servers' parameters,
@@ -204,6 +217,8 @@ class AttachedModel:
         with contextlib.suppress(Exception):
             self._wait_for_parts()
         self._pusher.shutdown(wait=True)
+        if self.tables is not None:
+            self.tables.close()
         self.client.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -263,7 +278,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            shaper_factory: Callable[[str], LinkShaper] | None = None,
            security: ClientSecurity | None = None, world_size: int | None = None,
            broadcast_buffers: bool | None = None, metrics_port: int | None = None,
-           metrics_host: str = "127.0.0.1") -> AttachedModel:
+           metrics_host: str = "127.0.0.1", tables: Sequence[str] | None = None,
+           table_optimizer: str | TableOptimizer = "sgd:lr=0.01", table_seed: int = 0,
+           table_init_scale: float = 0.01) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -287,6 +304,11 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     attaches later, pulls them, as DDP broadcasts rank 0's buffers before each forward.
     `metrics_port`: serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a
     free port, see `attached.metrics.port`; None: off).
+    `tables` (issue #16): names of Embedding/EmbeddingBag modules kept as row-sparse tables
+    on the servers; None: every one declared sparse=True. Their weight (meta is fine) is
+    never registered or read: each forward pulls the batch's rows, step() pushes their
+    gradient rows (`workers.embeddings`). `table_optimizer` ('adagrad:lr=0.05', 'adam', ...),
+    `table_seed` and `table_init_scale` (rows start uniform in +-scale) declare them.
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -304,9 +326,14 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
         if expected is not None and client.session.mode is not expected:
             raise FailedPrecondition(f"expected a {expected.value} job, but the servers run "
                                      f"in {client.session.mode.value} mode")
-        client.attach(model)
+        table_modules = find_tables(model, tables)
+        client.attach(model, exclude=excluded(table_modules))
         client.broadcast_buffers = _broadcasts_buffers(broadcast_buffers, identity, client)
-        attached = AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
+        attached = AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20),
+                                 excluded(table_modules))
+        attached.tables = open_tables(table_modules, client.connections,
+                                      client.session.mode is Mode.SYNC, table_optimizer,
+                                      table_seed, table_init_scale, client.rejoin)
         if metrics_port is not None:
             from workers.metrics import WorkerMetrics  # prometheus_client only if asked
 

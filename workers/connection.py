@@ -19,12 +19,21 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import numpy as np
+import torch
 
 from paramserver import __version__, serde, wire
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
 from paramserver.status import ServerStatus
+from paramserver.tables import (
+    DeclareTables,
+    RowPullHeader,
+    RowPullRequest,
+    RowPushHeader,
+    TablePlan,
+)
 from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, open_channel, tls_refusal
 from paramserver.types import (
     CodecSpec,
@@ -106,6 +115,10 @@ class ServerConnection:
         self._get_state = self._method("GetState")
         self._set_state = self._method("SetState")
         self._pull = self._method("Pull", _counting(self, serde.RPCS["Pull"].response_from_bytes))
+        self._declare_tables = self._method("DeclareTables")  # row-sparse tables (issue #16)
+        self._pull_rows = self._method("PullRows",
+                                       _counting(self, serde.RPCS["PullRows"].response_from_bytes))
+        self._push_rows = self._method("PushRows")
 
     def _method(self, name: str, response_from_bytes: Callable[[bytes], Any] | None = None,
                 ) -> Any:
@@ -245,10 +258,11 @@ class ServerConnection:
                               (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
     def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
-                   on_header: Callable[[PullHeader], None] | None) -> PullHeader:
-        header: PullHeader | None = None
+                   on_header: Callable[[PullHeader], None] | None,
+                   method: Any = None) -> Any:
+        header: Any = None
         try:
-            for message in self._pull(request, timeout=timeout_s or self.timeout_s):
+            for message in (method or self._pull)(request, timeout=timeout_s or self.timeout_s):
                 if isinstance(message, wire.Chunk):
                     if header is None:
                         raise InvalidArgument("pull stream sent a chunk before its header")
@@ -264,6 +278,39 @@ class ServerConnection:
         if header is None:
             raise InvalidArgument("pull stream ended without a header")
         return header
+
+    # ---- row-sparse tables (issue #16; docs/wire.md section 11) ---------------------------
+
+    def declare_tables(self, plan: TablePlan, shard_index: int) -> tuple[bool, TablePlan]:
+        """Record the job's tables on this shard, or check them; (created, recorded plan)."""
+        request = DeclareTables(self.session_id, plan, shard_index)
+        answer: tuple[bool, TablePlan] = _answer(self._call(self._declare_tables, request))
+        return answer
+
+    def pull_rows(self, table: str, ids: np.ndarray, min_version: int, sink: ChunkSink,
+                  timeout_s: float | None = None) -> RowPullHeader:
+        """Stream rows `ids` of `table` (once its version reaches `min_version`) into
+        `sink`; returns the header (version, dtype of the values)."""
+        request = RowPullRequest(self.session_id, table, ids, min_version)
+        header = self._retrying(lambda: self._pull_once(request, sink, timeout_s, None,
+                                                        self._pull_rows),
+                                (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+        assert isinstance(header, RowPullHeader)
+        return header
+
+    def push_rows(self, table: str, step: int, ids: np.ndarray,
+                  grads: torch.Tensor) -> PushResult:
+        """Push gradient rows `grads` ((len(ids), dim) float32) for unique row `ids`."""
+        assert self.session is not None
+        self._sequence += 1
+        header = serde.encode_row_push_header(RowPushHeader(
+            self.session_id, table, step, len(ids), self.session.incarnation, self._sequence))
+        payloads = ([np.ascontiguousarray(ids, dtype="<i8").view(np.uint8).data,
+                     grads.detach().float().contiguous().numpy().view(np.uint8).data]
+                    if len(ids) else [])
+        result: PushResult = _answer(self._retrying(
+            lambda: self._push_rows(self._messages(header, payloads), timeout=self.timeout_s)))
+        return result
 
     def status(self, include_state_hash: bool = False) -> ServerStatus:
         status: ServerStatus = _answer(self._call(self._status, include_state_hash))

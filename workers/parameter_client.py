@@ -40,6 +40,7 @@ from paramserver.types import (
 )
 from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
+from workers.embeddings import dense_parameters
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
@@ -159,13 +160,13 @@ class ParameterClient:
 
     # ---- setup -----------------------------------------------------------------------
 
-    def attach(self, model: nn.Module) -> bool:
+    def attach(self, model: nn.Module, exclude: Collection[str] = ()) -> bool:
         """Register the model's parameters (or join the registered model), then pull them.
 
         Returns True when this call created the model on some shard. Every worker starts
         from the same parameters: the servers', not its own initialisation.
         """
-        params: dict[str, torch.Tensor] = dict(model.named_parameters())
+        params = dense_parameters(model, exclude)
         if not params:
             raise InvalidArgument("the model has no parameters to train")
         params.update(float_buffers(model))
@@ -205,6 +206,9 @@ class ParameterClient:
             self._rejoin(shard, error.message)
             return ShardJoin(created=False, version=self.versions[shard], rejoined=True)
         return ShardJoin(created=result.created, version=result.version)
+
+    def rejoin(self, shard: int, why: str) -> None:  # for table calls (issue #16)
+        self._rejoin(shard, why)
 
     def _rejoin(self, shard: int, why: str) -> None:
         """New session on a shard that forgot ours (we were evicted, or it restarted).
@@ -393,3 +397,4 @@ class ParameterClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+

@@ -5,6 +5,7 @@ scripts."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -89,6 +90,7 @@ def status_record(address: str, status: ServerStatus) -> dict[str, Any]:
         "restored_version": status.restored_version, "evicted": list(status.evicted),
         "rejoins": list(status.rejoins), "max_lead": status.max_lead,
         "dropouts": list(status.dropouts), "skipped_rounds": list(status.skipped_rounds),
+        "tables": [dataclasses.asdict(t) for t in status.tables],
     }
 
 
@@ -107,6 +109,7 @@ def format_status(address: str, status: ServerStatus) -> str:
             lines.append(f"   {printable(spec.name, 120):<40} {list(spec.shape)!s:<16} {dtype:<10} "
                          f"{spec.nbytes:>12}")
         lines.append(f"   {'total':<68} {status.layout.nbytes:>12}")
+    lines += _table_lines(status)
     lines.append(f"   connected: {len(status.workers)}")
     for worker in status.workers:
         lines.append(f"   {worker.role.value:<9} {printable(worker.worker_id):<20} pushes "
@@ -123,3 +126,16 @@ def format_status(address: str, status: ServerStatus) -> str:
     lines += [f"   {label}: {', '.join(printable(v) for v in values)}"
               for label, values in events if values]
     return "\n".join(lines) + "\n"
+
+
+def _table_lines(status: ServerStatus) -> list[str]:
+    """Row-sparse tables (issue #16): declared rows, rows stored on this shard, bytes."""
+    if not status.tables:
+        return []
+    header = (f"   {'table':<24} {'declared rows':>14} {'dim':>6} {'stored rows':>12} "
+              f"{'bytes':>12} {'version':>8}  optimizer")
+    lines = [header]
+    lines += [f"   {printable(t.name, 60):<24} {t.declared_rows:>14} {t.dim:>6} "
+              f"{t.materialized_rows:>12} {t.bytes:>12} {t.version:>8}  {t.optimizer}"
+              for t in status.tables]
+    return lines

@@ -84,6 +84,21 @@ class ParameterServerStub:
                 request_serializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.SerializeToString,
                 response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.FromString,
                 _registered_method=True)
+        self.DeclareTables = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/DeclareTables',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesResponse.FromString,
+                _registered_method=True)
+        self.PullRows = channel.unary_stream(
+                '/paramserver.v1.ParameterServer/PullRows',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullResponse.FromString,
+                _registered_method=True)
+        self.PushRows = channel.stream_unary(
+                '/paramserver.v1.ParameterServer/PushRows',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.PushResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -151,6 +166,26 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclareTables(self, request, context):
+        """Row-sparse embedding tables (issue #16, docs/wire.md section 11): declare the job's
+        tables, pull the rows a batch touches, push the gradient rows of those rows only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullRows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushRows(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +238,21 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.SetState,
                     request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.FromString,
                     response_serializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.SerializeToString,
+            ),
+            'DeclareTables': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareTables,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesResponse.SerializeToString,
+            ),
+            'PullRows': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullRows,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullResponse.SerializeToString,
+            ),
+            'PushRows': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushRows,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.PushResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +525,87 @@ class ParameterServer:
             '/paramserver.v1.ParameterServer/SetState',
             paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.SerializeToString,
             paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareTables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/DeclareTables',
+            paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/PullRows',
+            paramserver_dot_proto_dot_paramserver__pb2.RowPullRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.RowPullResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushRows(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/paramserver.v1.ParameterServer/PushRows',
+            paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.PushResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ import torch
 from paramserver import __version__
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.status import ServerStatus, WorkerInfo
+from paramserver.tables.records import TableStatus
 from paramserver.types import (
     CodecSpec,
     HandshakeRequest,
@@ -288,6 +289,10 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
             pb.TensorStatus(spec=spec_to_proto(t), bytes=t.nbytes)
             for t in (layout.tensors if layout else ())
         ],
+        tables=[pb.TableStatus(name=t.name, declared_rows=t.declared_rows, dim=t.dim,
+                               materialized_rows=t.materialized_rows, bytes=t.bytes,
+                               version=t.version, optimizer=t.optimizer)
+                for t in status.tables],
     )
 
 
@@ -323,6 +328,8 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
             )
             for w in msg.workers
         ),
+        tables=tuple(TableStatus(t.name, t.declared_rows, t.dim, t.materialized_rows, t.bytes,
+                                 t.version, t.optimizer) for t in msg.tables),
     )
 
 

@@ -28,6 +28,7 @@ from paramserver.serde.streams import (
     decode_push_request,
     decode_register_request,
 )
+from paramserver.serde.tables import table_rpcs
 from paramserver.transport import MAX_UNARY_REQUEST_BYTES
 from paramserver.types import (
     ModelLayout,
@@ -142,4 +143,6 @@ RPCS["SetState"] = Rpc(
                                                        state=bytes(m.state))),
     _serializing(lambda version: pb.SetStateResponse(version=version)),
     _parsing(pb.SetStateResponse, lambda m: int(m.version)))
-STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream"}
+RPCS.update(table_rpcs(Rpc, _parsing, _serializing, _identity))  # issue #16
+STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream",
+             "PullRows": "unary_stream", "PushRows": "stream_unary"}

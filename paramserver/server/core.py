@@ -36,6 +36,7 @@ from paramserver.server.pull import delta_pull_messages, pull_messages
 from paramserver.server.pull_streams import PullStreams
 from paramserver.server.state_transfer import install_state, read_state
 from paramserver.server.store import ParameterStore
+from paramserver.server.tables import TableService
 from paramserver.sharding import plan_partition
 from paramserver.status import ServerStatus
 from paramserver.types import (
@@ -82,12 +83,13 @@ class ParameterServerCore:
         self._intake = PushIntake(config=config, store=self.store, members=self.members,
                                   ledger=self.ledger, parts=self._parts, policy=self.policy,
                                   pool=pool)
+        self.tables = TableService(config, self.members, self.ledger)  # issue #16
         self._checkpoints = (
             ShardCheckpointer(self.store, self.members, self.ledger, config.checkpoint_dir,
                               config.checkpoint_every, config.reform_timeout_s,
                               before_checkpoint_write,
                               config.checkpoint_key.read_bytes() if config.checkpoint_key
-                              else None)
+                              else None, self.tables)
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0
@@ -218,6 +220,7 @@ class ParameterServerCore:
         # Every tick, not only on evictions: a worker that stops pushing leaves the set a
         # step waits for once --member-idle-timeout passes, with no event to say so.
         self.policy.members_changed()
+        self.tables.members_changed()
         self.policy.tick()
         self._maybe_checkpoint()
         self._log_long_wait()
@@ -256,6 +259,7 @@ class ParameterServerCore:
             skipped_rounds=report.skipped_rounds,
             rejoins=tuple(self.rejoins),
             advertise_address=self.advertise_address,
+            tables=self.tables.status(),
         )
 
     # ---- register, push, pull ------------------------------------------------------------
@@ -375,6 +379,7 @@ class ParameterServerCore:
     def close(self) -> None:
         """Wake every waiter with UNAVAILABLE; called on shutdown."""
         self.store.close()
+        self.tables.close()
 
 
 def _check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:
