@@ -19,7 +19,7 @@ servers included (a parameter server moves each worker's bytes through the serve
 total is W x the per-worker figure; all-reduce's is W/2 x), and any other process's traffic
 on this network namespace too. `floor` is what a sparse
 step must move at least: the unique ids of the batch, their rows down and their gradient
-rows up. Step time: the slowest worker's, median over the timed steps.
+rows up, and the dense MLP's gradient up and parameters down. Step time: the slowest worker's, median over the timed steps.
 
     python -m benchmarks.tables [--quick] [--report FILE]
 """
@@ -159,7 +159,11 @@ def gloo_worker(rank: int, init_file: str, spec: Any, warmup: int,
 
 def floor_bytes(spec: Any, steps: range) -> float:
     """The least a sparse step moves per worker: unique ids (8 bytes each) with their rows
-    down and their gradient rows up (float32), summed over the tables; mean over `steps`."""
+    down and their gradient rows up (float32), summed over the tables, plus the dense part
+    (the MLP's gradient up, its parameters down); mean over `steps`."""
+    model = _model(spec, sparse=True)
+    dense = 2 * 4 * sum(p.numel() for n, p in model.named_parameters()
+                        if not n.startswith("tables."))
     per_step = []
     for step in steps:
         total = 0
@@ -167,7 +171,7 @@ def floor_bytes(spec: Any, steps: range) -> float:
             ids = _batch(spec, step, rank).ids
             unique = sum(len(np.unique(ids[:, t])) for t in range(ids.shape[1]))
             total += unique * (8 + 2 * 4 * DIM)
-        per_step.append(total / WORKERS)
+        per_step.append(total / WORKERS + dense)
     return float(np.mean(per_step))
 
 

@@ -13,19 +13,21 @@ import torch
 from torch import nn
 
 from workers.ctr_data import SPECS, CtrSpec, load_ctr_dataset
-from workers.ctr_model import auc, batch_tensors, ctr_model
+from workers.ctr_model import EMBEDDING_STD, auc, batch_tensors, ctr_model
 from workers.data import load_digits_dataset
 from workers.models import accuracy, digits_mlp
 
 MODELS = ("digits", "ctr")
 CTR_DIM, CTR_HIDDEN = 16, 64
 
-# Issue #16 switch: True once `ParameterClient.attach` serves the rows of
-# nn.EmbeddingBag(sparse=True) tables from the servers (the tables helper's branch). Until
-# then the tables travel as dense tensors, pushed and pulled whole: their gradients must be
-# dense, and every table must fit in every worker's and server's memory.
-SPARSE_TABLES = False
+# Issue #16 switch: True serves the CTR tables as row-sparse tables (nn.EmbeddingBag with
+# sparse=True on the meta device; the trainer attaches them through workers.embeddings).
+# False sends them as dense tensors, pushed and pulled whole: gradients dense, and every
+# table must fit in every worker's and server's memory (the only way before issue #16).
+SPARSE_TABLES = True
 DENSE_TABLE_MAX_ROWS = 2_000_000  # 128 MB at dim 16; larger ones need SPARSE_TABLES
+# Rows start uniform in +-scale on the servers: the variance of the baseline's N(0, std).
+TABLE_INIT_SCALE = EMBEDDING_STD * 3**0.5
 
 
 class Task(Protocol):

@@ -3,6 +3,7 @@ or the CTR model) against a parameter server."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -10,13 +11,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from paramserver.errors import ParamServerError
 from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec, Mode, Role
 from workers.data import epoch_batches, epoch_seed, shard_indices, steps_per_epoch
+from workers.embeddings import AttachedTables, excluded, find_tables, open_tables, plan_for
 from workers.parameter_client import ParameterClient
-from workers.tasks import make_task, train_examples
+from workers.table_client import TableClient
+from workers.tasks import TABLE_INIT_SCALE, make_task, train_examples
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class TrainConfig:
     security: ClientSecurity | None = None  # TLS and credential (None: from the environment)
     model: str = "digits"  # a name in workers.tasks.MODELS
     ctr_spec: str = "tiny"  # --model ctr: the data set, a name in workers.ctr_data.SPECS
+    table_optimizer: str = "adam:lr=0.03"  # row-sparse tables' (issue #16): SparseAdam's rule
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
                          pull_codecs=config.pull_codecs, timeout_s=config.timeout_s,
                          error_feedback=config.error_feedback,
                          ef_momentum=config.ef_momentum, retry_s=config.retry_s,
-                         security=config.security) as client:
-        client.attach(model)
+                         security=config.security) as client, \
+            _attached(client, model, config.table_optimizer, config.seed) as tables:
         n = task.n_train
         mine = shard_indices(n, config.rank, config.num_workers, config.data)
         steps = steps_per_epoch(n, config.num_workers, config.data, config.batch_size)
@@ -97,6 +102,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             out.backward()
             if before_push is not None:
                 before_push(loop.steps_done)
+            if tables is not None:  # the row gradients first: one push sequence per worker
+                tables.push()
             client.step(num_samples=len(batch))
             loop.record(float(out))
             if schedule.ends_epoch(step):
@@ -138,6 +145,28 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             retries=sum(c.retries for c in client.connections),
             metric=task.metric,
         )
+
+
+@contextlib.contextmanager
+def _attached(client: ParameterClient, model: nn.Module, table_optimizer: str,
+              seed: int) -> Iterator[AttachedTables | None]:
+    """Attach `model` to the job: its sparse embedding modules as row-sparse tables (issue
+    #16, declared with `table_optimizer`; None when it has none), the rest dense."""
+    modules = find_tables(model, None)
+    client.attach(model, exclude=excluded(modules))
+    if client.role is Role.OBSERVER:  # reads rows; may not declare (the workers did)
+        plan = plan_for(modules, len(client.connections), table_optimizer, seed,
+                        TABLE_INIT_SCALE)
+        tables = (AttachedTables(modules, TableClient(client.connections, plan, sync=False))
+                  if modules else None)
+    else:
+        tables = open_tables(modules, client.connections, client.session.mode is Mode.SYNC,
+                             table_optimizer, seed, TABLE_INIT_SCALE)
+    try:
+        yield tables
+    finally:
+        if tables is not None:
+            tables.close()
 
 
 class _Schedule:
@@ -212,14 +241,16 @@ def require_some_applied(worker_id: str, pushes: int, aborted: int) -> None:
 def evaluate_server_model(servers: str, hidden: int = 128, timeout_s: float = 30.0,
                           security: ClientSecurity | None = None,
                           name: str = "evaluator", model: str = "digits",
-                          ctr_spec: str = "tiny") -> tuple[float, int]:
+                          ctr_spec: str = "tiny", table_optimizer: str = "adam:lr=0.03",
+                          seed: int = 0) -> tuple[float, int]:
     """(test metric, version) of the servers' current parameters for `model` (accuracy for
     digits, AUC for ctr), read by an observer named `name` (under authentication: the
-    credential's own name, or any for an admin)."""
+    credential's own name, or any for an admin). Row-sparse tables are read with the plan
+    the workers declared (`table_optimizer`, `seed`)."""
     task = make_task(model, hidden, ctr_spec=ctr_spec)
     with ParameterClient(servers, name, role=Role.OBSERVER, timeout_s=timeout_s,
-                         security=security) as client:
-        client.attach(task.model)
+                         security=security) as client, \
+            _attached(client, task.model, table_optimizer, seed):
         return task.evaluate(), client.version
 
 

@@ -114,7 +114,9 @@ def run_local_training(job: LocalTraining, run_dir: Path,
         _wait(cluster, [m for m, _ in servers], workers, addresses, job, on_version, mine)
         accuracy, version = evaluate_server_model(addresses, security=mine,
                                                   model=job.worker.model,
-                                                  ctr_spec=job.worker.ctr_spec)
+                                                  ctr_spec=job.worker.ctr_spec,
+                                                  table_optimizer=job.worker.table_optimizer,
+                                                  seed=job.worker.seed)
         shard_bytes = _shard_bytes(addresses, mine)
         for managed, _ in servers:
             cluster.stop(managed)
@@ -159,7 +161,7 @@ def _worker_args(job: LocalTraining, rank: int, servers: str, report: Path,
             "--pull-codec", " ".join(str(c) for c in worker.pull_codecs),
             "--report", str(report), "--log-level", job.log_level,
             "--ef-momentum", str(worker.ef_momentum), "--model", worker.model,
-            "--ctr-spec", worker.ctr_spec,
+            "--ctr-spec", worker.ctr_spec, "--table-optimizer", worker.table_optimizer,
             *([] if worker.error_feedback else ["--no-error-feedback"]),
             *client_flags(tls, f"worker-{rank}")]
 

@@ -55,12 +55,16 @@ def test_auc_of_an_untrained_model_is_near_chance() -> None:
     assert abs(auc(model, examples(spec, TRAIN, 0, 4000)) - 0.5) < 0.1
 
 
-def test_the_trainer_refuses_a_table_too_large_for_dense_tables() -> None:
+def test_the_ctr_task_declares_huge_tables_only_when_they_are_row_sparse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from workers import tasks
 
-    if tasks.SPARSE_TABLES:
-        pytest.skip("sparse tables serve any size")
+    monkeypatch.setattr(tasks, "SPARSE_TABLES", False)  # the dense tables of before #16
     with pytest.raises(ValueError, match="sparse"):
         tasks.make_task("ctr", ctr_spec="huge")
     with pytest.raises(ValueError, match="choose from"):
         tasks.make_task("ctr", ctr_spec="enormous")
+    monkeypatch.setattr(tasks, "SPARSE_TABLES", True)
+    task = tasks.make_task("ctr", ctr_spec="huge")
+    huge = task.model.tables[2].weight  # type: ignore[index, union-attr]
+    assert huge.is_meta and huge.shape[0] == 100_000_000 and task.metric == "auc"
