@@ -11,6 +11,7 @@ test; the report goes to runs/ unless `--report FILE`):
     overlap       pushes overlapped with backward (#6)
     faults        eviction and shard-restart timings, hangs (#5)
     federated     federated strategies on skewed clients (#8)
+    tables        sparse embedding tables vs dense tables and all-reduce, CTR data (#16)
     suite/        `paramserver bench`: ours against the floor and the peers (#7)
 
 Shared by them:
