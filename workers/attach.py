@@ -333,7 +333,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                                  excluded(table_modules))
         attached.tables = open_tables(table_modules, client.connections,
                                       client.session.mode is Mode.SYNC, table_optimizer,
-                                      table_seed, table_init_scale, client.rejoin)
+                                      table_seed, table_init_scale, client.rejoin,
+                                      client.push_codecs)
         if metrics_port is not None:
             from workers.metrics import WorkerMetrics  # prometheus_client only if asked
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from paramserver import __version__, serde, wire
+from paramserver.codecs import Codec
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
@@ -298,16 +299,19 @@ class ServerConnection:
         assert isinstance(header, RowPullHeader)
         return header
 
-    def push_rows(self, table: str, step: int, ids: np.ndarray,
-                  grads: torch.Tensor) -> PushResult:
-        """Push gradient rows `grads` ((len(ids), dim) float32) for unique row `ids`."""
+    def push_rows(self, table: str, step: int, ids: np.ndarray, grads: torch.Tensor,
+                  codec: Codec | None = None) -> PushResult:
+        """Push gradient rows `grads` ((len(ids), dim) float32) for unique row `ids`, raw
+        or (`codec`, the session's unbiased push codec) encoded."""
         assert self.session is not None
         self._sequence += 1
         header = serde.encode_row_push_header(RowPushHeader(
-            self.session_id, table, step, len(ids), self.session.incarnation, self._sequence))
+            self.session_id, table, step, len(ids), self.session.incarnation, self._sequence,
+            encoded=codec is not None))
+        flat = grads.detach().float().contiguous().view(-1)
+        values = codec.encode(flat) if codec is not None else flat.view(torch.uint8)
         payloads = ([np.ascontiguousarray(ids, dtype="<i8").view(np.uint8).data,
-                     grads.detach().float().contiguous().numpy().view(np.uint8).data]
-                    if len(ids) else [])
+                     values.cpu().numpy().data] if len(ids) else [])
         result: PushResult = _answer(self._retrying(
             lambda: self._push_rows(self._messages(header, payloads), timeout=self.timeout_s)))
         return result

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from paramserver.codecs import Codec
 from paramserver.errors import Aborted, FailedPrecondition, SessionExpired
 from paramserver.serde.tables import MAX_ROWS_PER_CALL
 from paramserver.tables import TablePlan, TableSpec, shard_of
@@ -32,8 +33,10 @@ class TableClient:
     """
 
     def __init__(self, connections: Sequence[ServerConnection], plan: TablePlan,
-                 sync: bool, rejoin: Callable[[int, str], None] | None = None) -> None:
+                 sync: bool, rejoin: Callable[[int, str], None] | None = None,
+                 codecs: Sequence[Codec] = ()) -> None:
         self.connections = list(connections)
+        self._codecs = codecs  # per shard, the session's push codec (updated on rejoin)
         self._rejoin = rejoin  # new session on a shard that forgot ours (ParameterClient's)
         self.rejoins = 0
         self.plan = plan
@@ -114,7 +117,8 @@ class TableClient:
                 step = self._versions[(spec.name, k)]
             try:
                 result = self.connections[k].push_rows(spec.name, step, ids[mine],
-                                                       grads[torch.from_numpy(mine)])
+                                                       grads[torch.from_numpy(mine)],
+                                                       self._row_codec(k))
             except (Aborted, SessionExpired) as error:  # this step's rows are lost for k
                 if isinstance(error, SessionExpired):
                     self._join_again(k, error)
@@ -128,6 +132,12 @@ class TableClient:
         results = self._fan_out.run(push_shard, shards)
         self.rows_pushed += len(ids)
         return [r for r in results if r is not None]
+
+    def _row_codec(self, shard: int) -> Codec | None:
+        """Rows go out under the shard's push codec when it is unbiased (fp16, bf16, qsgd),
+        raw otherwise: a sparsifier would need error feedback per row."""
+        codec = self._codecs[shard] if shard < len(self._codecs) else None
+        return None if codec is None or codec.biased or codec.spec.name == "none" else codec
 
     def _join_again(self, shard: int, error: SessionExpired) -> None:
         """A new session on `shard`; a restarted shard restored its tables from its

@@ -516,7 +516,7 @@ class RowPullResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[RowPullHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
 
 class RowPushHeader(_message.Message):
-    __slots__ = ("session_id", "table", "step", "rows", "incarnation", "sequence", "num_samples")
+    __slots__ = ("session_id", "table", "step", "rows", "incarnation", "sequence", "num_samples", "encoded")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -524,6 +524,7 @@ class RowPushHeader(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     table: str
     step: int
@@ -531,7 +532,8 @@ class RowPushHeader(_message.Message):
     incarnation: int
     sequence: int
     num_samples: int
-    def __init__(self, session_id: _Optional[str] = ..., table: _Optional[str] = ..., step: _Optional[int] = ..., rows: _Optional[int] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    encoded: bool
+    def __init__(self, session_id: _Optional[str] = ..., table: _Optional[str] = ..., step: _Optional[int] = ..., rows: _Optional[int] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., num_samples: _Optional[int] = ..., encoded: _Optional[bool] = ...) -> None: ...
 
 class RowPushRequest(_message.Message):
     __slots__ = ("header", "chunk")

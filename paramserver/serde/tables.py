@@ -87,7 +87,7 @@ def encode_row_push_header(header: RowPushHeader) -> bytes:
     return pb.RowPushRequest(header=pb.RowPushHeader(
         session_id=header.session_id, table=header.table, step=header.step, rows=header.rows,
         incarnation=header.incarnation, sequence=header.sequence,
-        num_samples=header.num_samples)).SerializeToString()
+        num_samples=header.num_samples, encoded=header.encoded)).SerializeToString()
 
 
 def _pull_header_from_proto(msg: pb.RowPullHeader) -> RowPullHeader:
@@ -96,7 +96,7 @@ def _pull_header_from_proto(msg: pb.RowPullHeader) -> RowPullHeader:
 
 def _push_header_from_proto(msg: pb.RowPushHeader) -> RowPushHeader:
     return RowPushHeader(msg.session_id, msg.table, msg.step, msg.rows, msg.incarnation,
-                         msg.sequence, msg.num_samples)
+                         msg.sequence, msg.num_samples, msg.encoded)
 
 
 decode_row_pull_response = _wrapper_decoder(pb.RowPullResponse, "header",

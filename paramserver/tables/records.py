@@ -20,6 +20,7 @@ TABLE_OPTIMIZERS = ("sgd", "adagrad", "adam")
 SHARDING = "mod"  # row r lives on shard r % num_shards (docs/wire.md section 11)
 MAX_TABLE_ROWS = 1 << 62  # row ids travel as int64
 MAX_TABLE_DIM = 1 << 16
+MAX_TABLES = 1024  # per job: a declaration is one message of at most 1 MiB
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,9 @@ class TablePlan:
             raise InvalidArgument(f"table sharding {self.sharding!r} unknown; known: "
                                   f"{SHARDING!r}")
         names = [t.name for t in self.tables]
+        if not 0 < len(names) <= MAX_TABLES:
+            raise InvalidArgument(f"a table plan holds 1 to {MAX_TABLES} tables, got "
+                                  f"{len(names)}")
         if len(set(names)) != len(names):
             raise InvalidArgument(f"table names must be unique, got {names}")
 
@@ -177,6 +181,7 @@ class RowPushHeader:
     incarnation: int = 0
     sequence: int = 0
     num_samples: int = 1
+    encoded: bool = False  # rows are one payload of the session's push codec (else raw)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,15 @@ def test_shards_quick(tmp_path: Path) -> None:
     assert all(len(r["shard_bytes"]) == r["shards"] for r in report["rows"])
 
 
+def test_table_scale_quick(tmp_path: Path) -> None:
+    report = _run("benchmarks.table_scale", tmp_path)
+    sparse_small, sparse_large, dense = report["rows"]
+    assert (sparse_small["rows"], sparse_large["rows"]) == (100_000, 100_000_000)
+    assert sparse_large["sparse"] and not dense["sparse"]
+    assert sum(sparse_large["stored_rows"]) < 100_000  # touched rows, not declared ones
+    assert dense["bytes_per_step"] > 10 * sparse_small["bytes_per_step"]
+
+
 def test_codecs_quick(tmp_path: Path) -> None:
     report = _run("benchmarks.codecs", tmp_path)
     assert {row["codec"] for row in report["codec_speed"]} >= {"none", "qsgd:bits=8,bucket=512"}

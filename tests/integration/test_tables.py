@@ -205,3 +205,23 @@ def test_a_restarted_shard_restores_its_rows_and_the_worker_goes_on(tmp_path: Pa
         server.stop(grace_s=0.5)
         if restarted is not None:
             restarted.stop(grace_s=0.5)
+
+
+@pytest.mark.parametrize("codec, min_cosine", [("fp16", 0.9999), ("qsgd:bits=8", 0.95)])
+def test_row_gradients_travel_under_an_unbiased_push_codec(
+        server_factory: ServerFactory, codec: str, min_cosine: float) -> None:
+    server = server_factory(mode=Mode.ASYNC, expected_workers=1, optimizer=SGD)
+    model, reference = Tiny(), Tiny()
+    with torch.no_grad():
+        reference.emb.weight.copy_(initial_rows(TableSpec("emb", ROWS, DIM), np.arange(ROWS)))
+    (batch,) = _batches(steps=1, workers=1, bags=32, seed=4)[0]
+    _loss(reference, batch).backward()
+    expected = -0.1 * reference.emb.weight.grad.to_dense()
+    with attach(model, server.address, worker_id="w0", codecs=codec,
+                table_optimizer="sgd:lr=0.1") as ps:
+        assert ps.tables is not None and ps.tables.client._row_codec(0) is not None
+        _loss(model, batch).backward()
+        ps.step()
+        moved = ps.tables.client.pull("emb", np.arange(ROWS)) - reference.emb.weight.detach()
+    cosine = nn.functional.cosine_similarity(moved.view(-1), expected.view(-1), dim=0)
+    assert float(cosine) > min_cosine

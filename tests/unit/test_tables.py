@@ -17,9 +17,9 @@ from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.server.tables.rows import RowTable
-from paramserver.tables import TableSpec, initial_rows
-from paramserver.types import Mode, Role
-from tests.helpers import register_stream
+from paramserver.tables import RowPushHeader, TableSpec, initial_rows
+from paramserver.types import CodecSpec, Mode, Role
+from tests.helpers import chunks, register_stream
 from tests.table_helpers import declare, pull, push, push_stream, spec
 
 INIT = {"w": torch.zeros(3)}
@@ -215,3 +215,27 @@ def test_checkpoint_restores_rows_and_optimizer_state(tmp_path: Path) -> None:
     for target in (core, restored):  # the same next step on both: optimizer state came back
         push(target, s if target is core else s2, "emb", 3, [1, 99], torch.ones(2, 4))
     assert restored.tables.state_hash() == core.tables.state_hash()
+
+
+def test_encoded_row_pushes_decode_under_the_session_codec_or_are_refused() -> None:
+    core = _core(Mode.ASYNC, 2)
+    raw_session = core.handshake("raw", Role.WORKER, [], []).session_id
+    fp16_session = core.handshake("half", Role.WORKER, [CodecSpec.parse("fp16")],
+                                  []).session_id
+    for session in (raw_session, fp16_session):
+        core.register(iter(register_stream(session, INIT)))
+    declare(core, raw_session, spec(lr=1.0))
+    before = core.tables.state_hash()
+    ids = torch.tensor([3, 4])
+    garbage = [RowPushHeader(fp16_session, "emb", 0, 2, encoded=True),
+               *chunks([ids, torch.zeros(3, dtype=torch.uint8)])]  # 3 bytes, not 2 x 4 halves
+    _refused(grpc.StatusCode.INVALID_ARGUMENT, core.tables.push, iter(garbage))
+    not_unbiased = [RowPushHeader(raw_session, "emb", 0, 2, encoded=True),
+                    *chunks([ids, torch.ones(8, dtype=torch.float16)])]
+    _refused(grpc.StatusCode.INVALID_ARGUMENT, core.tables.push, iter(not_unbiased))
+    assert core.tables.state_hash() == before
+    start = pull(core, raw_session, "emb", [3, 4])
+    good = [RowPushHeader(fp16_session, "emb", 0, 2, encoded=True),
+            *chunks([ids, torch.full((8,), 0.5, dtype=torch.float16)])]
+    assert core.tables.push(iter(good)).applied
+    torch.testing.assert_close(pull(core, raw_session, "emb", [3, 4]), start - 0.5)

@@ -7,8 +7,9 @@ In this order (docs/wire.md section 11):
  4. every id in [0, rows)                                                  [OUT_OF_RANGE]
  5. no id twice                                                        [INVALID_ARGUMENT]
  6. every id belongs to this shard (id % num_shards == shard index)    [INVALID_ARGUMENT]
-Pushes then check the gradient rows: exactly rows x dim float32 values  [INVALID_ARGUMENT]
-(a wrong row width included), all finite                              [INVALID_ARGUMENT].
+Pushes then check the gradient rows: they decode under the session's push codec (when
+`encoded`), exactly rows x dim float32 values (a wrong row width included), all finite
+                                                                       [INVALID_ARGUMENT].
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from paramserver.codecs import Codec
+from paramserver.codecs.base import to_dense
 from paramserver.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -24,7 +27,9 @@ from paramserver.errors import (
     ResourceExhausted,
 )
 from paramserver.serde.tables import MAX_ROWS_PER_CALL
+from paramserver.server.push_checks import decode
 from paramserver.tables import TablePlan, TableSpec
+from paramserver.types import TensorSpec
 
 
 def known_table(plan: TablePlan | None, name: str) -> TableSpec:
@@ -65,8 +70,14 @@ def check_ids(spec: TableSpec, ids: np.ndarray, plan: TablePlan, shard: int) -> 
                               f"(row r on shard r % {plan.num_shards})")
 
 
-def gradient_rows(spec: TableSpec, payload: torch.Tensor, rows: int) -> torch.Tensor:
-    """The pushed gradient rows from their raw bytes: exactly rows x dim finite float32."""
+def gradient_rows(spec: TableSpec, payload: torch.Tensor, rows: int,
+                  codec: Codec | None = None) -> torch.Tensor:
+    """The pushed gradient rows from their bytes (raw, or one payload of `codec`):
+    exactly rows x dim finite float32."""
+    if codec is not None and rows:
+        update = decode(codec, TensorSpec(spec.name, (rows * spec.dim,), torch.float32),
+                        payload)
+        payload = to_dense(update, rows * spec.dim, torch.float32).view(torch.uint8)
     expected = rows * spec.row_bytes
     if payload.numel() != expected:
         width = payload.numel() / (4 * rows) if rows else payload.numel()

@@ -6,7 +6,7 @@ binary search over a batch of ids (`np.searchsorted`), and materialising m new r
 O(n + m) merge. Storage grows by half its size when full, so capacity stays within 1.5x of
 the rows in it. Memory per materialised row, at most (docs/wire.md section 11):
 
-    1.5 x dim x 4 x (1 + S) bytes  +  24 bytes of index
+    1.5 x dim x 4 x (1 + S) bytes  +  28 bytes of index (key, slot; 1.5 x the id by slot)
     S = 0 (sgd), 1 (adagrad: the squared-gradient sum), 2 (adam: both moments)
 
 A row read before anything was pushed to it is served from the initialiser and not stored;
@@ -31,7 +31,6 @@ import torch
 from paramserver.tables import TableSpec, initial_rows
 
 _STATES = {"sgd": (), "adagrad": ("sum",), "adam": ("exp_avg", "exp_avg_sq")}
-INDEX_BYTES_PER_ROW = 24  # key and slot (int64 each), and the slot's entry in `_ids`
 
 
 class RowTable:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from paramserver import wire
+from paramserver.codecs import Codec
 from paramserver.errors import Aborted, DeadlineExceeded, FailedPrecondition, InvalidArgument
 from paramserver.security.roles import Principal
 from paramserver.serde.tables import (
@@ -167,9 +168,12 @@ class TableService:
             spec = known_table(self.plan, header.table)
             check_count(header.rows)
             self._check_step(header.table, record.worker_id, header.step)
-        assembler = TensorAssembler((TensorSpec("ids", (header.rows,), torch.int64),
-                                     TensorSpec("rows", (header.rows * spec.dim,),
-                                                torch.float32)))
+        codec = _row_codec(record, header.encoded)
+        values = TensorSpec("rows", (header.rows * spec.dim,), torch.float32)
+        assembler = TensorAssembler(
+            (TensorSpec("ids", (header.rows,), torch.int64), values),
+            limits=(8 * header.rows, codec.max_payload_nbytes(values.numel, torch.float32)
+                    if codec else values.nbytes))
         drain_chunks(stream, assembler, "row push")
         ids_bytes, rows_bytes = assembler.finish_payloads()
         if ids_bytes.numel() != 8 * header.rows:
@@ -179,7 +183,7 @@ class TableService:
         with self._lock:
             assert self.plan is not None
             check_ids(spec, ids, self.plan, self.shard_index)
-            grads = gradient_rows(spec, rows_bytes, header.rows).clone()
+            grads = gradient_rows(spec, rows_bytes, header.rows, codec).clone()
             self._check_step(header.table, record.worker_id, header.step)
             self._members.mark_active(header.session_id)
             if not self.sync:
@@ -273,6 +277,17 @@ class TableService:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+
+
+def _row_codec(record: SessionRecord, encoded: bool) -> Codec | None:
+    """The codec of an encoded row push: the session's push codec, if unbiased."""
+    if not encoded:
+        return None
+    codec = record.push_decoder
+    if codec.biased or codec.spec.name == "none":
+        raise InvalidArgument(f"rows travel raw or under an unbiased push codec, not "
+                              f"{codec.spec}: push them with encoded=false")
+    return codec
 
 
 def _pull_messages(header: RowPullHeader, payload: memoryview,
