@@ -154,11 +154,12 @@ def _attached(client: ParameterClient, model: nn.Module, table_optimizer: str,
     #16, declared with `table_optimizer`; None when it has none), the rest dense."""
     modules = find_tables(model, None)
     client.attach(model, exclude=excluded(modules))
-    if client.role is Role.OBSERVER:  # reads rows; may not declare (the workers did)
+    if not modules:
+        tables = None
+    elif client.role is Role.OBSERVER:  # reads rows; may not declare (the workers did)
         plan = plan_for(modules, len(client.connections), table_optimizer, seed,
                         TABLE_INIT_SCALE)
-        tables = (AttachedTables(modules, TableClient(client.connections, plan, sync=False))
-                  if modules else None)
+        tables = AttachedTables(modules, TableClient(client.connections, plan, sync=False))
     else:
         tables = open_tables(modules, client.connections, client.session.mode is Mode.SYNC,
                              table_optimizer, seed, TABLE_INIT_SCALE)

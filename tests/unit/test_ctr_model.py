@@ -68,3 +68,23 @@ def test_the_ctr_task_declares_huge_tables_only_when_they_are_row_sparse(
     task = tasks.make_task("ctr", ctr_spec="huge")
     huge = task.model.tables[2].weight  # type: ignore[index, union-attr]
     assert huge.is_meta and huge.shape[0] == 100_000_000 and task.metric == "auc"
+
+
+@pytest.mark.parametrize("role", ["worker", "observer"])
+def test_a_model_without_tables_attaches_dense_only(role: str) -> None:
+    from paramserver.types import Role
+    from workers.models import digits_mlp
+    from workers.trainer import _attached
+
+    class Client:  # what _attached reads of a ParameterClient
+        def __init__(self) -> None:
+            self.connections: list[object] = []
+            self.role = Role(role)
+            self.excluded: object = None
+
+        def attach(self, model: torch.nn.Module, exclude: object) -> None:
+            self.excluded = exclude
+
+    client = Client()
+    with _attached(client, digits_mlp(), "adam", 0) as tables:  # type: ignore[arg-type]
+        assert tables is None and client.excluded == set()
