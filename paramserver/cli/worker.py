@@ -1,4 +1,4 @@
-"""`paramserver worker`: the built-in digits trainer against a running server."""
+"""`paramserver worker`: the built-in trainer (digits or CTR) against a running server."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser(
-        "worker", help="train the digits MLP against a server",
-        description="Train an MLP 64-128-10 on scikit-learn's digits; the server holds the "
-                    "parameters and the optimizer.")
+        "worker", help="train the digits MLP (or --model ctr) against a server",
+        description="Train an MLP 64-128-10 on scikit-learn's digits, or with --model ctr a "
+                    "DLRM-like click-through-rate model on synthetic data (its embedding "
+                    "tables row-sparse); the server holds the parameters and the optimizer.")
     parser.add_argument("--servers", "--server", dest="servers", default="127.0.0.1:50051",
                         help="server host:port, or several comma-separated in shard order")
     parser.add_argument("--worker-id", help="stable identity (default: worker-RANK)")
