@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser = sub.add_parser(
         "launch", help="run a local cluster of server and worker processes",
         description="Start servers and workers as separate processes on 127.0.0.1, train the "
-                    "digits MLP (or the CTR model: --model ctr), show progress, and print a summary.")
+                    "digits MLP (or the CTR model: --model ctr), show progress, and print a "
+                    "summary.")
     parser.add_argument("--servers", type=int, default=1,
                         help="parameter servers the model is sharded over (1)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
