@@ -17,9 +17,9 @@ algorithm (a ring all-reduce sends and receives 2 (W-1)/W of the gradient). `lo 
 the loopback counter's delta over the timed stage per step: every byte of the job once,
 servers included (a parameter server moves each worker's bytes through the server, so its
 total is W x the per-worker figure; all-reduce's is W/2 x), and any other process's traffic
-on this network namespace too. `floor` is what a sparse
-step must move at least: the unique ids of the batch, their rows down and their gradient
-rows up, and the dense MLP's gradient up and parameters down. Step time: the slowest worker's, median over the timed steps.
+on this network namespace too. `floor` is what a sparse step must move at least: the unique
+ids of the batch, their rows down and their gradient rows up, and the dense MLP's gradient
+up and parameters down. Step time: the slowest worker's, median over the timed steps.
 
     python -m benchmarks.tables [--quick] [--report FILE]
 """

@@ -71,9 +71,9 @@ class CtrTask:
                              "embedding tables (issue #16), which this build lacks; dense "
                              f"tables are limited to {DENSE_TABLE_MAX_ROWS:,} rows")
         self.data = load_ctr_dataset(spec)
-        self.model: nn.Module = ctr_model(spec.table_rows, CTR_DIM, spec.dense_features, CTR_HIDDEN, seed,
-                               sparse=SPARSE_TABLES,
-                               embedding_device="meta" if SPARSE_TABLES else None)
+        self.model: nn.Module = ctr_model(
+            spec.table_rows, CTR_DIM, spec.dense_features, CTR_HIDDEN, seed,
+            sparse=SPARSE_TABLES, embedding_device="meta" if SPARSE_TABLES else None)
         self.n_train = spec.train_examples
         self._loss = nn.BCEWithLogitsLoss()
 

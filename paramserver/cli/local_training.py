@@ -1,5 +1,6 @@
 """Train a built-in model (digits MLP or CTR) on a local cluster: N server processes (the
-model sharded over them), M worker processes, and a report of the run. The library behind `paramserver launch`.
+model sharded over them), M worker processes, and a report of the run. The library behind
+`paramserver launch`.
 
 It lives in `cli/`, the composition root, because it wires both sides: it starts servers
 from a `ServerConfig` and workers from a `TrainConfig`, and reads results with the client.

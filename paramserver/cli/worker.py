@@ -63,7 +63,8 @@ def run(args: argparse.Namespace, before_push: StepHook | None = None) -> int:
                "workers": args.num_workers}
     write_json(args.report, summary)
     print(f"[{config.worker_id}] done: {report.metric} {report.accuracy:.4f}, "
-          f"{report.steps} steps, final version {report.version}, {report.wall_s:.1f}s", flush=True)
+          f"{report.steps} steps, final version {report.version}, {report.wall_s:.1f}s",
+          flush=True)
     _warn_if_out_of_lockstep(args.servers, config.worker_id, report.version, security)
     return 0
 
