@@ -14,6 +14,7 @@ test; the report goes to runs/ unless `--report FILE`):
     fed_codecs    compressed client updates per federated strategy (#17)
     fed_dp        DP-FedAvg's accuracy at epsilon <= 8 through the server (#17)
     fed_dp_scale  DP-FedAvg at 10-1000 clients, simulated in process (#17)
+    tables        sparse embedding tables vs dense tables and all-reduce, CTR data (#16)
     suite/        `paramserver bench`: ours against the floor and the peers (#7)
 
 Shared by them:

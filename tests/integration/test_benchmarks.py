@@ -127,3 +127,12 @@ def test_bench_outside_a_checkout_says_how_to_get_one(
     assert main(["bench", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "runs from a source checkout" in err and "make bench" in err
+
+
+def test_tables_quick(tmp_path: Path) -> None:
+    report = _run("benchmarks.tables", tmp_path)
+    rows = {r["config"]: r for r in report["rows"]}
+    assert {"ps-dense", "gloo", "ps-sparse"} <= rows.keys() and not report["not_measured"]
+    # The same batches: the dense alternatives move whole tables, the sparse path its rows.
+    assert rows["ps-dense"]["bytes_per_step"] > 10 * rows["ps-sparse"]["bytes_per_step"]
+    assert rows["ps-sparse"]["bytes_per_step"] >= report["floor_bytes_per_step"]
