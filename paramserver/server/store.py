@@ -49,6 +49,7 @@ class ParameterStore:
         self.params: dict[str, torch.Tensor] = {}
         self.version = 0
         self._optimizer_config = optimizer
+        optimizer.warm_up()  # its imports belong to start-up, not to the first step
         self._optimizer: torch.optim.Optimizer | None = None
         self._closed = False
         self._hash_lock = threading.Lock()  # one state hash at a time
@@ -102,37 +103,70 @@ class ParameterStore:
         return self._specs[name]
 
     def apply(self, grads: Mapping[str, torch.Tensor], lr_scale: float = 1.0,
-              plain: Mapping[str, torch.Tensor] | None = None) -> int:
-        """One optimizer step with `grads` (flat, by name) at `lr_scale` times the learning
-        rate, plus a plain SGD step with `plain` (updates that already carry the momentum);
-        returns the new version.
+              plain: Mapping[str, torch.Tensor] | None = None, divisor: float = 1.0) -> int:
+        """One optimizer step with `grads` / `divisor` (flat, by name) at `lr_scale` times
+        the learning rate, plus a plain SGD step with `plain` / `divisor` (updates that
+        already carry the momentum); returns the new version. `grads` may be divided in
+        place (a fused optimizer divides inside its own pass instead).
 
         Tensors without a gradient are skipped, as torch.optim skips params whose grad is None.
         """
         with self.lock:
             assert self._optimizer is not None
             self._check_grads(grads)
+            fused = self._fused_with(grads)
+            if divisor != 1.0 and not fused:
+                for values in grads.values():
+                    values.div_(divisor)
             for name, param in self.params.items():
                 grad = grads.get(name)
                 param.grad = None if grad is None else grad.view(param.shape)
-            groups = self._optimizer.param_groups
-            rates = [group["lr"] for group in groups]
-            if lr_scale != 1.0:
-                for group, rate in zip(groups, rates):
-                    group["lr"] = rate * lr_scale
-            try:
-                self._optimizer.step()
-            finally:
-                for group, rate in zip(groups, rates):
-                    group["lr"] = rate
-                for param in self.params.values():
-                    param.grad = None
+            self._step(lr_scale, divisor if fused and divisor != 1.0 else None)
+            rate = self._optimizer.param_groups[0]["lr"]
             for name, update in (plain or {}).items():
                 param = self.params[name]
-                param.add_(update.view(param.shape), alpha=-rates[0] * lr_scale)
+                param.add_(update.view(param.shape), alpha=-rate * lr_scale / divisor)
             self.version += 1
             self.lock.notify_all()
             return self.version
+
+    def _step(self, lr_scale: float, grad_scale: float | None) -> None:
+        """optimizer.step() at lr_scale times its rates, its gradients divided by
+        `grad_scale` inside the fused pass; the gradients are cleared after."""
+        assert self._optimizer is not None
+        optimizer: Any = self._optimizer
+        groups = optimizer.param_groups
+        rates = [group["lr"] for group in groups]
+        if lr_scale != 1.0:
+            for group, rate in zip(groups, rates):
+                group["lr"] = rate * lr_scale
+        if grad_scale is not None:
+            optimizer.grad_scale = torch.tensor(grad_scale, dtype=torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            optimizer.grad_scale = None
+            for group, rate in zip(groups, rates):
+                group["lr"] = rate
+            for param in self.params.values():
+                param.grad = None
+
+    def _fused_with(self, grads: Mapping[str, torch.Tensor]) -> bool:
+        """Whether this step runs a fused optimizer (which divides by the step's weight in
+        its own pass). torch's fused SGD makes momentum buffers only when none exists yet,
+        so a parameter's first gradient after others had theirs gets a zero buffer here:
+        momentum * 0 + grad is the grad, what the unfused first step stores (dampening 0)."""
+        assert self._optimizer is not None
+        if not grads or not all(g.get("fused") for g in self._optimizer.param_groups):
+            return False
+        if self._optimizer_config.name == "sgd" and self._optimizer_config.momentum:
+            state = self._optimizer.state
+            params = [self.params[name] for name in grads]
+            if any(state.get(p, {}).get("momentum_buffer") is not None for p in params):
+                for param in params:
+                    if state[param].get("momentum_buffer") is None:
+                        state[param]["momentum_buffer"] = torch.zeros_like(param)
+        return True
 
     def overwrite(self, values: Mapping[str, torch.Tensor]) -> None:
         """Replace the values of buffers (names under BUFFER_PREFIX), which no optimizer
