@@ -158,15 +158,23 @@ def bulk(run_dir: Path, reps: int, model_mb: float) -> dict[str, Any]:
 
 
 def small(run_dir: Path, reps: int) -> dict[str, Any]:
+    """Our step against a unary echo of its bytes and against the bare stream round of the
+    very messages a step moves (push: the chunks up; pull: the chunks down)."""
     echo = bare_echo(run_dir, SMALL_MB, SMALL_WORKERS, reps)
+    stream = bare_stream(run_dir, SMALL_MB, SMALL_WORKERS, reps)
     mine, _ = ours(run_dir, SMALL_MB, SMALL_WORKERS, reps)
     ratio = _ms(mine) / _ms(echo)
     print(f"small {_nbytes(SMALL_MB) / 1e3:.0f} KB W={SMALL_WORKERS}: ours step "
-          f"{_ms(mine):.2f} ms (min {1e3 * min(mine.round_s):.2f}, srv cpu "
-          f"{1e3 * mine.server_cpu_s:.2f} ms, workers {1e3 * mine.client_cpu_s:.2f} ms) | "
-          f"unary echo {_ms(echo):.2f} ms (min {1e3 * min(echo.round_s):.2f}) | ratio "
-          f"{ratio:.1f}x | other cpu {1e3 * mine.other_cpu_s:.1f} ms", flush=True)
-    return {"ours": _row(mine), "echo": _row(echo), "ours_over_echo": ratio}
+          f"{_ms(mine):.2f} ms (min {1e3 * min(mine.round_s):.2f}) | unary echo "
+          f"{_ms(echo):.2f} ms (min {1e3 * min(echo.round_s):.2f}) | bare stream round "
+          f"{_ms(stream):.2f} ms (min {1e3 * min(stream.round_s):.2f}) | ours/echo "
+          f"{ratio:.1f}x, bare stream/echo {_ms(stream) / _ms(echo):.1f}x", flush=True)
+    for name, result in (("ours", mine), ("echo", echo), ("stream", stream)):
+        print(f"  {name:<6} cpu per round: server {1e3 * result.server_cpu_s:.2f} ms, clients "
+              f"{1e3 * result.client_cpu_s:.2f} ms, other processes "
+              f"{1e3 * result.other_cpu_s:.2f} ms", flush=True)
+    return {"ours": _row(mine), "echo": _row(echo), "bare_stream": _row(stream),
+            "ours_over_echo": ratio, "bare_stream_over_echo": _ms(stream) / _ms(echo)}
 
 
 def memory(run_dir: Path, reps: int, model_mb: float) -> dict[str, Any]:

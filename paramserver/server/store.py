@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from paramserver.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
-from paramserver.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig, fused_sgd_step
 from paramserver.server.limits import LongPoll
 from paramserver.sharding import PartitionPlan
 from paramserver.types import BUFFER_PREFIX, ModelLayout, TensorSpec
@@ -107,21 +107,17 @@ class ParameterStore:
         """One optimizer step with `grads` / `divisor` (flat, by name) at `lr_scale` times
         the learning rate, plus a plain SGD step with `plain` / `divisor` (updates that
         already carry the momentum); returns the new version. `grads` may be divided in
-        place (a fused optimizer divides inside its own pass instead).
+        place (fused SGD divides inside its own pass instead: `fused_sgd_step`).
 
         Tensors without a gradient are skipped, as torch.optim skips params whose grad is None.
         """
         with self.lock:
             assert self._optimizer is not None
             self._check_grads(grads)
-            fused = self._fused_with(grads)
-            if divisor != 1.0 and not fused:
-                for values in grads.values():
-                    values.div_(divisor)
-            for name, param in self.params.items():
-                grad = grads.get(name)
-                param.grad = None if grad is None else grad.view(param.shape)
-            self._step(lr_scale, divisor if fused and divisor != 1.0 else None)
+            pairs = [(self.params[name], grad.view(self.params[name].shape))
+                     for name, grad in grads.items()]
+            if not fused_sgd_step(self._optimizer, pairs, lr_scale, divisor):
+                self._step(grads, lr_scale, divisor)
             rate = self._optimizer.param_groups[0]["lr"]
             for name, update in (plain or {}).items():
                 param = self.params[name]
@@ -130,43 +126,28 @@ class ParameterStore:
             self.lock.notify_all()
             return self.version
 
-    def _step(self, lr_scale: float, grad_scale: float | None) -> None:
-        """optimizer.step() at lr_scale times its rates, its gradients divided by
-        `grad_scale` inside the fused pass; the gradients are cleared after."""
+    def _step(self, grads: Mapping[str, torch.Tensor], lr_scale: float, divisor: float) -> None:
+        """optimizer.step() on grads / divisor at lr_scale times its rates (the optimizers
+        that `fused_sgd_step` does not take); the gradients are cleared after."""
         assert self._optimizer is not None
-        optimizer: Any = self._optimizer
-        groups = optimizer.param_groups
+        if divisor != 1.0:
+            for values in grads.values():
+                values.div_(divisor)
+        for name, param in self.params.items():
+            grad = grads.get(name)
+            param.grad = None if grad is None else grad.view(param.shape)
+        groups = self._optimizer.param_groups
         rates = [group["lr"] for group in groups]
         if lr_scale != 1.0:
             for group, rate in zip(groups, rates):
                 group["lr"] = rate * lr_scale
-        if grad_scale is not None:
-            optimizer.grad_scale = torch.tensor(grad_scale, dtype=torch.float32)
         try:
-            optimizer.step()
+            self._optimizer.step()
         finally:
-            optimizer.grad_scale = None
             for group, rate in zip(groups, rates):
                 group["lr"] = rate
             for param in self.params.values():
                 param.grad = None
-
-    def _fused_with(self, grads: Mapping[str, torch.Tensor]) -> bool:
-        """Whether this step runs a fused optimizer (which divides by the step's weight in
-        its own pass). torch's fused SGD makes momentum buffers only when none exists yet,
-        so a parameter's first gradient after others had theirs gets a zero buffer here:
-        momentum * 0 + grad is the grad, what the unfused first step stores (dampening 0)."""
-        assert self._optimizer is not None
-        if not grads or not all(g.get("fused") for g in self._optimizer.param_groups):
-            return False
-        if self._optimizer_config.name == "sgd" and self._optimizer_config.momentum:
-            state = self._optimizer.state
-            params = [self.params[name] for name in grads]
-            if any(state.get(p, {}).get("momentum_buffer") is not None for p in params):
-                for param in params:
-                    if state[param].get("momentum_buffer") is None:
-                        state[param]["momentum_buffer"] = torch.zeros_like(param)
-        return True
 
     def overwrite(self, values: Mapping[str, torch.Tensor]) -> None:
         """Replace the values of buffers (names under BUFFER_PREFIX), which no optimizer
