@@ -12,6 +12,8 @@ test; the report goes to runs/ unless `--report FILE`):
     faults        eviction and shard-restart timings, hangs (#5)
     federated     federated strategies on skewed clients (#8)
     suite/        `paramserver bench`: ours against the floor and the peers (#7)
+    datapath      the server's data path against its floors, its memory, a soak (#14)
+    datapath_compare  the same for two servers (another checkout's, this one's) in one run
 
 Shared by them:
 
