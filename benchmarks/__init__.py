@@ -16,6 +16,8 @@ test; the report goes to runs/ unless `--report FILE`):
     fed_dp_scale  DP-FedAvg at 10-1000 clients, simulated in process (#17)
     tables        sparse embedding tables vs dense tables and all-reduce, CTR data (#16)
     suite/        `paramserver bench`: ours against the floor and the peers (#7)
+    datapath      the server's data path against its floors, its memory, a soak (#14)
+    datapath_compare  the same for two servers (another checkout's, this one's) in one run
 
 Shared by them:
 

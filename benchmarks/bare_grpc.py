@@ -53,7 +53,8 @@ def identity(message: bytes) -> bytes:
 
 
 def serve(port_file: Path, shapes: Shapes) -> None:
-    """Sink counts what arrives; Source replays pre-built chunks of the size asked for."""
+    """Sink counts what arrives; Source replays pre-built chunks of the size asked for; Echo
+    answers a unary request with its own bytes."""
     lock = threading.Lock()  # guards `cache`: concurrent Sources may ask for a new size
     cache: dict[int, list[bytes]] = {}
 
@@ -69,7 +70,12 @@ def serve(port_file: Path, shapes: Shapes) -> None:
             messages = cache[chunk_bytes]
         yield from messages
 
+    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return request
+
     handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(
+            echo, request_deserializer=identity, response_serializer=identity),
         "Sink": grpc.stream_unary_rpc_method_handler(
             sink, request_deserializer=identity, response_serializer=identity),
         "Source": grpc.unary_stream_rpc_method_handler(

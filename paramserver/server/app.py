@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paramserver import serde
-from paramserver.process_tuning import tune_process
+from paramserver.process_tuning import cap_arenas, tune_process
 from paramserver.security.credentials import ServerSecurity
 from paramserver.server.auth import Authenticator, check_binding
 from paramserver.server.checkpoint import BeforeWrite
@@ -181,6 +181,7 @@ def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = N
           security: ServerSecurity | None = None, advertise_address: str = "",
           metrics_port: int | None = None, health_port: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
+    cap_arenas()  # before gRPC's threads make arenas of their own
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from paramserver.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
-from paramserver.optimizer import OptimizerConfig
+from paramserver.optimizer import OptimizerConfig, fused_sgd_step
 from paramserver.server.limits import LongPoll
 from paramserver.sharding import PartitionPlan
 from paramserver.types import BUFFER_PREFIX, ModelLayout, TensorSpec
@@ -49,6 +49,7 @@ class ParameterStore:
         self.params: dict[str, torch.Tensor] = {}
         self.version = 0
         self._optimizer_config = optimizer
+        optimizer.warm_up()  # its imports belong to start-up, not to the first step
         self._optimizer: torch.optim.Optimizer | None = None
         self._closed = False
         self._hash_lock = threading.Lock()  # one state hash at a time
@@ -102,37 +103,51 @@ class ParameterStore:
         return self._specs[name]
 
     def apply(self, grads: Mapping[str, torch.Tensor], lr_scale: float = 1.0,
-              plain: Mapping[str, torch.Tensor] | None = None) -> int:
-        """One optimizer step with `grads` (flat, by name) at `lr_scale` times the learning
-        rate, plus a plain SGD step with `plain` (updates that already carry the momentum);
-        returns the new version.
+              plain: Mapping[str, torch.Tensor] | None = None, divisor: float = 1.0) -> int:
+        """One optimizer step with `grads` / `divisor` (flat, by name) at `lr_scale` times
+        the learning rate, plus a plain SGD step with `plain` / `divisor` (updates that
+        already carry the momentum); returns the new version. `grads` may be divided in
+        place (fused SGD divides inside its own pass instead: `fused_sgd_step`).
 
         Tensors without a gradient are skipped, as torch.optim skips params whose grad is None.
         """
         with self.lock:
             assert self._optimizer is not None
             self._check_grads(grads)
-            for name, param in self.params.items():
-                grad = grads.get(name)
-                param.grad = None if grad is None else grad.view(param.shape)
-            groups = self._optimizer.param_groups
-            rates = [group["lr"] for group in groups]
-            if lr_scale != 1.0:
-                for group, rate in zip(groups, rates):
-                    group["lr"] = rate * lr_scale
-            try:
-                self._optimizer.step()
-            finally:
-                for group, rate in zip(groups, rates):
-                    group["lr"] = rate
-                for param in self.params.values():
-                    param.grad = None
+            pairs = [(self.params[name], grad.view(self.params[name].shape))
+                     for name, grad in grads.items()]
+            if not fused_sgd_step(self._optimizer, pairs, lr_scale, divisor):
+                self._step(grads, lr_scale, divisor)
+            rate = self._optimizer.param_groups[0]["lr"]
             for name, update in (plain or {}).items():
                 param = self.params[name]
-                param.add_(update.view(param.shape), alpha=-rates[0] * lr_scale)
+                param.add_(update.view(param.shape), alpha=-rate * lr_scale / divisor)
             self.version += 1
             self.lock.notify_all()
             return self.version
+
+    def _step(self, grads: Mapping[str, torch.Tensor], lr_scale: float, divisor: float) -> None:
+        """optimizer.step() on grads / divisor at lr_scale times its rates (the optimizers
+        that `fused_sgd_step` does not take); the gradients are cleared after."""
+        assert self._optimizer is not None
+        if divisor != 1.0:
+            for values in grads.values():
+                values.div_(divisor)
+        for name, param in self.params.items():
+            grad = grads.get(name)
+            param.grad = None if grad is None else grad.view(param.shape)
+        groups = self._optimizer.param_groups
+        rates = [group["lr"] for group in groups]
+        if lr_scale != 1.0:
+            for group, rate in zip(groups, rates):
+                group["lr"] = rate * lr_scale
+        try:
+            self._optimizer.step()
+        finally:
+            for group, rate in zip(groups, rates):
+                group["lr"] = rate
+            for param in self.params.values():
+                param.grad = None
 
     def overwrite(self, values: Mapping[str, torch.Tensor]) -> None:
         """Replace the values of buffers (names under BUFFER_PREFIX), which no optimizer

@@ -70,10 +70,6 @@ class Aggregate:
             self.add(name, update, weight, source)
         self.push_weight += weight
 
-    def sums(self) -> dict[str, torch.Tensor]:
-        """The flat sum per tensor, to change in place before the division (DP noise)."""
-        return dict(self._sums)
-
     def weights(self) -> dict[str, float]:
         """Per tensor, the weight of the pushes that held it (`push_weight`: of all)."""
         return dict(self._weights)
@@ -81,6 +77,11 @@ class Aggregate:
     def means(self) -> dict[str, torch.Tensor]:
         """The weighted mean per tensor, computed in place (the sums are gone after)."""
         return self.divided_by(self._weights)
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        """The weighted sums per tensor, to change in place before the division (DP noise;
+        owned here: they are gone after `release()`)."""
+        return dict(self._sums)
 
     def divided_by(self, totals: dict[str, float]) -> dict[str, torch.Tensor]:
         """Each sum divided by totals[name] in place (the sums are gone after)."""
@@ -90,6 +91,12 @@ class Aggregate:
     def release(self) -> None:
         self._sums, self._weights, self.push_weight = {}, {}, 0.0
         self._buffers.release()
+
+
+def _common(totals: dict[str, float]) -> float | None:
+    """The one weight every tensor is divided by, if they share one (else None)."""
+    values = set(totals.values())
+    return values.pop() if len(values) == 1 else None
 
 
 class StepAssembly:
@@ -151,12 +158,19 @@ class StepAssembly:
             return self.skip()
         totals = self._totals()
         with self._aggregate, self._corrected:
-            if finish is not None:
+            if finish is not None:  # e.g. DP noise into the sums, a fixed denominator
                 totals = {**totals, **finish(self._aggregate.sums())}
-            means = self._aggregate.divided_by(totals)
-            self._rules.clip(means)
-            version = self._store.apply(means, self._rules.lr_scale(self._base_lr),
-                                        plain=self._corrected.divided_by(totals) or None)
+            lr_scale = self._rules.lr_scale(self._base_lr)
+            divisor = _common(totals) if not self._rules.max_norms else None
+            if divisor is not None:  # divided inside the optimizer's pass (issue #14)
+                version = self._store.apply(self._aggregate.sums(), lr_scale,
+                                            plain=self._corrected.sums() or None,
+                                            divisor=divisor)
+            else:
+                means = self._aggregate.divided_by(totals)
+                self._rules.clip(means)
+                version = self._store.apply(means, lr_scale,
+                                            plain=self._corrected.divided_by(totals) or None)
         self._reset()
         return version
 
