@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from paramserver.types import CodecSpec, Mode, ModelLayout, PartitionPlan, Role
+from paramserver.types import CodecSpec, Mode, ModelLayout, PartitionPlan, Role, RoundClose
 
 
 @dataclass(frozen=True)
@@ -39,3 +39,4 @@ class ServerStatus:
     skipped_rounds: tuple[int, ...] = ()
     rejoins: tuple[str, ...] = ()  # "worker@held->version", oldest first
     advertise_address: str = ""  # host:port workers should dial
+    rounds: tuple[RoundClose, ...] = ()  # federated: the last rounds closed, oldest first

@@ -37,6 +37,7 @@ from paramserver.types import (
     RegisterHeader,
     Registration,
     Role,
+    RoundClose,
     RoundJoin,
     RoundRequest,
     Session,
@@ -285,9 +286,11 @@ class ServerConnection:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    def join_round(self, round_: int, timeout_s: float | None = None) -> RoundJoin:
-        """Federated: wait for round >= round_; whether this client is sampled for it."""
-        request = RoundRequest(session_id=self.session_id, round=round_)
+    def join_round(self, round_: int, timeout_s: float | None = None,
+                   close: RoundClose | None = None) -> RoundJoin:
+        """Federated: wait for round >= round_; whether this client is sampled for it. To a
+        follower shard, `close` is the leader's close of an earlier round, applied first."""
+        request = RoundRequest(session_id=self.session_id, round=round_, close=close)
         joined: RoundJoin = _answer(self._call(self._join_round, request,
                                                timeout=timeout_s or self.timeout_s))
         return joined

@@ -103,9 +103,10 @@ class FederatedClient:
     def __init__(self, attached: AttachedModel, x: torch.Tensor, y: torch.Tensor,
                  training: LocalTraining, seed: int = 0) -> None:
         client = getattr(attached, "client", None)  # a stand-in in unit tests has none
-        if client is not None and len(client.connections) > 1:
-            raise FailedPrecondition("federated rounds run on one server: each server would "
-                                     "sample its own clients for a round")
+        if (client is not None and len(client.connections) > 1
+                and client.session.mode is not Mode.FEDERATED):
+            raise FailedPrecondition("fedbuff runs on one server: each shard would apply its "
+                                     "buffer on its own (sharded rounds: --mode federated)")
         self.attached = attached
         self.fedavg = FedAvg(attached)
         self.x, self.y = x, y

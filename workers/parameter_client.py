@@ -13,6 +13,7 @@ per-shard record, which the calling thread merges once every shard answered.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Self
@@ -38,6 +39,7 @@ from paramserver.types import (
     StepOptions,
     TensorSpec,
 )
+from workers import sharded_rounds
 from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
 from workers.fan_out import ShardFanOut
@@ -54,10 +56,7 @@ HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
 class ParameterClient:
     """A worker (or observer) attached to the shards of one parameter-server job.
 
-    Typical loop, after `attach(model)`:
-
-        loss.backward()
-        client.step(num_samples=len(batch))
+    Typical loop, after `attach(model)`: `loss.backward(); client.step(len(batch))`.
 
     `version` is the server version of the parameters now in the model (the lowest over the
     shards; in sync mode all shards move in lockstep).
@@ -98,6 +97,7 @@ class ParameterClient:
             lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers,
                                                             world_size=world_size))
         self.versions = [s.version for s in self.sessions]
+        self._rounds_led = sharded_rounds.leads_rounds(self.sessions[0], len(addresses))
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
         self._error_feedback, self._ef_momentum = error_feedback, ef_momentum
@@ -141,8 +141,8 @@ class ParameterClient:
         return self.session.mode in (Mode.SYNC, Mode.FEDERATED)
 
     def join_round(self, round_: int, timeout_s: float | None = None) -> RoundJoin:
-        """Federated: wait for round >= round_ (asks shard 0, which samples the clients)."""
-        return self.connections[0].join_round(round_, timeout_s)
+        """Federated: wait for round >= round_ on shard 0, which samples (`sharded_rounds`)."""
+        return sharded_rounds.join_round(self.connections, self._shards, round_, timeout_s)
 
     @property
     def session(self) -> Session:
@@ -248,7 +248,9 @@ class ParameterClient:
         step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
                         num_samples, more_parts, options)
         shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
-        pushes = self._shards.run(lambda shard: self._push_shard(shard, step), shards)
+        call = functools.partial(self._push_shard, step=step)
+        pushes = (self._shards.run(call, shards) if more_parts or not self._rounds_led
+                  else sharded_rounds.push_followers_first(self._shards, call, self.versions[0]))
         self._merge(dict(zip(shards, pushes)))
         self.dense_bytes_pushed += sum(r.nbytes for shard in step.routes for r in shard)
         return [p.result for p in pushes]
@@ -354,6 +356,8 @@ class ParameterClient:
         """
         results = self.push(num_samples=num_samples, names=names, options=options,
                             gradients=gradients)
+        if self._rounds_led:
+            self.join_round(self._targets[0])  # the followers then close the round too
         self.pull(list(self._targets))
         return results
 

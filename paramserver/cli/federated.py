@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "rounds, clients with private, unevenly split data train locally.")
     parser.add_argument("--clients", type=int, default=10, help="clients (10)")
     parser.add_argument("--rounds", type=int, default=30, help="rounds (30)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="server shards the model is split over (1); shard 0 leads the "
+                             "rounds, the others close each round as it did")
     parser.add_argument("--simulate", action="store_true",
                         help="run the clients as threads in this process (many clients)")
     parser.add_argument("--tls", action="store_true",
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             server=server, training=training_from_args(args), clients=args.clients,
             rounds=args.rounds, partition=args.partition, codecs=args.codec, seed=args.seed,
             strategy=args.strategy, simulate=args.simulate, log_level=args.log_level,
-            tls=args.tls)
+            tls=args.tls, shards=args.shards)
     except ValueError as error:
         print(f"federated: {error}")
         return 2

@@ -28,6 +28,7 @@ from paramserver.cli.server_options import serve_args
 from paramserver.security.certs import ClusterFiles
 from paramserver.security.roles import AccessRole
 from paramserver.server.config import ServerConfig
+from paramserver.status import ServerStatus
 from paramserver.types import CodecSpec, Mode
 from workers.federated import LocalTraining
 from workers.federation import follow_rounds, run_client
@@ -49,10 +50,13 @@ class LocalFederation:
     simulate: bool = False  # clients as threads of this process
     log_level: str = "WARNING"
     tls: bool = False  # mutual TLS with a throwaway CA (run_dir/tls), each client its cert
+    shards: int = 1  # server shards the model is split over (shard 0 leads the rounds)
 
     def __post_init__(self) -> None:
         if self.server.mode not in (Mode.FEDERATED, Mode.FEDBUFF):
             raise ValueError("--mode must be federated or fedbuff")
+        if self.shards < 1 or (self.shards > 1 and self.server.mode is not Mode.FEDERATED):
+            raise ValueError("--shards must be at least 1, and 1 under fedbuff")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class FederationReport:
     codec: str
     weighting: str
     client_examples: list[int] = field(default_factory=list)
+    shards: int = 1
+    # Per shard: how its last rounds closed ({round, sampled, counted, skipped}, from status).
+    shard_rounds: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 def run_local_federation(job: LocalFederation, run_dir: Path,
@@ -89,18 +96,27 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
                                                    for i in range(job.clients)})
            if job.tls else None)
     with LocalCluster(run_dir) as cluster:
-        [(server, address)] = cluster.start_servers(1, [*serve_args(job.server),
-                                                        *server_flags(tls),
-                                                        "--log-level", job.log_level])
+        servers = cluster.start_servers(job.shards, [*serve_args(job.server),
+                                                     *server_flags(tls),
+                                                     "--log-level", job.log_level])
+        address = ",".join(a for _, a in servers)
         clients: _Clients = (_ThreadClients(job, address, tls) if job.simulate
                              else _ProcessClients(job, address, cluster, tls))
         accuracies = follow_rounds(address, job.rounds, on_round, clients.alive,
                                    security=client_security(tls))
-        final = probe_status(address, security=client_security(tls))
+        statuses = [probe_status(a, security=client_security(tls)) for _, a in servers]
         reports = clients.finish()
-        cluster.stop(server)
+        for server, _ in servers:
+            cluster.stop(server)
+    return _report(job, accuracies, time.perf_counter() - started, reports, statuses)
+
+
+def _report(job: LocalFederation, accuracies: list[float], wall_s: float,
+            reports: list[dict[str, Any]],
+            statuses: list[ServerStatus | None]) -> FederationReport:
+    final = statuses[0]
     return FederationReport(
-        round_accuracy=accuracies, rounds=len(accuracies), wall_s=time.perf_counter() - started,
+        round_accuracy=accuracies, rounds=len(accuracies), wall_s=wall_s,
         bytes_pushed=sum(r["bytes_pushed"] for r in reports),
         bytes_pulled=sum(r["bytes_pulled"] for r in reports),
         dropouts=list(final.dropouts) if final else [],
@@ -109,7 +125,9 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
         mode=job.server.mode.value, fraction=job.server.federated.fraction,
         local_epochs=job.training.epochs, codec=" ".join(str(c) for c in job.codecs),
         weighting=job.training.weighting,
-        client_examples=sorted(r["examples"] for r in reports))
+        client_examples=sorted(r["examples"] for r in reports), shards=job.shards,
+        shard_rounds=[[dataclasses.asdict(c) for c in (s.rounds if s else ())]
+                      for s in statuses])
 
 
 class _Clients:

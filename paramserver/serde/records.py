@@ -18,6 +18,7 @@ from paramserver.types import (
     PushHeader,
     PushResult,
     Role,
+    RoundClose,
     Session,
     StepOptions,
     TensorSlice,
@@ -271,6 +272,7 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         skipped_rounds=list(status.skipped_rounds),
         rejoins=list(status.rejoins),
         advertise_address=status.advertise_address,
+        rounds=[_round_close(r) for r in status.rounds],
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -310,6 +312,7 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         skipped_rounds=tuple(msg.skipped_rounds),
         rejoins=tuple(msg.rejoins),
         advertise_address=msg.advertise_address,
+        rounds=tuple(round_close_from_proto(r) for r in msg.rounds),
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,
@@ -326,3 +329,17 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
     )
 
 
+
+
+def round_close_to_proto(close: RoundClose | None) -> pb.RoundClose | None:
+    return None if close is None else _round_close(close)
+
+
+def _round_close(close: RoundClose) -> pb.RoundClose:
+    return pb.RoundClose(round=close.round, sampled=list(close.sampled),
+                         counted=list(close.counted), skipped=close.skipped)
+
+
+def round_close_from_proto(msg: pb.RoundClose) -> RoundClose:
+    return RoundClose(round=msg.round, sampled=tuple(msg.sampled), counted=tuple(msg.counted),
+                      skipped=msg.skipped)

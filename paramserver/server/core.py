@@ -46,6 +46,7 @@ from paramserver.types import (
     RegisterHeader,
     Registration,
     Role,
+    RoundClose,
     RoundJoin,
     Session,
     TensorSpec,
@@ -179,13 +180,14 @@ class ParameterServerCore:
 
     def join_round(self, session_id: str, round_: int, timeout_s: float,
                    cancelled: threading.Event | None = None, *,
-                   caller: Principal | None = None) -> RoundJoin:
+                   caller: Principal | None = None, close: RoundClose | None = None) -> RoundJoin:
         """Federated: wait for round >= `round_`; whether this client is sampled for it.
         `cancelled`: set when the caller went away (the wait then ends; see `wake`)."""
         record = self.members.require_worker(session_id, caller)
         with self._long_polls.poll("JoinRound", cancelled) as poll:
             return self.policy.join_round(record.worker_id, round_,
-                                          min(timeout_s, self.config.max_wait_s), poll)
+                                          min(timeout_s, self.config.max_wait_s), poll,
+                                          close=close)
 
     def wake(self) -> None:
         """Make every long poll re-check its condition (a call was cancelled)."""
@@ -256,6 +258,7 @@ class ParameterServerCore:
             skipped_rounds=report.skipped_rounds,
             rejoins=tuple(self.rejoins),
             advertise_address=self.advertise_address,
+            rounds=report.rounds,
         )
 
     # ---- register, push, pull ------------------------------------------------------------

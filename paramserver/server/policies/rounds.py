@@ -7,6 +7,9 @@ once every live sampled client reported, or at the round timeout with whoever re
 that is enough (`min_clients`, `min_completion_rate`). Too few reports skip the round: the
 version advances, the global model stays unchanged. The weighted mean of the updates is
 applied by the server optimizer (SGD lr 1 = FedAvg; momentum = FedAvgM; Adam = FedAdam).
+
+On a sharded model, shard 0 leads the rounds and the other shards follow its closes
+(`round_follower`, docs/wire.md section 5c).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 
 from paramserver.errors import FailedPrecondition
 from paramserver.federated.sampling import sample_clients
@@ -28,9 +32,11 @@ from paramserver.server.policies.base import (
     ReceivedPush,
     StepWait,
 )
-from paramserver.types import PushResult, RoundJoin
+from paramserver.server.policies.round_follower import HeldUpdates, is_follower
+from paramserver.types import PushResult, RoundClose, RoundJoin
 
 log = logging.getLogger(__name__)
+KEPT_CLOSES = 64  # rounds listed in status, and searched for a JoinRound's last_close
 
 
 class RoundPolicy(PolicyDefaults):
@@ -51,11 +57,26 @@ class RoundPolicy(PolicyDefaults):
         self._round_opened = 0.0
         self._dropouts: list[str] = []
         self._skipped_rounds: list[int] = []
+        self._held = HeldUpdates(context.pool)  # a follower shard's open round
+        self._closes: deque[RoundClose] = deque(maxlen=KEPT_CLOSES)
+
+    def _sharded(self) -> bool:
+        plan = self._store.plan
+        return plan is not None and plan.num_shards > 1
+
+    def _follower(self) -> bool:
+        plan = self._store.plan
+        return plan is not None and is_follower(plan.num_shards, self._store.shard_index)
 
     def _open_round(self) -> None:
         """Sample the current round's clients once the job is formed (caller holds _lock)."""
         version = self._store.version
-        if self._round == version or not self._members.formed:
+        if self._round == version:
+            return
+        if self._follower():  # the leader samples; its close says whom
+            self._round, self._round_opened, self._sampled = version, self._clock(), frozenset()
+            return
+        if not self._members.formed:
             return
         self._round, self._round_opened = version, self._clock()
         self._sampled = sample_clients(self._members.live_workers(), self.config.fraction,
@@ -64,8 +85,11 @@ class RoundPolicy(PolicyDefaults):
                  sorted(self._sampled))
 
     def join_round(self, worker_id: str, round_: int, timeout_s: float,
-                   poll: LongPoll | None = None) -> RoundJoin:
-        """Wait until round >= `round_` is open."""
+                   poll: LongPoll | None = None, close: RoundClose | None = None) -> RoundJoin:
+        """Wait until round >= `round_` is open (a follower first applies `close`)."""
+        if close is not None:
+            with self._lock:
+                self._follow(close)
         self._store.wait_for_version(round_, timeout_s, poll)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -73,7 +97,8 @@ class RoundPolicy(PolicyDefaults):
                 self._open_round()
                 if self._round >= 0:
                     return RoundJoin(round=self._round, sampled=worker_id in self._sampled,
-                                     sampled_count=len(self._sampled))
+                                     sampled_count=len(self._sampled),
+                                     last_close=self._close_of(self._round - 1))
             if time.monotonic() > deadline:
                 raise FailedPrecondition("the federation has not formed yet: fewer clients "
                                          f"joined than --workers ({self._members.live_workers()})")
@@ -88,6 +113,10 @@ class RoundPolicy(PolicyDefaults):
     def _check(self, worker_id: str, step: int) -> None:
         self._step.check(worker_id, step)
         self._open_round()
+        if self._follower():
+            if worker_id in self._held:
+                raise FailedPrecondition(f"client {worker_id!r} already pushed round {step}")
+            return
         if worker_id not in self._sampled:
             raise FailedPrecondition(f"client {worker_id!r} was not sampled for round {step}")
 
@@ -95,6 +124,9 @@ class RoundPolicy(PolicyDefaults):
         screen(push.updates, self.config.clip_norm, self.config.reject_norm)
         with self._lock:
             self._check(push.worker_id, push.step)
+            if self._follower():  # held until the leader's close says whether it counts
+                self._held.hold(push)
+                return PushResult(version=self._store.version, applied=False)
             self._step.add(push)
             if not self._ready():
                 return PushResult(version=self._store.version, applied=False)
@@ -116,12 +148,52 @@ class RoundPolicy(PolicyDefaults):
 
     def _close(self) -> int:
         self._dropouts += self._missing()
+        self._record(skipped=False)
         return self._step.close()
+
+    def _record(self, skipped: bool) -> None:
+        self._closes.append(RoundClose(round=self._round, sampled=tuple(sorted(self._sampled)),
+                                       counted=tuple(sorted(self._step.pushed)),
+                                       skipped=skipped))
+
+    def _close_of(self, round_: int) -> RoundClose | None:
+        """The leader's record of how `round_` closed, which clients forward to followers."""
+        if not self._sharded() or self._follower():
+            return None
+        return next((c for c in reversed(self._closes) if c.round == round_), None)
+
+    def _follow(self, close: RoundClose) -> None:
+        """A follower closes its open round as the leader did (caller holds _lock)."""
+        if not self._follower():
+            raise FailedPrecondition("only a follower shard (index > 0 of a sharded model) "
+                                     "takes a round's close")
+        version = self._store.version
+        if close.round < version:
+            return  # applied already (every client forwards it)
+        if close.round > version:
+            raise FailedPrecondition(f"this shard is at round {version}: forward the "
+                                     f"leader's close of round {version} first")
+        self._open_round()
+        pushes = self._held.take(close.counted, close.round)
+        self._sampled = frozenset(close.sampled)
+        for push in pushes:
+            self._step.add(push)
+            push.buffers.release()  # what the aggregate did not adopt
+        if close.skipped or not pushes:
+            self._skipped_rounds.append(close.round)
+        self._dropouts += self._missing()
+        self._closes.append(close)
+        if close.skipped or not pushes:
+            self._step.skip()
+        else:
+            self._step.close()
 
     def tick(self) -> None:
         """Close or skip a round that ran past its timeout."""
         with self._lock:
             self._open_round()
+            if self._follower():
+                return  # the leader times rounds out; its close comes through the clients
             if self._round < 0 or self._clock() - self._round_opened < \
                     self.config.round_timeout_s:
                 return
@@ -137,6 +209,7 @@ class RoundPolicy(PolicyDefaults):
                         "global model is unchanged", self._round, pushed, len(self._sampled),
                         needed)
             self._dropouts += self._missing()
+            self._record(skipped=True)
             self._skipped_rounds.append(self._round)
             self._step.skip()  # the next round, from the same global model
 
@@ -151,4 +224,5 @@ class RoundPolicy(PolicyDefaults):
         with self._lock:
             return PolicyReport(pending_pushes=len(self._step.pushed),
                                 dropouts=tuple(self._dropouts),
-                                skipped_rounds=tuple(self._skipped_rounds))
+                                skipped_rounds=tuple(self._skipped_rounds),
+                                rounds=tuple(self._closes))
