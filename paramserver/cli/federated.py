@@ -43,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                              "rounds, the others close each round as it did")
     parser.add_argument("--simulate", action="store_true",
                         help="run the clients as threads in this process (many clients)")
+    parser.add_argument("--lazy", action="store_true",
+                        help="with --simulate: create a client only for the rounds it is "
+                             "sampled for (bounded memory for many clients); the server "
+                             "samples from the population of --clients (--population)")
     parser.add_argument("--tls", action="store_true",
                         help="mutual TLS and authentication: a throwaway CA in RUN_DIR/tls "
                              "issues the server's and each client's certificate")
@@ -68,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         strategy = strategies.get(args.strategy)
+        if args.lazy:
+            args.population = args.clients
         server = config_from_args(
             args, OPTIONS, mode=Mode(args.mode), expected_workers=args.clients,
             aggregation=strategy.aggregation,
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             server=server, training=training_from_args(args), clients=args.clients,
             rounds=args.rounds, partition=args.partition, codecs=args.codec, seed=args.seed,
             strategy=args.strategy, simulate=args.simulate, log_level=args.log_level,
-            tls=args.tls, shards=args.shards)
+            tls=args.tls, shards=args.shards, lazy=args.lazy)
     except ValueError as error:
         print(f"federated: {error}")
         return 2

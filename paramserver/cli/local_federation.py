@@ -32,6 +32,7 @@ from paramserver.status import ServerStatus
 from paramserver.types import CodecSpec, Mode
 from workers.federated import LocalTraining
 from workers.federation import follow_rounds, run_client
+from workers.population import Population, PopulationReport, run_population
 from workers.probes import probe_status
 
 
@@ -51,12 +52,17 @@ class LocalFederation:
     log_level: str = "WARNING"
     tls: bool = False  # mutual TLS with a throwaway CA (run_dir/tls), each client its cert
     shards: int = 1  # server shards the model is split over (shard 0 leads the rounds)
+    lazy: bool = False  # simulate: a client exists only in the rounds it is sampled for
 
     def __post_init__(self) -> None:
         if self.server.mode not in (Mode.FEDERATED, Mode.FEDBUFF):
             raise ValueError("--mode must be federated or fedbuff")
         if self.shards < 1 or (self.shards > 1 and self.server.mode is not Mode.FEDERATED):
             raise ValueError("--shards must be at least 1, and 1 under fedbuff")
+        if self.lazy and (not self.simulate or self.shards > 1 or self.tls
+                          or self.server.federated.population != self.clients):
+            raise ValueError("--lazy needs --simulate, one shard, no TLS, and the server's "
+                             "--population equal to --clients")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,9 @@ class FederationReport:
     shards: int = 1
     # Per shard: how its last rounds closed ({round, sampled, counted, skipped}, from status).
     shard_rounds: list[list[dict[str, Any]]] = field(default_factory=list)
+    # Peak resident memory (MB): this process (the simulated clients, the observer) and
+    # the server (shard 0); 0 where the platform does not say.
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
 
 def run_local_federation(job: LocalFederation, run_dir: Path,
@@ -100,15 +109,31 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
                                                      *server_flags(tls),
                                                      "--log-level", job.log_level])
         address = ",".join(a for _, a in servers)
-        clients: _Clients = (_ThreadClients(job, address, tls) if job.simulate
+        clients: _Clients = (_LazyClients(job, address) if job.lazy
+                             else _ThreadClients(job, address, tls) if job.simulate
                              else _ProcessClients(job, address, cluster, tls))
         accuracies = follow_rounds(address, job.rounds, on_round, clients.alive,
                                    security=client_security(tls))
         statuses = [probe_status(a, security=client_security(tls)) for _, a in servers]
         reports = clients.finish()
+        memory = {"local": peak_rss_mb(), "server": peak_rss_mb(servers[0][0].process.pid)}
         for server, _ in servers:
             cluster.stop(server)
-    return _report(job, accuracies, time.perf_counter() - started, reports, statuses)
+    report = _report(job, accuracies, time.perf_counter() - started, reports, statuses)
+    return dataclasses.replace(report, peak_rss_mb=memory)
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """Peak resident set size of process `pid` (None: this one) in MB, from /proc (Linux);
+    0.0 when unknown."""
+    try:
+        with open(f"/proc/{pid or 'self'}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _report(job: LocalFederation, accuracies: list[float], wall_s: float,
@@ -168,6 +193,36 @@ class _ThreadClients(_Clients):
         if self.errors:
             raise RuntimeError(f"a simulated client failed: {self.errors[0]!r}")
         return self.reports
+
+
+class _LazyClients(_Clients):
+    """Simulated clients created when sampled (`workers.population`), on a few threads."""
+
+    def __init__(self, job: LocalFederation, address: str) -> None:
+        self.population = Population(address, job.clients, job.rounds, job.training,
+                                     job.server.federated, job.partition, job.codecs, job.seed)
+        self.report: PopulationReport | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.report = run_population(self.population)
+        except BaseException as error:  # noqa: BLE001 - finish() raises it
+            self.error = error
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.thread.join(60)
+        if self.error is not None or self.report is None:
+            raise RuntimeError(f"the simulated population failed: {self.error!r}")
+        r = self.report
+        return [{"bytes_pushed": r.bytes_pushed if i == 0 else 0,  # totals, counted once
+                 "bytes_pulled": r.bytes_pulled if i == 0 else 0, "examples": n}
+                for i, n in enumerate(r.client_examples)]
 
 
 class _ProcessClients(_Clients):

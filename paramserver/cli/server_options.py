@@ -151,6 +151,9 @@ OPTIONS: tuple[ServerOption, ...] = (
     ServerOption("--buffer", "federated.buffer", FEDERATED,
                  "fedbuff: apply once this many updates arrived"),
     ServerOption("--sampling-seed", "federated.seed", FEDERATED, "client sampling seed"),
+    ServerOption("--population", "federated.population", FEDERATED,
+                 "sample from clients client-0..client-{N-1}, connected or not, and wait for "
+                 "every sampled one (simulations; 0: the live clients)"),
     ServerOption("--codecs", "codecs.allowed", CODECS,
                  f"allowed codecs, comma-separated (known: {', '.join(codec_names())})",
                  type=_names),

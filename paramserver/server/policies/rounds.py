@@ -76,10 +76,10 @@ class RoundPolicy(PolicyDefaults):
         if self._follower():  # the leader samples; its close says whom
             self._round, self._round_opened, self._sampled = version, self._clock(), frozenset()
             return
-        if not self._members.formed:
+        if not (self._members.formed or self.config.population):
             return
         self._round, self._round_opened = version, self._clock()
-        self._sampled = sample_clients(self._members.live_workers(), self.config.fraction,
+        self._sampled = sample_clients(self._population(), self.config.fraction,
                                        self.config.min_clients, self.config.seed, version)
         log.info("round %d: sampled %d clients %s", version, len(self._sampled),
                  sorted(self._sampled))
@@ -137,11 +137,17 @@ class RoundPolicy(PolicyDefaults):
             if self._step.pushed and self._ready():
                 self._close()
 
+    def _population(self) -> set[str]:
+        if self.config.population:
+            return {f"client-{i}" for i in range(self.config.population)}
+        return self._members.live_workers()
+
     def _ready(self) -> bool:
-        if not self._members.formed:
+        if not (self._members.formed or self.config.population):
             return False
-        live = self._members.live_workers()
-        return bool(self._step.pushed) and (self._sampled & live) <= self._step.pushed
+        awaited = (self._sampled if self.config.population  # not connected yet: still due
+                   else self._sampled & self._members.live_workers())
+        return bool(self._step.pushed) and awaited <= self._step.pushed
 
     def _missing(self) -> list[str]:
         return [f"{client}@{self._round}" for client in sorted(self._sampled - self._step.pushed)]
