@@ -75,10 +75,10 @@ def flower(python: str, rounds: int) -> dict[str, Any]:
     if done.returncode != 0 or not answers:
         raise RuntimeError("flower run failed:\n" + done.stderr[-3000:])
     result = json.loads(answers[-1])
-    stamps = [result["startup_s"]]
+    stamps = [result["startup_s"]]  # the initial evaluation, before Ray starts the clients
     for interval in result["round_s"]:
         stamps.append(stamps[-1] + interval)
-    return {**_steady(stamps, first_is_round=False), "accuracy": result["accuracy"],
+    return {**_steady(stamps[1:], first_is_round=True), "accuracy": result["accuracy"],
             "wall_s": result["wall_s"], "engine": result["engine"]}
 
 
@@ -90,6 +90,7 @@ def training_s(repeats: int = 5) -> float:
     from workers.federated import LocalTraining, train_locally
     from workers.models import digits_mlp
 
+    torch.set_num_threads(1)  # compute alone, not torch threads contending for 2 cores
     data = load_digits_dataset()
     shards = [client_shard(data, "iid", 10, i) for i in range(10)]
     training = LocalTraining(lr=0.05, momentum=0.0, batch_size=16)
@@ -105,6 +106,71 @@ def training_s(repeats: int = 5) -> float:
             train_locally(model, x, y, training, np.random.default_rng(0), anchor)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def breakdown(rounds: int = 12) -> dict[str, float]:
+    """Where a simulated round's time goes: 10 clients as threads of this process against a
+    server process, every client call timed (seconds per round, summed over the clients;
+    `round` is wall time per round, after a warm-up round)."""
+    import threading
+
+    from paramserver.cli.local_cluster import LocalCluster
+    from paramserver.cli.server_options import serve_args
+    from paramserver.federated import strategies
+    from paramserver.server.config import ServerConfig
+    from paramserver.types import Mode
+    from workers import federated, federation
+    from workers.parameter_client import ParameterClient
+
+    totals: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def timed(name: str, call: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                with lock:
+                    totals[name] = totals.get(name, 0.0) + time.perf_counter() - started
+        return wrapper
+
+    originals = {n: getattr(ParameterClient, n) for n in ("join_round", "push", "pull")}
+    for name, call in originals.items():
+        setattr(ParameterClient, name, timed(name, call))
+    train = federated.FederatedClient._train_locally
+    federated.FederatedClient._train_locally = timed("train", train)  # type: ignore[method-assign]
+    fedavg = strategies.get("fedavg")
+    config = ServerConfig(mode=Mode.FEDERATED, expected_workers=10,
+                          aggregation=fedavg.aggregation, optimizer=fedavg.server_optimizer)
+    training = federated.LocalTraining(lr=0.05, momentum=0.0, batch_size=16)
+    stamps: list[float] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="ps-fed-profile-") as tmp, \
+                LocalCluster(Path(tmp)) as cluster:
+            [(server, address)] = cluster.start_servers(1, serve_args(config))
+            threads = [threading.Thread(target=federation.run_client, daemon=True, args=(
+                address, i, 10, rounds + 1, training, "iid", ())) for i in range(10)]
+            for thread in threads:
+                thread.start()
+
+            def on_round(round_: int, accuracy: float) -> None:
+                stamps.append(time.perf_counter())
+                if round_ == 1:  # the warm-up round is over: count from here
+                    with lock:
+                        totals.clear()
+
+            federation.follow_rounds(address, rounds + 1, on_round,
+                                     lambda: any(t.is_alive() for t in threads))
+            for thread in threads:
+                thread.join(60)
+            cluster.stop(server)
+    finally:
+        for name, call in originals.items():
+            setattr(ParameterClient, name, call)
+        federated.FederatedClient._train_locally = train  # type: ignore[method-assign]
+    per_round = {name: value / rounds for name, value in totals.items()}
+    return {"round": (stamps[-1] - stamps[0]) / (len(stamps) - 1), **per_round}
 
 
 def scale(clients: int, rounds: int = 20) -> dict[str, Any]:
@@ -143,6 +209,9 @@ def main() -> int:
         print(f"{name:<26} {row['startup_s']:>10.2f} {row['round_s']:>8.3f} "
               f"{row['round_s'] - rows['training_s']:>10.3f} {row['accuracy']:>7.4f}",
               flush=True)
+    rows["breakdown"] = parts = breakdown()
+    print("a simulated round (s; client calls summed over the 10 clients): " + ", ".join(
+        f"{name} {value:.3f}" for name, value in parts.items()), flush=True)
     if not args.skip_scale:
         print(f"{'lazy population':<16} {'rounds':>6} {'wall s':>7} {'local MB':>9} "
               f"{'server MB':>9} {'acc':>7}")

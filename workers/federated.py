@@ -130,7 +130,8 @@ class FederatedClient:
             if self._coin.random() < self.training.dropout:
                 self.rounds_dropped += 1  # a device that went away this round
                 continue
-            client.pull(joined.round)
+            if client.version != joined.round:  # else the last step brought this model
+                client.pull(joined.round)
             if client.version != joined.round and client.session.mode is Mode.FEDERATED:
                 continue  # the round closed while we were away: wait for the next
             self.fedavg.refresh()
