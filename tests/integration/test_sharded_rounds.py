@@ -4,6 +4,7 @@ update that missed one shard counts on none, and 2 shards train as 1 does."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,33 @@ def test_two_shards_train_as_one(tmp_path: Path) -> None:
     assert len({r[1] for r in rounds}) > 1  # the sample changes from round to round
     assert abs(two.round_accuracy[-1] - one.round_accuracy[-1]) <= 0.01
     assert two.round_accuracy[-1] >= 0.7
+
+
+def test_a_round_the_leader_skips_is_skipped_on_every_shard() -> None:
+    servers = [start_server(dataclasses.replace(
+        _fedavg(3), federated=FederatedConfig(round_timeout_s=0.5, min_completion_rate=1.0)))
+        for _ in range(2)]
+    address = ",".join(s.address for s in servers)
+    clients = [ParameterClient(address, f"client-{i}", timeout_s=10.0) for i in range(3)]
+    try:
+        models = [_model() for _ in clients]
+        for client, model in zip(clients, models):
+            client.attach(model)
+        start = {n: p.detach().clone() for n, p in models[0].named_parameters()}
+        for client, model in zip(clients[:2], models):  # client-2 never reports
+            for param in model.parameters():
+                param.grad = torch.ones_like(param)
+            client.push(num_samples=1)  # held, or dropped if the round already timed out
+        assert clients[0].join_round(1).round == 1  # after the timeout: skipped
+        assert clients[0].pull(1) == 1
+        for name, param in models[0].named_parameters():
+            assert torch.equal(param, start[name]), name
+        statuses = [s.core.status() for s in servers]
+        assert statuses[0].rounds == statuses[1].rounds and statuses[0].rounds[0].skipped
+        assert statuses[0].skipped_rounds == statuses[1].skipped_rounds == (0,)
+        assert statuses[0].dropouts == statuses[1].dropouts
+    finally:
+        for client in clients:
+            client.close()
+        for server in servers:
+            server.stop(0.5)

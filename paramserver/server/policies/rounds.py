@@ -180,19 +180,19 @@ class RoundPolicy(PolicyDefaults):
             raise FailedPrecondition(f"this shard is at round {version}: forward the "
                                      f"leader's close of round {version} first")
         self._open_round()
-        pushes = self._held.take(close.counted, close.round)
+        pushes = self._held.take(() if close.skipped else close.counted, close.round)
         self._sampled = frozenset(close.sampled)
+        self._dropouts += [f"{client}@{close.round}"
+                           for client in sorted(self._sampled - set(close.counted))]
+        self._closes.append(close)
+        if not pushes:
+            self._skipped_rounds.append(close.round)
+            self._step.skip()
+            return
         for push in pushes:
             self._step.add(push)
             push.buffers.release()  # what the aggregate did not adopt
-        if close.skipped or not pushes:
-            self._skipped_rounds.append(close.round)
-        self._dropouts += self._missing()
-        self._closes.append(close)
-        if close.skipped or not pushes:
-            self._step.skip()
-        else:
-            self._step.close()
+        self._step.close()
 
     def tick(self) -> None:
         """Close or skip a round that ran past its timeout."""
