@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from paramserver.cli.local_cluster import LocalCluster, ManagedProcess
 from paramserver.cli.security_options import (
     client_flags,
@@ -100,6 +102,19 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
     `on_round(round, accuracy)` sees each round's accuracy as it closes. Raises
     ClusterError if a process fails, RuntimeError if no client is left before the end.
     """
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    if job.simulate:  # the clients already run in parallel; torch's pool only adds cost
+        torch.set_num_threads(1)  # (as OMP_NUM_THREADS=1 in client processes)
+    try:
+        report = _run(job, run_dir, on_round)
+    finally:
+        torch.set_num_threads(threads)
+    return dataclasses.replace(report, wall_s=time.perf_counter() - started)
+
+
+def _run(job: LocalFederation, run_dir: Path,
+         on_round: Callable[[int, float], None]) -> FederationReport:
     started = time.perf_counter()
     tls = (make_local_cluster_tls(run_dir / "tls", {f"client-{i}": AccessRole.WORKER
                                                    for i in range(job.clients)})
