@@ -5,6 +5,8 @@ strategy / weighting / resampling on a quantity-skewed and a label-skewed split,
 the final test accuracy and the mean over the last 5 rounds (less noisy).
 
     python -m benchmarks.federated [--quick] [--report FILE]
+
+Round cost, start-up, Flower's engine and population memory: `benchmarks.federated_cost`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from paramserver.federated.privacy import PrivacyReport
 from paramserver.tables.records import TableStatus
-from paramserver.types import CodecSpec, Mode, ModelLayout, PartitionPlan, Role
+from paramserver.types import CodecSpec, Mode, ModelLayout, PartitionPlan, Role, RoundClose
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,4 @@ class ServerStatus:
     advertise_address: str = ""  # host:port workers should dial
     tables: tuple[TableStatus, ...] = ()  # row-sparse tables on this shard (issue #16)
     privacy: PrivacyReport | None = None  # federated with --dp (issue #17)
+    rounds: tuple[RoundClose, ...] = ()  # federated: the last rounds closed, oldest first

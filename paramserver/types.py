@@ -341,11 +341,24 @@ class PullHeader:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RoundClose:
+    """How the leader shard closed a round: whom it sampled, whose update counted (sorted),
+    and whether it was skipped (docs/wire.md section 5d)."""
+
+    round: int
+    sampled: tuple[str, ...] = ()
+    counted: tuple[str, ...] = ()
+    skipped: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class RoundRequest:
-    """Federated: wait for round >= `round`."""
+    """Federated: wait for round >= `round`; to a follower shard, with the leader's close of
+    an earlier round to apply first."""
 
     session_id: str
     round: int
+    close: RoundClose | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,6 +380,7 @@ class RoundJoin:
     dp_clip_norm: float = 0.0  # --dp: the L2 bound of this client's update
     dp_noise_std: float = 0.0  # --dp distributed: the std of this client's noise share
     finished: bool = False  # no round opens again (--target-epsilon spent): leave
+    last_close: RoundClose | None = None  # sharded, from the leader: how round - 1 closed
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,13 @@ from paramserver.tables import (
     RowPushHeader,
     TablePlan,
 )
-from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, open_channel, tls_refusal
+from paramserver.transport import (
+    DEFAULT_CHUNK_BYTES,
+    chunk_ranges,
+    open_channel,
+    tls_refusal,
+    wait_connected,
+)
 from paramserver.types import (
     CodecSpec,
     HandshakeRequest,
@@ -47,6 +53,7 @@ from paramserver.types import (
     RegisterHeader,
     Registration,
     Role,
+    RoundClose,
     RoundJoin,
     RoundRequest,
     Session,
@@ -180,11 +187,7 @@ class ServerConnection:
         """Block until the channel connects (the server may still be starting)."""
         log.info("waiting up to %.0fs for the server at %s to accept connections", timeout_s,
                  self.address)
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
-        except grpc.FutureTimeoutError:
-            raise ParamServerError(f"server {self.address} not reachable within {timeout_s}s",
-                                   grpc.StatusCode.UNAVAILABLE) from None
+        wait_connected(self.channel, self.address, timeout_s)
 
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
@@ -342,9 +345,11 @@ class ServerConnection:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
-    def join_round(self, round_: int, timeout_s: float | None = None) -> RoundJoin:
-        """Federated: wait for round >= round_; whether this client is sampled for it."""
-        request = RoundRequest(session_id=self.session_id, round=round_)
+    def join_round(self, round_: int, timeout_s: float | None = None,
+                   close: RoundClose | None = None) -> RoundJoin:
+        """Federated: wait for round >= round_; whether this client is sampled for it. To a
+        follower shard, `close` is the leader's close of an earlier round, applied first."""
+        request = RoundRequest(session_id=self.session_id, round=round_, close=close)
         joined: RoundJoin = _answer(self._call(self._join_round, request,
                                                timeout=timeout_s or self.timeout_s))
         return joined

@@ -109,9 +109,10 @@ class FederatedClient:
     def __init__(self, attached: AttachedModel, x: torch.Tensor, y: torch.Tensor,
                  training: LocalTraining, seed: int = 0) -> None:
         client = getattr(attached, "client", None)  # a stand-in in unit tests has none
-        if client is not None and len(client.connections) > 1:
-            raise FailedPrecondition("federated rounds run on one server: each server would "
-                                     "sample its own clients for a round")
+        if (client is not None and len(client.connections) > 1
+                and client.session.mode is not Mode.FEDERATED):
+            raise FailedPrecondition("fedbuff runs on one server: each shard would apply its "
+                                     "buffer on its own (sharded rounds: --mode federated)")
         self.attached = attached
         self.fedavg = FedAvg(attached)
         self.x, self.y = x, y
@@ -136,7 +137,8 @@ class FederatedClient:
             if self._coin.random() < self.training.dropout:
                 self.rounds_dropped += 1  # a device that went away this round
                 continue
-            client.pull(joined.round)
+            if client.version != joined.round:  # else the last step brought this model
+                client.pull(joined.round)
             if client.version != joined.round and client.session.mode is Mode.FEDERATED:
                 continue  # the round closed while we were away: wait for the next
             self.fedavg.refresh()
@@ -148,26 +150,35 @@ class FederatedClient:
                             self.rounds_dropped, client.bytes_pushed, client.bytes_pulled)
 
     def _epoch_order(self) -> np.ndarray:
-        n = len(self.y)
-        if self.training.resample_to > n:  # oversample a small client up to the target
-            return self._rng.choice(n, self.training.resample_to, replace=True)
-        return self._rng.permutation(n)
+        return _epoch_order(len(self.y), self.training, self._rng)
 
     def _train_locally(self) -> None:
-        model, t = self.attached.model, self.training
-        optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum)
-        anchor = self.fedavg.global_params
-        params = dict(model.named_parameters())
-        for _ in range(t.epochs):
-            order = self._epoch_order()
-            for start in range(0, len(order), t.batch_size):
-                batch = torch.from_numpy(order[start:start + t.batch_size])
-                optimizer.zero_grad()
-                loss = nn.functional.cross_entropy(model(self.x[batch]), self.y[batch])
-                if t.prox_mu:
-                    loss = loss + t.prox_mu / 2 * sum(
-                        (params[n] - anchor[n]).square().sum() for n in params)
-                loss.backward()
-                optimizer.step()
-        for param in model.parameters():
-            param.grad = None
+        train_locally(self.attached.model, self.x, self.y, self.training, self._rng,
+                      self.fedavg.global_params)
+
+
+def _epoch_order(n: int, t: LocalTraining, rng: np.random.Generator) -> np.ndarray:
+    if t.resample_to > n:  # oversample a small client up to the target
+        return rng.choice(n, t.resample_to, replace=True)
+    return rng.permutation(n)
+
+
+def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: LocalTraining,
+                  rng: np.random.Generator, anchor: dict[str, torch.Tensor]) -> None:
+    """`t.epochs` local epochs of SGD on (x, y); FedProx pulls towards `anchor` (the global
+    parameters)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum)
+    params = dict(model.named_parameters())
+    for _ in range(t.epochs):
+        order = _epoch_order(len(y), t, rng)
+        for start in range(0, len(order), t.batch_size):
+            batch = torch.from_numpy(order[start:start + t.batch_size])
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            if t.prox_mu:
+                loss = loss + t.prox_mu / 2 * sum(
+                    (params[n] - anchor[n]).square().sum() for n in params)
+            loss.backward()
+            optimizer.step()
+    for param in model.parameters():
+        param.grad = None

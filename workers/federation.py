@@ -43,8 +43,8 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
     def registered() -> bool:
         if not alive():
             raise RuntimeError("every client exited before the model was registered")
-        current = probe_status(servers, security=security)
-        return current is not None and current.layout is not None
+        every = [probe_status(a, security=security) for a in servers.split(",")]
+        return all(s is not None and s.layout is not None for s in every)
 
     wait_for("the first client registering the model", registered, timeout_s=300,
              period_s=0.2)

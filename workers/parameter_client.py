@@ -13,6 +13,7 @@ per-shard record, which the calling thread merges once every shard answered.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Self
@@ -38,6 +39,7 @@ from paramserver.types import (
     StepOptions,
     TensorSpec,
 )
+from workers import sharded_rounds
 from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
 from workers.embeddings import dense_parameters
@@ -47,18 +49,16 @@ from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_ra
 from workers.routes import ShardRoutes, float_buffers, recorded_plan, trainable_keys
 from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush
 from workers.tensor_io import HostMirror
+from workers.traffic import TrafficCounters
 
 log = logging.getLogger(__name__)
 HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
 
 
-class ParameterClient:
+class ParameterClient(TrafficCounters):
     """A worker (or observer) attached to the shards of one parameter-server job.
 
-    Typical loop, after `attach(model)`:
-
-        loss.backward()
-        client.step(num_samples=len(batch))
+    Typical loop, after `attach(model)`: `loss.backward(); client.step(len(batch))`.
 
     `version` is the server version of the parameters now in the model (the lowest over the
     shards; in sync mode all shards move in lockstep).
@@ -100,6 +100,7 @@ class ParameterClient:
                                                             world_size=world_size,
                                                             claim_wait_s=claim_wait_s))
         self.versions = [s.version for s in self.sessions]
+        self._rounds_led = sharded_rounds.leads_rounds(self.sessions[0], len(addresses))
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
         self._error_feedback, self._ef_momentum = error_feedback, ef_momentum
@@ -143,8 +144,8 @@ class ParameterClient:
         return self.session.mode in (Mode.SYNC, Mode.FEDERATED)
 
     def join_round(self, round_: int, timeout_s: float | None = None) -> RoundJoin:
-        """Federated: wait for round >= round_ (asks shard 0, which samples the clients)."""
-        return self.connections[0].join_round(round_, timeout_s)
+        """Federated: wait for round >= round_ on shard 0, which samples (`sharded_rounds`)."""
+        return sharded_rounds.join_round(self.connections, self._shards, round_, timeout_s)
 
     @property
     def session(self) -> Session:
@@ -251,7 +252,9 @@ class ParameterClient:
         step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
                         num_samples, more_parts, options)
         shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
-        pushes = self._shards.run(lambda shard: self._push_shard(shard, step), shards)
+        call = functools.partial(self._push_shard, step=step)
+        pushes = (self._shards.run(call, shards) if more_parts or not self._rounds_led
+                  else sharded_rounds.push_followers_first(self._shards, call, self.versions[0]))
         self._merge(dict(zip(shards, pushes)))
         self.dense_bytes_pushed += sum(r.nbytes for shard in step.routes for r in shard)
         return [p.result for p in pushes]
@@ -357,29 +360,12 @@ class ParameterClient:
         """
         results = self.push(num_samples=num_samples, names=names, options=options,
                             gradients=gradients)
+        if self._rounds_led:
+            self.join_round(self._targets[0])  # the followers then close the round too
         self.pull(list(self._targets))
         return results
 
     # ---- misc ------------------------------------------------------------------------
-
-    @property
-    def bytes_pushed(self) -> int:
-        return sum(c.bytes_pushed for c in self.connections)
-
-    @property
-    def bytes_pulled(self) -> int:
-        return sum(c.bytes_pulled for c in self.connections)
-
-    @property
-    def gradient_bytes_pushed(self) -> int:
-        """Bytes of gradient pushes on the wire (payloads, framing and headers)."""
-        return sum(c.gradient_bytes_pushed for c in self.connections)
-
-    @property
-    def compression_ratio(self) -> float:
-        """Uncompressed gradient bytes / gradient bytes actually sent."""
-        sent = self.gradient_bytes_pushed
-        return self.dense_bytes_pushed / sent if sent else 1.0
 
     def close(self) -> None:
         """Stop heartbeating, leave the job (nobody waits for us), close the channels."""

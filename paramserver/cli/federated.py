@@ -41,8 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                     "rounds, clients with private, unevenly split data train locally.")
     parser.add_argument("--clients", type=int, default=10, help="clients (10)")
     parser.add_argument("--rounds", type=int, default=30, help="rounds (30)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="server shards the model is split over (1); shard 0 leads the "
+                             "rounds, the others close each round as it did")
     parser.add_argument("--simulate", action="store_true",
                         help="run the clients as threads in this process (many clients)")
+    parser.add_argument("--lazy", action="store_true",
+                        help="with --simulate: create a client only for the rounds it is "
+                             "sampled for (bounded memory for many clients); the server "
+                             "samples from the population of --clients (--population)")
     parser.add_argument("--tls", action="store_true",
                         help="mutual TLS and authentication: a throwaway CA in RUN_DIR/tls "
                              "issues the server's and each client's certificate")
@@ -69,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         strategy = strategies.get(args.strategy)
         rounds = plan_privacy(args)
+        if args.lazy:
+            args.population = args.clients
         server = config_from_args(
             args, OPTIONS, mode=Mode(args.mode), expected_workers=args.clients,
             aggregation=Aggregation.MEAN if args.dp != "off" else strategy.aggregation,
@@ -78,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             server=server, training=training_from_args(args), clients=args.clients,
             rounds=rounds, partition=args.partition, codecs=args.codec, seed=args.seed,
             strategy=args.strategy, simulate=args.simulate, log_level=args.log_level,
-            tls=args.tls)
+            tls=args.tls, shards=args.shards, lazy=args.lazy)
     except ValueError as error:
         print(f"federated: {error}")
         return 2

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from paramserver.cli.local_cluster import LocalCluster, ManagedProcess
 from paramserver.cli.security_options import (
     client_flags,
@@ -28,9 +30,11 @@ from paramserver.cli.server_options import serve_args
 from paramserver.security.certs import ClusterFiles
 from paramserver.security.roles import AccessRole
 from paramserver.server.config import ServerConfig
+from paramserver.status import ServerStatus
 from paramserver.types import CodecSpec, Mode
 from workers.federated import LocalTraining
 from workers.federation import follow_rounds, run_client
+from workers.population import Population, PopulationReport, run_population
 from workers.probes import probe_status
 
 
@@ -49,10 +53,18 @@ class LocalFederation:
     simulate: bool = False  # clients as threads of this process
     log_level: str = "WARNING"
     tls: bool = False  # mutual TLS with a throwaway CA (run_dir/tls), each client its cert
+    shards: int = 1  # server shards the model is split over (shard 0 leads the rounds)
+    lazy: bool = False  # simulate: a client exists only in the rounds it is sampled for
 
     def __post_init__(self) -> None:
         if self.server.mode not in (Mode.FEDERATED, Mode.FEDBUFF):
             raise ValueError("--mode must be federated or fedbuff")
+        if self.shards < 1 or (self.shards > 1 and self.server.mode is not Mode.FEDERATED):
+            raise ValueError("--shards must be at least 1, and 1 under fedbuff")
+        if self.lazy and (not self.simulate or self.shards > 1 or self.tls
+                          or self.server.federated.population != self.clients):
+            raise ValueError("--lazy needs --simulate, one shard, no TLS, and the server's "
+                             "--population equal to --clients")
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,12 @@ class FederationReport:
     client_examples: list[int] = field(default_factory=list)
     privacy: dict[str, Any] | None = None  # --dp: the server's PrivacyReport at the end
     round_epsilon: list[float] = field(default_factory=list)  # --dp: epsilon after each round
+    shards: int = 1
+    # Per shard: how its last rounds closed ({round, sampled, counted, skipped}, from status).
+    shard_rounds: list[list[dict[str, Any]]] = field(default_factory=list)
+    # Peak resident memory (MB): this process (the simulated clients, the observer) and
+    # the server (shard 0); 0 where the platform does not say.
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
 
 def run_local_federation(job: LocalFederation, run_dir: Path,
@@ -90,21 +108,37 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
     ClusterError if a process fails, RuntimeError if no client is left before the end.
     """
     started = time.perf_counter()
+    threads = torch.get_num_threads()
+    if job.simulate:  # the clients already run in parallel; torch's pool only adds cost
+        torch.set_num_threads(1)  # (as OMP_NUM_THREADS=1 in client processes)
+    try:
+        report = _run(job, run_dir, on_round, on_epsilon)
+    finally:
+        torch.set_num_threads(threads)
+    return dataclasses.replace(report, wall_s=time.perf_counter() - started)
+
+
+def _run(job: LocalFederation, run_dir: Path, on_round: Callable[[int, float], None],
+         on_epsilon: Callable[[int, float], None] | None) -> FederationReport:
+    started = time.perf_counter()
     epsilons: list[float] = []
     tls = (make_local_cluster_tls(run_dir / "tls", {f"client-{i}": AccessRole.WORKER
                                                    for i in range(job.clients)})
            if job.tls else None)
     with LocalCluster(run_dir) as cluster:
-        [(server, address)] = cluster.start_servers(1, [*serve_args(job.server),
-                                                        *server_flags(tls),
-                                                        "--log-level", job.log_level])
-        clients: _Clients = (_ThreadClients(job, address, tls) if job.simulate
+        servers = cluster.start_servers(job.shards, [*serve_args(job.server),
+                                                     *server_flags(tls),
+                                                     "--log-level", job.log_level])
+        address = ",".join(a for _, a in servers)
+        clients: _Clients = (_LazyClients(job, address) if job.lazy
+                             else _ThreadClients(job, address, tls) if job.simulate
                              else _ProcessClients(job, address, cluster, tls))
         security = client_security(tls)
+        leader = servers[0][1]
 
         def scored(round_: int, value: float) -> None:
             if job.server.dp.on:  # the accountant has spent this round before it applied
-                current = probe_status(address, security=security)
+                current = probe_status(leader, security=security)
                 epsilons.append(current.privacy.epsilon if current and current.privacy
                                 else float("nan"))
                 if on_epsilon is not None:
@@ -113,11 +147,35 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
 
         accuracies = follow_rounds(address, job.rounds, scored, clients.alive,
                                    security=security)
-        final = probe_status(address, security=client_security(tls))
+        statuses = [probe_status(a, security=security) for _, a in servers]
         reports = clients.finish()
-        cluster.stop(server)
+        memory = {"local": peak_rss_mb(), "server": peak_rss_mb(servers[0][0].process.pid)}
+        for server, _ in servers:
+            cluster.stop(server)
+    report = _report(job, accuracies, time.perf_counter() - started, reports, statuses,
+                     epsilons)
+    return dataclasses.replace(report, peak_rss_mb=memory)
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """Peak resident set size of process `pid` (None: this one) in MB, from /proc (Linux);
+    0.0 when unknown."""
+    try:
+        with open(f"/proc/{pid or 'self'}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _report(job: LocalFederation, accuracies: list[float], wall_s: float,
+            reports: list[dict[str, Any]],
+            statuses: list[ServerStatus | None], epsilons: list[float]) -> FederationReport:
+    final = statuses[0]
     return FederationReport(
-        round_accuracy=accuracies, rounds=len(accuracies), wall_s=time.perf_counter() - started,
+        round_accuracy=accuracies, rounds=len(accuracies), wall_s=wall_s,
         bytes_pushed=sum(r["bytes_pushed"] for r in reports),
         bytes_pulled=sum(r["bytes_pulled"] for r in reports),
         dropouts=list(final.dropouts) if final else [],
@@ -126,7 +184,9 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
         mode=job.server.mode.value, fraction=job.server.federated.fraction,
         local_epochs=job.training.epochs, codec=" ".join(str(c) for c in job.codecs),
         weighting=job.training.weighting,
-        client_examples=sorted(r["examples"] for r in reports),
+        client_examples=sorted(r["examples"] for r in reports), shards=job.shards,
+        shard_rounds=[[dataclasses.asdict(c) for c in (s.rounds if s else ())]
+                      for s in statuses],
         privacy=dataclasses.asdict(final.privacy) if final and final.privacy else None,
         round_epsilon=epsilons)
 
@@ -169,6 +229,36 @@ class _ThreadClients(_Clients):
         if self.errors:
             raise RuntimeError(f"a simulated client failed: {self.errors[0]!r}")
         return self.reports
+
+
+class _LazyClients(_Clients):
+    """Simulated clients created when sampled (`workers.population`), on a few threads."""
+
+    def __init__(self, job: LocalFederation, address: str) -> None:
+        self.population = Population(address, job.clients, job.rounds, job.training,
+                                     job.server.federated, job.partition, job.codecs, job.seed)
+        self.report: PopulationReport | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.report = run_population(self.population)
+        except BaseException as error:  # noqa: BLE001 - finish() raises it
+            self.error = error
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.thread.join(60)
+        if self.error is not None or self.report is None:
+            raise RuntimeError(f"the simulated population failed: {self.error!r}")
+        r = self.report
+        return [{"bytes_pushed": r.bytes_pushed if i == 0 else 0,  # totals, counted once
+                 "bytes_pulled": r.bytes_pulled if i == 0 else 0, "examples": n}
+                for i, n in enumerate(r.client_examples)]
 
 
 class _ProcessClients(_Clients):

@@ -163,6 +163,9 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "--dp: the delta the accountant reports epsilon at"),
     ServerOption("--target-epsilon", "dp.target_epsilon", FEDERATED,
                  "--dp: open no round that would take epsilon above this (0: no budget)"),
+    ServerOption("--population", "federated.population", FEDERATED,
+                 "sample from clients client-0..client-{N-1}, connected or not, and wait for "
+                 "every sampled one (simulations; 0: the live clients)"),
     ServerOption("--codecs", "codecs.allowed", CODECS,
                  f"allowed codecs, comma-separated (known: {', '.join(codec_names())})",
                  type=_names),

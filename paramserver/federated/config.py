@@ -15,6 +15,10 @@ class FederatedConfig:
     clip_norm: float = 0.0  # scale updates down to this L2 norm (0: off)
     reject_norm: float = 1e6  # refuse updates above this L2 norm (0: off)
     buffer: int = 2  # fedbuff: apply once this many updates arrived
+    # Clients client-0 .. client-{population-1} are sampled whether connected or not, and a
+    # round waits for every sampled one (simulations that connect a client only when it is
+    # sampled); 0: sample the live clients.
+    population: int = 0
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -24,5 +28,7 @@ class FederatedConfig:
         if not 0 <= self.min_completion_rate <= 1:
             raise ValueError(f"--min-completion-rate must be in [0, 1], "
                              f"got {self.min_completion_rate}")
+        if self.population < 0:
+            raise ValueError(f"--population must be 0 or more, got {self.population}")
         if self.round_timeout_s <= 0:
             raise ValueError(f"--round-timeout must be positive, got {self.round_timeout_s}")

@@ -310,7 +310,7 @@ class TensorStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds", "rejoins", "advertise_address", "tables", "privacy")
+    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds", "rejoins", "advertise_address", "tables", "privacy", "rounds")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +332,7 @@ class StatusResponse(_message.Message):
     ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
     layout: ModelLayout
     version: int
     mode: Mode
@@ -353,7 +354,8 @@ class StatusResponse(_message.Message):
     advertise_address: str
     tables: _containers.RepeatedCompositeFieldContainer[TableStatus]
     privacy: PrivacyStatus
-    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ..., rejoins: _Optional[_Iterable[str]] = ..., advertise_address: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., privacy: _Optional[_Union[PrivacyStatus, _Mapping]] = ...) -> None: ...
+    rounds: _containers.RepeatedCompositeFieldContainer[RoundClose]
+    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ..., rejoins: _Optional[_Iterable[str]] = ..., advertise_address: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., privacy: _Optional[_Union[PrivacyStatus, _Mapping]] = ..., rounds: _Optional[_Iterable[_Union[RoundClose, _Mapping]]] = ...) -> None: ...
 
 class PrivacyStatus(_message.Message):
     __slots__ = ("mode", "noise_multiplier", "clip_norm", "delta", "epsilon", "rounds", "target_epsilon", "budget_spent", "sampling_rate")
@@ -400,28 +402,44 @@ class LeaveResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class JoinRoundRequest(_message.Message):
-    __slots__ = ("session_id", "round")
+    __slots__ = ("session_id", "round", "close")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    close: RoundClose
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., close: _Optional[_Union[RoundClose, _Mapping]] = ...) -> None: ...
+
+class RoundClose(_message.Message):
+    __slots__ = ("round", "sampled", "counted", "skipped")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    sampled: _containers.RepeatedScalarFieldContainer[str]
+    counted: _containers.RepeatedScalarFieldContainer[str]
+    skipped: bool
+    def __init__(self, round: _Optional[int] = ..., sampled: _Optional[_Iterable[str]] = ..., counted: _Optional[_Iterable[str]] = ..., skipped: _Optional[bool] = ...) -> None: ...
 
 class JoinRoundResponse(_message.Message):
-    __slots__ = ("round", "sampled", "sampled_count", "dp_clip_norm", "dp_noise_std", "finished")
+    __slots__ = ("round", "sampled", "sampled_count", "dp_clip_norm", "dp_noise_std", "finished", "last_close")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_COUNT_FIELD_NUMBER: _ClassVar[int]
     DP_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     DP_NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    LAST_CLOSE_FIELD_NUMBER: _ClassVar[int]
     round: int
     sampled: bool
     sampled_count: int
     dp_clip_norm: float
     dp_noise_std: float
     finished: bool
-    def __init__(self, round: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_count: _Optional[int] = ..., dp_clip_norm: _Optional[float] = ..., dp_noise_std: _Optional[float] = ..., finished: _Optional[bool] = ...) -> None: ...
+    last_close: RoundClose
+    def __init__(self, round: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_count: _Optional[int] = ..., dp_clip_norm: _Optional[float] = ..., dp_noise_std: _Optional[float] = ..., finished: _Optional[bool] = ..., last_close: _Optional[_Union[RoundClose, _Mapping]] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("session_id",)

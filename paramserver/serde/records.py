@@ -21,6 +21,7 @@ from paramserver.types import (
     PushHeader,
     PushResult,
     Role,
+    RoundClose,
     Session,
     StepOptions,
     TensorSlice,
@@ -275,6 +276,7 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         rejoins=list(status.rejoins),
         advertise_address=status.advertise_address,
         privacy=_privacy_to_proto(status.privacy),
+        rounds=[_round_close(r) for r in status.rounds],
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -319,6 +321,7 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         rejoins=tuple(msg.rejoins),
         advertise_address=msg.advertise_address,
         privacy=_privacy_from_proto(msg),
+        rounds=tuple(round_close_from_proto(r) for r in msg.rounds),
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,
@@ -353,3 +356,17 @@ def _privacy_from_proto(msg: pb.StatusResponse) -> PrivacyReport | None:
                          clip_norm=p.clip_norm, delta=p.delta, epsilon=p.epsilon,
                          rounds=p.rounds, target_epsilon=p.target_epsilon,
                          budget_spent=p.budget_spent, sampling_rate=p.sampling_rate)
+
+
+def round_close_to_proto(close: RoundClose | None) -> pb.RoundClose | None:
+    return None if close is None else _round_close(close)
+
+
+def _round_close(close: RoundClose) -> pb.RoundClose:
+    return pb.RoundClose(round=close.round, sampled=list(close.sampled),
+                         counted=list(close.counted), skipped=close.skipped)
+
+
+def round_close_from_proto(msg: pb.RoundClose) -> RoundClose:
+    return RoundClose(round=msg.round, sampled=tuple(msg.sampled), counted=tuple(msg.counted),
+                      skipped=msg.skipped)

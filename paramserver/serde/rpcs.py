@@ -17,6 +17,8 @@ from paramserver.serde.records import (
     layout_to_proto,
     push_result_from_proto,
     push_result_to_proto,
+    round_close_from_proto,
+    round_close_to_proto,
     session_from_proto,
     session_to_proto,
     status_from_proto,
@@ -117,14 +119,19 @@ RPCS: dict[str, Rpc] = {
         _serializing(lambda version: pb.HeartbeatResponse(version=version)),
         _parsing(pb.HeartbeatResponse, lambda m: int(m.version))),
     "JoinRound": Rpc(
-        _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round)),
-        _request(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
-                                                             round=m.round)),
+        _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round,
+                                                   close=round_close_to_proto(r.close))),
+        _request(pb.JoinRoundRequest, lambda m: RoundRequest(
+            session_id=m.session_id, round=m.round,
+            close=round_close_from_proto(m.close) if m.HasField("close") else None)),
         _serializing(lambda j: pb.JoinRoundResponse(
             round=j.round, sampled=j.sampled, sampled_count=j.sampled_count,
-            dp_clip_norm=j.dp_clip_norm, dp_noise_std=j.dp_noise_std, finished=j.finished)),
+            last_close=round_close_to_proto(j.last_close), dp_clip_norm=j.dp_clip_norm,
+            dp_noise_std=j.dp_noise_std, finished=j.finished)),
         _parsing(pb.JoinRoundResponse, lambda m: RoundJoin(
             round=m.round, sampled=m.sampled, sampled_count=m.sampled_count,
+            last_close=(round_close_from_proto(m.last_close) if m.HasField("last_close")
+                        else None),
             dp_clip_norm=m.dp_clip_norm, dp_noise_std=m.dp_noise_std, finished=m.finished))),
     "Leave": Rpc(
         _serializing(lambda session_id: pb.LeaveRequest(session_id=session_id)),

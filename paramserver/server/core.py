@@ -47,6 +47,7 @@ from paramserver.types import (
     RegisterHeader,
     Registration,
     Role,
+    RoundClose,
     RoundJoin,
     Session,
     TensorSpec,
@@ -182,13 +183,14 @@ class ParameterServerCore:
 
     def join_round(self, session_id: str, round_: int, timeout_s: float,
                    cancelled: threading.Event | None = None, *,
-                   caller: Principal | None = None) -> RoundJoin:
+                   caller: Principal | None = None, close: RoundClose | None = None) -> RoundJoin:
         """Federated: wait for round >= `round_`; whether this client is sampled for it.
         `cancelled`: set when the caller went away (the wait then ends; see `wake`)."""
         record = self.members.require_worker(session_id, caller)
         with self._long_polls.poll("JoinRound", cancelled) as poll:
             return self.policy.join_round(record.worker_id, round_,
-                                          min(timeout_s, self.config.max_wait_s), poll)
+                                          min(timeout_s, self.config.max_wait_s), poll,
+                                          close=close)
 
     def wake(self) -> None:
         """Make every long poll re-check its condition (a call was cancelled)."""
@@ -243,9 +245,7 @@ class ParameterServerCore:
             check_state_hash(caller)
         report = self.policy.report()
         return ServerStatus(
-            layout=self.store.layout,
-            version=self.store.version,
-            mode=self.config.mode,
+            layout=self.store.layout, version=self.store.version, mode=self.config.mode,
             expected_workers=self.config.expected_workers,
             optimizer=self.config.optimizer.describe(),
             pending_pushes=report.pending_pushes,
@@ -257,12 +257,11 @@ class ParameterServerCore:
             evicted=tuple(self.members.evictions),
             state_hash=self.store.state_hash() if include_state_hash else "",
             restored_version=self.restored_version,
-            dropouts=report.dropouts,
-            skipped_rounds=report.skipped_rounds,
+            dropouts=report.dropouts, skipped_rounds=report.skipped_rounds,
             rejoins=tuple(self.rejoins),
             advertise_address=self.advertise_address,
             tables=self.tables.status(),
-            privacy=report.privacy,
+            privacy=report.privacy, rounds=report.rounds,
         )
 
     # ---- register, push, pull ------------------------------------------------------------

@@ -134,7 +134,7 @@ class ParameterServerServicer:
             return self.core.join_round(request.session_id, request.round,
                                         _time_left(context, self.core.config.max_wait_s),
                                         _cancellation(context, self.core),
-                                        caller=caller_of(context))
+                                        caller=caller_of(context), close=request.close)
 
     def Leave(self, session_id: str, context: grpc.ServicerContext) -> None:
         with _abort_on_error(context, "Leave"):

@@ -20,7 +20,7 @@ from paramserver.server.config import ServerConfig
 from paramserver.server.limits import LongPoll
 from paramserver.server.membership import Membership
 from paramserver.server.store import ParameterStore
-from paramserver.types import PushResult, RoundJoin, StepOptions
+from paramserver.types import PushResult, RoundClose, RoundJoin, StepOptions
 
 Clock = Callable[[], float]
 
@@ -56,6 +56,7 @@ class PolicyReport:
     dropouts: tuple[str, ...] = ()  # federated: "client@round" that did not report
     skipped_rounds: tuple[int, ...] = ()  # federated: rounds closed without enough reports
     privacy: PrivacyReport | None = None  # federated with --dp: epsilon spent so far
+    rounds: tuple[RoundClose, ...] = ()  # federated: the last rounds closed, oldest first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,8 +93,9 @@ class UpdatePolicy(Protocol):
         """Periodic duty (federated rounds time out here)."""
 
     def join_round(self, worker_id: str, round_: int, timeout_s: float,
-                   poll: LongPoll | None = None) -> RoundJoin:
-        """Federated: the open round >= round_, and whether this worker is sampled."""
+                   poll: LongPoll | None = None, close: RoundClose | None = None) -> RoundJoin:
+        """Federated: the open round >= round_, and whether this worker is sampled; a
+        follower shard first applies the leader's `close` of an earlier round."""
 
     def report(self) -> PolicyReport:
         """Figures for `status`."""
@@ -115,7 +117,7 @@ class PolicyDefaults:
         return None
 
     def join_round(self, worker_id: str, round_: int, timeout_s: float,
-                   poll: LongPoll | None = None) -> RoundJoin:
+                   poll: LongPoll | None = None, close: RoundClose | None = None) -> RoundJoin:
         raise FailedPrecondition("this server does not run federated rounds (--mode "
                                  "federated or fedbuff)")
 

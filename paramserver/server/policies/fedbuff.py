@@ -20,7 +20,7 @@ from paramserver.server.policies.base import (
     PolicyReport,
     ReceivedPush,
 )
-from paramserver.types import PushResult, RoundJoin
+from paramserver.types import PushResult, RoundClose, RoundJoin
 
 
 def staleness_weight(weight: float, staleness: int) -> float:
@@ -39,7 +39,7 @@ class FedBuffPolicy(PolicyDefaults):
         self._count = 0
 
     def join_round(self, worker_id: str, round_: int, timeout_s: float,
-                   poll: LongPoll | None = None) -> RoundJoin:
+                   poll: LongPoll | None = None, close: RoundClose | None = None) -> RoundJoin:
         return RoundJoin(round=self._store.version, sampled=True, sampled_count=0)
 
     def check_step(self, worker_id: str, step: int) -> None:

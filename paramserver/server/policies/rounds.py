@@ -11,6 +11,9 @@ With --dp (DP-FedAvg, `paramserver.federated.privacy`), the round's sum gets Gau
 (central) or holds the clients' noise shares (distributed), is divided by the number of
 sampled clients, and is accounted; once the next round would exceed --target-epsilon, no
 round opens again and JoinRound answers `finished`.
+
+On a sharded model, shard 0 leads the rounds and the other shards follow its closes
+(`round_follower`, docs/wire.md section 5d).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 
 from paramserver.errors import FailedPrecondition
 from paramserver.federated.privacy import RoundPrivacy
@@ -33,9 +37,11 @@ from paramserver.server.policies.base import (
     ReceivedPush,
     StepWait,
 )
-from paramserver.types import PushResult, RoundJoin
+from paramserver.server.policies.round_follower import HeldUpdates, is_follower
+from paramserver.types import PushResult, RoundClose, RoundJoin
 
 log = logging.getLogger(__name__)
+KEPT_CLOSES = 64  # rounds listed in status, and searched for a JoinRound's last_close
 
 
 class RoundPolicy(PolicyDefaults):
@@ -58,17 +64,33 @@ class RoundPolicy(PolicyDefaults):
         self._skipped_rounds: list[int] = []
         dp = context.config.dp
         self._privacy = RoundPrivacy(dp, self.config.clip_norm) if dp.on else None
+        self._held = HeldUpdates(context.pool)  # a follower shard's open round
+        self._closes: deque[RoundClose] = deque(maxlen=KEPT_CLOSES)
+
+    def _sharded(self) -> bool:
+        plan = self._store.plan
+        return plan is not None and plan.num_shards > 1
+
+    def _follower(self) -> bool:
+        plan = self._store.plan
+        return plan is not None and is_follower(plan.num_shards, self._store.shard_index)
 
     def _open_round(self) -> None:
         """Sample the current round's clients once the job is formed (caller holds _lock)."""
         version = self._store.version
-        if self._round == version or not self._members.formed:
+        if self._round == version:
+            return
+        if self._follower():  # the leader samples; its close says whom
+            self._round, self._round_opened, self._sampled = version, self._clock(), frozenset()
+            return
+        if not (self._members.formed or self.config.population):
             return
         self._round, self._round_opened = version, self._clock()
-        live = self._members.live_workers()
-        self._sampled = sample_clients(live, self.config.fraction,
+        population = self._population()
+        self._sampled = sample_clients(population, self.config.fraction,
                                        self.config.min_clients, self.config.seed, version)
-        if self._privacy is not None and not self._privacy.open(len(self._sampled), len(live)):
+        if self._privacy is not None and not self._privacy.open(len(self._sampled),
+                                                                  len(population)):
             log.warning("round %d not run: it would exceed --target-epsilon %g", version,
                         self._privacy.config.target_epsilon)
             self._sampled = frozenset()
@@ -77,8 +99,11 @@ class RoundPolicy(PolicyDefaults):
                  sorted(self._sampled))
 
     def join_round(self, worker_id: str, round_: int, timeout_s: float,
-                   poll: LongPoll | None = None) -> RoundJoin:
-        """Wait until round >= `round_` is open."""
+                   poll: LongPoll | None = None, close: RoundClose | None = None) -> RoundJoin:
+        """Wait until round >= `round_` is open (a follower first applies `close`)."""
+        if close is not None:
+            with self._lock:
+                self._follow(close)
         self._store.wait_for_version(round_, timeout_s, poll)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -94,11 +119,12 @@ class RoundPolicy(PolicyDefaults):
             time.sleep(0.05)
 
     def _join_answer(self, worker_id: str) -> RoundJoin:
-        sampled = worker_id in self._sampled
+        sampled, last_close = worker_id in self._sampled, self._close_of(self._round - 1)
         if self._privacy is None:
-            return RoundJoin(round=self._round, sampled=sampled, sampled_count=len(self._sampled))
+            return RoundJoin(round=self._round, sampled=sampled, sampled_count=len(self._sampled),
+                             last_close=last_close)
         return RoundJoin(round=self._round, sampled=sampled, sampled_count=len(self._sampled),
-                         dp_clip_norm=self._privacy.clip_norm,
+                         last_close=last_close, dp_clip_norm=self._privacy.clip_norm,
                          dp_noise_std=self._privacy.client_noise_std(len(self._sampled)),
                          finished=self._privacy.finished)
 
@@ -109,18 +135,28 @@ class RoundPolicy(PolicyDefaults):
     def _check(self, worker_id: str, step: int) -> None:
         self._step.check(worker_id, step)
         self._open_round()
+        if self._follower():
+            if worker_id in self._held:
+                raise FailedPrecondition(f"client {worker_id!r} already pushed round {step}")
+            return
         if worker_id not in self._sampled:
             raise FailedPrecondition(f"client {worker_id!r} was not sampled for round {step}")
 
     def submit(self, push: ReceivedPush) -> PushResult:
         clip = self.config.clip_norm
         if self._privacy is not None:
+            if self._sharded():  # each shard would clip and noise only its slice
+                raise FailedPrecondition("--dp runs on one server: a sharded federation "
+                                         "would clip and add noise per shard; start one shard")
             model = {t.name for t in self._store.require_layout().tensors}
             self._privacy.check(push.updates, model, push.momentum_applied)
             clip = self._privacy.clip_norm_for_screening
         screen(push.updates, clip, self.config.reject_norm)
         with self._lock:
             self._check(push.worker_id, push.step)
+            if self._follower():  # held until the leader's close says whether it counts
+                self._held.hold(push)
+                return PushResult(version=self._store.version, applied=False)
             self._step.add(push)
             if not self._ready():
                 return PushResult(version=self._store.version, applied=False)
@@ -131,26 +167,72 @@ class RoundPolicy(PolicyDefaults):
             if self._step.pushed and self._ready():
                 self._close()
 
+    def _population(self) -> set[str]:
+        if self.config.population:
+            return {f"client-{i}" for i in range(self.config.population)}
+        return self._members.live_workers()
+
     def _ready(self) -> bool:
-        if not self._members.formed:
+        if not (self._members.formed or self.config.population):
             return False
-        live = self._members.live_workers()
-        return bool(self._step.pushed) and (self._sampled & live) <= self._step.pushed
+        awaited = (self._sampled if self.config.population  # not connected yet: still due
+                   else self._sampled & self._members.live_workers())
+        return bool(self._step.pushed) and awaited <= self._step.pushed
 
     def _missing(self) -> list[str]:
         return [f"{client}@{self._round}" for client in sorted(self._sampled - self._step.pushed)]
 
     def _close(self) -> int:
         self._dropouts += self._missing()
+        self._record(skipped=False)
         privacy, sampled, reported = self._privacy, len(self._sampled), len(self._step.pushed)
         if privacy is None:
             return self._step.close()
         return self._step.close(lambda sums: privacy.finish(sums, sampled, reported))
 
+    def _record(self, skipped: bool) -> None:
+        self._closes.append(RoundClose(round=self._round, sampled=tuple(sorted(self._sampled)),
+                                       counted=tuple(sorted(self._step.pushed)),
+                                       skipped=skipped))
+
+    def _close_of(self, round_: int) -> RoundClose | None:
+        """The leader's record of how `round_` closed, which clients forward to followers."""
+        if not self._sharded() or self._follower():
+            return None
+        return next((c for c in reversed(self._closes) if c.round == round_), None)
+
+    def _follow(self, close: RoundClose) -> None:
+        """A follower closes its open round as the leader did (caller holds _lock)."""
+        if not self._follower():
+            raise FailedPrecondition("only a follower shard (index > 0 of a sharded model) "
+                                     "takes a round's close")
+        version = self._store.version
+        if close.round < version:
+            return  # applied already (every client forwards it)
+        if close.round > version:
+            raise FailedPrecondition(f"this shard is at round {version}: forward the "
+                                     f"leader's close of round {version} first")
+        self._open_round()
+        pushes = self._held.take(() if close.skipped else close.counted, close.round)
+        self._sampled = frozenset(close.sampled)
+        self._dropouts += [f"{client}@{close.round}"
+                           for client in sorted(self._sampled - set(close.counted))]
+        self._closes.append(close)
+        if not pushes:
+            self._skipped_rounds.append(close.round)
+            self._step.skip()
+            return
+        for push in pushes:
+            self._step.add(push)
+            push.buffers.release()  # what the aggregate did not adopt
+        self._step.close()
+
     def tick(self) -> None:
         """Close or skip a round that ran past its timeout."""
         with self._lock:
             self._open_round()
+            if self._follower():
+                return  # the leader times rounds out; its close comes through the clients
             if self._round < 0 or self._clock() - self._round_opened < \
                     self.config.round_timeout_s or self._budget_spent():
                 return
@@ -166,6 +248,7 @@ class RoundPolicy(PolicyDefaults):
                         "global model is unchanged", self._round, pushed, len(self._sampled),
                         needed)
             self._dropouts += self._missing()
+            self._record(skipped=True)
             self._skipped_rounds.append(self._round)
             self._step.skip()  # the next round, from the same global model
 
@@ -184,4 +267,5 @@ class RoundPolicy(PolicyDefaults):
             return PolicyReport(pending_pushes=len(self._step.pushed),
                                 dropouts=tuple(self._dropouts),
                                 skipped_rounds=tuple(self._skipped_rounds),
-                                privacy=self._privacy.report() if self._privacy else None)
+                                privacy=self._privacy.report() if self._privacy else None,
+                                rounds=tuple(self._closes))
