@@ -34,7 +34,7 @@ def test_negotiation_picks_first_allowed_offer() -> None:
     assert negotiate("push", offers, ONLY_NONE) == CodecSpec("none")
     assert negotiate("push", [], ONLY_NONE) == CodecSpec("none")  # no offer means `none`
     assert negotiate("push", offers, CodecLimits()) == CodecSpec.parse(
-        "topk:ratio=0.01,mode=exact")  # canonical form, defaults filled in
+        "topk:ratio=0.01,mode=approx")  # canonical form, defaults filled in
 
 
 def test_negotiation_adjusts_offers_into_the_servers_limits() -> None:
@@ -50,7 +50,7 @@ def test_pulls_negotiate_elementwise_and_delta_codecs_only() -> None:
     assert negotiate("pull", offers, CodecLimits()) == CodecSpec("fp16")  # no random-k pulls
     # Issue #14: top-k and qsgd pull deltas (server/pull_streams.py).
     offers = [CodecSpec.parse("topk:ratio=0.01"), CodecSpec("fp16")]
-    assert negotiate("pull", offers, CodecLimits()) == CodecSpec.parse("topk:mode=exact,ratio=0.01")
+    assert negotiate("pull", offers, CodecLimits()) == CodecSpec.parse("topk:mode=approx,ratio=0.01")
 
 
 def test_bad_codec_params_are_skipped() -> None:
