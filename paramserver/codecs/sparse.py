@@ -77,9 +77,10 @@ class TopK(_Sparsifier):
     mode=approx (the default) estimates the threshold from a random sample (Lin et al. 2018,
     Deep Gradient Compression), keeps the elements at or above it, and then the k largest of
     those candidates, ties at the k-th magnitude broken towards the lowest index; when fewer
-    than k pass it falls back to the full selection. It always sends exactly k, the same set
-    as mode=exact (ties aside), in one cached pass over the tensor instead of a full
-    selection. mode=exact runs torch.topk over the whole tensor.
+    than k pass it falls back to the full selection. It sends exactly k, the same set as
+    mode=exact (ties aside), in one cached pass over the tensor instead of a full selection,
+    except that it never sends zeros: a tensor with fewer than k nonzeros sends them all.
+    mode=exact runs torch.topk over the whole tensor.
     """
 
     biased = True
@@ -118,6 +119,9 @@ class TopK(_Sparsifier):
         threshold = np.quantile(sample.astype(np.float64),
                                 1.0 - min(1.0, self.MARGIN * k / flat.size))
         threshold = flat.dtype.type(threshold)
+        # A mostly-zero tensor (a pull's delta, a sparse gradient) samples a zero threshold:
+        # then the candidates are the nonzeros, and when fewer than k, all of them are sent.
+        above = np.greater_equal if threshold > 0 else np.greater
         buf = np.empty(min(self.CHUNK, flat.size), dtype=flat.dtype)
         mask = np.empty(buf.size, dtype=bool)
         found = []
@@ -125,11 +129,11 @@ class TopK(_Sparsifier):
             piece = flat[start:start + self.CHUNK]
             n = piece.size
             np.abs(piece, out=buf[:n])
-            np.greater_equal(buf[:n], threshold, out=mask[:n])
+            above(buf[:n], threshold, out=mask[:n])
             found.append(np.flatnonzero(mask[:n]) + start)
         candidates = np.concatenate(found)
         if candidates.size < k:
-            return None
+            return torch.from_numpy(candidates) if threshold <= 0 else None
         if candidates.size > k:
             candidates = _k_largest(candidates, np.abs(flat[candidates]), k)
         return torch.from_numpy(candidates)
@@ -141,10 +145,12 @@ class TopK(_Sparsifier):
         sample = magnitude[torch.randint(0, flat.numel(), (self.SAMPLE,), device=flat.device,
                                          generator=generator)]
         keep = min(1.0, self.MARGIN * k / flat.numel())
-        threshold = torch.quantile(sample.float(), 1.0 - keep)
-        candidates = torch.nonzero(magnitude >= threshold.to(magnitude.dtype)).view(-1)
+        threshold = torch.quantile(sample.float(), 1.0 - keep).to(magnitude.dtype)
+        zero = bool(threshold <= 0)  # as the CPU path: then the nonzeros, at most k of them
+        candidates = torch.nonzero(magnitude > threshold if zero else magnitude >= threshold
+                                   ).view(-1)
         if candidates.numel() < k:
-            return None
+            return candidates if zero else None
         if candidates.numel() > k:
             best = torch.topk(magnitude[candidates], k, sorted=False).indices
             candidates = candidates[best.sort().values]

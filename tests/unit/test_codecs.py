@@ -101,6 +101,22 @@ def test_approx_topk_sends_exactly_the_k_largest_ties_to_the_lowest_index(
     assert torch.equal(chosen_ties, tied[:chosen_ties.numel()])  # the lowest indices
 
 
+@pytest.mark.parametrize("nonzeros", [300, 3000])
+def test_approx_topk_of_a_mostly_zero_tensor_sends_its_largest_nonzeros(nonzeros: int) -> None:
+    """A pull's delta is mostly zeros: the sampled threshold is 0, and the selection is
+    over the nonzeros (not every element), never sending a zero: all of them when fewer
+    than k (300 < k = 1000), else the k largest."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.zeros(100_000)
+    where = torch.randperm(100_000, generator=generator)[:nonzeros]
+    x[where] = torch.randn(nonzeros, generator=generator)
+    codec = make_codec("topk:ratio=0.01")
+    update = codec.decode(codec.encode(x), x.numel(), x.dtype)
+    expected = where if nonzeros < 1000 else torch.topk(x.abs(), 1000).indices
+    assert update.indices.tolist() == sorted(expected.tolist())  # type: ignore[union-attr]
+    assert codec.fallbacks == 0  # type: ignore[attr-defined]
+
+
 def test_approx_topk_falls_back_to_the_full_selection_when_too_few_pass() -> None:
     codec = make_codec("topk:ratio=0.01")
     codec.MARGIN = 0.5  # type: ignore[attr-defined]  # aim at half of k: too few pass
