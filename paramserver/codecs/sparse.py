@@ -63,12 +63,14 @@ class _Sparsifier:
     def __init__(self, spec: CodecSpec) -> None:
         self.ratio, self.fixed_k = _ratio_and_k(spec)
 
+    min_k = 1  # top-k's `min_k` parameter raises it
+
     def k_for(self, numel: int) -> int:
         if numel == 0:
             return 0
         if self.fixed_k is not None:
             return min(self.fixed_k, numel)
-        return min(numel, max(1, math.ceil(self.ratio * numel)))  # type: ignore[operator]
+        return min(numel, max(self.min_k, math.ceil(self.ratio * numel)))  # type: ignore[operator]
 
 
 class TopK(_Sparsifier):
@@ -89,13 +91,17 @@ class TopK(_Sparsifier):
     CHUNK = 1 << 18  # elements per pass of the CPU candidate scan
 
     def __init__(self, spec: CodecSpec) -> None:
-        check_param_names(spec, ("k", "mode", "ratio"))
+        check_param_names(spec, ("k", "min_k", "mode", "ratio"))
         super().__init__(spec)
         self.mode = dict(spec.params).get("mode", "approx")
         if self.mode not in ("exact", "approx"):
             raise CodecError(f"topk: mode must be exact or approx, got {self.mode!r}")
+        # min_k (issue #14): a ratio's k is raised to min(numel, min_k), so small tensors
+        # (biases) go whole; a pull codec wants it (docs/wire.md, compressed pulls).
+        self.min_k = int_param(spec, "min_k", 1, 1, MAX_K)
         size = f"k={self.fixed_k}" if self.fixed_k is not None else f"ratio={self.ratio:g}"
-        self.spec = CodecSpec.parse(f"topk:{size},mode={self.mode}")
+        floor = f",min_k={self.min_k}" if self.min_k > 1 and self.fixed_k is None else ""
+        self.spec = CodecSpec.parse(f"topk:{size},mode={self.mode}{floor}")
         self._generator: dict[torch.device, torch.Generator] = {}
         self._rng = np.random.Generator(np.random.PCG64(0x5EED))
         self.fallbacks = 0  # approx selections that fell back to the full one (for tests)

@@ -278,3 +278,24 @@ def test_payloads_that_do_not_decode_raise_codec_error(spec: str, how: str, matc
 def test_bad_codec_parameters_are_clear_errors(spec: str, match: str) -> None:
     with pytest.raises(CodecError, match=match):
         make_codec(spec)
+
+
+@settings(max_examples=30, deadline=None)
+@given(numel=st.integers(1, 400), min_k=st.integers(1, 64), ratio=st.floats(0.001, 1.0),
+       seed=st.integers(0, 99))
+def test_topk_min_k_raises_a_ratios_k_and_small_tensors_go_whole(numel: int, min_k: int,
+                                                                 ratio: float, seed: int) -> None:
+    """Issue #14: k = min(numel, max(ceil(ratio * numel), min_k)); a payload of that many
+    values decodes, one more is refused; a tensor of at most min_k elements goes whole."""
+    codec = make_codec(f"topk:ratio={ratio},min_k={min_k}")
+    plain = make_codec(f"topk:ratio={ratio}")
+    k = codec.k_for(numel)  # type: ignore[attr-defined]
+    assert k == min(numel, max(plain.k_for(numel), min_k))  # type: ignore[attr-defined]
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(seed)) + 0.5
+    update = codec.decode(codec.encode(x), numel, x.dtype)
+    assert update.indices.numel() == k  # type: ignore[union-attr]
+    if numel <= min_k:
+        assert torch.equal(to_dense(update, numel, x.dtype), x)
+    if k < numel:  # the limit is what the spec says: a payload of k + 1 values is refused
+        with pytest.raises(CodecError):
+            codec.decode(make_codec(f"topk:k={k + 1}").encode(x), numel, x.dtype)
