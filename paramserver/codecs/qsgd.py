@@ -118,10 +118,12 @@ class QSGD:
                    out=scales[first:first + full])
         if full * size < n:  # the short last bucket
             scales[first + full] = y[full * size:].max()
-        # y = x * (s / m): one multiply where the spec divides then multiplies; y may be an
-        # ulp off and the clip below keeps a code that rounds past the top in range.
-        factor = np.float32(self.levels) / np.maximum(
-            scales[first:first + math.ceil(n / size)], np.float32(2.0 ** -126))
+        # y = x * (s / m): one multiply where the spec divides then multiplies. The factor
+        # is rounded down (one ulp), so |y| <= s and y + r / 2**16 < s + 1: no code
+        # rounds past the top.
+        factor = np.nextafter(np.float32(self.levels) / np.maximum(
+            scales[first:first + math.ceil(n / size)], np.float32(2.0 ** -126)),
+            np.float32(0))
         if full:
             np.multiply(piece[:full * size].reshape(full, size), factor[:full, None],
                         out=y[:full * size].reshape(full, size))
@@ -131,7 +133,6 @@ class QSGD:
         np.multiply(random, np.float32(2.0 ** -DRAW_BITS), out=draws)
         np.add(y, draws, out=y)
         np.add(y, np.float32(self.levels), out=y)  # >= 0 now, so the cast below floors
-        np.minimum(y, np.float32(2 * self.levels), out=y)
         codes[start:start + n] = y
 
     def _pack(self, codes: torch.Tensor) -> torch.Tensor:
