@@ -2,11 +2,14 @@
 testbed/): ours (sync; none / top-k / qsgd) on 1 and 2 server hosts, and gloo all-reduce,
 with W workers each on its own host, every host's link capped at the same rate.
 
-    python -m benchmarks.hosts [--plan target|full] [--mb 100] [--reps 3] [--report FILE]
+    python -m benchmarks.hosts [--plan target|full|pulls] [--mb 100] [--reps 3] [--report FILE]
 
 `target` measures the issue's bar (1 Gbit/s per host, W=4, 100 MB, `none`: 2 server hosts
 >= 1.6x faster than 1) and gloo beside it; `full` every rate (10 Gbit/s, 1 Gbit/s,
-100 Mbit/s), W=2 and 4, 1 and 2 server hosts, the three codecs and gloo. At 100 Mbit/s the
+100 Mbit/s), W=2 and 4, 1 and 2 server hosts, the three codecs and gloo; `pulls` (issue #14)
+1 Gbit/s per host, W=2, one server host, 16 MB and 100 MB: `none`, top-k 1% pushes with
+top-k pulls at W x the push ratio, qsgd 8-bit pushes and pulls, and gloo, with the bytes on
+the wire per step counted at each worker host's eth0. At 100 Mbit/s the
 model is a tenth of --mb (a 100 MB step would take half a minute per step). A step's
 time is the slowest worker's median. Needs root (network namespaces).
 """
@@ -42,9 +45,16 @@ class Case:
     server_hosts: int  # 0 for gloo
     codec: str
     model_mb: float
+    pull_codec: str = "none"
 
 
 def plan(name: str, mb: float) -> list[Case]:
+    if name == "pulls":
+        return [case for size in (16.0, mb) for case in (
+            Case("ours", "1gbit", 2, 1, "none", size),
+            Case("ours", "1gbit", 2, 1, "topk:ratio=0.01", size, "topk:ratio=0.02"),
+            Case("ours", "1gbit", 2, 1, "qsgd:bits=8", size, "qsgd:bits=8"),
+            Case("gloo", "1gbit", 2, 0, "none", size))]
     if name == "target":
         return [Case("ours", "1gbit", 4, 1, "none", mb), Case("ours", "1gbit", 4, 2, "none", mb),
                 Case("gloo", "1gbit", 4, 0, "none", mb)]
@@ -67,7 +77,8 @@ def run_case(case: Case, run_dir: Path, warmup: int, reps: int) -> dict[str, Any
             servers = ",".join(bed.start_server(bed.host(i), [
                 "--mode", "sync", "--workers", str(case.workers), "--lr", "0.001",
                 "--momentum", "0.9", "--grace", "1"])[1] for i in range(case.server_hosts))
-            args = ["ours", "--servers", servers, "--codec", case.codec]
+            args = ["ours", "--servers", servers, "--codec", case.codec,
+                    "--pull-codec", case.pull_codec]
         else:
             args = ["gloo", "--init", str(run_dir / "gloo-init"), "--world", str(case.workers)]
         procs = [bed.spawn(bed.host(case.server_hosts + r), f"rank-{r}",
@@ -79,8 +90,12 @@ def run_case(case: Case, run_dir: Path, warmup: int, reps: int) -> dict[str, Any
         results = [json.loads(path.read_text()) for path in outs]
     # A step ends when the slowest worker's does: the max over workers, step by step.
     steps = [max(r["steps"][i] for r in results) for i in range(reps)]
+    # Bytes on the wire per step, each byte once: what the workers' links sent, plus for ours
+    # what the server host sent them (all of ours goes between a worker and the server).
+    wire = sum(r["wire_tx"] + (r["wire_rx"] if case.system == "ours" else 0) for r in results)
     return {**asdict(case), "step_s": statistics.median(steps), "steps": steps,
-            "bytes_up": results[0].get("bytes_up"), "bytes_down": results[0].get("bytes_down")}
+            "bytes_up": results[0].get("bytes_up"), "bytes_down": results[0].get("bytes_down"),
+            "wire_bytes": wire}
 
 
 def _speedup(rows: list[dict[str, Any]]) -> float | None:
@@ -94,9 +109,31 @@ def _speedup(rows: list[dict[str, Any]]) -> float | None:
     return one / two if one and two else None
 
 
+def _print_pull_targets(rows: list[dict[str, Any]]) -> None:
+    """Issue #14's bars at 1 Gbit/s, W=2: top-k >= 5x faster than none, faster than gloo,
+    <= 5% of none's bytes; qsgd >= 3x faster than none."""
+    done = [r for r in rows if "error" not in r and r["workers"] == 2 and r["rate"] == "1gbit"
+            and r["server_hosts"] <= 1]
+    for size in sorted({r["model_mb"] for r in done}):
+        by = {(r["system"], r["codec"]): r for r in done if r["model_mb"] == size}
+        none, gloo = by.get(("ours", "none")), by.get(("gloo", "none"))
+        topk, qsgd = by.get(("ours", "topk:ratio=0.01")), by.get(("ours", "qsgd:bits=8"))
+        if none is None:
+            continue
+        if topk is not None and topk.get("pull_codec") != "none":
+            speed = none["step_s"] / topk["step_s"]
+            share = topk["wire_bytes"] / none["wire_bytes"]
+            versus = f", {gloo['step_s'] / topk['step_s']:.2f}x gloo's" if gloo else ""
+            print(f"{size:g} MB: top-k {speed:.2f}x faster than none (bar 5x){versus} "
+                  f"(bar > 1x), bytes {100 * share:.1f}% of none's (bar <= 5%)")
+        if qsgd is not None:
+            print(f"{size:g} MB: qsgd 8-bit {none['step_s'] / qsgd['step_s']:.2f}x faster "
+                  f"than none (bar 3x)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hosts")
-    parser.add_argument("--plan", choices=["target", "full"], default="target")
+    parser.add_argument("--plan", choices=["target", "full", "pulls"], default="target")
     parser.add_argument("--mb", type=float, default=100.0, help="model size (100)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
@@ -120,9 +157,13 @@ def main() -> int:
             rows.append(row)
             where = (f"{case.server_hosts} server host(s)" if case.system == "ours"
                      else "all-reduce")
-            print(f"{case.system:<5} {case.codec:<16} {case.rate:>8}/host  W={case.workers}  "
+            codecs = case.codec + (f" / pull {case.pull_codec}" if case.pull_codec != "none"
+                                   else "")
+            print(f"{case.system:<5} {codecs:<36} {case.rate:>8}/host  W={case.workers}  "
                   f"{where:<18} {case.model_mb:>6g} MB  step {1e3 * row['step_s']:9.1f} ms  "
+                  f"wire {row['wire_bytes'] / 1e6:8.2f} MB/step  "
                   f"[{time.monotonic() - started:.0f} s]", flush=True)
+    _print_pull_targets(rows)
     speedup = _speedup(rows)
     if speedup is not None:
         print(f"2 server hosts vs 1 (1 Gbit/s per host, W=4, {args.mb:g} MB, none): "

@@ -29,19 +29,32 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
 
     model = Blob(args.mb)
     with ParameterClient(args.servers.split(","), f"worker-{args.rank}", timeout_s=TIMEOUT_S,
-                         push_codecs=[CodecSpec.parse(args.codec)]) as client:
+                         push_codecs=[CodecSpec.parse(args.codec)],
+                         pull_codecs=[CodecSpec.parse(args.pull_codec)]) as client:
         client.attach(model)
         model.set_gradients()
         for _ in range(args.warmup):  # sync steps keep the workers in lockstep from here
             client.step()
         up, down = client.gradient_bytes_pushed, client.bytes_pulled
+        wire = _link_bytes()
         steps = []
         for _ in range(args.reps):
             started = time.perf_counter()
             client.step()
             steps.append(time.perf_counter() - started)
         return {"steps": steps, "bytes_up": (client.gradient_bytes_pushed - up) // args.reps,
-                "bytes_down": (client.bytes_pulled - down) // args.reps}
+                "bytes_down": (client.bytes_pulled - down) // args.reps,
+                **_per_step(wire, _link_bytes(), args.reps)}
+
+
+def _link_bytes() -> tuple[int, int]:
+    """(sent, received) bytes of this host's link so far, headers included."""
+    stats = Path("/sys/class/net/eth0/statistics")
+    return (int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text()))
+
+
+def _per_step(before: tuple[int, int], after: tuple[int, int], reps: int) -> dict[str, int]:
+    return {"wire_tx": (after[0] - before[0]) // reps, "wire_rx": (after[1] - before[1]) // reps}
 
 
 def gloo(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,12 +76,13 @@ def gloo(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.warmup):
             step()
         dist.barrier()
+        wire = _link_bytes()
         steps = []
         for _ in range(args.reps):
             started = time.perf_counter()
             step()
             steps.append(time.perf_counter() - started)
-        return {"steps": steps}
+        return {"steps": steps, **_per_step(wire, _link_bytes(), args.reps)}
     finally:
         dist.destroy_process_group()
 
@@ -82,6 +96,7 @@ def main() -> int:
     parser.add_argument("--world", type=int, default=1)
     parser.add_argument("--mb", type=float, required=True)
     parser.add_argument("--codec", default="none")
+    parser.add_argument("--pull-codec", default="none")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)

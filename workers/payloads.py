@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from paramserver.codecs import DELTA_PULL_CODECS, PULL_CODECS, Codec, ErrorFeedback
-from paramserver.codecs.base import bytes_of, to_dense
+from paramserver.codecs.base import Update, add_into, bytes_of, to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.types import CodecSpec, PullHeader, TensorSpec
 from workers.routes import Route
@@ -190,26 +190,26 @@ class DeltaPullDecoder(_ShardPull):
         assert self._header is not None, "finish() before the pull's header"
         updates = [self._update(place, payload)
                    for place, payload in zip(self._places, self._payloads)]
-        for place, (delta, values) in zip(self._places, updates):
+        for place, update in zip(self._places, updates):
             target = _slice_of(place)
-            if delta:
-                target.add_(values)
-            else:
-                target.copy_(values)
+            if isinstance(update, torch.Tensor):
+                target.copy_(update)
+            else:  # a delta; a sparse one is added where it lands, not densified first
+                add_into(target, update)
 
-    def _update(self, place: _Place, payload: bytearray) -> tuple[bool, torch.Tensor]:
-        """(is it a delta, the values) for one tensor, checked before anything is written."""
+    def _update(self, place: _Place, payload: bytearray) -> Update | torch.Tensor:
+        """The decoded delta, or the raw values, of one tensor, checked before anything is
+        written."""
         numel = place.nbytes // place.dtype.itemsize
         raw = torch.frombuffer(payload, dtype=torch.uint8) if payload else torch.empty(
             0, dtype=torch.uint8)
         assert self._header is not None
         if self._header.is_delta:
-            return True, to_dense(self._codec.decode(raw, numel, place.dtype), numel,
-                                  place.dtype)
+            return self._codec.decode(raw, numel, place.dtype)
         if raw.numel() != place.nbytes:
             raise InvalidArgument(f"shard {self.shard}: whole pull of {raw.numel()} bytes for "
                                   f"a slice of {place.nbytes}")
-        return False, raw.view(place.dtype)
+        return raw.view(place.dtype)
 
 
 def _slice_of(place: _Place) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from paramserver.codecs.base import Codec, to_dense
+from paramserver.codecs.base import Codec, add_into
 
 
 class ErrorFeedback:
@@ -42,16 +42,21 @@ class ErrorFeedback:
         velocity = self.velocities.get(key)
         velocity = x.clone() if velocity is None else velocity.mul_(self.momentum).add_(x)
         self.velocities[key] = velocity
-        return x + self.momentum * velocity
+        return torch.add(x, velocity, alpha=self.momentum)  # a new tensor, one pass
 
     def encode(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        x = self.correct(key, x)
+        fresh = self.correct(key, x)  # a new tensor under momentum correction, else x itself
         residual = self.residuals.get(key)
-        corrected = x + residual if residual is not None else x.clone()
+        if residual is None:
+            corrected = fresh.clone() if fresh is x else fresh
+        else:
+            corrected = fresh.add_(residual) if fresh is not x else x + residual
         payload = self.codec.encode(corrected)
-        sent = to_dense(self.codec.decode(payload, corrected.numel(), corrected.dtype),
-                        corrected.numel(), corrected.dtype)
-        self.residuals[key] = corrected.sub_(sent)
+        # What was not sent stays: subtract the decoded payload where it lands (for top-k,
+        # the sent coordinates; no model-sized dense copy of a sparse update).
+        add_into(corrected, self.codec.decode(payload, corrected.numel(), corrected.dtype),
+                 alpha=-1.0)
+        self.residuals[key] = corrected
         return payload
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:

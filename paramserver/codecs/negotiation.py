@@ -11,6 +11,10 @@ from paramserver.errors import FailedPrecondition
 from paramserver.types import CodecSpec
 
 DEFAULT_OFFER = (CodecSpec("none"),)
+# A top-k pull offer without `k` or `min_k` is answered with this `min_k` (issue #14): a
+# pull carries the union of W workers' top-k pushes, which a ratio's k of 1 on a 10-element
+# bias cannot; with 16, tensors up to 16 elements go whole (digits, seed 3: 0.927 -> 0.953).
+PULL_TOPK_MIN_K = 16
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,20 @@ def negotiate(direction: str, offers: Sequence[CodecSpec], limits: CodecLimits) 
             continue
         try:
             make_codec(offer)  # valid as offered: nonsense is refused, never adjusted
-            return make_codec(limits.adjust(offer)).spec
+            return make_codec(_pull_floor(limits.adjust(offer)) if direction == "pull"
+                              else limits.adjust(offer)).spec
         except (CodecError, ValueError) as error:
             rejected.append(f"{offer} ({error})")
     raise FailedPrecondition(
         f"no common {direction} codec: the worker offers [{'; '.join(rejected)}], the server "
         f"allows [{', '.join(usable)}] with ratio >= {limits.min_ratio:g}, "
         f"bits >= {limits.min_bits}")
+
+
+def _pull_floor(spec: CodecSpec) -> CodecSpec:
+    """A top-k pull by ratio without its own `min_k` gets PULL_TOPK_MIN_K."""
+    params = dict(spec.params)
+    if spec.name != "topk" or "k" in params or "min_k" in params:
+        return spec
+    params["min_k"] = str(PULL_TOPK_MIN_K)
+    return CodecSpec(spec.name, tuple(sorted(params.items())))

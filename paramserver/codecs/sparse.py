@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from paramserver.codecs import splitmix
@@ -62,61 +63,111 @@ class _Sparsifier:
     def __init__(self, spec: CodecSpec) -> None:
         self.ratio, self.fixed_k = _ratio_and_k(spec)
 
+    min_k = 1  # top-k's `min_k` parameter raises it
+
     def k_for(self, numel: int) -> int:
         if numel == 0:
             return 0
         if self.fixed_k is not None:
             return min(self.fixed_k, numel)
-        return min(numel, max(1, math.ceil(self.ratio * numel)))  # type: ignore[operator]
+        return min(numel, max(self.min_k, math.ceil(self.ratio * numel)))  # type: ignore[operator]
 
 
 class TopK(_Sparsifier):
     """The k largest magnitudes per tensor (biased: pair with error feedback).
 
-    mode=exact runs torch.topk over the whole tensor. mode=approx estimates the threshold
-    from a random sample (Lin et al. 2018, Deep Gradient Compression), keeps the elements
-    above it, and runs an exact top-k only among those candidates: when at least k pass the
-    threshold the result is still the exact top-k, otherwise fewer than k are sent.
+    mode=approx (the default) estimates the threshold from a random sample (Lin et al. 2018,
+    Deep Gradient Compression), keeps the elements at or above it, and then the k largest of
+    those candidates, ties at the k-th magnitude broken towards the lowest index; when fewer
+    than k pass it falls back to the full selection. It sends exactly k, the same set as
+    mode=exact (ties aside), in one cached pass over the tensor instead of a full selection,
+    except that it never sends zeros: a tensor with fewer than k nonzeros sends them all.
+    mode=exact runs torch.topk over the whole tensor.
     """
 
     biased = True
     SAMPLE = 20_000
     MARGIN = 1.5  # aim the threshold at MARGIN * k candidates so that usually >= k pass
+    CHUNK = 1 << 18  # elements per pass of the CPU candidate scan
 
     def __init__(self, spec: CodecSpec) -> None:
-        check_param_names(spec, ("k", "mode", "ratio"))
+        check_param_names(spec, ("k", "min_k", "mode", "ratio"))
         super().__init__(spec)
-        self.mode = dict(spec.params).get("mode", "exact")
+        self.mode = dict(spec.params).get("mode", "approx")
         if self.mode not in ("exact", "approx"):
             raise CodecError(f"topk: mode must be exact or approx, got {self.mode!r}")
+        # min_k (issue #14): a ratio's k is raised to min(numel, min_k), so small tensors
+        # (biases) go whole; a pull codec wants it (docs/wire.md, compressed pulls).
+        self.min_k = int_param(spec, "min_k", 1, 1, MAX_K)
         size = f"k={self.fixed_k}" if self.fixed_k is not None else f"ratio={self.ratio:g}"
-        self.spec = CodecSpec.parse(f"topk:{size},mode={self.mode}")
+        floor = f",min_k={self.min_k}" if self.min_k > 1 and self.fixed_k is None else ""
+        self.spec = CodecSpec.parse(f"topk:{size},mode={self.mode}{floor}")
         self._generator: dict[torch.device, torch.Generator] = {}
+        self._rng = np.random.Generator(np.random.PCG64(0x5EED))
+        self.fallbacks = 0  # approx selections that fell back to the full one (for tests)
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
-        """Indices of the elements to send."""
+        """Indices of the elements to send, in ascending order."""
         k = self.k_for(x.numel())
-        magnitude = x.abs()
-        if self.mode == "exact" or x.numel() <= self.SAMPLE:
-            return torch.topk(magnitude, k, sorted=False).indices
+        if self.mode == "approx" and x.numel() > self.SAMPLE:
+            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64,
+                                                        torch.float16):
+                chosen = self._select_cpu(x.detach().reshape(-1).numpy(), k)
+            else:
+                chosen = self._select_torch(x.reshape(-1), k)
+            if chosen is not None:
+                return chosen
+            self.fallbacks += 1
+        return torch.topk(x.reshape(-1).abs(), k, sorted=False).indices.sort().values
+
+    def _select_cpu(self, flat: np.ndarray, k: int) -> torch.Tensor | None:
+        sample = np.abs(flat[self._rng.integers(0, flat.size, self.SAMPLE)])
+        threshold = np.quantile(sample.astype(np.float64),
+                                1.0 - min(1.0, self.MARGIN * k / flat.size))
+        threshold = flat.dtype.type(threshold)
+        # A mostly-zero tensor (a pull's delta, a sparse gradient) samples a zero threshold:
+        # then the candidates are the nonzeros, and when fewer than k, all of them are sent.
+        above = np.greater_equal if threshold > 0 else np.greater
+        buf = np.empty(min(self.CHUNK, flat.size), dtype=flat.dtype)
+        mask = np.empty(buf.size, dtype=bool)
+        found = []
+        for start in range(0, flat.size, self.CHUNK):
+            piece = flat[start:start + self.CHUNK]
+            n = piece.size
+            np.abs(piece, out=buf[:n])
+            above(buf[:n], threshold, out=mask[:n])
+            found.append(np.flatnonzero(mask[:n]) + start)
+        candidates = np.concatenate(found)
+        if candidates.size < k:
+            return torch.from_numpy(candidates) if threshold <= 0 else None
+        if candidates.size > k:
+            candidates = _k_largest(candidates, np.abs(flat[candidates]), k)
+        return torch.from_numpy(candidates)
+
+    def _select_torch(self, flat: torch.Tensor, k: int) -> torch.Tensor | None:
         generator = self._generator.setdefault(
-            x.device, torch.Generator(device=x.device).manual_seed(0x5EED))
-        sample = magnitude[torch.randint(0, x.numel(), (self.SAMPLE,), device=x.device,
+            flat.device, torch.Generator(device=flat.device).manual_seed(0x5EED))
+        magnitude = flat.abs()
+        sample = magnitude[torch.randint(0, flat.numel(), (self.SAMPLE,), device=flat.device,
                                          generator=generator)]
-        keep = min(1.0, self.MARGIN * k / x.numel())
-        threshold = torch.quantile(sample.float(), 1.0 - keep)
-        candidates = torch.nonzero(magnitude >= threshold.to(magnitude.dtype)).view(-1)
+        keep = min(1.0, self.MARGIN * k / flat.numel())
+        threshold = torch.quantile(sample.float(), 1.0 - keep).to(magnitude.dtype)
+        zero = bool(threshold <= 0)  # as the CPU path: then the nonzeros, at most k of them
+        candidates = torch.nonzero(magnitude > threshold if zero else magnitude >= threshold
+                                   ).view(-1)
+        if candidates.numel() < k:
+            return candidates if zero else None
         if candidates.numel() > k:
             best = torch.topk(magnitude[candidates], k, sorted=False).indices
-            candidates = candidates[best]
+            candidates = candidates[best.sort().values]
         return candidates
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         # Ascending index order makes the payload canonical (torch.topk's unsorted order is
         # unspecified, ties aside) and the server's index_add_ cache-friendly.
-        indices = self.select(x).sort().values
+        indices = self.select(x).to(x.device)
         count = torch.tensor([indices.numel()], dtype=torch.int64, device=x.device)
-        values = bytes_of(x[indices])
+        values = bytes_of(x.reshape(-1)[indices])
         pad = torch.zeros(_align8(_HEADER + values.numel()) - _HEADER - values.numel(),
                           dtype=torch.uint8, device=x.device)
         return torch.cat([bytes_of(count), values, pad,
@@ -142,6 +193,16 @@ class TopK(_Sparsifier):
     def max_payload_nbytes(self, numel: int, dtype: torch.dtype) -> int:
         k = self.k_for(numel)
         return _align8(_HEADER + k * dtype.itemsize) + k * _index_dtype(numel).itemsize
+
+
+def _k_largest(candidates: np.ndarray, magnitudes: np.ndarray, k: int) -> np.ndarray:
+    """The k candidates of largest magnitude, in their (ascending) order; of several equal
+    to the k-th largest magnitude, the first ones."""
+    kth = np.partition(magnitudes, magnitudes.size - k)[magnitudes.size - k]
+    keep = magnitudes > kth
+    ties = np.flatnonzero(magnitudes == kth)[:k - int(np.count_nonzero(keep))]
+    keep[ties] = True
+    return candidates[keep]
 
 
 class RandomK(_Sparsifier):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from paramserver.codecs import Codec
-from paramserver.codecs.base import to_dense
+from paramserver.codecs.base import add_into, to_dense
 from paramserver.errors import ResourceExhausted
 from paramserver.server.store import ParameterStore
 from paramserver.types import CodecSpec, TensorSpec
@@ -73,17 +73,19 @@ class PullStream:
             if store.version == self.version:
                 return
             version = store.version
-            current = {n: p.detach().reshape(-1).clone() for n, p in store.params.items()}
-        if not self.replica:  # the first pull: the replica starts equal to the parameters
-            self.replica, self.version = current, version
-            return
+            if not self.replica:  # the first pull: the replica starts equal to the parameters
+                self.replica = {n: p.detach().reshape(-1).clone() for n, p in store.params.items()}
+                self.version = version
+                return
+            # theta_v - theta_hat_prev in one pass per tensor (no copy of theta first).
+            residuals = {n: torch.sub(p.detach().reshape(-1), self.replica[n])
+                         for n, p in store.params.items()}
         delta = {}
-        for name, values in current.items():
-            residual = values.sub_(self.replica[name])  # theta_v - theta_hat_prev
+        for name, residual in residuals.items():
             payload = self.codec.encode(residual)
-            sent = to_dense(self.codec.decode(payload, residual.numel(), residual.dtype),
-                            residual.numel(), residual.dtype)
-            self.replica[name].add_(sent)
+            # Sparse deltas are added where they land; only qsgd's are dense.
+            add_into(self.replica[name], self.codec.decode(payload, residual.numel(),
+                                                           residual.dtype))
             delta[name] = payload
         self._delta, self._delta_from, self.version = delta, self.version, version
 

@@ -168,7 +168,7 @@ def test_codec_parameters_out_of_range_are_refused(job, codec: str,  # type: ign
                        **params)
     assert "no common push codec" in details
     if "colour" in params:
-        assert "known: k, mode, ratio" in details
+        assert "known: k, min_k, mode, ratio" in details
 
 
 def test_limits_on_ids_codec_strings_sessions_and_model_size(job) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from paramserver.codecs import CodecError, ErrorFeedback, SparseUpdate, make_codec
 from paramserver.codecs.base import to_dense
+from paramserver.codecs.sparse import TopK
 
 ALL = ["none", "fp16", "bf16", "topk:ratio=0.05", "topk:ratio=0.05,mode=approx",
        "randomk:ratio=0.1", "qsgd:bits=8", "qsgd:bits=4", "qsgd:bits=2", "topk:k=3"]
@@ -67,8 +68,97 @@ def test_approx_topk_is_exact_when_enough_candidates_pass_and_never_sends_more_t
     approx, exact = make_codec("topk:ratio=0.01,mode=approx"), make_codec("topk:ratio=0.01")
     a = approx.decode(approx.encode(x), x.numel(), x.dtype)
     e = exact.decode(exact.encode(x), x.numel(), x.dtype)
-    assert a.indices.numel() <= 5000  # type: ignore[union-attr]
+    assert a.indices.numel() == 5000  # type: ignore[union-attr]
     assert set(a.indices.tolist()) == set(e.indices.tolist())  # type: ignore[union-attr]
+
+
+@settings(max_examples=25, deadline=None)
+@given(numel=st.integers(TopK.SAMPLE + 1, 80_000), ratio=st.floats(0.0005, 0.3),
+       levels=st.sampled_from([0, 7, 50]), seed=st.integers(0, 999),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]))
+def test_approx_topk_sends_exactly_the_k_largest_ties_to_the_lowest_index(
+        numel: int, ratio: float, levels: int, seed: int, dtype: torch.dtype) -> None:
+    """Issue #14: the sampled-threshold selection (the default) sends exactly k values, the
+    k largest magnitudes, in ascending index order; rounding the input to a few levels makes
+    many ties at the k-th magnitude, and those go to the lowest indices."""
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(seed))
+    if levels:
+        x = torch.round(x * levels / 4) / levels
+    x = x.to(dtype)
+    codec = make_codec(f"topk:ratio={ratio}")
+    update = codec.decode(codec.encode(x), numel, x.dtype)
+    k = codec.k_for(numel)  # type: ignore[attr-defined]
+    indices = update.indices  # type: ignore[union-attr]
+    assert indices.numel() == k and bool((indices[1:] > indices[:-1]).all())
+    assert torch.equal(update.values, x[indices])  # type: ignore[union-attr]
+    magnitude = x.abs().double()
+    kth = magnitude[indices].min()
+    dropped = torch.ones(numel, dtype=torch.bool)
+    dropped[indices] = False
+    assert not bool((magnitude[dropped] > kth).any())  # nothing larger was left out
+    tied = torch.nonzero(magnitude == kth).view(-1)
+    chosen_ties = tied[~dropped[tied]]
+    assert torch.equal(chosen_ties, tied[:chosen_ties.numel()])  # the lowest indices
+
+
+@pytest.mark.parametrize("nonzeros", [300, 3000])
+def test_approx_topk_of_a_mostly_zero_tensor_sends_its_largest_nonzeros(nonzeros: int) -> None:
+    """A pull's delta is mostly zeros: the sampled threshold is 0, and the selection is
+    over the nonzeros (not every element), never sending a zero: all of them when fewer
+    than k (300 < k = 1000), else the k largest."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.zeros(100_000)
+    where = torch.randperm(100_000, generator=generator)[:nonzeros]
+    x[where] = torch.randn(nonzeros, generator=generator)
+    codec = make_codec("topk:ratio=0.01")
+    update = codec.decode(codec.encode(x), x.numel(), x.dtype)
+    expected = where if nonzeros < 1000 else torch.topk(x.abs(), 1000).indices
+    assert update.indices.tolist() == sorted(expected.tolist())  # type: ignore[union-attr]
+    assert codec.fallbacks == 0  # type: ignore[attr-defined]
+
+
+def test_approx_topk_falls_back_to_the_full_selection_when_too_few_pass() -> None:
+    codec = make_codec("topk:ratio=0.01")
+    codec.MARGIN = 0.5  # type: ignore[attr-defined]  # aim at half of k: too few pass
+    x = torch.randn(100_000, generator=torch.Generator().manual_seed(3))
+    update = codec.decode(codec.encode(x), x.numel(), x.dtype)
+    assert codec.fallbacks == 1  # type: ignore[attr-defined]
+    assert set(update.indices.tolist()) == set(  # type: ignore[union-attr]
+        torch.topk(x.abs(), 1000).indices.tolist())
+
+
+@settings(max_examples=40, deadline=None)
+@given(numel=st.integers(1, 3000), bits=st.sampled_from([2, 4, 8]),
+       bucket=st.integers(1, 700), seed=st.integers(0, 999), extreme=st.booleans())
+def test_qsgd_cpu_encoder_rounds_to_a_neighbouring_level(numel: int, bits: int, bucket: int,
+                                                         seed: int, extreme: bool) -> None:
+    """Issue #14: the vectorised CPU encoder's codes are in range and each decoded value is
+    one of the two levels around x (within float32 rounding), with the bucket's max |x| as
+    its scale; `extreme` makes every magnitude equal to the scale (the top code, in range)."""
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(seed))
+    if extreme:
+        x = torch.sign(x) * 3.0 + (x == 0) * 3.0
+    codec = make_codec(f"qsgd:bits={bits},bucket={bucket},seed={seed}")
+    out = _decode_own(codec, x)
+    levels = 2 ** (bits - 1) - 1
+    pad = (-numel) % bucket
+    scales = torch.cat([x.abs(), x.new_zeros(pad)]).view(-1, bucket).amax(dim=1)
+    step = scales.repeat_interleave(bucket)[:numel] / levels
+    assert bool(((out - x).abs() <= step * (1 + 1e-5) + 1e-6).all())
+    if extreme:  # y_i is s lowered by an ulp: one level down only when r_i = 0 (2**-16)
+        assert int((out != x).sum()) <= 2
+
+
+def test_qsgd_cpu_encoder_across_pieces_and_a_short_last_bucket() -> None:
+    """Buckets that straddle the encoder's pieces (bucket 3000 does not divide 2**18) and a
+    short last bucket decode within one level, and the mean error is near zero."""
+    x = torch.randn(600_001, generator=torch.Generator().manual_seed(5))
+    codec = make_codec("qsgd:bits=8,bucket=3000")
+    out = _decode_own(codec, x)
+    scales = torch.cat([x.abs(), x.new_zeros(2999)]).view(-1, 3000).amax(dim=1)
+    step = scales.repeat_interleave(3000)[:600_001] / 127
+    assert bool(((out - x).abs() <= step * (1 + 1e-5)).all())
+    assert abs(float((out - x).double().mean())) < 1e-4
 
 
 def _assert_unbiased(spec: str, trials: int = 400) -> None:
@@ -188,3 +278,24 @@ def test_payloads_that_do_not_decode_raise_codec_error(spec: str, how: str, matc
 def test_bad_codec_parameters_are_clear_errors(spec: str, match: str) -> None:
     with pytest.raises(CodecError, match=match):
         make_codec(spec)
+
+
+@settings(max_examples=30, deadline=None)
+@given(numel=st.integers(1, 400), min_k=st.integers(1, 64), ratio=st.floats(0.001, 1.0),
+       seed=st.integers(0, 99))
+def test_topk_min_k_raises_a_ratios_k_and_small_tensors_go_whole(numel: int, min_k: int,
+                                                                 ratio: float, seed: int) -> None:
+    """Issue #14: k = min(numel, max(ceil(ratio * numel), min_k)); a payload of that many
+    values decodes, one more is refused; a tensor of at most min_k elements goes whole."""
+    codec = make_codec(f"topk:ratio={ratio},min_k={min_k}")
+    plain = make_codec(f"topk:ratio={ratio}")
+    k = codec.k_for(numel)  # type: ignore[attr-defined]
+    assert k == min(numel, max(plain.k_for(numel), min_k))  # type: ignore[attr-defined]
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(seed)) + 0.5
+    update = codec.decode(codec.encode(x), numel, x.dtype)
+    assert update.indices.numel() == k  # type: ignore[union-attr]
+    if numel <= min_k:
+        assert torch.equal(to_dense(update, numel, x.dtype), x)
+    if k < numel:  # the limit is what the spec says: a payload of k + 1 values is refused
+        with pytest.raises(CodecError):
+            codec.decode(make_codec(f"topk:k={k + 1}").encode(x), numel, x.dtype)

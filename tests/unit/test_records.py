@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paramserver import serde
-from paramserver.codecs import CodecLimits, negotiate
+from paramserver.codecs import CodecLimits, make_codec, negotiate
 from paramserver.errors import FailedPrecondition
 from paramserver.transport import chunk_ranges
 from paramserver.types import CodecSpec, ModelLayout, TensorSpec
@@ -34,7 +34,7 @@ def test_negotiation_picks_first_allowed_offer() -> None:
     assert negotiate("push", offers, ONLY_NONE) == CodecSpec("none")
     assert negotiate("push", [], ONLY_NONE) == CodecSpec("none")  # no offer means `none`
     assert negotiate("push", offers, CodecLimits()) == CodecSpec.parse(
-        "topk:ratio=0.01,mode=exact")  # canonical form, defaults filled in
+        "topk:ratio=0.01,mode=approx")  # canonical form, defaults filled in
 
 
 def test_negotiation_adjusts_offers_into_the_servers_limits() -> None:
@@ -50,7 +50,14 @@ def test_pulls_negotiate_elementwise_and_delta_codecs_only() -> None:
     assert negotiate("pull", offers, CodecLimits()) == CodecSpec("fp16")  # no random-k pulls
     # Issue #14: top-k and qsgd pull deltas (server/pull_streams.py).
     offers = [CodecSpec.parse("topk:ratio=0.01"), CodecSpec("fp16")]
-    assert negotiate("pull", offers, CodecLimits()) == CodecSpec.parse("topk:mode=exact,ratio=0.01")
+    # A top-k pull by ratio gets min_k=16 (small tensors whole); a push does not.
+    assert negotiate("pull", offers, CodecLimits()) == CodecSpec.parse(
+        "topk:min_k=16,mode=approx,ratio=0.01")
+    assert negotiate("push", offers, CodecLimits()) == CodecSpec.parse(
+        "topk:mode=approx,ratio=0.01")
+    for own in ("topk:k=5", "topk:min_k=2,ratio=0.01"):  # the worker's own choice stands
+        assert negotiate("pull", [CodecSpec.parse(own)], CodecLimits()) == \
+            make_codec(own).spec
 
 
 def test_bad_codec_params_are_skipped() -> None:
