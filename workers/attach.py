@@ -263,7 +263,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            shaper_factory: Callable[[str], LinkShaper] | None = None,
            security: ClientSecurity | None = None, world_size: int | None = None,
            broadcast_buffers: bool | None = None, metrics_port: int | None = None,
-           metrics_host: str = "127.0.0.1") -> AttachedModel:
+           metrics_host: str = "127.0.0.1", secure_aggregation: bool = False) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -286,7 +286,9 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     statistics) with every step, so the servers hold them and every worker, and anyone who
     attaches later, pulls them, as DDP broadcasts rank 0's buffers before each forward.
     `metrics_port`: serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a
-    free port, see `attached.metrics.port`; None: off).
+    free port, see `attached.metrics.port`; None: off). `secure_aggregation`: this federated
+    client runs secure aggregation (the server must be started with --secure-aggregation,
+    and refuses a client that does not offer it).
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -298,7 +300,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              pull_codecs=_specs(pull_codecs), timeout_s=timeout_s,
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
                              retry_s=retry_s, shaper_factory=shaper_factory,
-                             security=security, world_size=world_size)
+                             security=security, world_size=world_size,
+                             secure_aggregation=secure_aggregation)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

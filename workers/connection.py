@@ -22,6 +22,7 @@ import grpc
 
 from paramserver import __version__, serde, wire
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
+from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
 from paramserver.status import ServerStatus
@@ -106,6 +107,7 @@ class ServerConnection:
         self._get_state = self._method("GetState")
         self._set_state = self._method("SetState")
         self._pull = self._method("Pull", _counting(self, serde.RPCS["Pull"].response_from_bytes))
+        self._secure_aggregate = self._counted_unary("SecureAggregate")
 
     def _method(self, name: str, response_from_bytes: Callable[[bytes], Any] | None = None,
                 ) -> Any:
@@ -114,6 +116,19 @@ class ServerConnection:
         kind = getattr(self.channel, serde.STREAMING.get(name, "unary_unary"))
         return kind(serde.method_path(name), request_serializer=rpc.request_to_bytes,
                     response_deserializer=response_from_bytes or rpc.response_from_bytes)
+
+    def _counted_unary(self, name: str) -> Any:
+        """A unary RPC whose request and answer bytes count as pushed and pulled."""
+        rpc = serde.RPCS[name]
+
+        def encode(record: object) -> bytes:
+            message = rpc.request_to_bytes(record)
+            self.bytes_pushed += len(message)
+            return message
+
+        return self.channel.unary_unary(serde.method_path(name), request_serializer=encode,
+                                        response_deserializer=_counting(
+                                            self, rpc.response_from_bytes))
 
     def _call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         kwargs.setdefault("timeout", self.timeout_s)
@@ -173,13 +188,15 @@ class ServerConnection:
 
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
-                  held_version: int | None = None, world_size: int | None = None) -> Session:
+                  held_version: int | None = None, world_size: int | None = None,
+                  secure_aggregation: bool = False) -> Session:
         """Open a session; a rejoin states `held_version`, the version it holds; a worker
         may state the job size it expects (`world_size`, checked by the server)."""
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
-                                   held_version=held_version, world_size=world_size)
+                                   held_version=held_version, world_size=world_size,
+                                   secure_aggregation=secure_aggregation)
         self.session = _answer(self._call(self._handshake, request))
         self._sequence = 0  # each incarnation numbers its pushes from 1 (docs/wire.md 5)
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
@@ -291,6 +308,12 @@ class ServerConnection:
         joined: RoundJoin = _answer(self._call(self._join_round, request,
                                                timeout=timeout_s or self.timeout_s))
         return joined
+
+    def secure_aggregate(self, request: SecAggRequest) -> SecAggReply:
+        """One stage of a secure-aggregation round; answered once the stage closed (a
+        DEADLINE_EXCEEDED is retried with the same message, which the server takes once)."""
+        reply: SecAggReply = _answer(self._call(self._secure_aggregate, request))
+        return reply
 
     def leave(self, timeout_s: float = 2.0) -> None:
         """Tell the server this worker is done, so no step waits for it (best effort)."""

@@ -24,6 +24,7 @@ from torch import nn
 from paramserver.errors import FailedPrecondition
 from paramserver.types import Mode, PushResult
 from workers.attach import AttachedModel
+from workers.secure_aggregation import SecureRound, flat_update
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class LocalTraining:
     resample_to: int = 0  # a client with fewer examples draws (with replacement) up to this
     weighting: str = "examples"
     dropout: float = 0.0  # chance that a sampled client silently skips a round (simulation)
+    secure_aggregation: bool = False  # send masked updates (the server must run it too)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class FederatedClient:
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
         self.rounds_trained = self.rounds_dropped = 0
+        self.secure = SecureRound(attached.client) if training.secure_aggregation else None
 
     def run(self, rounds: int, deadline_s: float = 600.0) -> ClientReport:
         """Take part until the global model reached round `rounds`."""
@@ -133,11 +136,24 @@ class FederatedClient:
             if client.version != joined.round and client.session.mode is Mode.FEDERATED:
                 continue  # the round closed while we were away: wait for the next
             self.fedavg.refresh()
+            weight = client_weight(len(self.y), self.training.weighting)
+            if self.secure is not None and not self.secure.share_keys(joined.round, weight):
+                continue  # the secure round failed before training: wait for the next
             self._train_locally()
-            self.fedavg.step(client_weight(len(self.y), self.training.weighting))
+            self._report(weight)
             self.rounds_trained += 1
         return ClientReport(client.worker_id, len(self.y), self.rounds_trained,
                             self.rounds_dropped, client.bytes_pushed, client.bytes_pulled)
+
+    def _report(self, weight: int) -> None:
+        """Push the update (global - local), or send it masked under secure aggregation."""
+        if self.secure is None:
+            self.fedavg.step(weight)
+            return
+        client = self.attached.client
+        assert client.plan is not None
+        names = [spec.name for spec in client.plan.shard_layout(0).tensors]
+        self.secure.send(flat_update(self.fedavg.global_params, self.attached.model, names))
 
     def _epoch_order(self) -> np.ndarray:
         n = len(self.y)

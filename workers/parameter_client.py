@@ -80,7 +80,7 @@ class ParameterClient:
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
                  shaper_factory: Callable[[str], LinkShaper] | None = None,
                  security: ClientSecurity | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, secure_aggregation: bool = False) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
@@ -95,8 +95,9 @@ class ParameterClient:
         connect_s = retry_s if connect_timeout_s is None else connect_timeout_s
         self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_s))
         self.sessions: list[Session] = self._shards.run(
-            lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers,
-                                                            world_size=world_size))
+            lambda shard: self.connections[shard].handshake(
+                worker_id, role, *self._offers, world_size=world_size,
+                secure_aggregation=secure_aggregation))
         self.versions = [s.version for s in self.sessions]
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]

@@ -53,6 +53,10 @@ class LocalFederation:
     def __post_init__(self) -> None:
         if self.server.mode not in (Mode.FEDERATED, Mode.FEDBUFF):
             raise ValueError("--mode must be federated or fedbuff")
+        if self.training.secure_aggregation != self.server.federated.secure_aggregation:
+            raise ValueError("the server and the clients must agree on --secure-aggregation")
+        if self.server.federated.secure_aggregation and self.server.mode is not Mode.FEDERATED:
+            raise ValueError("--secure-aggregation runs with --mode federated (rounds)")
 
 
 @dataclass(frozen=True)
@@ -183,4 +187,5 @@ def _client_args(job: LocalFederation, index: int, address: str, report: Path) -
             "--resample-to", str(t.resample_to), "--dropout", str(t.dropout),
             "--partition", job.partition, "--strategy", job.strategy,
             "--codec", " ".join(str(c) for c in job.codecs), "--seed", str(job.seed),
-            "--log-level", job.log_level]
+            "--log-level", job.log_level,
+            *(["--secure-aggregation"] if t.secure_aggregation else [])]

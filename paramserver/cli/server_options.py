@@ -25,6 +25,14 @@ _FROM_CONFIG: Any = object()  # sentinel: the default is the config's own
 DEFAULTS = ServerConfig()
 
 
+def _boolean(text: str) -> bool:
+    """argparse type of an on/off flag that `serve_args` writes back as True/False."""
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return lowered in ("true", "1", "yes", "on")
+
+
 def _names(text: str) -> tuple[str, ...]:
     """argparse type of a comma-separated list of names."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -74,6 +82,10 @@ class ServerOption:
         default = self.cli_default()
         kind = self.type or (type(default) if default is not None else str)
         shown = self.to_text(default) if default is not None else "none"
+        if isinstance(default, bool):  # `--flag` alone turns it on
+            group.add_argument(self.flag, dest=self.dest, type=_boolean, nargs="?", const=True,
+                               default=default, help=f"{self.help} (default: {shown})")
+            return
         group.add_argument(self.flag, dest=self.dest, type=kind, choices=self.choices,
                            default=default, help=f"{self.help} (default: {shown})")
 
@@ -151,6 +163,17 @@ OPTIONS: tuple[ServerOption, ...] = (
     ServerOption("--buffer", "federated.buffer", FEDERATED,
                  "fedbuff: apply once this many updates arrived"),
     ServerOption("--sampling-seed", "federated.seed", FEDERATED, "client sampling seed"),
+    ServerOption("--secure-aggregation", "federated.secure_aggregation", FEDERATED,
+                 "federated: secure aggregation (SecAgg+): the server only sees masked, "
+                 "quantised updates and learns only their weighted sum; every client must "
+                 "offer it too (client --secure-aggregation)"),
+    ServerOption("--secagg-threshold", "federated.secagg_threshold", FEDERATED,
+                 "secure aggregation: Shamir threshold as a share of each client's k "
+                 "neighbours and itself (t = ceil(ratio * (k + 1))); a round survives up to "
+                 "k + 1 - t dropouts per neighbourhood"),
+    ServerOption("--secagg-clip", "federated.secagg_clip", FEDERATED,
+                 "secure aggregation: update elements are clipped to +-this before they are "
+                 "quantised (the decoded mean is within clip / levels / 2 of the true one)"),
     ServerOption("--codecs", "codecs.allowed", CODECS,
                  f"allowed codecs, comma-separated (known: {', '.join(codec_names())})",
                  type=_names),

@@ -15,6 +15,13 @@ class FederatedConfig:
     clip_norm: float = 0.0  # scale updates down to this L2 norm (0: off)
     reject_norm: float = 1e6  # refuse updates above this L2 norm (0: off)
     buffer: int = 2  # fedbuff: apply once this many updates arrived
+    # Secure aggregation (issue #17, `paramserver.federated.secagg`): the server sees only
+    # masked, quantised updates and learns their sum. Shamir threshold t = ceil(ratio * (k+1))
+    # of each client's k neighbours and itself; updates are clipped to +-secagg_clip per
+    # element before quantisation.
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.6
+    secagg_clip: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -24,5 +31,8 @@ class FederatedConfig:
         if not 0 <= self.min_completion_rate <= 1:
             raise ValueError(f"--min-completion-rate must be in [0, 1], "
                              f"got {self.min_completion_rate}")
+        if not 0.5 < self.secagg_threshold <= 1 or self.secagg_clip <= 0:
+            raise ValueError("--secagg-threshold must be in (0.5, 1] and --secagg-clip "
+                             "positive")
         if self.round_timeout_s <= 0:
             raise ValueError(f"--round-timeout must be positive, got {self.round_timeout_s}")

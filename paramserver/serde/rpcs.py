@@ -22,6 +22,12 @@ from paramserver.serde.records import (
     status_from_proto,
     status_to_proto,
 )
+from paramserver.serde.secagg import (
+    secagg_reply_from_proto,
+    secagg_reply_to_proto,
+    secagg_request_from_proto,
+    secagg_request_to_proto,
+)
 from paramserver.serde.streams import (
     MalformedMessage,
     decode_pull_response,
@@ -142,4 +148,9 @@ RPCS["SetState"] = Rpc(
                                                        state=bytes(m.state))),
     _serializing(lambda version: pb.SetStateResponse(version=version)),
     _parsing(pb.SetStateResponse, lambda m: int(m.version)))
+RPCS["SecureAggregate"] = Rpc(
+    _serializing(secagg_request_to_proto),
+    # A masked input holds 4 bytes per model element: bounded by the message limit.
+    _parsing(pb.SecAggRequest, secagg_request_from_proto),
+    _serializing(secagg_reply_to_proto), _parsing(pb.SecAggResponse, secagg_reply_from_proto))
 STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream"}

@@ -19,6 +19,7 @@ from pathlib import Path
 from paramserver import __version__
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, negotiate
 from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
+from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.security.roles import Principal, check_handshake, check_state_hash, printable
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -32,6 +33,7 @@ from paramserver.server.membership import Membership
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
 from paramserver.server.policies.base import Clock
+from paramserver.server.policies.secure_rounds import check_secure_aggregation
 from paramserver.server.pull import delta_pull_messages, pull_messages
 from paramserver.server.pull_streams import PullStreams
 from paramserver.server.state_transfer import install_state, read_state
@@ -102,7 +104,8 @@ class ParameterServerCore:
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
                   pull_offers: list[CodecSpec], held_version: int | None = None,
                   world_size: int | None = None, *,
-                  caller: Principal | None = None) -> Session:
+                  caller: Principal | None = None,
+                  secure_aggregation: bool = False) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
         the parameters it holds; it goes on from the server's version either way.
         `world_size`: the job size a worker states (torchrun's WORLD_SIZE), checked
@@ -116,6 +119,7 @@ class ParameterServerCore:
         check_handshake(caller, worker_id, role)
         if world_size is not None and role is Role.WORKER:
             self._check_job_size(worker_id, world_size, rejoin=held_version is not None)
+        check_secure_aggregation(self.config, worker_id, role, secure_aggregation)
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
         record = self.members.open(worker_id, role, push, pull,
@@ -186,6 +190,13 @@ class ParameterServerCore:
         with self._long_polls.poll("JoinRound", cancelled) as poll:
             return self.policy.join_round(record.worker_id, round_,
                                           min(timeout_s, self.config.max_wait_s), poll)
+
+    def secure_aggregate(self, request: SecAggRequest, timeout_s: float,
+                         cancelled: threading.Event | None = None, *,
+                         caller: Principal | None = None) -> SecAggReply:
+        record = self.members.require_worker(request.session_id, caller)
+        with self._long_polls.poll("SecureAggregate", cancelled) as poll:
+            return self.policy.secure_aggregate(record.worker_id, request, timeout_s, poll)
 
     def wake(self) -> None:
         """Make every long poll re-check its condition (a call was cancelled)."""

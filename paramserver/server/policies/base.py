@@ -14,6 +14,7 @@ from typing import Protocol
 
 from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition
+from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
 from paramserver.server.limits import LongPoll
@@ -93,6 +94,11 @@ class UpdatePolicy(Protocol):
                    poll: LongPoll | None = None) -> RoundJoin:
         """Federated: the open round >= round_, and whether this worker is sampled."""
 
+    def secure_aggregate(self, worker_id: str, request: SecAggRequest, timeout_s: float,
+                         poll: LongPoll | None = None) -> SecAggReply:
+        """Federated with --secure-aggregation: one stage's message, answered once the
+        stage closed (`rounds.RoundPolicy`)."""
+
     def report(self) -> PolicyReport:
         """Figures for `status`."""
 
@@ -116,6 +122,11 @@ class PolicyDefaults:
                    poll: LongPoll | None = None) -> RoundJoin:
         raise FailedPrecondition("this server does not run federated rounds (--mode "
                                  "federated or fedbuff)")
+
+    def secure_aggregate(self, worker_id: str, request: SecAggRequest, timeout_s: float,
+                         poll: LongPoll | None = None) -> SecAggReply:
+        raise FailedPrecondition("this server does not run secure aggregation (--mode "
+                                 "federated --secure-aggregation)")
 
     def report(self) -> PolicyReport:
         return PolicyReport()

@@ -7,6 +7,10 @@ once every live sampled client reported, or at the round timeout with whoever re
 that is enough (`min_clients`, `min_completion_rate`). Too few reports skip the round: the
 version advances, the global model stays unchanged. The weighted mean of the updates is
 applied by the server optimizer (SGD lr 1 = FedAvg; momentum = FedAvgM; Adam = FedAdam).
+
+Under `--secure-aggregation` clients send no plain pushes: the round runs the stages of
+`secure_rounds.SecureRound` instead (each stage timing out after the round timeout), and
+the server applies the unmasked weighted mean, or skips the round when it failed.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import math
 import threading
 import time
 
-from paramserver.errors import FailedPrecondition
+from paramserver.errors import Aborted, DeadlineExceeded, FailedPrecondition
 from paramserver.federated.sampling import sample_clients
 from paramserver.federated.screening import screen
+from paramserver.federated.secagg.aggregator import Aggregation
+from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.limits import LongPoll
 from paramserver.server.policies.aggregate import StepAssembly
 from paramserver.server.policies.base import (
@@ -28,6 +34,7 @@ from paramserver.server.policies.base import (
     ReceivedPush,
     StepWait,
 )
+from paramserver.server.policies.secure_rounds import SecureRound, split_vector, vector_length
 from paramserver.types import PushResult, RoundJoin
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,8 @@ class RoundPolicy(PolicyDefaults):
         self._round_opened = 0.0
         self._dropouts: list[str] = []
         self._skipped_rounds: list[int] = []
+        self._secure: SecureRound | None = None  # --secure-aggregation: this round's stages
+        self._changed = threading.Condition(self._lock)  # a secure stage closed
 
     def _open_round(self) -> None:
         """Sample the current round's clients once the job is formed (caller holds _lock)."""
@@ -92,6 +101,9 @@ class RoundPolicy(PolicyDefaults):
             raise FailedPrecondition(f"client {worker_id!r} was not sampled for round {step}")
 
     def submit(self, push: ReceivedPush) -> PushResult:
+        if self.config.secure_aggregation:
+            raise FailedPrecondition("this server runs --secure-aggregation: clients send "
+                                     "masked inputs (SecureAggregate), never plain updates")
         screen(push.updates, self.config.clip_norm, self.config.reject_norm)
         with self._lock:
             self._check(push.worker_id, push.step)
@@ -102,6 +114,7 @@ class RoundPolicy(PolicyDefaults):
 
     def members_changed(self) -> None:
         with self._lock:
+            self._advance_secure()
             if self._step.pushed and self._ready():
                 self._close()
 
@@ -125,9 +138,11 @@ class RoundPolicy(PolicyDefaults):
             if self._round < 0 or self._clock() - self._round_opened < \
                     self.config.round_timeout_s:
                 return
+            if self.config.secure_aggregation:
+                self._advance_secure()  # its stages time out one by one
+                return
             pushed = len(self._step.pushed)
-            needed = max(self.config.min_clients,
-                         math.ceil(self.config.min_completion_rate * len(self._sampled)))
+            needed = self._needed()
             if pushed and pushed >= needed:
                 log.warning("round %d timed out: closing with %d of %d sampled clients",
                             self._round, pushed, len(self._sampled))
@@ -139,6 +154,74 @@ class RoundPolicy(PolicyDefaults):
             self._dropouts += self._missing()
             self._skipped_rounds.append(self._round)
             self._step.skip()  # the next round, from the same global model
+
+    def _needed(self) -> int:
+        """Reports a round needs: --min-clients, and --min-completion-rate of the sampled."""
+        return max(self.config.min_clients,
+                   math.ceil(self.config.min_completion_rate * len(self._sampled)))
+
+    # ---- secure aggregation (issue #17) ------------------------------------------------
+
+    def secure_aggregate(self, worker_id: str, request: SecAggRequest, timeout_s: float,
+                         poll: LongPoll | None = None) -> SecAggReply:
+        """Take one client's message for a stage of the open round and answer it once the
+        stage closed (a repeated message is not taken twice: it only waits again)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            self._open_round()
+            if not self.config.secure_aggregation:
+                raise FailedPrecondition("this server was not started with "
+                                         "--secure-aggregation")
+            if request.round != self._round:
+                raise Aborted(f"round {request.round} is not open (the server is at round "
+                              f"{self._round}); join the next round")
+            if worker_id not in self._sampled:
+                raise FailedPrecondition(f"client {worker_id!r} was not sampled for round "
+                                         f"{request.round}")
+            secure = self._secure_round()
+            secure.submit(worker_id, request)
+            self._advance_secure()
+            while (reply := secure.reply(worker_id, request.stage)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"{request.stage.name} of round {request.round} "
+                                           "is still open; send the same message again")
+                if poll is not None:
+                    poll.before_wait()
+                self._changed.wait(min(remaining, 0.25))
+                self._advance_secure()
+            return reply
+
+    def _secure_round(self) -> SecureRound:
+        """The open round's stages, created by its first message (the model is registered
+        by then: its layout sizes the vectors)."""
+        if self._secure is None or self._secure.aggregation.round != self._round:
+            assert self._store.layout is not None
+            aggregation = Aggregation(self._round, vector_length(self._store.layout),
+                                      self.config.secagg_clip, self.config.secagg_threshold,
+                                      self.config.seed)
+            self._secure = SecureRound(aggregation, self._sampled, self._needed(),
+                                       self._clock(), self.config.round_timeout_s)
+        return self._secure
+
+    def _advance_secure(self) -> None:
+        """Close the open stage if it is due; apply or skip the round once it finished."""
+        secure = self._secure
+        if secure is None or secure.aggregation.round != self._round:
+            return
+        if secure.advance(self._members.live_workers(), self._clock()):
+            self._dropouts += [f"{client}@{self._round}" for client in secure.dropouts()]
+            if secure.mean is None:
+                log.warning("round %d skipped: secure aggregation failed (%s); the global "
+                            "model is unchanged", self._round, secure.failure)
+                self._skipped_rounds.append(self._round)
+                secure.version = self._step.skip()
+            else:
+                assert self._store.layout is not None
+                secure.version = self._store.apply(split_vector(secure.mean,
+                                                                self._store.layout))
+                secure.applied = True
+        self._changed.notify_all()
 
     def waiting_for(self) -> StepWait:
         with self._lock:
