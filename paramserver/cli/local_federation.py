@@ -55,8 +55,6 @@ class LocalFederation:
             raise ValueError("--mode must be federated or fedbuff")
         if self.training.secure_aggregation != self.server.federated.secure_aggregation:
             raise ValueError("the server and the clients must agree on --secure-aggregation")
-        if self.server.federated.secure_aggregation and self.server.mode is not Mode.FEDERATED:
-            raise ValueError("--secure-aggregation runs with --mode federated (rounds)")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ interceptor (`ServerHooks`) records every request the server receives."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -141,10 +142,8 @@ def _send_and_leave(client: Any) -> Any:
 
 
 def _quietly(call: Callable[[Any], Any], request: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # its channel is closed under it
         call(request)
-    except Exception:  # noqa: BLE001 - its channel was closed under it
-        pass
 
 
 class _Dropped(Exception):
