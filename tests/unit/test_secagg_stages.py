@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument
+from paramserver.federated.config import FederatedConfig
 from paramserver.federated.secagg.aggregator import Aggregation
 from paramserver.federated.secagg.client import ClientRound
 from paramserver.federated.secagg.protocol import SecAggRequest, Stage
+from paramserver.server.config import ServerConfig
+from paramserver.server.core import ParameterServerCore
 from paramserver.server.policies.secure_rounds import SecureRound
+from paramserver.types import Mode, Role
+from tests.helpers import push_stream, register_stream
 
 IDS = ["a", "b", "c", "d", "e"]
 LENGTH = 6
@@ -81,3 +87,36 @@ def test_too_few_masked_inputs_fail_the_round_with_a_reason() -> None:
     assert "threshold 3" in secure.failure
     with pytest.raises(Aborted, match="failed"):
         secure.reply("a", Stage.MASKED_INPUT)
+
+
+def _secure_core(clock: list[float]) -> tuple[ParameterServerCore, list[str]]:
+    config = ServerConfig(mode=Mode.FEDERATED, expected_workers=2,
+                          federated=FederatedConfig(secure_aggregation=True,
+                                                    round_timeout_s=0.2))
+    core = ParameterServerCore(config, clock=lambda: clock[0])
+    sessions = [core.handshake(f"c{i}", Role.WORKER, [], [], secure_aggregation=True).session_id
+                for i in range(2)]
+    core.register(iter(register_stream(sessions[0], {"w": torch.zeros(4)})))
+    return core, sessions
+
+
+def test_a_secure_round_nobody_starts_is_skipped_at_the_round_timeout() -> None:
+    clock = [1000.0]
+    core, _ = _secure_core(clock)
+    core.tick()
+    assert core.store.version == 0
+    clock[0] += 0.25
+    core.tick()
+    assert core.store.version == 1 and core.status().skipped_rounds == (0,)
+
+
+def test_plain_pushes_and_clients_that_do_not_offer_it_are_refused() -> None:
+    clock = [1000.0]
+    core, sessions = _secure_core(clock)
+    before = core.store.state_hash()
+    with pytest.raises(FailedPrecondition, match="--secure-aggregation"):
+        core.push(iter(push_stream(sessions[0], 0, {"w": torch.ones(4)})))
+    with pytest.raises(FailedPrecondition, match="--secure-aggregation"):
+        core.handshake("plain", Role.WORKER, [], [])
+    core.handshake("observer", Role.OBSERVER, [], [])  # observers are not asked
+    assert core.store.state_hash() == before and "plain" not in core.members.live_workers()

@@ -138,7 +138,7 @@ class RoundPolicy(PolicyDefaults):
             if self._round < 0 or self._clock() - self._round_opened < \
                     self.config.round_timeout_s:
                 return
-            if self.config.secure_aggregation:
+            if self._secure is not None and self._secure.aggregation.round == self._round:
                 self._advance_secure()  # its stages time out one by one
                 return
             pushed = len(self._step.pushed)
