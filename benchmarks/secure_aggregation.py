@@ -65,8 +65,9 @@ def protocol_round(n: int, drop: float = 0.1) -> dict[str, float]:
         server.advertise(keys)
     params = server.close_advertise()
     for c in clients:
-        down[c.client_id] += _size(reply=SecAggReply(params=params))
-        sealed = timed(c, c.share_keys, params)
+        mine = server.params_for(c.client_id)
+        down[c.client_id] += _size(reply=SecAggReply(params=mine))
+        sealed = timed(c, c.share_keys, mine)
         send(c, Stage.SHARE_KEYS, sealed=sealed)
         server.share_keys(c.client_id, sealed)
     for c in clients:

@@ -30,7 +30,7 @@ from tests.conftest import ServerFactory
 from workers.attach import AttachedModel, attach
 from workers.secure_aggregation import SecureRound
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 SERVICE = f"/{serde.SERVICE_NAME}/"
 CLIP = 1.0
 
@@ -77,7 +77,7 @@ def _server(server_factory: ServerFactory, clients: int, recorder: RecordRequest
         hooks=ServerHooks(interceptors=[recorder] if recorder else []),
         mode=Mode.FEDERATED, expected_workers=clients, aggregation=Aggregation.WEIGHTED,
         optimizer=OptimizerConfig("sgd", lr=1.0, momentum=0.0),
-        federated=FederatedConfig(secure_aggregation=secure, round_timeout_s=4.0,
+        federated=FederatedConfig(secure_aggregation=secure, round_timeout_s=10.0,
                                   secagg_threshold=0.6, secagg_clip=CLIP))
 
 
@@ -96,7 +96,7 @@ def _round(address: str, clients: int, updates: np.ndarray, weights: list[int],
     """One round, every client a thread: join, keys, then its update (or it leaves)."""
     attached: list[AttachedModel] = [
         attach(_model(), address, worker_id=f"c{i}", overlap=False, secure_aggregation=True,
-               timeout_s=10, retry_s=10) for i in range(clients)]
+               timeout_s=30, retry_s=30) for i in range(clients)]
     results: list[object] = [None] * clients
 
     def client(i: int) -> None:
@@ -157,7 +157,7 @@ def _expected(initial: np.ndarray, updates: np.ndarray, weights: list[int]) -> n
 def _pulled(address: str) -> np.ndarray:
     model = _model()
     with attach(model, address, worker_id="observer-check", overlap=False,
-                secure_aggregation=True, timeout_s=10) as attached:
+                secure_aggregation=True, timeout_s=30) as attached:
         attached.client.pull(1)
     return _flat(model)
 

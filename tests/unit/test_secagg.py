@@ -117,7 +117,7 @@ def _run(n: int, drop_after_masking: set[int], length: int = 50, ratio: float = 
     params = server.close_advertise()
     sharing = {cid: c for i, (cid, c) in enumerate(clients.items()) if i not in drop_before_keys}
     for cid, c in sharing.items():
-        server.share_keys(cid, c.share_keys(params))
+        server.share_keys(cid, c.share_keys(server.params_for(cid)))
     quantised = []
     for cid, c in sharing.items():
         encoded = params.quantizer.encode(updates[int(cid[1:])], c.weight)

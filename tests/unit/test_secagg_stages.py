@@ -75,8 +75,10 @@ def test_a_retry_is_not_taken_twice_and_bad_input_changes_nothing() -> None:
         secure.submit("b", _request(Stage.MASKED_INPUT, masked=b"\0" * 3))
     with pytest.raises(FailedPrecondition, match="at MASKED_INPUT"):
         secure.submit("b", _request(Stage.UNMASK))
-    with pytest.raises(FailedPrecondition, match="not expected"):
+    with pytest.raises(Aborted, match="missed an earlier stage"):
         secure.submit("stranger", _request(Stage.MASKED_INPUT, masked=b"\0" * 24))
+    with pytest.raises(Aborted, match="closed without"):
+        secure.submit("stranger", _request(Stage.SHARE_KEYS))
     assert set(secure.aggregation.masked) == {"a"} and secure.answered == {"a"}
 
 

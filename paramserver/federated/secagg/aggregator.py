@@ -13,6 +13,7 @@ from t revealed Shamir shares each.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -70,6 +71,16 @@ class Aggregation:
                                   threshold, self.clip, levels, self.graph_seed)
         self._neighbours = graph.neighbours(self.keys, self.graph_seed, self.round)
         return self.params
+
+    def params_for(self, client: str) -> RoundParams:
+        """The answer to `client`: every participant's id (the graph and the Shamir points
+        need them all), but keys and weight only of its neighbours and itself, so that its
+        download grows with k ~ log n, not with n."""
+        assert self.params is not None
+        near = self._neighbours.get(client, frozenset()) | {client}
+        return dataclasses.replace(self.params, participants=tuple(
+            k if k.client_id in near else AdvertisedKeys(k.client_id, b"", b"", 0)
+            for k in self.params.participants))
 
     # ---- SHARE_KEYS --------------------------------------------------------------------
 

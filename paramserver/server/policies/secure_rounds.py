@@ -68,14 +68,16 @@ class SecureRound:
         (a retry after a deadline: the caller just waits for the answer)."""
         if client in self.took.get(request.stage, ()):
             return
-        if self.finished:
-            raise Aborted(f"secure-aggregation round {self.aggregation.round} is over")
-        if request.stage is not self.stage:
-            raise FailedPrecondition(f"{request.stage.name} for round {request.round}, but "
-                                     f"the round is at {self.stage.name}")
-        if client not in self.expected or client in self.answered:
-            raise FailedPrecondition(f"client {client!r} is not expected at "
-                                     f"{self.stage.name} of round {request.round}")
+        round_ = self.aggregation.round
+        if self.finished or request.stage < self.stage:
+            raise Aborted(f"{request.stage.name} of round {round_} closed without client "
+                          f"{client!r}; join the next round")
+        if request.stage > self.stage:
+            raise FailedPrecondition(f"{request.stage.name} for round {round_}, but the round "
+                                     f"is at {self.stage.name}")
+        if client not in self.expected:
+            raise Aborted(f"client {client!r} missed an earlier stage of round {round_}; join "
+                          "the next round")
         try:
             self._take(client, request)
         except SecAggAborted as error:
@@ -138,7 +140,7 @@ class SecureRound:
             return None
         a = self.aggregation
         if stage is Stage.ADVERTISE:
-            return SecAggReply(params=a.params)
+            return SecAggReply(params=a.params_for(client))
         if stage is Stage.SHARE_KEYS:
             return SecAggReply(inbox=a.inbox(client))
         if stage is Stage.MASKED_INPUT:
