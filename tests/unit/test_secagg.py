@@ -185,3 +185,19 @@ def test_a_client_never_reveals_both_secrets_of_a_neighbour() -> None:
         ("a", False), ("b", False), ("c", False), ("d", True)}
     with pytest.raises(SecAggAborted):
         client.unmask(frozenset("ab"))  # below the threshold: reveal nothing
+
+
+def test_key_agreement_is_hkdf_sha256_of_x25519_as_specified() -> None:
+    """docs/wire.md 5c, from RFC 7748 section 6.1's key pairs: another implementation
+    derives the same pairwise seed from the same keys."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    bob_public = bytes.fromhex(
+        "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+    shared = bytes.fromhex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742")
+    assert masks.public_of(alice).hex() == (
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+    expected = HKDF(hashes.SHA256(), 32, salt=None, info=b"paramserver secagg mask").derive(shared)
+    assert masks.agree(alice, bob_public, masks.MASK_INFO) == expected
