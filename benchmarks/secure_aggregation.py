@@ -7,7 +7,8 @@
    time. SecAgg+ keeps a client's cost ~ log n.
 2. Digits, 10 clients, Dirichlet 0.5, 30 rounds, Flower's hyper-parameters (1 local epoch,
    client SGD lr 0.05, no momentum, batch 16), plain FedAvg vs `--secure-aggregation`, both
-   `--simulate` and client processes: final accuracy, wall time, extra seconds per round.
+   `--simulate` and client processes: final accuracy, wall time, and the steady round time
+   (median time between round openings in the server log, rounds 1-29) with and without.
 
     python -m benchmarks.secure_aggregation [--quick] [--seeds N] [--report FILE]
 """
@@ -15,11 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -95,14 +98,25 @@ def protocol_round(n: int, drop: float = 0.1) -> dict[str, float]:
         "server_unmask_s": time.process_time() - started}
 
 
+def round_seconds(server_log: Path) -> list[float]:
+    """Steady per-round times from the server's INFO log: between consecutive round
+    openings ("round r: sampled"), from round 1 on (round 0 holds the processes' start-up)."""
+    opened = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+              for line in server_log.read_text().splitlines() if ": sampled " in line]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(opened[1:])]
+
+
 def federation(secure: bool, simulate: bool, seed: int) -> dict:  # type: ignore[type-arg]
     with tempfile.TemporaryDirectory(prefix="ps-secagg-bench-") as tmp:
         report = Path(tmp) / "report.json"
         subprocess.run([*harness.CLI, "federated", *FLOWER, "--seed", str(seed),
-                        "--report", str(report), *(["--simulate"] if simulate else []),
+                        "--report", str(report), "--run-dir", str(Path(tmp) / "run"),
+                        "--log-level", "INFO", *(["--simulate"] if simulate else []),
                         *(["--secure-aggregation"] if secure else [])],
                        check=True, capture_output=True, text=True, cwd=harness.REPO, timeout=900)
-        return json.loads(report.read_text())
+        result = json.loads(report.read_text())
+        result["round_s"] = round_seconds(Path(tmp) / "run" / "server-0.log")
+        return result
 
 
 def main() -> int:
@@ -132,12 +146,18 @@ def main() -> int:
                       for key in ("wall_s", "bytes_pushed", "bytes_pulled")},
                    "plain_accuracy": pair[False]["round_accuracy"][-1],
                    "secure_accuracy": pair[True]["round_accuracy"][-1],
-                   "extra_s_per_round": (pair[True]["wall_s"] - pair[False]["wall_s"]) / 30}
+                   "plain_round_s": statistics.median(pair[False]["round_s"]),
+                   "secure_round_s": statistics.median(pair[True]["round_s"]),
+                   "identical_accuracy_curves": pair[False]["round_accuracy"]
+                   == pair[True]["round_accuracy"]}
+            row["extra_s_per_round"] = row["secure_round_s"] - row["plain_round_s"]
             runs.append(row)
             print(f"{'simulate' if simulate else 'processes'} seed {seed}: accuracy plain "
-                  f"{row['plain_accuracy']:.4f} secure {row['secure_accuracy']:.4f}; wall "
-                  f"{row['plain_wall_s']:.1f} s vs {row['secure_wall_s']:.1f} s "
-                  f"({row['extra_s_per_round']:+.3f} s/round)", flush=True)
+                  f"{row['plain_accuracy']:.4f} secure {row['secure_accuracy']:.4f} (curves "
+                  f"identical: {row['identical_accuracy_curves']}); wall "
+                  f"{row['plain_wall_s']:.1f} s vs {row['secure_wall_s']:.1f} s; median "
+                  f"steady round {row['plain_round_s']:.3f} s vs {row['secure_round_s']:.3f} s "
+                  f"({row['extra_s_per_round']:+.3f} s)", flush=True)
     harness.write_report(harness.report_path("secure_aggregation", args.report),
                          {"protocol": protocol, "federations": runs})
     return 0

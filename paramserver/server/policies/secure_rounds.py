@@ -14,6 +14,8 @@ every call.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -27,6 +29,8 @@ from paramserver.federated.secagg.protocol import (
 )
 from paramserver.server.config import ServerConfig
 from paramserver.types import Mode, ModelLayout, Role
+
+log = logging.getLogger(__name__)
 
 
 def check_secure_aggregation(config: ServerConfig, worker_id: str, role: Role,
@@ -109,6 +113,8 @@ class SecureRound:
         waiting = (self.expected & live) - self.answered
         if waiting and now - self.opened < self.timeout_s:
             return False
+        log.info("round %d: %s closed with %d of %d after %.3f s", self.aggregation.round,
+                 self.stage.name, len(self.answered), len(self.expected), now - self.opened)
         try:
             self._close(now)
         except SecAggAborted as error:
