@@ -3,6 +3,8 @@ and whole rounds of clients and the server's `Aggregation` (dropouts included)."
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -101,8 +103,8 @@ def test_graph_is_symmetric_regular_and_logarithmic(n: int) -> None:
         assert k <= 2 * np.ceil(np.log2(n))
 
 
-def _run(n: int, drop_after_masking: set[int], length: int = 50, ratio: float = 0.6,
-         seen: list[np.ndarray] | None = None, drop_before_keys: set[int] = frozenset()
+def _run(n: int, drop_after_masking: AbstractSet[int], length: int = 50, ratio: float = 0.6,
+         seen: list[np.ndarray] | None = None, drop_before_keys: AbstractSet[int] = frozenset()
          ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], Aggregation]:
     """A whole round in memory; returns (decoded mean, exact mean of the survivors,
     the clients' quantised inputs, the aggregation)."""

@@ -36,6 +36,7 @@ def _to_masking(timeout_s: float = 5.0) -> tuple[SecureRound, dict[str, ClientRo
         secure.submit(c, _request(Stage.ADVERTISE, keys=client.advertise()))
     assert secure.advance(set(IDS), 0.1) is False and secure.stage is Stage.SHARE_KEYS
     params = secure.reply("a", Stage.ADVERTISE).params  # type: ignore[union-attr]
+    assert params is not None
     for c, client in clients.items():
         secure.submit(c, _request(Stage.SHARE_KEYS, sealed=client.share_keys(params)))
     secure.advance(set(IDS), 0.2)
