@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch import nn
 from paramserver.errors import FailedPrecondition
 from paramserver.types import Mode, PushResult
 from workers.attach import AttachedModel
-from workers.secure_aggregation import SecureRound, flat_update
+from workers.secure_aggregation import DEFAULT_STEPS, SecureRound, UpdateStep, flat_update
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,10 @@ class FederatedClient:
     """One client with its private data, training the rounds it is sampled for."""
 
     def __init__(self, attached: AttachedModel, x: torch.Tensor, y: torch.Tensor,
-                 training: LocalTraining, seed: int = 0) -> None:
+                 training: LocalTraining, seed: int = 0,
+                 update_steps: Sequence[UpdateStep] = DEFAULT_STEPS) -> None:
+        """`update_steps`: under secure aggregation, what turns the flat update into the
+        masked vector (`workers.secure_aggregation`; e.g. clip and noise before quantise)."""
         client = getattr(attached, "client", None)  # a stand-in in unit tests has none
         if client is not None and len(client.connections) > 1:
             raise FailedPrecondition("federated rounds run on one server: each server would "
@@ -115,7 +119,8 @@ class FederatedClient:
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
         self.rounds_trained = self.rounds_dropped = 0
-        self.secure = SecureRound(attached.client) if training.secure_aggregation else None
+        self.secure = (SecureRound(attached.client, update_steps)
+                       if training.secure_aggregation else None)
 
     def run(self, rounds: int, deadline_s: float = 600.0) -> ClientReport:
         """Take part until the global model reached round `rounds`."""
