@@ -11,6 +11,10 @@ test; the report goes to runs/ unless `--report FILE`):
     overlap       pushes overlapped with backward (#6)
     faults        eviction and shard-restart timings, hangs (#5)
     federated     federated strategies on skewed clients (#8)
+    fed_codecs    compressed client updates per federated strategy (#17)
+    fed_dp        DP-FedAvg's accuracy at epsilon <= 8 through the server (#17)
+    fed_dp_scale  DP-FedAvg at 10-1000 clients, simulated in process (#17)
+    tables        sparse embedding tables vs dense tables and all-reduce, CTR data (#16)
     suite/        `paramserver bench`: ours against the floor and the peers (#7)
 
 Shared by them:

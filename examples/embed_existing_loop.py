@@ -1,4 +1,4 @@
-"""An ordinary PyTorch training loop (digits MLP), plus the four lines marked `# ps` that make
+"""An ordinary PyTorch training loop (digits MLP), plus the lines marked `# ps` that make
 it a parameter-server worker.
 
     python examples/embed_existing_loop.py                       # plain, one process
@@ -9,13 +9,22 @@ it a parameter-server worker.
 Under torchrun, RANK/WORLD_SIZE/LOCAL_RANK come from torchrun; each worker trains on its own
 shard of the data; WORLD_SIZE must match the server's --workers. The update rule is the
 server's (`serve --optimizer/--momentum`), at the learning rate of the wrapped optimizer.
+Across hosts, with elastic restarts (see the README's torchrun section):
+
+    torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint HOST0:29400 \
+        --max-restarts 1 examples/embed_existing_loop.py --servers ps-0:50051,ps-1:50051
+
+The loop walks the job's steps (`ps.job_steps`): in a sync job the servers' version is the
+step, so a rank torchrun restarts mid-job takes up where the job is, on the same batches.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,18 +50,26 @@ def main() -> None:
         ps = workers.attach(model, args.servers)  # ps: register or join, pull the parameters
         optimizer = ps.optimizer(optimizer)  # ps: optimizer.step() now pushes and pulls
 
+    @functools.lru_cache(maxsize=1)
+    def batches(epoch: int) -> list[np.ndarray]:  # this rank's batches of `epoch`
+        return epoch_batches(mine, steps, args.batch_size, seed=epoch * 1000 + identity.rank)
+
     device = identity.device()
-    for epoch in range(args.epochs):
-        for batch in epoch_batches(mine, steps, args.batch_size, seed=epoch * 1000 + identity.rank):
-            x, y = data.x_train[batch].to(device), data.y_train[batch].to(device)
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
+    total, taken = args.epochs * steps, 0
+    for step in ps.job_steps(total) if args.servers else range(total):  # ps
+        batch = batches(step // steps)[step % steps]
+        x, y = data.x_train[batch].to(device), data.y_train[batch].to(device)
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        taken += 1
+    version = ps.version if args.servers else total
     if args.servers:
         ps.close()  # ps
-    print(json.dumps({"rank": identity.rank, "accuracy": accuracy(model.cpu(), data.x_test,
-                                                                  data.y_test)}))
+    print(json.dumps({"rank": identity.rank, "worker_id": identity.worker_id,
+                      "version": version, "steps": taken,
+                      "accuracy": accuracy(model.cpu(), data.x_test, data.y_test)}))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ class SessionExpired(FailedPrecondition):
 
 
 SESSION_EXPIRED = "session expired: "
+# In the FAILED_PRECONDITION a first handshake gets while a live session holds its worker id
+# (a duplicate RANK, or a restarted rank's previous process whose lease has not run out):
+# clients match it to wait for that lease (`ServerConnection.handshake(claim_wait_s=)`).
+WORKER_ID_HELD = "is already attached by a live process"
 
 
 class Aborted(ParamServerError):
@@ -97,6 +101,13 @@ class Unavailable(ParamServerError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class OutOfRange(ParamServerError):
+    """A value outside its valid range (a row id outside a table)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+
 def from_rpc_error(error: grpc.RpcError) -> ParamServerError:
     """Turn a failed gRPC call into a ParamServerError carrying the same code and details."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
@@ -105,7 +116,7 @@ def from_rpc_error(error: grpc.RpcError) -> ParamServerError:
             SESSION_EXPIRED):
         return SessionExpired(details)
     for cls in (InvalidArgument, FailedPrecondition, NotFound, ResourceExhausted,
-                DeadlineExceeded, Unavailable, Aborted, Unauthenticated, PermissionDenied):
+                DeadlineExceeded, Unavailable, Aborted, Unauthenticated, PermissionDenied, OutOfRange):
         if cls.code == code:
             return cls(details or code.name)
     return ParamServerError(details or str(code), code)

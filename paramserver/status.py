@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from paramserver.federated.privacy import PrivacyReport
+from paramserver.tables.records import TableStatus
 from paramserver.types import CodecSpec, Mode, ModelLayout, PartitionPlan, Role
 
 
@@ -39,3 +41,5 @@ class ServerStatus:
     skipped_rounds: tuple[int, ...] = ()
     rejoins: tuple[str, ...] = ()  # "worker@held->version", oldest first
     advertise_address: str = ""  # host:port workers should dial
+    tables: tuple[TableStatus, ...] = ()  # row-sparse tables on this shard (issue #16)
+    privacy: PrivacyReport | None = None  # federated with --dp (issue #17)

@@ -365,6 +365,9 @@ class RoundJoin:
     round: int
     sampled: bool
     sampled_count: int
+    dp_clip_norm: float = 0.0  # --dp: the L2 bound of this client's update
+    dp_noise_std: float = 0.0  # --dp distributed: the std of this client's noise share
+    finished: bool = False  # no round opens again (--target-epsilon spent): leave
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Self
 
@@ -37,14 +37,18 @@ from torch import nn
 
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.security.credentials import ClientSecurity
+from paramserver.tables import TableOptimizer
 from paramserver.types import CodecSpec, Mode, PushResult, StepOptions
 from workers.buckets import DEFAULT_BUCKET_BYTES, BucketTracker
 from workers.checkpoints import client_state, load_client_state
 from workers.connection import LinkShaper
+from workers.embeddings import AttachedTables, excluded, find_tables, open_tables
 from workers.environment import WorkerIdentity
+from workers.environment import claim_wait_s as default_claim_wait_s
 from workers.parameter_client import ParameterClient
 from workers.payloads import is_raw
 from workers.server_optimizer import ServerOptimizer
+from workers.step_guards import drop_nonfinite_feedback, fingerprint, same_bits
 
 if TYPE_CHECKING:
     from workers.metrics import WorkerMetrics
@@ -58,12 +62,13 @@ class AttachedModel:
     """A model whose `step()` goes through the parameter servers. Close it (or use `with`)."""
 
     def __init__(self, model: nn.Module, client: ParameterClient, identity: WorkerIdentity,
-                 overlap: bool, bucket_bytes: int) -> None:
+                 overlap: bool, bucket_bytes: int, exclude: Collection[str] = ()) -> None:
         self.model = model
         self.client = client
         self.identity = identity
         self.overlap = overlap  # may be switched between steps
-        self._params = dict(model.named_parameters())
+        self._params = {n: p for n, p in model.named_parameters() if n not in exclude}
+        self.tables: AttachedTables | None = None  # row-sparse tables (issue #16)
         trainable = [(n, p.numel() * p.element_size()) for n, p in self._params.items()
                      if p.requires_grad]
         self._tracker = BucketTracker(trainable, bucket_bytes)
@@ -105,13 +110,15 @@ class AttachedModel:
                     "gradients inside `with attached.no_sync():`")
             if not options.found_inf:  # inf/NaN steps are skipped whatever was pushed
                 self._check_pushed_unchanged()
+            if self.tables is not None:  # before the dense push (one sequence per worker)
+                self.tables.push(drop=options.found_inf)
             sent = self._tracker.handed_out()
             rest = [n for n, p in self._params.items() if p.grad is not None and n not in sent]
             if not sent and not rest:
                 raise InvalidArgument("no parameter has a gradient: call backward() first")
             results = self.client.step(num_samples=num_samples, names=rest, options=options)
             if options.found_inf:
-                _drop_nonfinite_feedback(self.client)
+                drop_nonfinite_feedback(self.client)
         finally:
             self._tracker.reset()
             self._pushed = {}
@@ -147,6 +154,14 @@ class AttachedModel:
         return torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(g, 2.0).to(grads[0].device) for g in grads]), 2.0)
 
+    def prefetch(self, table_inputs: Mapping[str, torch.Tensor]) -> None:
+        """Start pulling the rows the next batch needs ({table module name: its input
+        ids}), on a background thread; the next forward on the same ids uses them. Call it
+        any time after backward: it waits until this step's rows were pushed."""
+        if self.tables is None:
+            raise FailedPrecondition("the model has no row-sparse tables")
+        self.tables.prefetch(table_inputs)
+
     def state_dict(self) -> dict[str, Any]:
         """A checkpoint of the job as this worker sees it: the servers' parameters,
         optimizer state and version, and this worker's codec residuals (see
@@ -157,6 +172,8 @@ class AttachedModel:
         """Resume from `state_dict()` on fresh servers, right after attach, before the first
         step; every worker may call it (the servers install it once)."""
         load_client_state(self.client, state)
+        if self.tables is not None:  # the servers' tables are at the loaded versions now
+            self.tables.client.refresh_versions()
 
     @property
     def server_optimizer(self) -> str:
@@ -168,7 +185,7 @@ class AttachedModel:
     def _check_pushed_unchanged(self) -> None:
         """Every pushed gradient must still match its fingerprint (see the module doc)."""
         changed = [name for name, mark in self._pushed.items()
-                   if not _same_bits(mark, _fingerprint(self._params[name].grad))]
+                   if not same_bits(mark, fingerprint(self._params[name].grad))]
         if changed:
             raise RuntimeError(
                 f"the gradients of {sorted(changed)[:3]} changed between backward() and "
@@ -197,6 +214,17 @@ class AttachedModel:
         """The server version of the parameters now in the model."""
         return self.client.version
 
+    def job_steps(self, total: int) -> Iterator[int]:
+        """The steps of a job of `total` steps still to take, in the job's numbering. Sync:
+        the servers' version is the job's step, so a rank that (re)joins mid-job, e.g.
+        restarted by torchrun, takes up where the job is, and every rank ends on version
+        `total`. Async and SSP: this process's own `total` steps."""
+        if self.client.session.mode is Mode.SYNC:
+            while self.version < total:
+                yield self.version
+        else:
+            yield from range(total)
+
     def close(self) -> None:
         for handle in self._hooks:
             handle.remove()
@@ -204,6 +232,8 @@ class AttachedModel:
         with contextlib.suppress(Exception):
             self._wait_for_parts()
         self._pusher.shutdown(wait=True)
+        if self.tables is not None:
+            self.tables.close()
         self.client.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -225,7 +255,7 @@ class AttachedModel:
                 return
             # A copy taken now, on the autograd thread: user code that edits .grad after
             # backward (clipping, unscaling) cannot race the push; step() compares.
-            self._pushed.update((n, _fingerprint(self._params[n].grad)) for n in names)
+            self._pushed.update((n, fingerprint(self._params[n].grad)) for n in names)
             ready = None
             if param.is_cuda:  # the gradient is final once the work queued so far is done
                 ready = torch.cuda.Event()
@@ -263,7 +293,10 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            shaper_factory: Callable[[str], LinkShaper] | None = None,
            security: ClientSecurity | None = None, world_size: int | None = None,
            broadcast_buffers: bool | None = None, metrics_port: int | None = None,
-           metrics_host: str = "127.0.0.1", secure_aggregation: bool = False) -> AttachedModel:
+           metrics_host: str = "127.0.0.1", claim_wait_s: float | None = None,
+           tables: Sequence[str] | None = None,
+           table_optimizer: str | TableOptimizer = "sgd:lr=0.01", table_seed: int = 0,
+           table_init_scale: float = 0.01, secure_aggregation: bool = False) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -281,14 +314,22 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     `world_size`: the number of workers in the job (default: WORLD_SIZE when torchrun set
     it); a sync server started with another --workers refuses the attach, naming both, and
     so does any server while another live process holds this worker id (a duplicate RANK).
+    `claim_wait_s`: how long to wait for such a session's lease to run out first (default:
+    `retry_s` under torchrun's elastic agent, whose restarted ranks meet the sessions of
+    their dead predecessors, else 0; see `workers.environment.claim_wait_s`).
     Addresses are checked at once; the connect wait lasts at most `retry_s`.
     `broadcast_buffers` (default: rank 0 does): push the model's float buffers (BatchNorm
     statistics) with every step, so the servers hold them and every worker, and anyone who
     attaches later, pulls them, as DDP broadcasts rank 0's buffers before each forward.
     `metrics_port`: serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a
-    free port, see `attached.metrics.port`; None: off). `secure_aggregation`: this federated
-    client runs secure aggregation (the server must be started with --secure-aggregation,
-    and refuses a client that does not offer it).
+    free port, see `attached.metrics.port`; None: off).
+    `tables` (issue #16): names of Embedding/EmbeddingBag modules kept as row-sparse tables
+    on the servers; None: every one declared sparse=True. Their weight (meta is fine) is
+    never registered or read: each forward pulls the batch's rows, step() pushes their
+    gradient rows (`workers.embeddings`). `table_optimizer` ('adagrad:lr=0.05', 'adam', ...),
+    `table_seed` and `table_init_scale` (rows start uniform in +-scale) declare them.
+    `secure_aggregation`: this federated client runs secure aggregation (the server must be
+    started with --secure-aggregation, and refuses a client that does not offer it).
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -301,15 +342,23 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              error_feedback=error_feedback, ef_momentum=ef_momentum,
                              retry_s=retry_s, shaper_factory=shaper_factory,
                              security=security, world_size=world_size,
+                             claim_wait_s=(default_claim_wait_s(retry_s)
+                                           if claim_wait_s is None else claim_wait_s),
                              secure_aggregation=secure_aggregation)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:
             raise FailedPrecondition(f"expected a {expected.value} job, but the servers run "
                                      f"in {client.session.mode.value} mode")
-        client.attach(model)
+        table_modules = find_tables(model, tables)
+        client.attach(model, exclude=excluded(table_modules))
         client.broadcast_buffers = _broadcasts_buffers(broadcast_buffers, identity, client)
-        attached = AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20))
+        attached = AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20),
+                                 excluded(table_modules))
+        attached.tables = open_tables(table_modules, client.connections,
+                                      client.session.mode is Mode.SYNC, table_optimizer,
+                                      table_seed, table_init_scale, client.rejoin,
+                                      client.push_codecs)
         if metrics_port is not None:
             from workers.metrics import WorkerMetrics  # prometheus_client only if asked
 
@@ -324,23 +373,6 @@ def _specs(codecs: Codecs) -> tuple[CodecSpec, ...]:
     return CodecSpec.parse_list(codecs) if isinstance(codecs, str) else tuple(codecs)
 
 
-def _fingerprint(grad: torch.Tensor | None) -> torch.Tensor | None:
-    """(sum, 2-norm) of a gradient, computed where it lives (no device sync): clipping and
-    unscaling change the norm, other edits the sum or the norm. Two reads of the gradient,
-    about half what a copy and a full comparison would cost."""
-    if grad is None:
-        return None
-    flat = grad.detach().reshape(-1)
-    return torch.stack((flat.sum(), torch.linalg.vector_norm(flat)))
-
-
-def _same_bits(mark: torch.Tensor | None, now: torch.Tensor | None) -> bool:
-    """Bit-for-bit equality (NaN equals itself here, unlike torch.equal)."""
-    if mark is None or now is None or mark.dtype != now.dtype:
-        return False
-    return torch.equal(mark.view(torch.uint8), now.view(torch.uint8))
-
-
 def _broadcasts_buffers(asked: bool | None, identity: WorkerIdentity,
                         client: ParameterClient) -> bool:
     """Rank 0 pushes the buffers unless told otherwise; never through a compressing codec,
@@ -352,15 +384,3 @@ def _broadcasts_buffers(asked: bool | None, identity: WorkerIdentity,
                     client.push_codecs[0].spec)
         return False
     return wanted
-
-
-def _drop_nonfinite_feedback(client: ParameterClient) -> None:
-    """After a step skipped for inf/NaN: error-feedback state that took in the non-finite
-    gradient is dropped (it would carry NaN into every later push), as GradScaler drops
-    the whole gradient of that step."""
-    for feedback in client._feedback:
-        if feedback is None:
-            continue
-        for state in (feedback.residuals, feedback.velocities):
-            for key in [k for k, v in state.items() if not bool(torch.isfinite(v).all())]:
-                del state[key]

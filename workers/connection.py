@@ -19,13 +19,22 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import numpy as np
+import torch
 
 from paramserver import __version__, serde, wire
+from paramserver.codecs import Codec
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
-from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
 from paramserver.status import ServerStatus
+from paramserver.tables import (
+    DeclareTables,
+    RowPullHeader,
+    RowPullRequest,
+    RowPushHeader,
+    TablePlan,
+)
 from paramserver.transport import DEFAULT_CHUNK_BYTES, chunk_ranges, open_channel, tls_refusal
 from paramserver.types import (
     CodecSpec,
@@ -45,6 +54,7 @@ from paramserver.types import (
     StepOptions,
     TensorSpec,
 )
+from workers.claims import claiming
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,7 +117,10 @@ class ServerConnection:
         self._get_state = self._method("GetState")
         self._set_state = self._method("SetState")
         self._pull = self._method("Pull", _counting(self, serde.RPCS["Pull"].response_from_bytes))
-        self._secure_aggregate = self._counted_unary("SecureAggregate")
+        self._declare_tables = self._method("DeclareTables")  # row-sparse tables (issue #16)
+        self._pull_rows = self._method("PullRows",
+                                       _counting(self, serde.RPCS["PullRows"].response_from_bytes))
+        self._push_rows = self._method("PushRows")
 
     def _method(self, name: str, response_from_bytes: Callable[[bytes], Any] | None = None,
                 ) -> Any:
@@ -116,19 +129,6 @@ class ServerConnection:
         kind = getattr(self.channel, serde.STREAMING.get(name, "unary_unary"))
         return kind(serde.method_path(name), request_serializer=rpc.request_to_bytes,
                     response_deserializer=response_from_bytes or rpc.response_from_bytes)
-
-    def _counted_unary(self, name: str) -> Any:
-        """A unary RPC whose request and answer bytes count as pushed and pulled."""
-        rpc = serde.RPCS[name]
-
-        def encode(record: object) -> bytes:
-            message = rpc.request_to_bytes(record)
-            self.bytes_pushed += len(message)
-            return message
-
-        return self.channel.unary_unary(serde.method_path(name), request_serializer=encode,
-                                        response_deserializer=_counting(
-                                            self, rpc.response_from_bytes))
 
     def _call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         kwargs.setdefault("timeout", self.timeout_s)
@@ -189,15 +189,19 @@ class ServerConnection:
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                   held_version: int | None = None, world_size: int | None = None,
-                  secure_aggregation: bool = False) -> Session:
+                  claim_wait_s: float = 0.0, secure_aggregation: bool = False) -> Session:
         """Open a session; a rejoin states `held_version`, the version it holds; a worker
-        may state the job size it expects (`world_size`, checked by the server)."""
+        may state the job size it expects (`world_size`, checked by the server).
+        `claim_wait_s`: how long a first handshake refused because a live session holds
+        `worker_id` is tried again (`workers.claims`) until that session's lease runs
+        out (a rank restarted by torchrun meets its dead predecessor's session)."""
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
                                    held_version=held_version, world_size=world_size,
                                    secure_aggregation=secure_aggregation)
-        self.session = _answer(self._call(self._handshake, request))
+        self.session = claiming(lambda: _answer(self._call(self._handshake, request)),
+                                claim_wait_s, self.address)
         self._sequence = 0  # each incarnation numbers its pushes from 1 (docs/wire.md 5)
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session
@@ -262,10 +266,11 @@ class ServerConnection:
                               (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
 
     def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
-                   on_header: Callable[[PullHeader], None] | None) -> PullHeader:
-        header: PullHeader | None = None
+                   on_header: Callable[[PullHeader], None] | None,
+                   method: Any = None) -> Any:
+        header: Any = None
         try:
-            for message in self._pull(request, timeout=timeout_s or self.timeout_s):
+            for message in (method or self._pull)(request, timeout=timeout_s or self.timeout_s):
                 if isinstance(message, wire.Chunk):
                     if header is None:
                         raise InvalidArgument("pull stream sent a chunk before its header")
@@ -281,6 +286,42 @@ class ServerConnection:
         if header is None:
             raise InvalidArgument("pull stream ended without a header")
         return header
+
+    # ---- row-sparse tables (issue #16; docs/wire.md section 11) ---------------------------
+
+    def declare_tables(self, plan: TablePlan, shard_index: int) -> tuple[bool, TablePlan]:
+        """Record the job's tables on this shard, or check them; (created, recorded plan)."""
+        request = DeclareTables(self.session_id, plan, shard_index)
+        answer: tuple[bool, TablePlan] = _answer(self._call(self._declare_tables, request))
+        return answer
+
+    def pull_rows(self, table: str, ids: np.ndarray, min_version: int, sink: ChunkSink,
+                  timeout_s: float | None = None) -> RowPullHeader:
+        """Stream rows `ids` of `table` (once its version reaches `min_version`) into
+        `sink`; returns the header (version, dtype of the values)."""
+        request = RowPullRequest(self.session_id, table, ids, min_version)
+        header = self._retrying(lambda: self._pull_once(request, sink, timeout_s, None,
+                                                        self._pull_rows),
+                                (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+        assert isinstance(header, RowPullHeader)
+        return header
+
+    def push_rows(self, table: str, step: int, ids: np.ndarray, grads: torch.Tensor,
+                  codec: Codec | None = None) -> PushResult:
+        """Push gradient rows `grads` ((len(ids), dim) float32) for unique row `ids`, raw
+        or (`codec`, the session's unbiased push codec) encoded."""
+        assert self.session is not None
+        self._sequence += 1
+        header = serde.encode_row_push_header(RowPushHeader(
+            self.session_id, table, step, len(ids), self.session.incarnation, self._sequence,
+            encoded=codec is not None))
+        flat = grads.detach().float().contiguous().view(-1)
+        values = codec.encode(flat) if codec is not None else flat.view(torch.uint8)
+        payloads = ([np.ascontiguousarray(ids, dtype="<i8").view(np.uint8).data,
+                     values.cpu().numpy().data] if len(ids) else [])
+        result: PushResult = _answer(self._retrying(
+            lambda: self._push_rows(self._messages(header, payloads), timeout=self.timeout_s)))
+        return result
 
     def status(self, include_state_hash: bool = False) -> ServerStatus:
         status: ServerStatus = _answer(self._call(self._status, include_state_hash))
@@ -308,12 +349,6 @@ class ServerConnection:
         joined: RoundJoin = _answer(self._call(self._join_round, request,
                                                timeout=timeout_s or self.timeout_s))
         return joined
-
-    def secure_aggregate(self, request: SecAggRequest) -> SecAggReply:
-        """One stage of a secure-aggregation round; answered once the stage closed (a
-        DEADLINE_EXCEEDED is retried with the same message, which the server takes once)."""
-        reply: SecAggReply = _answer(self._call(self._secure_aggregate, request))
-        return reply
 
     def leave(self, timeout_s: float = 2.0) -> None:
         """Tell the server this worker is done, so no step waits for it (best effort)."""

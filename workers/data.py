@@ -59,6 +59,12 @@ def steps_per_epoch(n: int, world: int, placement: str, batch_size: int) -> int:
     return max(1, math.ceil(smallest / batch_size))
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The shuffling seed of `epoch` on worker `rank`: a step redone after a server restart
+    trains on the same batch, and the CTR baseline replays rank 0's order."""
+    return seed * 1_000_003 + epoch * 1_009 + rank
+
+
 def epoch_batches(indices: np.ndarray, steps: int, batch_size: int,
                   seed: int) -> list[np.ndarray]:
     """`steps` batches of this worker's shard in a fresh order drawn from `seed`."""

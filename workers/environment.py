@@ -40,3 +40,18 @@ class WorkerIdentity:
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank % torch.cuda.device_count())
         return torch.device("cpu")
+
+
+def claim_wait_s(retry_s: float, env: Mapping[str, str] | None = None) -> float:
+    """How long a first attach waits for a live session that holds its worker id to end:
+    `retry_s` under torchrun's elastic agent (TORCHELASTIC_RUN_ID set), 0 elsewhere.
+
+    torchrun (`--max-restarts`) restarts every local worker of a node after one fails, and
+    the other nodes' workers after a new rendezvous; it stops the old processes first, so
+    within one run a RANK has one live process. A restarted rank then meets the session of
+    its dead predecessor, which the servers end once its lease runs out (--lease-timeout,
+    the old process no longer heartbeats): waiting for that is bounded by the lease. Two
+    live processes with one RANK (a real duplicate) keep their lease alive, and the attach
+    still fails, after the wait. Outside torchrun a duplicate is refused at once."""
+    env = os.environ if env is None else env
+    return retry_s if "TORCHELASTIC_RUN_ID" in env else 0.0

@@ -23,9 +23,11 @@ import torch
 from torch import nn
 
 from paramserver.errors import FailedPrecondition
+from paramserver.federated.privacy import fresh_generator
 from paramserver.types import Mode, PushResult
 from workers.attach import AttachedModel
-from workers.secure_aggregation import DEFAULT_STEPS, SecureRound, UpdateStep, flat_update
+from workers.secure_aggregation import DEFAULT_STEPS, SecureRound, VectorStep, flat_update
+from workers.update_steps import UpdateStep, privacy_steps, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,15 @@ class FedAvg:
         return self._global
 
     @torch.no_grad()
-    def step(self, num_examples: int) -> list[PushResult]:
-        """Push this round's update and load the new global model into the local one."""
+    def step(self, num_examples: int, steps: Sequence[UpdateStep] = ()) -> list[PushResult]:
+        """Push this round's update, after `steps` (clip, noise, ...), and load the new
+        global model into the local one."""
         if num_examples <= 0:
             raise ValueError(f"a client reports a positive number of examples, got {num_examples}")
-        for name, param in self.attached.model.named_parameters():
-            param.grad = self._global[name] - param.detach()
+        params = dict(self.attached.model.named_parameters())
+        update = run_steps({n: self._global[n] - p.detach() for n, p in params.items()}, steps)
+        for name, param in params.items():
+            param.grad = update[name]
         results = self.attached.step(num_samples=num_examples)
         for param in self.attached.model.parameters():
             param.grad = None
@@ -105,9 +110,10 @@ class FederatedClient:
 
     def __init__(self, attached: AttachedModel, x: torch.Tensor, y: torch.Tensor,
                  training: LocalTraining, seed: int = 0,
-                 update_steps: Sequence[UpdateStep] = DEFAULT_STEPS) -> None:
-        """`update_steps`: under secure aggregation, what turns the flat update into the
-        masked vector (`workers.secure_aggregation`; e.g. clip and noise before quantise)."""
+                 vector_steps: Sequence[VectorStep] = DEFAULT_STEPS) -> None:
+        """`vector_steps`: under secure aggregation, what turns the flat update (after the
+        privacy steps the server asks for) into the masked vector
+        (`workers.secure_aggregation`: quantise -> mask)."""
         client = getattr(attached, "client", None)  # a stand-in in unit tests has none
         if client is not None and len(client.connections) > 1:
             raise FailedPrecondition("federated rounds run on one server: each server would "
@@ -118,8 +124,9 @@ class FederatedClient:
         self.training = training
         self._rng = np.random.default_rng(seed)
         self._coin = random.Random(seed)
+        self._noise = fresh_generator()  # distributed DP: unpredictable to the server
         self.rounds_trained = self.rounds_dropped = 0
-        self.secure = (SecureRound(attached.client, update_steps)
+        self.secure = (SecureRound(attached.client, vector_steps)
                        if training.secure_aggregation else None)
 
     def run(self, rounds: int, deadline_s: float = 600.0) -> ClientReport:
@@ -129,7 +136,7 @@ class FederatedClient:
         next_round = 0
         while time.monotonic() < stop:
             joined = client.join_round(next_round)
-            if joined.round >= rounds:
+            if joined.round >= rounds or joined.finished:
                 break
             next_round = joined.round + 1
             if not joined.sampled:
@@ -145,20 +152,24 @@ class FederatedClient:
             if self.secure is not None and not self.secure.share_keys(joined.round, weight):
                 continue  # the secure round failed before training: wait for the next
             self._train_locally()
-            self._report(weight)
+            self._report(weight, privacy_steps(joined, self._noise))
             self.rounds_trained += 1
         return ClientReport(client.worker_id, len(self.y), self.rounds_trained,
                             self.rounds_dropped, client.bytes_pushed, client.bytes_pulled)
 
-    def _report(self, weight: int) -> None:
-        """Push the update (global - local), or send it masked under secure aggregation."""
+    def _report(self, weight: int, privacy: Sequence[UpdateStep]) -> None:
+        """Push the update (global - local) after the privacy steps (clip, noise), or under
+        secure aggregation send it masked: privacy steps, then quantise -> mask."""
         if self.secure is None:
-            self.fedavg.step(weight)
+            self.fedavg.step(weight, privacy)
             return
         client = self.attached.client
         assert client.plan is not None
         names = [spec.name for spec in client.plan.shard_layout(0).tensors]
-        self.secure.send(flat_update(self.fedavg.global_params, self.attached.model, names))
+        local = dict(self.attached.model.named_parameters())
+        update = run_steps({n: self.fedavg.global_params[n] - p.detach()
+                            for n, p in local.items()}, privacy)
+        self.secure.send(flat_update(update, names))
 
     def _epoch_order(self) -> np.ndarray:
         n = len(self.y)

@@ -40,6 +40,7 @@ from paramserver.types import (
 )
 from workers.addresses import parse_servers
 from workers.connection import LinkShaper, ServerConnection
+from workers.embeddings import dense_parameters
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
@@ -80,7 +81,8 @@ class ParameterClient:
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
                  shaper_factory: Callable[[str], LinkShaper] | None = None,
                  security: ClientSecurity | None = None,
-                 world_size: int | None = None, secure_aggregation: bool = False) -> None:
+                 world_size: int | None = None, claim_wait_s: float = 0.0,
+                 secure_aggregation: bool = False) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
@@ -97,7 +99,7 @@ class ParameterClient:
         self.sessions: list[Session] = self._shards.run(
             lambda shard: self.connections[shard].handshake(
                 worker_id, role, *self._offers, world_size=world_size,
-                secure_aggregation=secure_aggregation))
+                claim_wait_s=claim_wait_s, secure_aggregation=secure_aggregation))
         self.versions = [s.version for s in self.sessions]
         # Per shard: the agreed push codec, and error feedback when it is biased.
         self.push_codecs: list[Codec] = [make_codec(s.push_codec) for s in self.sessions]
@@ -160,13 +162,13 @@ class ParameterClient:
 
     # ---- setup -----------------------------------------------------------------------
 
-    def attach(self, model: nn.Module) -> bool:
+    def attach(self, model: nn.Module, exclude: Collection[str] = ()) -> bool:
         """Register the model's parameters (or join the registered model), then pull them.
 
         Returns True when this call created the model on some shard. Every worker starts
         from the same parameters: the servers', not its own initialisation.
         """
-        params: dict[str, torch.Tensor] = dict(model.named_parameters())
+        params = dense_parameters(model, exclude)
         if not params:
             raise InvalidArgument("the model has no parameters to train")
         params.update(float_buffers(model))
@@ -203,12 +205,13 @@ class ParameterClient:
         try:
             result = self._register(shard)
         except SessionExpired as error:  # evicted while starting up (a starved process)
-            self._rejoin(shard, error.message)
+            self.rejoin(shard, error.message)
             return ShardJoin(created=False, version=self.versions[shard], rejoined=True)
         return ShardJoin(created=result.created, version=result.version)
 
-    def _rejoin(self, shard: int, why: str) -> None:
-        """New session on a shard that forgot ours (we were evicted, or it restarted).
+    def rejoin(self, shard: int, why: str) -> None:
+        """New session on a shard that forgot ours (we were evicted, or it restarted);
+        table calls (issue #16) use it too.
 
         Runs on the shard's fan-out thread: writes only this shard's slots; the caller
         reports the rejoin in its per-shard record.
@@ -292,7 +295,7 @@ class ParameterClient:
                                      step.num_samples, step.more_parts, step.options,
                                      momentum_applied=self._momentum_applied(shard))
         except SessionExpired as error:
-            self._rejoin(shard, error.message)
+            self.rejoin(shard, error.message)
             current = self.versions[shard]  # what the rejoined shard holds now
             return ShardPush(PushResult(current, applied=False), current, rejoined=True)
         except Aborted as error:
@@ -322,7 +325,7 @@ class ParameterClient:
         try:
             return ShardPull(self._pull_into(shard, min_version, targets, timeout_s))
         except SessionExpired as error:
-            self._rejoin(shard, error.message)
+            self.rejoin(shard, error.message)
         version = self._pull_into(shard, min(min_version, self.versions[shard]), targets,
                                   timeout_s)
         return ShardPull(version, rejoined=True)
@@ -394,3 +397,4 @@ class ParameterClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+

@@ -2,25 +2,27 @@
 `paramserver.federated.secagg` over the SecureAggregate RPC, and the ordered steps that turn
 the local update into the masked vector the server receives.
 
-The update pipeline is a list of steps, each `step(vector, round) -> vector`, applied in
-order to the flat update (float64, the model's tensors in the server's layout order):
-`quantise` turns it into uint32 in Z_{2^32} (pre-scaled by the client's weight), `mask` adds
-the self and pairwise masks. Steps that work on the float update (clipping, noise for
-distributed differential privacy) go before `quantise`:
-
-    SecureRound(client, steps=[clip, add_noise, quantise, mask])
+The client's update pipeline reads clip -> noise -> quantise -> mask: differential
+privacy's steps (`workers.update_steps`, on the update's tensors) run first, then the update
+is flattened (float64, the model's tensors in the server's layout order) and goes through
+this module's vector steps, each `step(vector, round) -> vector`: `quantise` turns it into
+uint32 in Z_{2^32} (pre-scaled by the weight the server states), `mask` adds the self and
+pairwise masks.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 import torch
 
-from paramserver.errors import Aborted
+from paramserver import serde
+from paramserver.errors import Aborted, InvalidArgument, from_rpc_error
 from paramserver.federated.secagg.client import ClientRound
 from paramserver.federated.secagg.protocol import (
     RoundParams,
@@ -29,9 +31,11 @@ from paramserver.federated.secagg.protocol import (
     SecAggRequest,
     Stage,
 )
+from workers.connection import ServerConnection
 from workers.parameter_client import ParameterClient
 
 log = logging.getLogger(__name__)
+RETRIED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 
 
 @dataclass
@@ -45,7 +49,7 @@ class RoundState:
     inbox: dict[str, bytes] = field(default_factory=dict)
 
 
-UpdateStep = Callable[[np.ndarray, RoundState], np.ndarray]
+VectorStep = Callable[[np.ndarray, RoundState], np.ndarray]
 
 
 def quantise(vector: np.ndarray, state: RoundState) -> np.ndarray:
@@ -58,30 +62,65 @@ def mask(vector: np.ndarray, state: RoundState) -> np.ndarray:
     return state.secagg.mask(state.inbox, vector)
 
 
-DEFAULT_STEPS: tuple[UpdateStep, ...] = (quantise, mask)
+DEFAULT_STEPS: tuple[VectorStep, ...] = (quantise, mask)
 
 
-def flat_update(global_params: dict[str, torch.Tensor], model: torch.nn.Module,
-                names: Sequence[str]) -> np.ndarray:
-    """global - local, flattened in `names` order, as float64."""
-    params = dict(model.named_parameters())
-    return np.concatenate([(global_params[n] - params[n].detach()).reshape(-1).double().numpy()
-                           for n in names])
+def flat_update(update: dict[str, torch.Tensor], names: Sequence[str]) -> np.ndarray:
+    """The update's tensors flattened in `names` order, as float64."""
+    return np.concatenate([update[n].detach().reshape(-1).double().numpy() for n in names])
+
+
+class SecureAggregateCall:
+    """The SecureAggregate RPC on one server connection: its bytes count as the
+    connection's, and DEADLINE_EXCEEDED or UNAVAILABLE is retried with the same message
+    (the server takes a stage's message once) for the connection's `retry_s`."""
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self.connection = connection
+        self._rpc = serde.RPCS["SecureAggregate"]
+        self._method = connection.channel.unary_unary(
+            serde.method_path("SecureAggregate"), request_serializer=self._encode,
+            response_deserializer=self._decode)
+
+    def _encode(self, request: SecAggRequest) -> bytes:
+        message: bytes = self._rpc.request_to_bytes(request)
+        self.connection.bytes_pushed += len(message)
+        return message
+
+    def _decode(self, message: bytes) -> object:
+        self.connection.bytes_pulled += len(message)
+        return self._rpc.response_from_bytes(message)
+
+    def __call__(self, request: SecAggRequest) -> SecAggReply:
+        give_up = time.monotonic() + self.connection.retry_s
+        while True:
+            try:
+                reply = self._method(request, timeout=self.connection.timeout_s)
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                if error.code not in RETRIED or time.monotonic() > give_up:
+                    raise error from None
+                continue
+            if isinstance(reply, serde.MalformedMessage):
+                raise InvalidArgument(f"the server's answer: {reply.reason}")
+            assert isinstance(reply, SecAggReply)
+            return reply
 
 
 class SecureRound:
     """One client's secure-aggregation rounds against a `--secure-aggregation` server."""
 
     def __init__(self, client: ParameterClient,
-                 steps: Sequence[UpdateStep] = DEFAULT_STEPS) -> None:
+                 steps: Sequence[VectorStep] = DEFAULT_STEPS) -> None:
         self.client = client
+        self._stub = SecureAggregateCall(client.connections[0])
         self.steps = list(steps)
         self._state: RoundState | None = None
 
     def _call(self, round_: int, stage: Stage, **fields: object) -> SecAggReply:
         request = SecAggRequest(session_id=self.client.session.session_id, round=round_,
                                 stage=stage, **fields)  # type: ignore[arg-type]
-        return self.client.connections[0].secure_aggregate(request)
+        return self._stub(request)
 
     def share_keys(self, round_: int, weight: int) -> bool:
         """ADVERTISE and SHARE_KEYS (before local training); False if the round failed."""
@@ -90,9 +129,9 @@ class SecureRound:
             params = self._call(round_, Stage.ADVERTISE, keys=secagg.advertise()).params
             if params is None:
                 raise SecAggAborted("the server sent no round parameters")
-            state = RoundState(round_, weight, params, secagg)
-            state.inbox = self._call(round_, Stage.SHARE_KEYS,
-                                     sealed=secagg.share_keys(params)).inbox
+            sealed = secagg.share_keys(params)
+            state = RoundState(round_, secagg.weight, params, secagg)
+            state.inbox = self._call(round_, Stage.SHARE_KEYS, sealed=sealed).inbox
         except (Aborted, SecAggAborted) as error:
             log.info("round %d: secure aggregation stopped: %s", round_, error)
             return False

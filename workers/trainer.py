@@ -1,7 +1,9 @@
-"""The built-in trainer behind `paramserver worker`: digits MLP against a parameter server."""
+"""The built-in trainer behind `paramserver worker`: a `workers.tasks` model (the digits MLP
+or the CTR model) against a parameter server."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -14,9 +16,11 @@ from torch import nn
 from paramserver.errors import ParamServerError
 from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec, Mode, Role
-from workers.data import epoch_batches, load_digits_dataset, shard_indices, steps_per_epoch
-from workers.models import accuracy, digits_mlp
+from workers.data import epoch_batches, epoch_seed, shard_indices, steps_per_epoch
+from workers.embeddings import AttachedTables, excluded, find_tables, open_tables, plan_for
 from workers.parameter_client import ParameterClient
+from workers.table_client import TableClient
+from workers.tasks import TABLE_INIT_SCALE, make_task, train_examples
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +43,15 @@ class TrainConfig:
     timeout_s: float = 60.0
     retry_s: float = 60.0  # how long to retry an unreachable server before failing
     security: ClientSecurity | None = None  # TLS and credential (None: from the environment)
+    model: str = "digits"  # a name in workers.tasks.MODELS
+    ctr_spec: str = "tiny"  # --model ctr: the data set, a name in workers.ctr_data.SPECS
+    table_optimizer: str = "adam:lr=0.03"  # row-sparse tables' (issue #16): SparseAdam's rule
 
 
 @dataclass(frozen=True)
 class TrainReport:
     worker_id: str
-    accuracy: float
+    accuracy: float  # the test metric named by `metric`
     steps: int
     version: int
     wall_s: float
@@ -60,9 +67,10 @@ class TrainReport:
     aborted_pushes: int = 0  # pushes dropped (step closed without them, or too stale)
     duplicate_pushes: int = 0  # retried pushes the server had already applied
     retries: int = 0  # calls retried after UNAVAILABLE / DEADLINE_EXCEEDED
+    metric: str = "accuracy"  # what `accuracy` holds: "accuracy" (digits) or "auc" (ctr)
 
 
-# Called after each epoch with (epoch, mean training loss, test accuracy).
+# Called after each epoch with (epoch, mean training loss, test metric).
 EpochCallback = Callable[[int, float, float], None]
 # Called with the step's index (from 0) after its backward pass, before its push: a test
 # makes a straggler by sleeping here (tests/straggler_worker.py).
@@ -71,19 +79,18 @@ StepHook = Callable[[int], None]
 
 def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
           before_push: StepHook | None = None) -> TrainReport:
-    """Train the digits MLP with the server holding the parameters and the optimizer."""
+    """Train `config.model` with the server holding the parameters and the optimizer."""
     torch.set_num_threads(1)  # workers share the cores with the server and each other
-    data = load_digits_dataset()
-    model = digits_mlp(config.hidden, config.seed)
+    task = make_task(config.model, config.hidden, config.seed, config.ctr_spec)
+    model = task.model
     started = time.perf_counter()
     with ParameterClient(config.servers, config.worker_id, push_codecs=config.codecs,
                          pull_codecs=config.pull_codecs, timeout_s=config.timeout_s,
                          error_feedback=config.error_feedback,
                          ef_momentum=config.ef_momentum, retry_s=config.retry_s,
-                         security=config.security) as client:
-        client.attach(model)
-        loss_fn = nn.CrossEntropyLoss()
-        n = len(data.x_train)
+                         security=config.security) as client, \
+            _attached(client, model, config.table_optimizer, config.seed) as tables:
+        n = task.n_train
         mine = shard_indices(n, config.rank, config.num_workers, config.data)
         steps = steps_per_epoch(n, config.num_workers, config.data, config.batch_size)
         schedule = _Schedule(config, mine, steps)
@@ -91,18 +98,20 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         for step in _job_steps(client, schedule, config.epochs * steps):
             batch = schedule.batch(step)
             model.zero_grad(set_to_none=True)
-            out = loss_fn(model(data.x_train[batch]), data.y_train[batch])
+            out = task.loss(batch)
             out.backward()
             if before_push is not None:
                 before_push(loop.steps_done)
+            if tables is not None:  # the row gradients first: one push sequence per worker
+                tables.push()
             client.step(num_samples=len(batch))
             loop.record(float(out))
             if schedule.ends_epoch(step):
                 loss = loop.close_epoch()
-                acc = accuracy(model, data.x_test, data.y_test)
+                acc = task.evaluate()
                 epoch = step // steps + 1
-                log.info("%s epoch %d loss %.4f test accuracy %.4f (version %d)",
-                         config.worker_id, epoch, loss, acc, client.version)
+                log.info("%s epoch %d loss %.4f test %s %.4f (version %d)",
+                         config.worker_id, epoch, loss, task.metric, acc, client.version)
                 if on_epoch is not None:
                     on_epoch(epoch, loss, acc)
         steps_done, loss = loop.steps_done, loop.last_loss
@@ -118,7 +127,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             client.pull(0)  # the freshest parameters, including other workers' updates
         return TrainReport(
             worker_id=config.worker_id,
-            accuracy=accuracy(model, data.x_test, data.y_test),
+            accuracy=task.evaluate(),
             steps=steps_done,
             version=client.version,
             wall_s=time.perf_counter() - started,
@@ -134,7 +143,31 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             aborted_pushes=client.aborted_pushes,
             duplicate_pushes=sum(c.duplicates for c in client.connections),
             retries=sum(c.retries for c in client.connections),
+            metric=task.metric,
         )
+
+
+@contextlib.contextmanager
+def _attached(client: ParameterClient, model: nn.Module, table_optimizer: str,
+              seed: int) -> Iterator[AttachedTables | None]:
+    """Attach `model` to the job: its sparse embedding modules as row-sparse tables (issue
+    #16, declared with `table_optimizer`; None when it has none), the rest dense."""
+    modules = find_tables(model, None)
+    client.attach(model, exclude=excluded(modules))
+    if not modules:
+        tables = None
+    elif client.role is Role.OBSERVER:  # reads rows; may not declare (the workers did)
+        plan = plan_for(modules, len(client.connections), table_optimizer, seed,
+                        TABLE_INIT_SCALE)
+        tables = AttachedTables(modules, TableClient(client.connections, plan, sync=False))
+    else:
+        tables = open_tables(modules, client.connections, client.session.mode is Mode.SYNC,
+                             table_optimizer, seed, TABLE_INIT_SCALE)
+    try:
+        yield tables
+    finally:
+        if tables is not None:
+            tables.close()
 
 
 class _Schedule:
@@ -150,7 +183,7 @@ class _Schedule:
     def batch(self, step: int) -> np.ndarray:
         epoch, index = divmod(step, self.steps)
         if epoch != self._epoch:
-            seed = self._config.seed * 1_000_003 + epoch * 1_009 + self._config.rank
+            seed = epoch_seed(self._config.seed, epoch, self._config.rank)
             self._batches = epoch_batches(self._mine, self.steps, self._config.batch_size,
                                           seed)
             self._epoch = epoch
@@ -208,18 +241,21 @@ def require_some_applied(worker_id: str, pushes: int, aborted: int) -> None:
 
 def evaluate_server_model(servers: str, hidden: int = 128, timeout_s: float = 30.0,
                           security: ClientSecurity | None = None,
-                          name: str = "evaluator") -> tuple[float, int]:
-    """(test accuracy, version) of the servers' current parameters, read by an observer
-    named `name` (under authentication: the credential's own name, or any for an admin)."""
-    data = load_digits_dataset()
-    model = digits_mlp(hidden)
+                          name: str = "evaluator", model: str = "digits",
+                          ctr_spec: str = "tiny", table_optimizer: str = "adam:lr=0.03",
+                          seed: int = 0) -> tuple[float, int]:
+    """(test metric, version) of the servers' current parameters for `model` (accuracy for
+    digits, AUC for ctr), read by an observer named `name` (under authentication: the
+    credential's own name, or any for an admin). Row-sparse tables are read with the plan
+    the workers declared (`table_optimizer`, `seed`)."""
+    task = make_task(model, hidden, ctr_spec=ctr_spec)
     with ParameterClient(servers, name, role=Role.OBSERVER, timeout_s=timeout_s,
-                         security=security) as client:
-        client.attach(model)
-        return accuracy(model, data.x_test, data.y_test), client.version
+                         security=security) as client, \
+            _attached(client, task.model, table_optimizer, seed):
+        return task.evaluate(), client.version
 
 
 def total_steps(config: TrainConfig) -> int:
-    n = len(load_digits_dataset().x_train)
+    n = train_examples(config.model, config.ctr_spec)
     return config.epochs * steps_per_epoch(n, config.num_workers, config.data, config.batch_size)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from paramserver.cli.server_options import (
     config_from_args,
     select,
 )
-from paramserver.types import Mode
+from paramserver.cli.status import describe_privacy
+from paramserver.federated.privacy import PrivacyReport, noise_for_epsilon, rounds_within
+from paramserver.types import Aggregation, Mode
 
 # Not offered: --clients sizes the job; the strategy decides the aggregation and the server
 # optimizer (all but its weight decay); the sync, SSP and async bounds and rates, and the
@@ -67,14 +70,15 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         strategy = strategies.get(args.strategy)
+        rounds = plan_privacy(args)
         server = config_from_args(
             args, OPTIONS, mode=Mode(args.mode), expected_workers=args.clients,
-            aggregation=strategy.aggregation,
+            aggregation=Aggregation.MEAN if args.dp != "off" else strategy.aggregation,
             optimizer=dataclasses.replace(strategy.server_optimizer,
                                           weight_decay=args.weight_decay))
         job = LocalFederation(
             server=server, training=training_from_args(args), clients=args.clients,
-            rounds=args.rounds, partition=args.partition, codecs=args.codec, seed=args.seed,
+            rounds=rounds, partition=args.partition, codecs=args.codec, seed=args.seed,
             strategy=args.strategy, simulate=args.simulate, log_level=args.log_level,
             tls=args.tls)
     except ValueError as error:
@@ -82,11 +86,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="paramserver-federated-"))
 
+    spent: dict[int, float] = {}
+
     def progress(round_: int, value: float) -> None:
-        print(f"round {round_}/{args.rounds} accuracy {value:.4f}", flush=True)
+        privacy = f"  epsilon {spent[round_]:.3f}" if round_ in spent else ""
+        print(f"round {round_}/{rounds} accuracy {value:.4f}{privacy}", flush=True)
 
     try:
-        report = run_local_federation(job, run_dir, progress)
+        report = run_local_federation(job, run_dir, progress, spent.__setitem__)
     except (ClusterError, RuntimeError) as error:
         print(f"federated failed: {error}\n(logs in {run_dir})")
         return 1
@@ -96,4 +103,40 @@ def run(args: argparse.Namespace) -> int:
           f"  pushed {report.bytes_pushed / 1e6:.2f} MB  pulled "
           f"{report.bytes_pulled / 1e6:.2f} MB  dropouts {len(report.dropouts)}  "
           f"({args.strategy}, {args.clients} clients, {args.partition}, logs in {run_dir})")
+    if report.privacy:
+        print(f"privacy: {describe_privacy(PrivacyReport(**report.privacy))}")
     return 0
+
+
+def plan_privacy(args: argparse.Namespace) -> int:
+    """--dp with --target-epsilon: compute the noise multiplier from the target and the
+    planned rounds when --noise-multiplier is not given, or cut the rounds to what the
+    budget allows when it is (the server would stop there anyway). Prints what it decided;
+    returns the rounds to run."""
+    if args.dp == "off" or not args.target_epsilon:
+        if args.dp != "off":
+            print("privacy: --dp weights every client the same (--aggregate mean); "
+                  f"{args.strategy}'s server optimizer applies the noisy mean")
+        return int(args.rounds)
+    q = expected_sampling_rate(args.clients, args.fraction, args.min_clients)
+    if not args.noise_multiplier:
+        args.noise_multiplier = noise_for_epsilon(args.target_epsilon, args.dp_delta, q,
+                                                  args.rounds)
+        print(f"privacy: noise multiplier {args.noise_multiplier:.4f} computed so that "
+              f"{args.rounds} rounds at sampling rate {q:.3g} spend epsilon <= "
+              f"{args.target_epsilon:g} at delta {args.dp_delta:g}")
+        return int(args.rounds)
+    allowed = rounds_within(args.target_epsilon, args.dp_delta, q, args.noise_multiplier,
+                            args.rounds)
+    if allowed < args.rounds:
+        print(f"privacy: --target-epsilon {args.target_epsilon:g} allows {allowed} of "
+              f"{args.rounds} rounds at noise multiplier {args.noise_multiplier:g}")
+    if allowed < 1:
+        raise ValueError("--target-epsilon is too small for a single round at this "
+                         "--noise-multiplier")
+    return allowed
+
+
+def expected_sampling_rate(clients: int, fraction: float, min_clients: int) -> float:
+    """q = sampled / clients, as the server samples when every client is live."""
+    return min(clients, max(min_clients, math.ceil(fraction * clients))) / clients

@@ -1,4 +1,4 @@
-"""`paramserver launch`: a local cluster that trains the digits MLP end to end."""
+"""`paramserver launch`: a local cluster that trains a built-in model end to end."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser = sub.add_parser(
         "launch", help="run a local cluster of server and worker processes",
         description="Start servers and workers as separate processes on 127.0.0.1, train the "
-                    "digits MLP, show progress, and print a summary.")
+                    "digits MLP (or the CTR model: --model ctr), show progress, and print a "
+                    "summary.")
     parser.add_argument("--servers", type=int, default=1,
                         help="parameter servers the model is sharded over (1)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (2)")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     write_json(args.report, dataclasses.asdict(report))
-    print(f"accuracy {report.accuracy:.4f}  steps {report.steps}  "
+    print(f"{report.metric} {report.accuracy:.4f}  steps {report.steps}  "
           f"wall {report.wall_s:.1f}s  pushed {report.bytes_pushed / 1e6:.2f} MB  "
           f"pulled {report.bytes_pulled / 1e6:.2f} MB  codec {report.codec} "
           f"(x{report.compression_ratio:.1f})  shard bytes {report.shard_bytes}  "

@@ -77,16 +77,22 @@ class FederationReport:
     codec: str
     weighting: str
     client_examples: list[int] = field(default_factory=list)
+    privacy: dict[str, Any] | None = None  # --dp: the server's PrivacyReport at the end
+    round_epsilon: list[float] = field(default_factory=list)  # --dp: epsilon after each round
 
 
 def run_local_federation(job: LocalFederation, run_dir: Path,
-                         on_round: Callable[[int, float], None]) -> FederationReport:
+                         on_round: Callable[[int, float], None],
+                         on_epsilon: Callable[[int, float], None] | None = None,
+                         ) -> FederationReport:
     """Start the server and the clients, follow the rounds, stop everything.
 
-    `on_round(round, accuracy)` sees each round's accuracy as it closes. Raises
+    `on_round(round, accuracy)` sees each round's accuracy as it closes, and with --dp
+    `on_epsilon(round, epsilon)` the privacy spent by then (before on_round). Raises
     ClusterError if a process fails, RuntimeError if no client is left before the end.
     """
     started = time.perf_counter()
+    epsilons: list[float] = []
     tls = (make_local_cluster_tls(run_dir / "tls", {f"client-{i}": AccessRole.WORKER
                                                    for i in range(job.clients)})
            if job.tls else None)
@@ -96,8 +102,19 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
                                                         "--log-level", job.log_level])
         clients: _Clients = (_ThreadClients(job, address, tls) if job.simulate
                              else _ProcessClients(job, address, cluster, tls))
-        accuracies = follow_rounds(address, job.rounds, on_round, clients.alive,
-                                   security=client_security(tls))
+        security = client_security(tls)
+
+        def scored(round_: int, value: float) -> None:
+            if job.server.dp.on:  # the accountant has spent this round before it applied
+                current = probe_status(address, security=security)
+                epsilons.append(current.privacy.epsilon if current and current.privacy
+                                else float("nan"))
+                if on_epsilon is not None:
+                    on_epsilon(round_, epsilons[-1])
+            on_round(round_, value)
+
+        accuracies = follow_rounds(address, job.rounds, scored, clients.alive,
+                                   security=security)
         final = probe_status(address, security=client_security(tls))
         reports = clients.finish()
         cluster.stop(server)
@@ -111,7 +128,9 @@ def run_local_federation(job: LocalFederation, run_dir: Path,
         mode=job.server.mode.value, fraction=job.server.federated.fraction,
         local_epochs=job.training.epochs, codec=" ".join(str(c) for c in job.codecs),
         weighting=job.training.weighting,
-        client_examples=sorted(r["examples"] for r in reports))
+        client_examples=sorted(r["examples"] for r in reports),
+        privacy=dataclasses.asdict(final.privacy) if final and final.privacy else None,
+        round_epsilon=epsilons)
 
 
 class _Clients:

@@ -1,5 +1,6 @@
-"""Train the digits MLP on a local cluster: N server processes (the model sharded over them),
-M worker processes, and a report of the run. The library behind `paramserver launch`.
+"""Train a built-in model (digits MLP or CTR) on a local cluster: N server processes (the
+model sharded over them), M worker processes, and a report of the run. The library behind
+`paramserver launch`.
 
 It lives in `cli/`, the composition root, because it wires both sides: it starts servers
 from a `ServerConfig` and workers from a `TrainConfig`, and reads results with the client.
@@ -66,7 +67,7 @@ class LocalTraining:
 class TrainingReport:
     """A finished run: the global model's accuracy and what it took (the --report JSON)."""
 
-    accuracy: float
+    accuracy: float  # the test metric named by `metric`
     steps: int  # the servers' final version
     wall_s: float
     bytes_pushed: int
@@ -83,6 +84,7 @@ class TrainingReport:
     worker_accuracy: list[float]
     worker_step_s: list[float]
     worker_versions: list[int]  # the version of each worker's final model
+    metric: str = "accuracy"  # "accuracy" (digits) or "auc" (ctr)
 
     def diverged(self) -> bool:
         """A sync job whose workers ended on different models (a bug, or a restart that
@@ -111,7 +113,11 @@ def run_local_training(job: LocalTraining, run_dir: Path,
                                  _worker_args(job, rank, addresses, report, tls))
                    for rank, report in enumerate(reports)]
         _wait(cluster, [m for m, _ in servers], workers, addresses, job, on_version, mine)
-        accuracy, version = evaluate_server_model(addresses, security=mine)
+        accuracy, version = evaluate_server_model(addresses, security=mine,
+                                                  model=job.worker.model,
+                                                  ctr_spec=job.worker.ctr_spec,
+                                                  table_optimizer=job.worker.table_optimizer,
+                                                  seed=job.worker.seed)
         shard_bytes = _shard_bytes(addresses, mine)
         for managed, _ in servers:
             cluster.stop(managed)
@@ -126,7 +132,8 @@ def run_local_training(job: LocalTraining, run_dir: Path,
         workers=job.workers, shard_bytes=shard_bytes, epochs=job.worker.epochs,
         data=job.worker.data, worker_accuracy=[r["accuracy"] for r in worker_reports],
         worker_step_s=[r["wall_s"] / max(r["steps"], 1) for r in worker_reports],
-        worker_versions=[r["version"] for r in worker_reports])
+        worker_versions=[r["version"] for r in worker_reports],
+        metric=worker_reports[0].get("metric", "accuracy"))
 
 
 def _cluster_tls(job: LocalTraining, run_dir: Path) -> ClusterFiles | None:
@@ -154,7 +161,8 @@ def _worker_args(job: LocalTraining, rank: int, servers: str, report: Path,
             "--seed", str(worker.seed), "--codec", " ".join(str(c) for c in worker.codecs),
             "--pull-codec", " ".join(str(c) for c in worker.pull_codecs),
             "--report", str(report), "--log-level", job.log_level,
-            "--ef-momentum", str(worker.ef_momentum),
+            "--ef-momentum", str(worker.ef_momentum), "--model", worker.model,
+            "--ctr-spec", worker.ctr_spec, "--table-optimizer", worker.table_optimizer,
             *([] if worker.error_feedback else ["--no-error-feedback"]),
             *client_flags(tls, f"worker-{rank}")]
 

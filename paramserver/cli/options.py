@@ -30,6 +30,18 @@ def setup_logging(level: str) -> None:
 def add_training(parser: argparse.ArgumentParser) -> None:
     """Options of the built-in digits trainer, shared by `worker` and `launch`."""
     group = parser.add_argument_group("training")
+    group.add_argument("--model", choices=["digits", "ctr"], default="digits",
+                       help="digits: the 8x8 digits MLP (test accuracy); ctr: the DLRM-like "
+                            "click-through-rate model on synthetic data (test AUC) (digits)")
+    group.add_argument("--ctr-spec", choices=["tiny", "small", "huge"], default="tiny",
+                       help="--model ctr: the synthetic data set and table sizes (tiny: "
+                            "100 to 10k rows; small: 1k to 1M; huge: a 100M-row table, "
+                            "sparse tables only) (tiny)")
+    group.add_argument("--table-optimizer", default="adam:lr=0.03",
+                       help="--model ctr: the row-wise optimizer of its sparse embedding "
+                            "tables, e.g. 'adagrad:lr=0.05' (adam:lr=0.03, SparseAdam's rule; "
+                            "the dense part uses the servers' --optimizer, e.g. adam --lr "
+                            "0.002)")
     group.add_argument("--epochs", type=int, default=10, help="passes over the data (10)")
     group.add_argument("--batch-size", type=int, default=32, help="per-worker batch size (32)")
     group.add_argument("--data", choices=["split", "replicate"], default="split",
@@ -58,7 +70,9 @@ def train_config(args: argparse.Namespace, servers: str, worker_id: str, rank: i
                        num_workers=num_workers, epochs=args.epochs, batch_size=args.batch_size,
                        data=args.data, seed=args.seed, codecs=args.codec,
                        pull_codecs=args.pull_codec, error_feedback=not args.no_error_feedback,
-                       ef_momentum=args.ef_momentum, **fields)
+                       ef_momentum=args.ef_momentum, model=args.model,
+                       ctr_spec=args.ctr_spec, table_optimizer=args.table_optimizer,
+                       **fields)
 
 
 def parse_codecs(text: str) -> tuple[CodecSpec, ...]:

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         help="write the bound port here once serving (for --port 0)")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (0: off)")
+    parser.add_argument("--health-port", type=int, default=0, metavar="PORT",
+                        help="also answer the gRPC health service alone, plaintext, on "
+                             "HOST:PORT, for probes without TLS such as the kubelet's (0: off)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds to drain in-flight calls on shutdown (5)")
     add_server_options(parser)
@@ -46,5 +49,6 @@ def run(args: argparse.Namespace, hooks: ServerHooks | None = None) -> int:
         print(f"serve: {error}", file=sys.stderr)
         return 2
     serve(config, args.host, args.port, args.port_file, args.grace, hooks, security,
-          advertise_address=args.advertise_address, metrics_port=args.metrics_port or None)
+          advertise_address=args.advertise_address, metrics_port=args.metrics_port or None,
+          health_port=args.health_port or None)
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from paramserver.codecs import codec_names
+from paramserver.federated.privacy import DPMode
 from paramserver.optimizer import OPTIMIZERS
 from paramserver.server.config import AsyncLearningRate, ServerConfig, UnusedGradients
 from paramserver.types import Aggregation, Mode
@@ -163,6 +164,17 @@ OPTIONS: tuple[ServerOption, ...] = (
     ServerOption("--buffer", "federated.buffer", FEDERATED,
                  "fedbuff: apply once this many updates arrived"),
     ServerOption("--sampling-seed", "federated.seed", FEDERATED, "client sampling seed"),
+    ServerOption("--dp", "dp.mode", FEDERATED,
+                 "DP-FedAvg (issue #17): clip each update to --clip-norm C and add Gaussian "
+                 "noise of std z*C to the round's sum, on the server (central) or as each "
+                 "sampled client's share (distributed); needs uniform weighting",
+                 choices=tuple(m.value for m in DPMode)),
+    ServerOption("--noise-multiplier", "dp.noise_multiplier", FEDERATED,
+                 "--dp: z, the noise std on a round's sum over --clip-norm"),
+    ServerOption("--dp-delta", "dp.delta", FEDERATED,
+                 "--dp: the delta the accountant reports epsilon at"),
+    ServerOption("--target-epsilon", "dp.target_epsilon", FEDERATED,
+                 "--dp: open no round that would take epsilon above this (0: no budget)"),
     ServerOption("--secure-aggregation", "federated.secure_aggregation", FEDERATED,
                  "federated: secure aggregation (SecAgg+): the server only sees masked, "
                  "quantised updates and learns only their weighted sum; every client must "

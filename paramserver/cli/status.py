@@ -5,6 +5,7 @@ scripts."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 from paramserver.cli.security_options import add_client_security, client_security_from_args
 from paramserver.errors import ParamServerError
+from paramserver.federated.privacy import PrivacyReport
 from paramserver.security.roles import printable
 from paramserver.status import ServerStatus
 
@@ -89,6 +91,8 @@ def status_record(address: str, status: ServerStatus) -> dict[str, Any]:
         "restored_version": status.restored_version, "evicted": list(status.evicted),
         "rejoins": list(status.rejoins), "max_lead": status.max_lead,
         "dropouts": list(status.dropouts), "skipped_rounds": list(status.skipped_rounds),
+        "tables": [dataclasses.asdict(t) for t in status.tables],
+        "privacy": dataclasses.asdict(status.privacy) if status.privacy else None,
     }
 
 
@@ -107,6 +111,7 @@ def format_status(address: str, status: ServerStatus) -> str:
             lines.append(f"   {printable(spec.name, 120):<40} {list(spec.shape)!s:<16} {dtype:<10} "
                          f"{spec.nbytes:>12}")
         lines.append(f"   {'total':<68} {status.layout.nbytes:>12}")
+    lines += _table_lines(status)
     lines.append(f"   connected: {len(status.workers)}")
     for worker in status.workers:
         lines.append(f"   {worker.role.value:<9} {printable(worker.worker_id):<20} pushes "
@@ -122,4 +127,31 @@ def format_status(address: str, status: ServerStatus) -> str:
               ("skipped rounds", [str(r) for r in status.skipped_rounds])]
     lines += [f"   {label}: {', '.join(printable(v) for v in values)}"
               for label, values in events if values]
+    lines += _privacy_lines(status.privacy)
     return "\n".join(lines) + "\n"
+
+
+def _table_lines(status: ServerStatus) -> list[str]:
+    """Row-sparse tables (issue #16): declared rows, rows stored on this shard, bytes."""
+    if not status.tables:
+        return []
+    header = (f"   {'table':<24} {'declared rows':>14} {'dim':>6} {'stored rows':>12} "
+              f"{'bytes':>12} {'version':>8}  optimizer")
+    lines = [header]
+    lines += [f"   {printable(t.name, 60):<24} {t.declared_rows:>14} {t.dim:>6} "
+              f"{t.materialized_rows:>12} {t.bytes:>12} {t.version:>8}  {t.optimizer}"
+              for t in status.tables]
+    return lines
+
+
+def _privacy_lines(report: PrivacyReport | None) -> list[str]:
+    return [] if report is None else [f"   privacy: {describe_privacy(report)}"]
+
+
+def describe_privacy(p: PrivacyReport) -> str:
+    """'epsilon 2.31 at delta 1e-05 after 12 rounds (central DP, z 1.1, C 1, ...)'."""
+    budget = f", target {p.target_epsilon:g}" if p.target_epsilon else ""
+    spent = ": budget spent, no further round" if p.budget_spent else ""
+    return (f"epsilon {p.epsilon:.3f} at delta {p.delta:g} after {p.rounds} rounds "
+            f"({p.mode} DP, noise multiplier {p.noise_multiplier:.4g}, clip norm "
+            f"{p.clip_norm:g}, sampling rate {p.sampling_rate:.3g}{budget}){spent}")

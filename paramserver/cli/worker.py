@@ -1,4 +1,4 @@
-"""`paramserver worker`: the built-in digits trainer against a running server."""
+"""`paramserver worker`: the built-in trainer (digits or CTR) against a running server."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser(
-        "worker", help="train the digits MLP against a server",
-        description="Train an MLP 64-128-10 on scikit-learn's digits; the server holds the "
-                    "parameters and the optimizer.")
+        "worker", help="train the digits MLP (or --model ctr) against a server",
+        description="Train an MLP 64-128-10 on scikit-learn's digits, or with --model ctr a "
+                    "DLRM-like click-through-rate model on synthetic data (its embedding "
+                    "tables row-sparse); the server holds the parameters and the optimizer.")
     parser.add_argument("--servers", "--server", dest="servers", default="127.0.0.1:50051",
                         help="server host:port, or several comma-separated in shard order")
     parser.add_argument("--worker-id", help="stable identity (default: worker-RANK)")
@@ -56,12 +57,14 @@ def run(args: argparse.Namespace, before_push: StepHook | None = None) -> int:
                           retry_s=args.retry, security=security)
     report = train(config, on_epoch=lambda e, loss, acc: print(
         f"[{config.worker_id}] epoch {e}/{config.epochs} loss {loss:.4f} "
-        f"test accuracy {acc:.4f}", flush=True), before_push=before_push)
+        f"test {'auc' if config.model == 'ctr' else 'accuracy'} {acc:.4f}", flush=True),
+        before_push=before_push)
     summary = {**dataclasses.asdict(report), "servers": len(args.servers.split(",")),
                "workers": args.num_workers}
     write_json(args.report, summary)
-    print(f"[{config.worker_id}] done: accuracy {report.accuracy:.4f}, {report.steps} steps, "
-          f"final version {report.version}, {report.wall_s:.1f}s", flush=True)
+    print(f"[{config.worker_id}] done: {report.metric} {report.accuracy:.4f}, "
+          f"{report.steps} steps, final version {report.version}, {report.wall_s:.1f}s",
+          flush=True)
     _warn_if_out_of_lockstep(args.servers, config.worker_id, report.version, security)
     return 0
 

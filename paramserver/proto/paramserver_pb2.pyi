@@ -325,7 +325,7 @@ class TensorStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TensorSpec, _Mapping]] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds", "rejoins", "advertise_address")
+    __slots__ = ("layout", "version", "mode", "expected_workers", "workers", "tensors", "optimizer", "pending_pushes", "server_version", "plan", "shard_index", "max_lead", "evicted", "state_hash", "restored_version", "dropouts", "skipped_rounds", "rejoins", "advertise_address", "tables", "privacy")
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +345,8 @@ class StatusResponse(_message.Message):
     SKIPPED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     REJOINS_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     layout: ModelLayout
     version: int
     mode: Mode
@@ -364,7 +366,31 @@ class StatusResponse(_message.Message):
     skipped_rounds: _containers.RepeatedScalarFieldContainer[int]
     rejoins: _containers.RepeatedScalarFieldContainer[str]
     advertise_address: str
-    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ..., rejoins: _Optional[_Iterable[str]] = ..., advertise_address: _Optional[str] = ...) -> None: ...
+    tables: _containers.RepeatedCompositeFieldContainer[TableStatus]
+    privacy: PrivacyStatus
+    def __init__(self, layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorStatus, _Mapping]]] = ..., optimizer: _Optional[str] = ..., pending_pushes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., max_lead: _Optional[int] = ..., evicted: _Optional[_Iterable[str]] = ..., state_hash: _Optional[str] = ..., restored_version: _Optional[int] = ..., dropouts: _Optional[_Iterable[str]] = ..., skipped_rounds: _Optional[_Iterable[int]] = ..., rejoins: _Optional[_Iterable[str]] = ..., advertise_address: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., privacy: _Optional[_Union[PrivacyStatus, _Mapping]] = ...) -> None: ...
+
+class PrivacyStatus(_message.Message):
+    __slots__ = ("mode", "noise_multiplier", "clip_norm", "delta", "epsilon", "rounds", "target_epsilon", "budget_spent", "sampling_rate")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SPENT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_RATE_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+    epsilon: float
+    rounds: int
+    target_epsilon: float
+    budget_spent: bool
+    sampling_rate: float
+    def __init__(self, mode: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., delta: _Optional[float] = ..., epsilon: _Optional[float] = ..., rounds: _Optional[int] = ..., target_epsilon: _Optional[float] = ..., budget_spent: _Optional[bool] = ..., sampling_rate: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -397,14 +423,20 @@ class JoinRoundRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
 
 class JoinRoundResponse(_message.Message):
-    __slots__ = ("round", "sampled", "sampled_count")
+    __slots__ = ("round", "sampled", "sampled_count", "dp_clip_norm", "dp_noise_std", "finished")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DP_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    DP_NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
     round: int
     sampled: bool
     sampled_count: int
-    def __init__(self, round: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_count: _Optional[int] = ...) -> None: ...
+    dp_clip_norm: float
+    dp_noise_std: float
+    finished: bool
+    def __init__(self, round: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_count: _Optional[int] = ..., dp_clip_norm: _Optional[float] = ..., dp_noise_std: _Optional[float] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -431,6 +463,148 @@ class SetStateResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class TableOptimizer(_message.Message):
+    __slots__ = ("name", "lr", "eps", "beta1", "beta2", "initial_accumulator")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    BETA1_FIELD_NUMBER: _ClassVar[int]
+    BETA2_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_ACCUMULATOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lr: float
+    eps: float
+    beta1: float
+    beta2: float
+    initial_accumulator: float
+    def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., eps: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., initial_accumulator: _Optional[float] = ...) -> None: ...
+
+class TableSpec(_message.Message):
+    __slots__ = ("name", "rows", "dim", "dtype", "optimizer", "init_seed", "init_scale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    INIT_SEED_FIELD_NUMBER: _ClassVar[int]
+    INIT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rows: int
+    dim: int
+    dtype: DType
+    optimizer: TableOptimizer
+    init_seed: int
+    init_scale: float
+    def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., optimizer: _Optional[_Union[TableOptimizer, _Mapping]] = ..., init_seed: _Optional[int] = ..., init_scale: _Optional[float] = ...) -> None: ...
+
+class TablePlan(_message.Message):
+    __slots__ = ("num_shards", "tables", "sharding")
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    SHARDING_FIELD_NUMBER: _ClassVar[int]
+    num_shards: int
+    tables: _containers.RepeatedCompositeFieldContainer[TableSpec]
+    sharding: str
+    def __init__(self, num_shards: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., sharding: _Optional[str] = ...) -> None: ...
+
+class DeclareTablesRequest(_message.Message):
+    __slots__ = ("session_id", "plan", "shard_index")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    plan: TablePlan
+    shard_index: int
+    def __init__(self, session_id: _Optional[str] = ..., plan: _Optional[_Union[TablePlan, _Mapping]] = ..., shard_index: _Optional[int] = ...) -> None: ...
+
+class DeclareTablesResponse(_message.Message):
+    __slots__ = ("created", "plan")
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    created: bool
+    plan: TablePlan
+    def __init__(self, created: _Optional[bool] = ..., plan: _Optional[_Union[TablePlan, _Mapping]] = ...) -> None: ...
+
+class RowPullRequest(_message.Message):
+    __slots__ = ("session_id", "table", "row_ids", "min_version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROW_IDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    table: str
+    row_ids: bytes
+    min_version: int
+    def __init__(self, session_id: _Optional[str] = ..., table: _Optional[str] = ..., row_ids: _Optional[bytes] = ..., min_version: _Optional[int] = ...) -> None: ...
+
+class RowPullHeader(_message.Message):
+    __slots__ = ("version", "table", "rows", "dim", "dtype")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    table: str
+    rows: int
+    dim: int
+    dtype: DType
+    def __init__(self, version: _Optional[int] = ..., table: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+
+class RowPullResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: RowPullHeader
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[RowPullHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class RowPushHeader(_message.Message):
+    __slots__ = ("session_id", "table", "step", "rows", "incarnation", "sequence", "num_samples", "encoded")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    table: str
+    step: int
+    rows: int
+    incarnation: int
+    sequence: int
+    num_samples: int
+    encoded: bool
+    def __init__(self, session_id: _Optional[str] = ..., table: _Optional[str] = ..., step: _Optional[int] = ..., rows: _Optional[int] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., num_samples: _Optional[int] = ..., encoded: _Optional[bool] = ...) -> None: ...
+
+class RowPushRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: RowPushHeader
+    chunk: TensorChunk
+    def __init__(self, header: _Optional[_Union[RowPushHeader, _Mapping]] = ..., chunk: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class TableStatus(_message.Message):
+    __slots__ = ("name", "declared_rows", "dim", "materialized_rows", "bytes", "version", "optimizer")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    MATERIALIZED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    declared_rows: int
+    dim: int
+    materialized_rows: int
+    bytes: int
+    version: int
+    optimizer: str
+    def __init__(self, name: _Optional[str] = ..., declared_rows: _Optional[int] = ..., dim: _Optional[int] = ..., materialized_rows: _Optional[int] = ..., bytes: _Optional[int] = ..., version: _Optional[int] = ..., optimizer: _Optional[str] = ...) -> None: ...
 
 class SecAggKeys(_message.Message):
     __slots__ = ("client_id", "cipher_public_key", "mask_public_key", "weight")

@@ -84,6 +84,21 @@ class ParameterServerStub:
                 request_serializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.SerializeToString,
                 response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.FromString,
                 _registered_method=True)
+        self.DeclareTables = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/DeclareTables',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesResponse.FromString,
+                _registered_method=True)
+        self.PullRows = channel.unary_stream(
+                '/paramserver.v1.ParameterServer/PullRows',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullResponse.FromString,
+                _registered_method=True)
+        self.PushRows = channel.stream_unary(
+                '/paramserver.v1.ParameterServer/PushRows',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.PushResponse.FromString,
+                _registered_method=True)
         self.SecureAggregate = channel.unary_unary(
                 '/paramserver.v1.ParameterServer/SecureAggregate',
                 request_serializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggRequest.SerializeToString,
@@ -156,6 +171,26 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclareTables(self, request, context):
+        """Row-sparse embedding tables (issue #16, docs/wire.md section 11): declare the job's
+        tables, pull the rows a batch touches, push the gradient rows of those rows only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullRows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushRows(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SecureAggregate(self, request, context):
         """Secure aggregation (issue #17, docs/wire.md section "Secure aggregation"): one call per
         stage of a round; each answers once its stage closed on the server.
@@ -216,6 +251,21 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.SetState,
                     request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.FromString,
                     response_serializer=paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.SerializeToString,
+            ),
+            'DeclareTables': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareTables,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesResponse.SerializeToString,
+            ),
+            'PullRows': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullRows,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.RowPullResponse.SerializeToString,
+            ),
+            'PushRows': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushRows,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.PushResponse.SerializeToString,
             ),
             'SecureAggregate': grpc.unary_unary_rpc_method_handler(
                     servicer.SecureAggregate,
@@ -493,6 +543,87 @@ class ParameterServer:
             '/paramserver.v1.ParameterServer/SetState',
             paramserver_dot_proto_dot_paramserver__pb2.SetStateRequest.SerializeToString,
             paramserver_dot_proto_dot_paramserver__pb2.SetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareTables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/DeclareTables',
+            paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.DeclareTablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/PullRows',
+            paramserver_dot_proto_dot_paramserver__pb2.RowPullRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.RowPullResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushRows(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/paramserver.v1.ParameterServer/PushRows',
+            paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.PushResponse.FromString,
             options,
             channel_credentials,
             insecure,

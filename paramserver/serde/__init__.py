@@ -33,12 +33,13 @@ from paramserver.serde.streams import (
     plan_from_bytes,
     plan_to_bytes,
 )
+from paramserver.serde.tables import encode_row_push_header
 
 __all__ = [
     "RPCS", "SERVICE_NAME", "STREAMING", "MalformedMessage", "Rpc", "codec_from_proto",
     "codec_to_proto", "decode_pull_response", "decode_push_request",
     "decode_register_request", "encode_pull_header", "encode_push_header",
-    "encode_register_header", "layout_from_bytes", "layout_from_proto", "layout_to_bytes",
+    "encode_register_header", "encode_row_push_header", "layout_from_bytes", "layout_from_proto", "layout_to_bytes",
     "layout_to_proto", "method_path", "plan_from_bytes", "plan_from_proto", "plan_to_bytes",
     "plan_to_proto", "spec_from_proto", "spec_to_proto",
 ]

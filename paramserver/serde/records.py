@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from paramserver import __version__
+from paramserver.federated.privacy import PrivacyReport
 from paramserver.proto import paramserver_pb2 as pb
 from paramserver.status import ServerStatus, WorkerInfo
+from paramserver.tables.records import TableStatus
 from paramserver.types import (
     CodecSpec,
     HandshakeRequest,
@@ -273,6 +276,7 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
         skipped_rounds=list(status.skipped_rounds),
         rejoins=list(status.rejoins),
         advertise_address=status.advertise_address,
+        privacy=_privacy_to_proto(status.privacy),
         workers=[
             pb.WorkerStatus(
                 worker_id=w.worker_id,
@@ -290,6 +294,10 @@ def status_to_proto(status: ServerStatus) -> pb.StatusResponse:
             pb.TensorStatus(spec=spec_to_proto(t), bytes=t.nbytes)
             for t in (layout.tensors if layout else ())
         ],
+        tables=[pb.TableStatus(name=t.name, declared_rows=t.declared_rows, dim=t.dim,
+                               materialized_rows=t.materialized_rows, bytes=t.bytes,
+                               version=t.version, optimizer=t.optimizer)
+                for t in status.tables],
     )
 
 
@@ -312,6 +320,7 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
         skipped_rounds=tuple(msg.skipped_rounds),
         rejoins=tuple(msg.rejoins),
         advertise_address=msg.advertise_address,
+        privacy=_privacy_from_proto(msg),
         workers=tuple(
             WorkerInfo(
                 worker_id=w.worker_id,
@@ -325,6 +334,24 @@ def status_from_proto(msg: pb.StatusResponse) -> ServerStatus:
             )
             for w in msg.workers
         ),
+        tables=tuple(TableStatus(t.name, t.declared_rows, t.dim, t.materialized_rows, t.bytes,
+                                 t.version, t.optimizer) for t in msg.tables),
     )
 
 
+
+
+def _privacy_to_proto(report: PrivacyReport | None) -> pb.PrivacyStatus | None:
+    if report is None:
+        return None
+    return pb.PrivacyStatus(**dataclasses.asdict(report))
+
+
+def _privacy_from_proto(msg: pb.StatusResponse) -> PrivacyReport | None:
+    if not msg.HasField("privacy"):
+        return None
+    p = msg.privacy
+    return PrivacyReport(mode=p.mode, noise_multiplier=p.noise_multiplier,
+                         clip_norm=p.clip_norm, delta=p.delta, epsilon=p.epsilon,
+                         rounds=p.rounds, target_epsilon=p.target_epsilon,
+                         budget_spent=p.budget_spent, sampling_rate=p.sampling_rate)

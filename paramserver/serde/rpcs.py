@@ -34,6 +34,7 @@ from paramserver.serde.streams import (
     decode_push_request,
     decode_register_request,
 )
+from paramserver.serde.tables import table_rpcs
 from paramserver.transport import MAX_UNARY_REQUEST_BYTES
 from paramserver.types import (
     ModelLayout,
@@ -125,10 +126,12 @@ RPCS: dict[str, Rpc] = {
         _serializing(lambda r: pb.JoinRoundRequest(session_id=r.session_id, round=r.round)),
         _request(pb.JoinRoundRequest, lambda m: RoundRequest(session_id=m.session_id,
                                                              round=m.round)),
-        _serializing(lambda j: pb.JoinRoundResponse(round=j.round, sampled=j.sampled,
-                                                    sampled_count=j.sampled_count)),
+        _serializing(lambda j: pb.JoinRoundResponse(
+            round=j.round, sampled=j.sampled, sampled_count=j.sampled_count,
+            dp_clip_norm=j.dp_clip_norm, dp_noise_std=j.dp_noise_std, finished=j.finished)),
         _parsing(pb.JoinRoundResponse, lambda m: RoundJoin(
-            round=m.round, sampled=m.sampled, sampled_count=m.sampled_count))),
+            round=m.round, sampled=m.sampled, sampled_count=m.sampled_count,
+            dp_clip_norm=m.dp_clip_norm, dp_noise_std=m.dp_noise_std, finished=m.finished))),
     "Leave": Rpc(
         _serializing(lambda session_id: pb.LeaveRequest(session_id=session_id)),
         _request(pb.LeaveRequest, lambda m: str(m.session_id)),
@@ -148,9 +151,11 @@ RPCS["SetState"] = Rpc(
                                                        state=bytes(m.state))),
     _serializing(lambda version: pb.SetStateResponse(version=version)),
     _parsing(pb.SetStateResponse, lambda m: int(m.version)))
-RPCS["SecureAggregate"] = Rpc(
+RPCS.update(table_rpcs(Rpc, _parsing, _serializing, _identity))  # issue #16
+RPCS["SecureAggregate"] = Rpc(  # issue #17
     _serializing(secagg_request_to_proto),
     # A masked input holds 4 bytes per model element: bounded by the message limit.
     _parsing(pb.SecAggRequest, secagg_request_from_proto),
     _serializing(secagg_reply_to_proto), _parsing(pb.SecAggResponse, secagg_reply_from_proto))
-STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream"}
+STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream",
+             "PullRows": "unary_stream", "PushRows": "stream_unary"}

@@ -22,6 +22,7 @@ from paramserver.server.auth import Authenticator, check_binding
 from paramserver.server.checkpoint import BeforeWrite
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
+from paramserver.server.health_port import HealthPort
 from paramserver.server.servicer import ParameterServerServicer, generic_handler
 from paramserver.transport import server_credentials, server_options
 
@@ -50,6 +51,7 @@ class RunningServer:
     ticker: threading.Thread | None = None
     host: str = "127.0.0.1"
     metrics: ServerMetrics | None = None  # the /metrics endpoint (serve --metrics-port)
+    health_port: HealthPort | None = None  # plaintext health only (serve --health-port)
 
     @property
     def address(self) -> str:
@@ -67,6 +69,8 @@ class RunningServer:
             self.ticker.join(timeout=2.0)
         if self.metrics is not None:
             self.metrics.close()
+        if self.health_port is not None:  # closed last: probes saw NOT_SERVING meanwhile
+            self.health_port.close()
         try:
             self.core.checkpoint()
         except Exception:  # a failed final checkpoint must not hide the shutdown
@@ -81,11 +85,13 @@ def join_host_port(host: str, port: int) -> str:
 def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
                  max_threads: int = 64, hooks: ServerHooks | None = None,
                  security: ServerSecurity | None = None, advertise_address: str = "",
-                 metrics_port: int | None = None) -> RunningServer:
+                 metrics_port: int | None = None, health_port: int | None = None,
+                 ) -> RunningServer:
     """Start serving on host:port (0 picks a free port; host may be any interface, an
     IPv6 literal, or 0.0.0.0 / :: for all) and return at once. `advertise_address` is the
     host:port workers should dial, reported in status (default: the bound address).
     `metrics_port`: serve Prometheus metrics on host:PORT (0: a free port; None: off).
+    `health_port`: serve the health service alone, plaintext, on host:PORT (`HealthPort`).
 
     `security`: TLS and how callers are authenticated (None: plaintext, no authentication,
     which a non-loopback `host` refuses unless `security.insecure`; see `auth.py`)."""
@@ -114,6 +120,10 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
     if metrics is not None and metrics_port is not None:
         log.info("metrics on %s", join_host_port(host, metrics.serve(host.strip("[]"),
                                                                      metrics_port)))
+    if health_port is not None:
+        running.health_port = HealthPort(health_servicer, join_host_port(host, health_port))
+        log.info("health (plaintext, health service only) on %s",
+                 join_host_port(host, running.health_port.port))
     core.advertise_address = advertise_address or join_host_port(host, bound)
     running.ticker = threading.Thread(target=_tick, args=(running,), daemon=True,
                                       name="ps-lease")
@@ -169,13 +179,14 @@ def _tick(running: RunningServer) -> None:
 def serve(config: ServerConfig, host: str, port: int, port_file: Path | None = None,
           grace_s: float = 5.0, hooks: ServerHooks | None = None,
           security: ServerSecurity | None = None, advertise_address: str = "",
-          metrics_port: int | None = None) -> None:
+          metrics_port: int | None = None, health_port: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain within `grace_s` and return."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     running = start_server(config, host, port, hooks=hooks, security=security,
-                           advertise_address=advertise_address, metrics_port=metrics_port)
+                           advertise_address=advertise_address, metrics_port=metrics_port,
+                           health_port=health_port)
     tune_process()
     try:
         if port_file is not None:

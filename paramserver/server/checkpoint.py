@@ -35,7 +35,7 @@ import stat
 import struct
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,6 +70,8 @@ class ShardState:
     params: dict[str, torch.Tensor]  # CPU tensors by name, in layout order
     optimizer: dict[str, Any]  # a torch.optim.Optimizer.state_dict()
     extra: dict[str, Any]  # plain JSON data; comes back as json.loads returns it
+    # Row-sparse tables (issue #16): `TableService.snapshot()`, tensors and primitives.
+    tables: dict[str, Any] = field(default_factory=dict)
 
 
 class CorruptCheckpoint(Exception):
@@ -277,6 +279,7 @@ def encode_state(state: ShardState) -> bytes:
         "params": {name: _compact(t) for name, t in state.params.items()},
         "optimizer": state.optimizer,
         "extra": json.dumps(state.extra),
+        "tables": state.tables,
     }, buffer)
     return buffer.getvalue()
 
@@ -294,6 +297,7 @@ def decode_state(body: bytes) -> ShardState:
         params=dict(payload["params"]),
         optimizer=payload["optimizer"],
         extra=json.loads(payload["extra"]),
+        tables=payload.get("tables", {}),
     )
 
 

@@ -16,6 +16,7 @@ from paramserver.server.checkpoint import BeforeWrite, CheckpointStore, ShardSta
 from paramserver.server.ledger import PushLedger
 from paramserver.server.membership import Membership
 from paramserver.server.store import ParameterStore
+from paramserver.server.tables import TableService
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,12 @@ class ShardCheckpointer:
 
     def __init__(self, store: ParameterStore, members: Membership, ledger: PushLedger,
                  directory: Path, every: int = 0, reform_timeout_s: float = 60.0,
-                 before_write: BeforeWrite | None = None, key: bytes | None = None) -> None:
+                 before_write: BeforeWrite | None = None, key: bytes | None = None,
+                 tables: TableService | None = None) -> None:
         self._store = store
         self._members = members
         self._ledger = ledger
+        self._tables = tables  # row-sparse tables (issue #16), saved beside the model
         self._files = CheckpointStore(directory, before_write=before_write, key=key)
         self._every = every
         self._reform_timeout_s = reform_timeout_s
@@ -52,7 +55,8 @@ class ShardCheckpointer:
                                self._store.shard_index, params, optimizer,
                                {"ledger": self._ledger.table(),
                                 "incarnations": self._members.incarnations(),
-                                "members": sorted(self._members.live_workers())})
+                                "members": sorted(self._members.live_workers())},
+                               self._tables.snapshot() if self._tables else {})
             path = self._files.save(state)
             self._saved_version = max(self._saved_version, version)
             self.last_save_s, self.last_saved_at = time.perf_counter() - started, time.time()
@@ -73,6 +77,8 @@ class ShardCheckpointer:
         self._store.restore(state.layout, state.plan, state.shard_index, state.params,
                             state.optimizer, state.version)
         self._ledger.restore(state.extra.get("ledger", {}))
+        if self._tables is not None:
+            self._tables.restore(state.tables)
         self._members.restore_incarnations(state.extra.get("incarnations", {}))
         members = state.extra.get("members", [])
         self._members.reform(members, self._reform_timeout_s)

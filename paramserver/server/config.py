@@ -8,6 +8,7 @@ from pathlib import Path
 
 from paramserver.codecs import CodecLimits
 from paramserver.federated.config import FederatedConfig
+from paramserver.federated.privacy import DPConfig
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.limits import ServerLimits
 from paramserver.transport import DEFAULT_CHUNK_BYTES
@@ -57,6 +58,7 @@ class ServerConfig:
     reform_timeout_s: float = 60.0  # after a restart: wait this long for the old members
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # federated modes
     limits: ServerLimits = field(default_factory=ServerLimits)  # what a request may cost
+    dp: DPConfig = field(default_factory=DPConfig)  # federated: DP-FedAvg (issue #17)
 
     def __post_init__(self) -> None:
         if self.expected_workers < 1:
@@ -70,3 +72,5 @@ class ServerConfig:
             raise ValueError("--secure-aggregation runs with --mode federated (rounds)")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes}")
+        self.dp.check(self.federated.clip_norm, self.aggregation is Aggregation.WEIGHTED,
+                      self.mode is Mode.FEDERATED, self.checkpoint_dir is not None)

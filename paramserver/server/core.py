@@ -18,8 +18,7 @@ from pathlib import Path
 
 from paramserver import __version__
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, negotiate
-from paramserver.errors import FailedPrecondition, InvalidArgument, NotFound
-from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
+from paramserver.errors import WORKER_ID_HELD, FailedPrecondition, InvalidArgument, NotFound
 from paramserver.security.roles import Principal, check_handshake, check_state_hash, printable
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -33,11 +32,16 @@ from paramserver.server.membership import Membership
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
 from paramserver.server.policies.base import Clock
-from paramserver.server.policies.secure_rounds import check_secure_aggregation
-from paramserver.server.pull import delta_pull_messages, pull_messages
+from paramserver.server.policies.secure_rounds import (
+    SecAggReply,
+    SecAggRequest,
+    check_secure_aggregation,
+)
+from paramserver.server.pull import check_pull_codec, delta_pull_messages, pull_messages
 from paramserver.server.pull_streams import PullStreams
 from paramserver.server.state_transfer import install_state, read_state
 from paramserver.server.store import ParameterStore
+from paramserver.server.tables import TableService
 from paramserver.sharding import plan_partition
 from paramserver.status import ServerStatus
 from paramserver.types import (
@@ -74,7 +78,8 @@ class ParameterServerCore:
         self.store = ParameterStore(config.optimizer)
         self.members = Membership(config.mode, config.expected_workers, config.lease_s, clock,
                                   max_sessions=config.limits.max_sessions,
-                                  member_idle_s=config.limits.member_idle_s)
+                                  member_idle_s=config.limits.member_idle_s,
+                                  regroup_s=config.reform_timeout_s)
         self._long_polls = LongPolls(config.limits.max_long_polls)
         self.ledger = PushLedger()
         pool = BufferPool()
@@ -84,12 +89,13 @@ class ParameterServerCore:
         self._intake = PushIntake(config=config, store=self.store, members=self.members,
                                   ledger=self.ledger, parts=self._parts, policy=self.policy,
                                   pool=pool)
+        self.tables = TableService(config, self.members, self.ledger)  # issue #16
         self._checkpoints = (
             ShardCheckpointer(self.store, self.members, self.ledger, config.checkpoint_dir,
                               config.checkpoint_every, config.reform_timeout_s,
                               before_checkpoint_write,
                               config.checkpoint_key.read_bytes() if config.checkpoint_key
-                              else None)
+                              else None, self.tables)
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0
@@ -104,8 +110,7 @@ class ParameterServerCore:
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
                   pull_offers: list[CodecSpec], held_version: int | None = None,
                   world_size: int | None = None, *,
-                  caller: Principal | None = None,
-                  secure_aggregation: bool = False) -> Session:
+                  caller: Principal | None = None, secure_aggregation: bool = False) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
         the parameters it holds; it goes on from the server's version either way.
         `world_size`: the job size a worker states (torchrun's WORLD_SIZE), checked
@@ -162,9 +167,9 @@ class ParameterServerCore:
                 f"started with --workers {expected}: start both with the same job size")
         if not rejoin and worker_id in self.members.live_workers():
             raise FailedPrecondition(
-                f"worker id {worker_id!r} is already attached by a live process (a duplicate "
-                f"RANK?): give each process its own RANK or worker_id; if that process died, "
-                f"its session ends within --lease-timeout ({self.config.lease_s:g}s)")
+                f"worker id {worker_id!r} {WORKER_ID_HELD} (a duplicate RANK?): give each "
+                f"process its own RANK or worker_id; if that process died, its session "
+                f"ends within --lease-timeout ({self.config.lease_s:g}s)")
 
     def _note_rejoin(self, worker_id: str, held: int) -> None:
         version = self.store.version
@@ -210,6 +215,7 @@ class ParameterServerCore:
             log.info("worker %r left at step %d", record.worker_id, self.store.version)
             self._parts.discard(session_id)
             self.policy.members_changed()
+            self.tables.members_changed()
 
     def tick(self) -> None:
         """Periodic duties (the server runs this every fraction of a lease): evict workers
@@ -229,6 +235,7 @@ class ParameterServerCore:
         # Every tick, not only on evictions: a worker that stops pushing leaves the set a
         # step waits for once --member-idle-timeout passes, with no event to say so.
         self.policy.members_changed()
+        self.tables.members_changed()
         self.policy.tick()
         self._maybe_checkpoint()
         self._log_long_wait()
@@ -267,6 +274,8 @@ class ParameterServerCore:
             skipped_rounds=report.skipped_rounds,
             rejoins=tuple(self.rejoins),
             advertise_address=self.advertise_address,
+            tables=self.tables.status(),
+            privacy=report.privacy,
         )
 
     # ---- register, push, pull ------------------------------------------------------------
@@ -327,7 +336,7 @@ class ParameterServerCore:
         """
         record = self.members.touch(session_id, caller)
         specs = self._pulled_specs(names)
-        _check_pull_codec(record.pull_encoder, specs)
+        check_pull_codec(record.pull_encoder, specs)
         timeout_s = min(timeout_s, self.config.max_wait_s)
         started = time.monotonic()
         with self._long_polls.poll("Pull", cancelled) as poll:
@@ -354,13 +363,14 @@ class ParameterServerCore:
     def get_state(self, session_id: str, *, caller: Principal | None = None) -> bytes:
         """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""
         self.members.touch(session_id, caller)
-        return read_state(self.store)
+        return read_state(self.store, self.tables)
 
     def set_state(self, session_id: str, blob: bytes, *,
                   caller: Principal | None = None) -> int:
         """Install a worker's checkpoint on this fresh shard; the version it holds."""
         self.members.require_worker(session_id, caller)
-        version = install_state(self.store, blob, self.policy.report().pending_pushes)
+        version = install_state(self.store, blob, self.policy.report().pending_pushes,
+                                self.tables)
         log.info("state of version %d installed by a worker (%s)", version,
                  self.store.state_hash()[:12])
         return version
@@ -386,15 +396,5 @@ class ParameterServerCore:
     def close(self) -> None:
         """Wake every waiter with UNAVAILABLE; called on shutdown."""
         self.store.close()
+        self.tables.close()
 
-
-def _check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:
-    """The 16-bit pull codecs carry floating-point tensors only: refuse the others up front
-    instead of failing halfway through the stream."""
-    if codec.spec.name == "none":
-        return
-    wrong = [s.name for s in specs if not s.dtype.is_floating_point]
-    if wrong:
-        raise InvalidArgument(f"tensors {wrong[:8]} are not floating-point, and this "
-                              f"session's pull codec {codec.spec} carries only floating-point "
-                              "values: pull them by name from a session with pull codec none")

@@ -10,7 +10,9 @@ starts with whoever came first); from then on workers may join and leave freely.
 restarted from a checkpoint *re-forms* the job: it counts as formed again only once the
 workers it had at that checkpoint are back (or `expected_workers` of them, when none were
 recorded), or, after `reform(timeout_s)`, with whoever is back, so the first worker to
-reconnect never trains alone while the others are still retrying.
+reconnect never trains alone while the others are still retrying. A sync job whose last
+worker is evicted (every process died: a torchrun restart, a crash of every node) re-forms
+the same way, waiting for the workers it lost, at most `regroup_s` (--reform-timeout).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Membership:
 
     def __init__(self, mode: Mode, expected_workers: int, lease_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic, *, max_sessions: int = 1024,
-                 member_idle_s: float = 0.0) -> None:
+                 member_idle_s: float = 0.0, regroup_s: float = 0.0) -> None:
         self._expected = expected_workers
         self.lease_s = lease_s  # 0: nobody is ever evicted
         self._max_sessions = max_sessions
@@ -77,6 +79,8 @@ class Membership:
         self._awaited: frozenset[str] = frozenset()  # re-forming: the members it had
         self._reform_deadline: float | None = None  # re-forming until then
         self.evictions: list[str] = []  # "worker@step", oldest first
+        self._lost: set[str] = set()  # evicted worker ids that have not come back or left
+        self._regroup_s = regroup_s if mode is Mode.SYNC else 0.0  # 0: never re-forms
         self._lock = threading.Lock()
 
     # ---- sessions --------------------------------------------------------------------------
@@ -97,6 +101,7 @@ class Membership:
             incarnation = self._incarnations.get(worker_id, 0) + 1
             if role is Role.WORKER:
                 self._incarnations[worker_id] = incarnation
+                self._lost.discard(worker_id)
             record = SessionRecord(uuid.uuid4().hex, worker_id, role, push, pull, incarnation,
                                    self._clock(), owner=owner)
             self._sessions[record.session_id] = record
@@ -131,6 +136,7 @@ class Membership:
                 check_owner(caller, record.owner, session_id)
                 self._forget(session_id,
                              f"worker {printable(record.worker_id)!r} left the job")
+                self._lost.discard(record.worker_id)
             return record
 
     def evict_silent(self, step: int) -> list[SessionRecord]:
@@ -148,7 +154,20 @@ class Membership:
                              f"after {now - record.last_seen:.1f}s without a heartbeat")
                 if record.role is Role.WORKER:
                     self.evictions.append(f"{record.worker_id}@{step}")
-            return [r for r in silent if r.role is Role.WORKER]
+                    self._lost.add(record.worker_id)
+            workers = [r for r in silent if r.role is Role.WORKER]
+            if workers and self._regroup_s and self._formed and not self._workers():
+                self._regroup()
+            return workers
+
+    def _regroup(self) -> None:
+        """Every worker was evicted: form again once the lost ones are back (torchrun
+        restarts them all, each after its predecessor's lease), or `regroup_s` passed, so
+        the first to come back does not take the job's remaining steps alone. Caller holds
+        `_lock`."""
+        self._awaited = frozenset(self._lost)
+        self._reform_deadline = self._clock() + self._regroup_s
+        self._formed = False
 
     def _forget(self, session_id: str, why: str) -> None:
         del self._sessions[session_id]

@@ -22,6 +22,7 @@ from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.auth import caller_of
 from paramserver.server.core import ParameterServerCore
 from paramserver.status import ServerStatus
+from paramserver.tables import DeclareTables, RowPullRequest, TablePlan
 from paramserver.types import (
     HandshakeRequest,
     PullRequest,
@@ -151,6 +152,25 @@ class ParameterServerServicer:
             return self.core.set_state(upload.session_id, upload.state,
                                        caller=caller_of(context))
 
+    # ---- row-sparse tables (issue #16) ---------------------------------------------------
+
+    def DeclareTables(self, request: DeclareTables,
+                      context: grpc.ServicerContext) -> tuple[bool, TablePlan]:
+        with _abort_on_error(context, "DeclareTables"):
+            return self.core.tables.declare(_parsed(request), caller=caller_of(context))
+
+    def PullRows(self, request: RowPullRequest,
+                 context: grpc.ServicerContext) -> Iterator[bytes]:
+        with _abort_on_error(context, "PullRows"):
+            request = _parsed(request)
+            yield from self.core.tables.pull(
+                request, _time_left(context, self.core.config.max_wait_s),
+                _cancellation(context, self.core), caller=caller_of(context))
+
+    def PushRows(self, request_iterator: Iterator[object],
+                 context: grpc.ServicerContext) -> PushResult:
+        with _abort_on_error(context, "PushRows"):
+            return self.core.tables.push(request_iterator, caller=caller_of(context))
     def SecureAggregate(self, request: SecAggRequest,
                         context: grpc.ServicerContext) -> SecAggReply:
         with _abort_on_error(context, "SecureAggregate"):

@@ -2,7 +2,8 @@
 loop (`ps.state_dict()` / `ps.load_state_dict()`, issue #18).
 
 The state travels as a server checkpoint's payload (`checkpoint.encode_state`): version,
-layout, plan, parameters and optimizer state, read back with weights_only=True. Installing
+layout, plan, parameters and optimizer state, and the row-sparse tables (issue #16: rows,
+their optimizer state and versions), read back with weights_only=True. Installing
 is for fresh servers: a server takes a state for the model it holds while it is still at
 version 0 with no push pending, and answers a state it already holds (same version and
 parameters: a second worker loading the same checkpoint) without change; anything else is
@@ -14,18 +15,20 @@ from __future__ import annotations
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.server.checkpoint import ShardState, decode_state, encode_state
 from paramserver.server.store import ParameterStore, state_digest
+from paramserver.server.tables import TableService
 
 
-def read_state(store: ParameterStore) -> bytes:
-    """This shard's state as checkpoint payload bytes."""
+def read_state(store: ParameterStore, tables: TableService | None = None) -> bytes:
+    """This shard's state as checkpoint payload bytes (its row-sparse tables included)."""
     version, params, optimizer = store.snapshot()
     layout, plan = store.require_layout(), store.plan
     assert plan is not None
     return encode_state(ShardState(version, layout, plan, store.shard_index, params,
-                                   optimizer, {}))
+                                   optimizer, {}, tables.snapshot() if tables else {}))
 
 
-def install_state(store: ParameterStore, blob: bytes, pending_pushes: int) -> int:
+def install_state(store: ParameterStore, blob: bytes, pending_pushes: int,
+                  tables: TableService | None = None) -> int:
     """Install `blob` on a fresh shard (see the module docstring); the version it holds."""
     try:
         state = decode_state(blob)
@@ -50,4 +53,6 @@ def install_state(store: ParameterStore, blob: bytes, pending_pushes: int) -> in
                 "before the first step")
         store.restore(state.layout, state.plan, state.shard_index, state.params,
                       state.optimizer, state.version)
+        if tables is not None and state.tables:
+            tables.restore(state.tables)
     return state.version

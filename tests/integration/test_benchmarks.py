@@ -46,6 +46,15 @@ def test_shards_quick(tmp_path: Path) -> None:
     assert all(len(r["shard_bytes"]) == r["shards"] for r in report["rows"])
 
 
+def test_table_scale_quick(tmp_path: Path) -> None:
+    report = _run("benchmarks.table_scale", tmp_path)
+    sparse_small, sparse_large, dense = report["rows"]
+    assert (sparse_small["rows"], sparse_large["rows"]) == (100_000, 100_000_000)
+    assert sparse_large["sparse"] and not dense["sparse"]
+    assert sum(sparse_large["stored_rows"]) < 100_000  # touched rows, not declared ones
+    assert dense["bytes_per_step"] > 10 * sparse_small["bytes_per_step"]
+
+
 def test_codecs_quick(tmp_path: Path) -> None:
     report = _run("benchmarks.codecs", tmp_path)
     assert {row["codec"] for row in report["codec_speed"]} >= {"none", "qsgd:bits=8,bucket=512"}
@@ -118,3 +127,12 @@ def test_bench_outside_a_checkout_says_how_to_get_one(
     assert main(["bench", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "runs from a source checkout" in err and "make bench" in err
+
+
+def test_tables_quick(tmp_path: Path) -> None:
+    report = _run("benchmarks.tables", tmp_path)
+    rows = {r["config"]: r for r in report["rows"]}
+    assert {"ps-dense", "gloo", "ps-sparse"} <= rows.keys() and not report["not_measured"]
+    # The same batches: the dense alternatives move whole tables, the sparse path its rows.
+    assert rows["ps-dense"]["bytes_per_step"] > 10 * rows["ps-sparse"]["bytes_per_step"]
+    assert rows["ps-sparse"]["bytes_per_step"] >= report["floor_bytes_per_step"]

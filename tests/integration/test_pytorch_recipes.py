@@ -25,6 +25,8 @@ from paramserver.types import Mode, Role
 from tests.conftest import ServerFactory
 from workers import ParameterClient, attach
 from workers.attach import AttachedModel
+from workers.connection import ServerConnection
+from workers.environment import claim_wait_s
 
 SGD = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9)
 BUCKET_MB = 0.002  # 2 KiB: every layer gets its own bucket, so pushes overlap backward
@@ -413,6 +415,43 @@ def test_a_second_process_with_the_same_rank_is_refused_at_attach(
     with attach(Net(), address, worker_id="rank-0", world_size=2), \
             pytest.raises(FailedPrecondition, match="duplicate RANK"):
         attach(Net(), address, worker_id="rank-0", world_size=2)
+
+
+def test_a_restarted_rank_waits_out_its_dead_predecessors_lease(
+        server: Callable[..., str]) -> None:
+    """torchrun --max-restarts: the old process of rank-0 died without leaving (a session
+    that no longer heartbeats); the new one's attach waits for that lease, bounded, and
+    attaches as the next incarnation. Without the wait it is refused at once."""
+    address = server(expected_workers=2, lease_s=1.0)
+    dead = ServerConnection(address)
+    try:
+        assert dead.handshake("rank-0", world_size=2).incarnation == 1  # then silence
+        started = time.monotonic()
+        with pytest.raises(FailedPrecondition, match="duplicate RANK"):
+            attach(Net(), address, worker_id="rank-0", world_size=2, claim_wait_s=0)
+        assert time.monotonic() - started < 1.0  # refused at once, not after the lease
+        with attach(Net(), address, worker_id="rank-0", world_size=2,
+                    claim_wait_s=10) as ps:
+            waited = time.monotonic() - started
+            assert ps.client.sessions[0].incarnation == 2
+        assert 0.5 <= waited < 6, waited  # the lease (1 s) and a tick, not claim_wait_s
+    finally:
+        dead.close()
+
+
+def test_a_live_duplicate_rank_is_still_refused_after_the_claim_wait(
+        server: Callable[..., str]) -> None:
+    address = server(expected_workers=2, lease_s=1.0)
+    with attach(Net(), address, worker_id="rank-0", world_size=2):  # heartbeats
+        started = time.monotonic()
+        with pytest.raises(FailedPrecondition, match="duplicate RANK"):
+            attach(Net(), address, worker_id="rank-0", world_size=2, claim_wait_s=2.0)
+        assert 2.0 <= time.monotonic() - started < 8
+
+
+def test_the_claim_wait_is_on_under_torchruns_elastic_agent_only() -> None:
+    assert claim_wait_s(60.0, {"RANK": "0", "TORCHELASTIC_RUN_ID": "job"}) == 60.0
+    assert claim_wait_s(60.0, {"RANK": "0", "WORLD_SIZE": "2"}) == 0.0  # by hand
 
 
 @pytest.mark.parametrize("address", ["localhost", "127.0.0.1:abc", "http://127.0.0.1:50051",

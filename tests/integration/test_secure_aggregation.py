@@ -33,7 +33,7 @@ from paramserver.server.app import RunningServer, ServerHooks
 from paramserver.types import Aggregation, Mode
 from tests.conftest import ServerFactory
 from workers.attach import AttachedModel, attach
-from workers.secure_aggregation import SecureRound
+from workers.secure_aggregation import SecureAggregateCall, SecureRound
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ def _send_and_leave(client: Any) -> Any:
     def step(vector: np.ndarray, state: Any) -> np.ndarray:
         request = SecAggRequest(session_id=client.session.session_id, round=state.round,
                                 stage=Stage.MASKED_INPUT, masked=vector.astype("<u4").tobytes())
-        threading.Thread(target=_quietly, args=(client.connections[0].secure_aggregate,
+        threading.Thread(target=_quietly, args=(SecureAggregateCall(client.connections[0]),
                                                 request), daemon=True).start()
         time.sleep(0.5)  # the masked input has arrived
         client.close()

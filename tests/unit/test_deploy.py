@@ -67,8 +67,64 @@ def test_the_manifests_agree() -> None:
     assert pod["terminationGracePeriodSeconds"] >= float(_flag(server_args, "--grace")) + 10
     probes = pod["containers"][0]
     assert probes["readinessProbe"]["grpc"]["port"] == probes["livenessProbe"]["grpc"]["port"]
+    # The kubelet's gRPC probe speaks no TLS: it asks the plaintext health-only port.
+    assert probes["readinessProbe"]["grpc"]["port"] == int(_flag(server_args, "--health-port"))
     assert servers["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "checkpoints"
     assert kinds["PodDisruptionBudget/ps"]["spec"]["selector"] == servers["spec"]["selector"]
+
+
+def _mounted_secret_files(pod: dict[str, Any], paths: list[str]) -> set[str]:
+    """The secrets whose volume is mounted where each of `paths` lies (each path must lie
+    under such a mount)."""
+    container = pod["containers"][0]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: secrets[m["name"]] for m in container["volumeMounts"]
+              if m["name"] in secrets and m.get("readOnly")}
+    found = set()
+    for path in paths:
+        [secret] = [name for mount, name in mounts.items() if path.startswith(mount + "/")]
+        found.add(secret)
+    # The image runs as uid 10001: the files must be readable by its group.
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 10001
+    assert all(v["secret"]["defaultMode"] == 0o440 for v in pod["volumes"] if "secret" in v)
+    return found
+
+
+def test_the_default_manifests_use_mutual_tls_from_mounted_secrets() -> None:
+    kinds = _by_kind()
+    server_pod = kinds["StatefulSet/ps"]["spec"]["template"]["spec"]
+    server_args = server_pod["containers"][0]["args"]
+    assert "--insecure" not in server_args
+    tls = [_flag(server_args, f) for f in ("--tls-cert", "--tls-key", "--tls-client-ca")]
+    assert _mounted_secret_files(server_pod, tls) == {"paramserver-server-tls"}
+    assert [Path(p).name for p in tls] == ["server.crt", "server.key", "ca.crt"]  # `certs`
+
+    worker_pod = kinds["Job/ps-workers"]["spec"]["template"]["spec"]
+    worker_args = worker_pod["containers"][0]["args"]
+    tls = [_flag(worker_args, f) for f in ("--tls-ca", "--tls-cert", "--tls-key")]
+    assert _mounted_secret_files(worker_pod, tls) == {"paramserver-worker-tls"}
+    # Under mutual TLS the worker id is the certificate's name (worker-N from `certs`).
+    worker_id = _flag(worker_args, "--worker-id")
+    assert [Path(p).name for p in tls] == ["ca.crt", f"{worker_id}.crt", f"{worker_id}.key"]
+
+    gpu_pod = kinds["Job/ps-workers-gpu"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in gpu_pod["containers"][0]["env"]}
+    tls = [env[f"PARAMSERVER_TLS_{k}"] for k in ("CA", "CERT", "KEY")]
+    assert _mounted_secret_files(gpu_pod, tls) == {"paramserver-worker-tls"}
+    assert tls[1].endswith("/rank-$(RANK).crt")  # attach's worker id under RANK
+
+
+def test_the_manifests_flags_are_ones_the_cli_knows() -> None:
+    """The servers' and built-in workers' args parse with `paramserver`'s own parser (a
+    misspelt flag would crash-loop the pods)."""
+    from paramserver.cli.main import build_parser
+
+    kinds = _by_kind()
+    kubelet = {"POD_NAME": "ps-0", "JOB_COMPLETION_INDEX": "0"}  # what $(VAR) becomes
+    for kind in ("StatefulSet/ps", "Job/ps-workers"):
+        args = kinds[kind]["spec"]["template"]["spec"]["containers"][0]["args"]
+        build_parser().parse_args([re.sub(r"\$\((\w+)\)", lambda m: kubelet[m[1]], a)
+                                   for a in args])
 
 
 def test_kustomization_lists_the_cpu_manifests() -> None:

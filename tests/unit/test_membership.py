@@ -173,3 +173,35 @@ def test_a_restarted_job_forms_with_whoever_is_back_after_the_reform_timeout(
     clock.now += 31.0
     restored.tick()  # the timeout passed: a and b close the step they both pushed
     assert restored.members.formed and restored.store.version == 2
+
+
+def test_a_sync_job_that_lost_every_worker_waits_for_them_all_again() -> None:
+    """torchrun restarts every rank after one dies: all sessions are evicted, and the first
+    restarted rank must not take the job's remaining steps alone."""
+    core, clock, _ = _two_worker_job()
+    clock.now += 6.0
+    core.tick()  # a and b silent for 6 s > 5 s: both evicted
+    assert core.members.live_workers() == set() and not core.members.formed
+    a = core.handshake("a", Role.WORKER, [], []).session_id  # the restarted processes
+    assert not core.push(iter(push_stream(a, 0, {"w": torch.ones(3)}))).applied
+    core.tick()
+    assert core.store.version == 0 and core.members.awaited() == ("b",)
+    b = core.handshake("b", Role.WORKER, [], []).session_id
+    assert core.push(iter(push_stream(b, 0, {"w": torch.ones(3)}))).applied
+    assert core.store.version == 1
+
+
+def test_a_regrouping_job_goes_on_with_whoever_is_back_after_the_reform_timeout() -> None:
+    core, clock, _ = _two_worker_job()
+    clock.now += 6.0
+    core.tick()
+    a = core.handshake("a", Role.WORKER, [], []).session_id
+    core.push(iter(push_stream(a, 0, {"w": torch.ones(3)})))
+    clock.now += core.config.reform_timeout_s - 1.0
+    core.heartbeat(a)
+    core.tick()
+    assert core.store.version == 0  # b may still come back
+    clock.now += 2.0
+    core.heartbeat(a)
+    core.tick()  # --reform-timeout passed: a closes the step alone
+    assert core.members.formed and core.store.version == 1

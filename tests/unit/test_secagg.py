@@ -45,9 +45,9 @@ def test_fewer_than_t_shares_do_not_give_the_secret(secret: bytes, n: int,
 
 @settings(max_examples=30, deadline=None)
 @given(secret=secrets32, t=st.integers(2, 6))
-def test_t_minus_one_shares_are_uniform_looking(secret: bytes, t: int) -> None:
-    """Two different secrets give different share values at the same points (random
-    polynomials): a share alone does not pin the secret."""
+def test_sharing_draws_a_fresh_polynomial_every_time(secret: bytes, t: int) -> None:
+    """The same secret shared twice gives other share values at the same points (random
+    coefficients), so shares of one round say nothing about another's."""
     a = shamir.split(secret, range(1, t + 1), t)
     b = shamir.split(secret, range(1, t + 1), t)
     assert a != b  # fresh randomness each time (prob. of equality ~ 2^-521)

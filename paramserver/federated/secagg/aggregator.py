@@ -36,8 +36,12 @@ class Aggregation:
     hook: it proves none of them is a client's update)."""
 
     def __init__(self, round_: int, length: int, clip: float, threshold_ratio: float,
-                 graph_seed: int, on_vector: VectorHook | None = None) -> None:
+                 graph_seed: int, on_vector: VectorHook | None = None,
+                 uniform: bool = False) -> None:
+        """`uniform`: every client weighs 1, whatever it advertised (a mean, as under
+        `--aggregate mean` or DP); the answer to ADVERTISE states each client's weight."""
         self.round, self.length, self.clip = round_, length, clip
+        self.uniform = uniform
         self.threshold_ratio, self.graph_seed = threshold_ratio, graph_seed
         self._on_vector = on_vector
         self.keys: dict[str, AdvertisedKeys] = {}
@@ -55,7 +59,7 @@ class Aggregation:
             raise SecAggAborted(f"public keys are {masks.KEY_BYTES} bytes each")
         if keys.weight < 1:
             raise SecAggAborted(f"a weight is a positive integer, got {keys.weight}")
-        self.keys[keys.client_id] = keys
+        self.keys[keys.client_id] = dataclasses.replace(keys, weight=1) if self.uniform else keys
 
     def close_advertise(self) -> RoundParams:
         threshold = threshold_for(len(self.keys), self.threshold_ratio)

@@ -48,8 +48,11 @@ class ClientRound:
         ourselves; each neighbour's pair encrypted under the key we agree with it."""
         keys = params.keys()
         mine = keys.get(self.client_id)
-        if mine != self.advertise() or params.round != self.round:
+        if (mine is None or (mine.cipher_key, mine.mask_key) != (self._cipher.public,
+                                                                 self._mask.public)
+                or mine.weight < 1 or params.round != self.round):
             raise SecAggAborted("the server's participant list does not hold our keys")
+        self.weight = mine.weight  # the server states it (1 when it takes a plain mean)
         if len(keys) < params.threshold:
             raise SecAggAborted(f"{len(keys)} participants, fewer than the threshold "
                                 f"{params.threshold}")

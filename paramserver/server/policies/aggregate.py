@@ -70,6 +70,10 @@ class Aggregate:
             self.add(name, update, weight, source)
         self.push_weight += weight
 
+    def sums(self) -> dict[str, torch.Tensor]:
+        """The flat sum per tensor, to change in place before the division (DP noise)."""
+        return dict(self._sums)
+
     def weights(self) -> dict[str, float]:
         """Per tensor, the weight of the pushes that held it (`push_weight`: of all)."""
         return dict(self._weights)
@@ -136,14 +140,19 @@ class StepAssembly:
     def waited_s(self) -> float:
         return 0.0 if self.opened_at is None else self._clock() - self.opened_at
 
-    def close(self) -> int:
+    def close(self, finish: Callable[[dict[str, torch.Tensor]], dict[str, float]] | None = None,
+              ) -> int:
         """Apply the weighted mean as one optimizer step, under the step's rules (see
         `step_rules`): skipped if a push found inf/NaN, clipped, at the stated rate. Pushes
-        with momentum applied join it as a plain SGD step. Returns the new version."""
+        with momentum applied join it as a plain SGD step. Returns the new version.
+        `finish(sums)` may change the sums in place and returns their divisors instead of
+        the weights (DP-FedAvg: noise, and the number of sampled clients)."""
         if self._rules.found_inf:
             return self.skip()
         totals = self._totals()
         with self._aggregate, self._corrected:
+            if finish is not None:
+                totals = {**totals, **finish(self._aggregate.sums())}
             means = self._aggregate.divided_by(totals)
             self._rules.clip(means)
             version = self._store.apply(means, self._rules.lr_scale(self._base_lr),

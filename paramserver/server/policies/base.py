@@ -14,6 +14,7 @@ from typing import Protocol
 
 from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition
+from paramserver.federated.privacy import PrivacyReport
 from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
@@ -55,6 +56,7 @@ class PolicyReport:
     max_lead: int = 0  # SSP: the largest lead any worker started a step with
     dropouts: tuple[str, ...] = ()  # federated: "client@round" that did not report
     skipped_rounds: tuple[int, ...] = ()  # federated: rounds closed without enough reports
+    privacy: PrivacyReport | None = None  # federated with --dp: epsilon spent so far
 
 
 @dataclass(frozen=True, kw_only=True)

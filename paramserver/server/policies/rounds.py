@@ -11,6 +11,11 @@ applied by the server optimizer (SGD lr 1 = FedAvg; momentum = FedAvgM; Adam = F
 Under `--secure-aggregation` clients send no plain pushes: the round runs the stages of
 `secure_rounds.SecureRound` instead (each stage timing out after the round timeout), and
 the server applies the unmasked weighted mean, or skips the round when it failed.
+
+With --dp (DP-FedAvg, `paramserver.federated.privacy`), the round's sum gets Gaussian noise
+(central) or holds the clients' noise shares (distributed), is divided by the number of
+sampled clients, and is accounted; once the next round would exceed --target-epsilon, no
+round opens again and JoinRound answers `finished`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import math
 import threading
 import time
 
+import torch
+
 from paramserver.errors import Aborted, DeadlineExceeded, FailedPrecondition
+from paramserver.federated.privacy import RoundPrivacy
 from paramserver.federated.sampling import sample_clients
 from paramserver.federated.screening import screen
 from paramserver.federated.secagg.aggregator import Aggregation
@@ -35,6 +43,7 @@ from paramserver.server.policies.base import (
     StepWait,
 )
 from paramserver.server.policies.secure_rounds import SecureRound, split_vector, vector_length
+from paramserver.types import Aggregation as AggregationMode
 from paramserver.types import PushResult, RoundJoin
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,9 @@ class RoundPolicy(PolicyDefaults):
         self._round_opened = 0.0
         self._dropouts: list[str] = []
         self._skipped_rounds: list[int] = []
+        dp = context.config.dp
+        self._privacy = RoundPrivacy(dp, self.config.clip_norm) if dp.on else None
+        self._uniform = context.config.aggregation is AggregationMode.MEAN
         self._secure: SecureRound | None = None  # --secure-aggregation: this round's stages
         self._changed = threading.Condition(self._lock)  # a secure stage closed
 
@@ -67,8 +79,14 @@ class RoundPolicy(PolicyDefaults):
         if self._round == version or not self._members.formed:
             return
         self._round, self._round_opened = version, self._clock()
-        self._sampled = sample_clients(self._members.live_workers(), self.config.fraction,
+        live = self._members.live_workers()
+        self._sampled = sample_clients(live, self.config.fraction,
                                        self.config.min_clients, self.config.seed, version)
+        if self._privacy is not None and not self._privacy.open(len(self._sampled), len(live)):
+            log.warning("round %d not run: it would exceed --target-epsilon %g", version,
+                        self._privacy.config.target_epsilon)
+            self._sampled = frozenset()
+            return
         log.info("round %d: sampled %d clients %s", version, len(self._sampled),
                  sorted(self._sampled))
 
@@ -81,14 +99,22 @@ class RoundPolicy(PolicyDefaults):
             with self._lock:
                 self._open_round()
                 if self._round >= 0:
-                    return RoundJoin(round=self._round, sampled=worker_id in self._sampled,
-                                     sampled_count=len(self._sampled))
+                    return self._join_answer(worker_id)
             if time.monotonic() > deadline:
                 raise FailedPrecondition("the federation has not formed yet: fewer clients "
                                          f"joined than --workers ({self._members.live_workers()})")
             if poll is not None:
                 poll.before_wait()
             time.sleep(0.05)
+
+    def _join_answer(self, worker_id: str) -> RoundJoin:
+        sampled = worker_id in self._sampled
+        if self._privacy is None:
+            return RoundJoin(round=self._round, sampled=sampled, sampled_count=len(self._sampled))
+        return RoundJoin(round=self._round, sampled=sampled, sampled_count=len(self._sampled),
+                         dp_clip_norm=self._privacy.clip_norm,
+                         dp_noise_std=self._privacy.client_noise_std(len(self._sampled)),
+                         finished=self._privacy.finished)
 
     def check_step(self, worker_id: str, step: int) -> None:
         with self._lock:
@@ -104,7 +130,12 @@ class RoundPolicy(PolicyDefaults):
         if self.config.secure_aggregation:
             raise FailedPrecondition("this server runs --secure-aggregation: clients send "
                                      "masked inputs (SecureAggregate), never plain updates")
-        screen(push.updates, self.config.clip_norm, self.config.reject_norm)
+        clip = self.config.clip_norm
+        if self._privacy is not None:
+            model = {t.name for t in self._store.require_layout().tensors}
+            self._privacy.check(push.updates, model, push.momentum_applied)
+            clip = self._privacy.clip_norm_for_screening
+        screen(push.updates, clip, self.config.reject_norm)
         with self._lock:
             self._check(push.worker_id, push.step)
             self._step.add(push)
@@ -129,14 +160,17 @@ class RoundPolicy(PolicyDefaults):
 
     def _close(self) -> int:
         self._dropouts += self._missing()
-        return self._step.close()
+        privacy, sampled, reported = self._privacy, len(self._sampled), len(self._step.pushed)
+        if privacy is None:
+            return self._step.close()
+        return self._step.close(lambda sums: privacy.finish(sums, sampled, reported))
 
     def tick(self) -> None:
         """Close or skip a round that ran past its timeout."""
         with self._lock:
             self._open_round()
             if self._round < 0 or self._clock() - self._round_opened < \
-                    self.config.round_timeout_s:
+                    self.config.round_timeout_s or self._budget_spent():
                 return
             if self._secure is not None and self._secure.aggregation.round == self._round:
                 self._advance_secure()  # its stages time out one by one
@@ -154,6 +188,9 @@ class RoundPolicy(PolicyDefaults):
             self._dropouts += self._missing()
             self._skipped_rounds.append(self._round)
             self._step.skip()  # the next round, from the same global model
+
+    def _budget_spent(self) -> bool:
+        return self._privacy is not None and self._privacy.finished
 
     def _needed(self) -> int:
         """Reports a round needs: --min-clients, and --min-completion-rate of the sampled."""
@@ -199,7 +236,7 @@ class RoundPolicy(PolicyDefaults):
             assert self._store.layout is not None
             aggregation = Aggregation(self._round, vector_length(self._store.layout),
                                       self.config.secagg_clip, self.config.secagg_threshold,
-                                      self.config.seed)
+                                      self.config.seed, uniform=self._uniform)
             self._secure = SecureRound(aggregation, self._sampled, self._needed(),
                                        self._clock(), self.config.round_timeout_s)
         return self._secure
@@ -217,11 +254,19 @@ class RoundPolicy(PolicyDefaults):
                 self._skipped_rounds.append(self._round)
                 secure.version = self._step.skip()
             else:
-                assert self._store.layout is not None
-                secure.version = self._store.apply(split_vector(secure.mean,
-                                                                self._store.layout))
+                secure.version = self._store.apply(self._secure_means(secure))
                 secure.applied = True
         self._changed.notify_all()
+
+    def _secure_means(self, secure: SecureRound) -> dict[str, torch.Tensor]:
+        """The round's update: the unmasked weighted mean, or under DP the sum (with the
+        central noise) over the number of sampled clients, accounted like a plain round."""
+        assert self._store.layout is not None and secure.mean is not None
+        if self._privacy is None:
+            return split_vector(secure.mean, self._store.layout)
+        sums = split_vector(secure.mean * secure.weight, self._store.layout)
+        divisors = self._privacy.finish(sums, len(self._sampled), len(secure.aggregation.masked))
+        return {name: total / divisors[name] for name, total in sums.items()}
 
     def waiting_for(self) -> StepWait:
         with self._lock:
@@ -234,4 +279,5 @@ class RoundPolicy(PolicyDefaults):
         with self._lock:
             return PolicyReport(pending_pushes=len(self._step.pushed),
                                 dropouts=tuple(self._dropouts),
-                                skipped_rounds=tuple(self._skipped_rounds))
+                                skipped_rounds=tuple(self._skipped_rounds),
+                                privacy=self._privacy.report() if self._privacy else None)

@@ -64,6 +64,7 @@ class SecureRound:
         self.finished = False
         self.failure = ""
         self.mean: np.ndarray | None = None
+        self.weight = 0  # of the clients whose inputs are in the mean
         self.version, self.applied = 0, False  # set by the policy once it closed the round
 
     def submit(self, client: str, request: SecAggRequest) -> None:
@@ -131,7 +132,7 @@ class SecureRound:
                                     f"{self.needed} needed")
             a.close_masked()
         elif self.stage is Stage.UNMASK:
-            self.mean, _ = a.sum()
+            self.mean, self.weight = a.sum()
             self.finished = True
             return
         self.expected, self.answered = frozenset(self.answered), set()

@@ -1,0 +1,164 @@
+"""torchrun across hosts: a two-node launch (`--nnodes 2 --nproc-per-node 2`, c10d
+rendezvous on the first worker host) of the embedded loop (examples/embed_existing_loop.py)
+against two server hosts, and an elastic restart (`--max-restarts 1`) after one rank's
+process is killed mid-job.
+
+Hosts: h0 and h1 hold one shard each; h2 and h3 run one torchrun agent each (the
+rendezvous store on h2). Every process runs inside the bed's namespaces and is ended by
+pid, and every namespace deleted, when the bed closes (also on failure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from paramserver.cli.local_cluster import ManagedProcess
+from paramserver.polling import wait_for
+from testbed import NetBed
+from tests.chaos import wait_exit
+from tests.hosts.conftest import BedFactory
+from workers.data import load_digits_dataset, steps_per_epoch
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "embed_existing_loop.py"
+RDZV_PORT = 29400
+WORLD = 4  # 2 nodes x 2 processes
+STEPS = steps_per_epoch(len(load_digits_dataset().y_train), WORLD, "split", 32)  # an epoch
+
+
+def _servers(bed: NetBed, lease_s: float) -> str:
+    """Two sync shards for WORLD workers, one on h0 and one on h1."""
+    args = ["--workers", str(WORLD), "--lease-timeout", str(lease_s), "--log-level", "INFO"]
+    return ",".join(bed.start_server(bed.host(i), args)[1] for i in (0, 1))
+
+
+def _torchrun(bed: NetBed, node: int, servers: str, epochs: int,
+              max_restarts: int = 0) -> ManagedProcess:
+    """One torchrun agent on worker host h(2 + node); the rendezvous store on h2."""
+    store = f"{bed.host(2).ip}:{RDZV_PORT}"
+    args = ["--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", store, "--rdzv-id", bed.prefix,
+            # The agent on h2 hosts the store: torchrun's own guess compares the endpoint
+            # with the machine's hostname, which every namespace shares.
+            "--rdzv-conf", f"is_host={node == 0},join_timeout=60,read_timeout=60",
+            "--max-restarts",
+            str(max_restarts), "--monitor-interval", "0.2", str(EXAMPLE),
+            "--servers", servers, "--epochs", str(epochs)]
+    return bed.spawn(bed.host(2 + node), f"torchrun-{node}", args,
+                     program=[sys.executable, "-m", "torch.distributed.run"],
+                     # buffered output: each rank's closing line reaches the log whole
+                     env={"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "",
+                          "LOGLEVEL": "INFO"})  # the agents say when they restart
+
+
+def _reports(agents: list[ManagedProcess]) -> list[dict[str, Any]]:
+    """Each rank's closing JSON line (the example prints one), from the agents' output."""
+    lines = [line for agent in agents for line in agent.log_path.read_text().splitlines()
+             if line.startswith("{\"rank\"")]
+    return sorted((json.loads(line) for line in lines), key=lambda r: r["rank"])
+
+
+def _finish(agents: list[ManagedProcess], timeout_s: float) -> list[dict[str, Any]]:
+    for agent in agents:
+        assert wait_exit(agent, timeout_s) == 0, agent.log_tail(40)
+    return _reports(agents)
+
+
+def _check_one_job(reports: list[dict[str, Any]]) -> None:
+    """Every rank of WORLD reported once, named after its RANK, and on one final version."""
+    assert [r["rank"] for r in reports] == list(range(WORLD)), reports
+    assert [r["worker_id"] for r in reports] == [f"rank-{r}" for r in range(WORLD)]
+    assert len({r["version"] for r in reports}) == 1, reports
+    assert len({r["accuracy"] for r in reports}) == 1, reports  # one model
+
+
+def test_two_node_torchrun_launch_trains_one_sync_job(netbed: BedFactory) -> None:
+    bed = netbed(4, "1gbit")
+    servers = _servers(bed, lease_s=10.0)  # no eviction of a rank slowed by torch's import
+    agents = [_torchrun(bed, node, servers, epochs=2) for node in (0, 1)]
+    reports = _finish(agents, 180)
+    _check_one_job(reports)
+    assert reports[0]["version"] == 2 * STEPS, reports  # the job's last version on every rank
+    status = bed.status(bed.host(2), servers.split(",")[1])
+    assert status is not None and status["version"] == 2 * STEPS and status["num_shards"] == 2
+    # The servers saw the four ranks by the ids RANK gave them, each once (incarnation 1).
+    log = (bed.run_dir / "server-h0.log").read_text()
+    assert _incarnations(log) == {f"rank-{r}": [1] for r in range(WORLD)}
+
+
+def test_a_killed_rank_is_restarted_by_torchrun_and_rejoins_the_job(
+        netbed: BedFactory) -> None:
+    """SIGKILL one rank mid-job: torchrun restarts its node's workers (and, after the new
+    rendezvous, the other node's); each restarted rank waits out its dead predecessor's
+    lease, attaches as the next incarnation of its RANK's worker id, and the job ends with
+    every rank on its last version, each restarted rank having trained."""
+    bed = netbed(4, "1gbit")
+    # A lease longer than a restart takes here (about 15 s on the loaded 2-core machine),
+    # so the restarted ranks meet their predecessors' live sessions and must wait them out.
+    servers = _servers(bed, lease_s=30.0)
+    epochs = 12  # 132 steps: the job is well under way, not over, when the kill lands
+    agents = [_torchrun(bed, node, servers, epochs, max_restarts=1) for node in (0, 1)]
+    observer = bed.host(2)
+    first = servers.split(",")[0]
+    wait_for("training under way",
+             lambda: (s := bed.status(observer, first)) and s["version"] >= 3, 120)
+    victim = _rank_process(agents, rank=3)
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)  # a grandchild of this test, found by its RANK
+    reports = _finish(agents, 240)
+    _check_one_job(reports)
+    assert reports[0]["version"] == epochs * STEPS, reports
+    assert all(r["steps"] > 0 for r in reports), reports  # none found the job done
+    log = (bed.run_dir / "server-h0.log").read_text()
+    incarnations = _incarnations(log)
+    # Every rank attached again as a later incarnation of its worker id: the killed one
+    # and its node's other rank (torchrun restarts a node's whole group), and the other
+    # node's two, restarted by the new rendezvous round. (A rank starved on this loaded
+    # machine may also have been evicted and rejoined on its own: more incarnations.)
+    assert sorted(incarnations) == [f"rank-{r}" for r in range(WORLD)], incarnations
+    assert all(seen[0] == 1 and seen[-1] >= 2 for seen in incarnations.values()), incarnations
+    assert "evicted worker 'rank-3'" in log  # the killed rank's lease ran out
+    # A restarted rank was refused while its predecessor's lease ran, and waited (attach's
+    # claim wait under torchrun) instead of failing.
+    assert re.search(r"Handshake refused \(FAILED_PRECONDITION\): worker id 'rank-\d' is "
+                     "already attached by a live process", log)
+    restarts = [a.log_path.read_text().count("will restart worker group") for a in agents]
+    assert sum(restarts) >= 2, restarts  # the failed node, then the other one
+    assert not psutil.pid_exists(victim.pid)
+    print(f"restart: job done {time.monotonic() - killed_at:.1f}s after the kill")
+
+
+def _rank_process(agents: list[ManagedProcess], rank: int) -> psutil.Process:
+    """The worker process torchrun started with RANK=`rank` (a child of one of our
+    agents)."""
+    def find() -> psutil.Process | None:
+        for agent in agents:
+            for child in psutil.Process(agent.process.pid).children(recursive=True):
+                try:
+                    if child.environ().get("RANK") == str(rank):
+                        return child
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+        return None
+
+    return wait_for(f"the process of rank {rank}", find, 30)
+
+
+def _incarnations(server_log: str) -> dict[str, list[int]]:
+    """worker id -> the incarnations its sessions opened with, in order (server log)."""
+    seen: dict[str, list[int]] = {}
+    for worker, incarnation in re.findall(r"opened by worker '([^']+)', incarnation (\d+)",
+                                          server_log):
+        seen.setdefault(worker, []).append(int(incarnation))
+    return seen

@@ -1,0 +1,63 @@
+"""DP-FedAvg end to end (issue #17): a short federation with --dp reports the epsilon the
+server's accountant spent, round by round, through Status; the budget cuts the rounds;
+distributed DP reaches clients as separate processes through JoinRound."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from paramserver.federated.config import FederatedConfig
+from paramserver.federated.privacy import DPConfig, DPMode, epsilon_of
+from paramserver.types import Mode
+from tests.conftest import ServerFactory
+from tests.integration.test_federated import _federated
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(200)]
+
+
+def test_central_dp_reports_epsilon_and_stops_at_the_target(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # q = 1, z = 1: epsilon 4.73, 7.08, 9.01 after rounds 1-3; a target of 8 allows 2
+    result, report = _federated(tmp_path, "--clients", "3", "--rounds", "4", "--simulate",
+                                "--dp", "central", "--clip-norm", "0.3",
+                                "--noise-multiplier", "1", "--target-epsilon", "8")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "allows 2 of 4 rounds" in result.stdout
+    assert report["rounds"] == 2
+    privacy = report["privacy"]
+    assert privacy["mode"] == "central" and privacy["rounds"] == 2
+    assert privacy["epsilon"] == pytest.approx(epsilon_of([(1.0, 1.0)] * 2, 1e-5))
+    assert report["round_epsilon"] == pytest.approx(
+        [epsilon_of([(1.0, 1.0)] * r, 1e-5) for r in (1, 2)])
+    assert "epsilon 7.077 at delta 1e-05 after 2 rounds" in result.stdout
+    assert "round 2/2 accuracy" in result.stdout and "epsilon 4.729" in result.stdout
+
+
+def test_distributed_dp_with_client_processes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result, report = _federated(tmp_path, "--clients", "2", "--rounds", "2", "--dp",
+                                "distributed", "--clip-norm", "0.3", "--target-epsilon", "20",
+                                "--round-timeout", "20")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "noise multiplier" in result.stdout and "computed so that 2 rounds" in result.stdout
+    privacy = report["privacy"]
+    assert privacy["mode"] == "distributed" and privacy["rounds"] == 2
+    assert privacy["epsilon"] <= 20 and privacy["epsilon"] == pytest.approx(20, rel=0.02)
+    assert report["dropouts"] == []
+
+
+def test_status_cli_shows_the_privacy_spent(server_factory: ServerFactory) -> None:
+    server = server_factory(mode=Mode.FEDERATED, expected_workers=2,
+                            federated=FederatedConfig(clip_norm=0.5),
+                            dp=DPConfig(DPMode.CENTRAL, 1.5, target_epsilon=6.0))
+    status = [sys.executable, "-m", "paramserver.cli.main", "status", "--timeout", "5",
+              "--servers", server.address]
+    shown = subprocess.run(status, capture_output=True, text=True, timeout=60, check=True)
+    assert ("privacy: epsilon 0.000 at delta 1e-05 after 0 rounds (central DP, noise "
+            "multiplier 1.5, clip norm 0.5, sampling rate 0, target 6)") in shown.stdout
+    record = json.loads(subprocess.run([*status, "--json"], capture_output=True, text=True,
+                                       timeout=60, check=True).stdout)[0]
+    assert record["privacy"]["noise_multiplier"] == 1.5
+    assert record["privacy"]["target_epsilon"] == 6.0
