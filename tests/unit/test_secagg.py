@@ -190,7 +190,7 @@ def test_a_client_never_reveals_both_secrets_of_a_neighbour() -> None:
 
 
 def test_key_agreement_is_hkdf_sha256_of_x25519_as_specified() -> None:
-    """docs/wire.md 5c, from RFC 7748 section 6.1's key pairs: another implementation
+    """docs/wire.md 5d, from RFC 7748 section 6.1's key pairs: another implementation
     derives the same pairwise seed from the same keys."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
