@@ -203,3 +203,26 @@ def test_key_agreement_is_hkdf_sha256_of_x25519_as_specified() -> None:
         "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
     expected = HKDF(hashes.SHA256(), 32, salt=None, info=b"paramserver secagg mask").derive(shared)
     assert masks.agree(alice, bob_public, masks.MASK_INFO) == expected
+
+
+def test_a_server_taking_a_plain_mean_states_weight_one_and_clients_use_it() -> None:
+    """--aggregate mean (and DP): whatever weights clients advertise, the sum is a mean."""
+    server = Aggregation(0, 3, 1.0, 0.6, 0, uniform=True)
+    clients = [ClientRound(c, 0, w) for c, w in (("a", 50), ("b", 7), ("c", 300))]
+    for c in clients:
+        server.advertise(c.advertise())
+    server.close_advertise()
+    values = np.array([[0.1, -0.2, 0.3], [0.4, 0.0, -0.1], [-0.3, 0.2, 0.2]])
+    for c in clients:
+        params = server.params_for(c.client_id)
+        server.share_keys(c.client_id, c.share_keys(params))
+        assert c.weight == 1 and params.keys()[c.client_id].weight == 1
+    for c, x in zip(clients, values):
+        encoded = params.quantizer.encode(x, c.weight)
+        server.masked_input(c.client_id, c.mask(server.inbox(c.client_id), encoded))
+    survivors = server.close_masked()
+    for c in clients:
+        server.unmask(c.client_id, c.unmask(survivors))
+    mean, weight = server.sum()
+    assert weight == 3
+    np.testing.assert_allclose(mean, values.mean(axis=0), atol=params.quantizer.quantum)
