@@ -307,6 +307,7 @@ class HandshakeRequest:
     client_version: str = ""
     held_version: int | None = None  # a rejoin: the version of the parameters it holds
     world_size: int | None = None  # the job size the worker believes in (WORLD_SIZE)
+    secure_aggregation: bool = False  # federated: the client runs secure aggregation
 
 
 @dataclass(frozen=True, kw_only=True)

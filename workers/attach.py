@@ -296,7 +296,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            metrics_host: str = "127.0.0.1", claim_wait_s: float | None = None,
            tables: Sequence[str] | None = None,
            table_optimizer: str | TableOptimizer = "sgd:lr=0.01", table_seed: int = 0,
-           table_init_scale: float = 0.01) -> AttachedModel:
+           table_init_scale: float = 0.01, secure_aggregation: bool = False) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -328,6 +328,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     never registered or read: each forward pulls the batch's rows, step() pushes their
     gradient rows (`workers.embeddings`). `table_optimizer` ('adagrad:lr=0.05', 'adam', ...),
     `table_seed` and `table_init_scale` (rows start uniform in +-scale) declare them.
+    `secure_aggregation`: this federated client runs secure aggregation (the server must be
+    started with --secure-aggregation, and refuses a client that does not offer it).
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -341,7 +343,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              retry_s=retry_s, shaper_factory=shaper_factory,
                              security=security, world_size=world_size,
                              claim_wait_s=(default_claim_wait_s(retry_s)
-                                           if claim_wait_s is None else claim_wait_s))
+                                           if claim_wait_s is None else claim_wait_s),
+                             secure_aggregation=secure_aggregation)
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

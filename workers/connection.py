@@ -192,7 +192,7 @@ class ServerConnection:
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                   held_version: int | None = None, world_size: int | None = None,
-                  claim_wait_s: float = 0.0) -> Session:
+                  claim_wait_s: float = 0.0, secure_aggregation: bool = False) -> Session:
         """Open a session; a rejoin states `held_version`, the version it holds; a worker
         may state the job size it expects (`world_size`, checked by the server).
         `claim_wait_s`: how long a first handshake refused because a live session holds
@@ -201,7 +201,8 @@ class ServerConnection:
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
-                                   held_version=held_version, world_size=world_size)
+                                   held_version=held_version, world_size=world_size,
+                                   secure_aggregation=secure_aggregation)
         self.session = claiming(lambda: _answer(self._call(self._handshake, request)),
                                 claim_wait_s, self.address)
         self._sequence = 0  # each incarnation numbers its pushes from 1 (docs/wire.md 5)

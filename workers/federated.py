@@ -26,6 +26,7 @@ from paramserver.errors import FailedPrecondition
 from paramserver.federated.privacy import fresh_generator
 from paramserver.types import Mode, PushResult
 from workers.attach import AttachedModel
+from workers.secure_aggregation import DEFAULT_STEPS, SecureRound, VectorStep, flat_update
 from workers.update_steps import UpdateStep, privacy_steps, run_steps
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class LocalTraining:
     resample_to: int = 0  # a client with fewer examples draws (with replacement) up to this
     weighting: str = "examples"
     dropout: float = 0.0  # chance that a sampled client silently skips a round (simulation)
+    secure_aggregation: bool = False  # send masked updates (the server must run it too)
 
 
 @dataclass
@@ -107,7 +109,11 @@ class FederatedClient:
     """One client with its private data, training the rounds it is sampled for."""
 
     def __init__(self, attached: AttachedModel, x: torch.Tensor, y: torch.Tensor,
-                 training: LocalTraining, seed: int = 0) -> None:
+                 training: LocalTraining, seed: int = 0,
+                 vector_steps: Sequence[VectorStep] = DEFAULT_STEPS) -> None:
+        """`vector_steps`: under secure aggregation, what turns the flat update (after the
+        privacy steps the server asks for) into the masked vector
+        (`workers.secure_aggregation`: quantise -> mask)."""
         client = getattr(attached, "client", None)  # a stand-in in unit tests has none
         if (client is not None and len(client.connections) > 1
                 and client.session.mode is not Mode.FEDERATED):
@@ -121,6 +127,8 @@ class FederatedClient:
         self._coin = random.Random(seed)
         self._noise = fresh_generator()  # distributed DP: unpredictable to the server
         self.rounds_trained = self.rounds_dropped = 0
+        self.secure = (SecureRound(attached.client, vector_steps)
+                       if training.secure_aggregation else None)
 
     def run(self, rounds: int, deadline_s: float = 600.0) -> ClientReport:
         """Take part until the global model reached round `rounds`."""
@@ -142,12 +150,28 @@ class FederatedClient:
             if client.version != joined.round and client.session.mode is Mode.FEDERATED:
                 continue  # the round closed while we were away: wait for the next
             self.fedavg.refresh()
+            weight = client_weight(len(self.y), self.training.weighting)
+            if self.secure is not None and not self.secure.share_keys(joined.round, weight):
+                continue  # the secure round failed before training: wait for the next
             self._train_locally()
-            self.fedavg.step(client_weight(len(self.y), self.training.weighting),
-                             privacy_steps(joined, self._noise))
+            self._report(weight, privacy_steps(joined, self._noise))
             self.rounds_trained += 1
         return ClientReport(client.worker_id, len(self.y), self.rounds_trained,
                             self.rounds_dropped, client.bytes_pushed, client.bytes_pulled)
+
+    def _report(self, weight: int, privacy: Sequence[UpdateStep]) -> None:
+        """Push the update (global - local) after the privacy steps (clip, noise), or under
+        secure aggregation send it masked: privacy steps, then quantise -> mask."""
+        if self.secure is None:
+            self.fedavg.step(weight, privacy)
+            return
+        client = self.attached.client
+        assert client.plan is not None
+        names = [spec.name for spec in client.plan.shard_layout(0).tensors]
+        local = dict(self.attached.model.named_parameters())
+        update = run_steps({n: self.fedavg.global_params[n] - p.detach()
+                            for n, p in local.items()}, privacy)
+        self.secure.send(flat_update(update, names))
 
     def _epoch_order(self) -> np.ndarray:
         return _epoch_order(len(self.y), self.training, self._rng)

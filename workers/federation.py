@@ -27,7 +27,8 @@ def run_client(servers: str, index: int, clients: int, rounds: int, training: Lo
     x, y = client_shard(data, partition, clients, index, seed)
     model = digits_mlp(seed=seed)
     with attach(model, servers, worker_id=f"client-{index}", codecs=codecs,
-                overlap=False, security=security) as attached:
+                overlap=False, security=security,
+                secure_aggregation=training.secure_aggregation) as attached:
         return FederatedClient(attached, x, y, training, seed=seed * 7919 + index).run(rounds)
 
 

@@ -81,7 +81,8 @@ class ParameterClient(TrafficCounters):
                  error_feedback: bool = True, ef_momentum: float = 0.0, retry_s: float = 60.0,
                  shaper_factory: Callable[[str], LinkShaper] | None = None,
                  security: ClientSecurity | None = None,
-                 world_size: int | None = None, claim_wait_s: float = 0.0) -> None:
+                 world_size: int | None = None, claim_wait_s: float = 0.0,
+                 secure_aggregation: bool = False) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
@@ -96,9 +97,9 @@ class ParameterClient(TrafficCounters):
         connect_s = retry_s if connect_timeout_s is None else connect_timeout_s
         self._shards.run(lambda shard: self.connections[shard].wait_ready(connect_s))
         self.sessions: list[Session] = self._shards.run(
-            lambda shard: self.connections[shard].handshake(worker_id, role, *self._offers,
-                                                            world_size=world_size,
-                                                            claim_wait_s=claim_wait_s))
+            lambda shard: self.connections[shard].handshake(
+                worker_id, role, *self._offers, world_size=world_size,
+                claim_wait_s=claim_wait_s, secure_aggregation=secure_aggregation))
         self.versions = [s.version for s in self.sessions]
         self._rounds_led = sharded_rounds.leads_rounds(self.sessions[0], len(addresses))
         # Per shard: the agreed push codec, and error feedback when it is biased.

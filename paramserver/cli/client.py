@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--rounds", type=int, default=30, help="stop once the global model "
                                                                "reached this round (30)")
     parser.add_argument("--report", type=Path, help="write a JSON summary here")
+    parser.add_argument("--secure-aggregation", action="store_true",
+                        help="send masked updates (secure aggregation): the server must run "
+                             "--secure-aggregation, and refuses clients that do not")
     add_client_training(parser)
     add_client_security(parser)
     add_logging(parser)
@@ -80,4 +83,6 @@ def training_from_args(args: argparse.Namespace) -> LocalTraining:
                          lr=args.client_lr, momentum=args.client_momentum,
                          prox_mu=strategy.prox_mu if args.prox_mu is None else args.prox_mu,
                          resample_to=args.resample_to, weighting=args.weighting,
-                         dropout=args.dropout)
+                         dropout=args.dropout,
+                         # `client --secure-aggregation`; in `federated`, the server's flag
+                         secure_aggregation=bool(getattr(args, "secure_aggregation", False)))

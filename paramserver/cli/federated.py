@@ -65,7 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.set_defaults(func=run)
     parser.epilog = ("The server's aggregation and optimizer come from --strategy; --fraction, "
                      "--min-clients, --round-timeout, --min-completion-rate, --clip-norm, "
-                     "--reject-norm and --buffer (fedbuff) shape the rounds.")
+                     "--reject-norm and --buffer (fedbuff) shape the rounds; "
+                     "--secure-aggregation turns secure aggregation on for the server and "
+                     "every client.")
 
 
 def run(args: argparse.Namespace) -> int:

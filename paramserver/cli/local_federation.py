@@ -65,6 +65,8 @@ class LocalFederation:
                           or self.server.federated.population != self.clients):
             raise ValueError("--lazy needs --simulate, one shard, no TLS, and the server's "
                              "--population equal to --clients")
+        if self.training.secure_aggregation != self.server.federated.secure_aggregation:
+            raise ValueError("the server and the clients must agree on --secure-aggregation")
 
 
 @dataclass(frozen=True)
@@ -292,4 +294,5 @@ def _client_args(job: LocalFederation, index: int, address: str, report: Path) -
             "--resample-to", str(t.resample_to), "--dropout", str(t.dropout),
             "--partition", job.partition, "--strategy", job.strategy,
             "--codec", " ".join(str(c) for c in job.codecs), "--seed", str(job.seed),
-            "--log-level", job.log_level]
+            "--log-level", job.log_level,
+            *(["--secure-aggregation"] if t.secure_aggregation else [])]

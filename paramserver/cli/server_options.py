@@ -26,6 +26,14 @@ _FROM_CONFIG: Any = object()  # sentinel: the default is the config's own
 DEFAULTS = ServerConfig()
 
 
+def _boolean(text: str) -> bool:
+    """argparse type of an on/off flag that `serve_args` writes back as True/False."""
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return lowered in ("true", "1", "yes", "on")
+
+
 def _names(text: str) -> tuple[str, ...]:
     """argparse type of a comma-separated list of names."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -75,6 +83,10 @@ class ServerOption:
         default = self.cli_default()
         kind = self.type or (type(default) if default is not None else str)
         shown = self.to_text(default) if default is not None else "none"
+        if isinstance(default, bool):  # `--flag` alone turns it on
+            group.add_argument(self.flag, dest=self.dest, type=_boolean, nargs="?", const=True,
+                               default=default, help=f"{self.help} (default: {shown})")
+            return
         group.add_argument(self.flag, dest=self.dest, type=kind, choices=self.choices,
                            default=default, help=f"{self.help} (default: {shown})")
 
@@ -166,6 +178,17 @@ OPTIONS: tuple[ServerOption, ...] = (
     ServerOption("--population", "federated.population", FEDERATED,
                  "sample from clients client-0..client-{N-1}, connected or not, and wait for "
                  "every sampled one (simulations; 0: the live clients)"),
+    ServerOption("--secure-aggregation", "federated.secure_aggregation", FEDERATED,
+                 "federated: secure aggregation (SecAgg+): the server only sees masked, "
+                 "quantised updates and learns only their weighted sum; every client must "
+                 "offer it too (client --secure-aggregation)"),
+    ServerOption("--secagg-threshold", "federated.secagg_threshold", FEDERATED,
+                 "secure aggregation: Shamir threshold as a share of each client's k "
+                 "neighbours and itself (t = ceil(ratio * (k + 1))); a round survives up to "
+                 "k + 1 - t dropouts per neighbourhood"),
+    ServerOption("--secagg-clip", "federated.secagg_clip", FEDERATED,
+                 "secure aggregation: update elements are clipped to +-this before they are "
+                 "quantised (the decoded mean is within clip / levels / 2 of the true one)"),
     ServerOption("--codecs", "codecs.allowed", CODECS,
                  f"allowed codecs, comma-separated (known: {', '.join(codec_names())})",
                  type=_names),

@@ -19,6 +19,13 @@ class FederatedConfig:
     # round waits for every sampled one (simulations that connect a client only when it is
     # sampled); 0: sample the live clients.
     population: int = 0
+    # Secure aggregation (issue #17, `paramserver.federated.secagg`): the server sees only
+    # masked, quantised updates and learns their sum. Shamir threshold t = ceil(ratio * (k+1))
+    # of each client's k neighbours and itself; updates are clipped to +-secagg_clip per
+    # element before quantisation.
+    secure_aggregation: bool = False
+    secagg_threshold: float = 0.6
+    secagg_clip: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -30,5 +37,8 @@ class FederatedConfig:
                              f"got {self.min_completion_rate}")
         if self.population < 0:
             raise ValueError(f"--population must be 0 or more, got {self.population}")
+        if not 0.5 < self.secagg_threshold <= 1 or self.secagg_clip <= 0:
+            raise ValueError("--secagg-threshold must be in (0.5, 1] and --secagg-clip "
+                             "positive")
         if self.round_timeout_s <= 0:
             raise ValueError(f"--round-timeout must be positive, got {self.round_timeout_s}")

@@ -31,6 +31,14 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_UNSPECIFIED: _ClassVar[Role]
     WORKER: _ClassVar[Role]
     OBSERVER: _ClassVar[Role]
+
+class SecAggStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SECAGG_STAGE_UNSPECIFIED: _ClassVar[SecAggStage]
+    ADVERTISE_KEYS: _ClassVar[SecAggStage]
+    SHARE_KEYS: _ClassVar[SecAggStage]
+    MASKED_INPUT: _ClassVar[SecAggStage]
+    UNMASK: _ClassVar[SecAggStage]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT64: DType
@@ -47,6 +55,11 @@ FEDBUFF: Mode
 ROLE_UNSPECIFIED: Role
 WORKER: Role
 OBSERVER: Role
+SECAGG_STAGE_UNSPECIFIED: SecAggStage
+ADVERTISE_KEYS: SecAggStage
+SHARE_KEYS: SecAggStage
+MASKED_INPUT: SecAggStage
+UNMASK: SecAggStage
 
 class CodecSpec(_message.Message):
     __slots__ = ("name", "params")
@@ -112,7 +125,7 @@ class TensorChunk(_message.Message):
     def __init__(self, tensor: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version", "held_version", "world_size")
+    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version", "held_version", "world_size", "secure_aggregation")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODECS_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +133,7 @@ class HandshakeRequest(_message.Message):
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: Role
     push_codecs: _containers.RepeatedCompositeFieldContainer[CodecSpec]
@@ -127,7 +141,8 @@ class HandshakeRequest(_message.Message):
     client_version: str
     held_version: int
     world_size: int
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ..., world_size: _Optional[int] = ...) -> None: ...
+    secure_aggregation: bool
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ..., world_size: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
     __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness", "momentum_correction")
@@ -608,3 +623,75 @@ class TableStatus(_message.Message):
     version: int
     optimizer: str
     def __init__(self, name: _Optional[str] = ..., declared_rows: _Optional[int] = ..., dim: _Optional[int] = ..., materialized_rows: _Optional[int] = ..., bytes: _Optional[int] = ..., version: _Optional[int] = ..., optimizer: _Optional[str] = ...) -> None: ...
+
+class SecAggKeys(_message.Message):
+    __slots__ = ("client_id", "cipher_public_key", "mask_public_key", "weight")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    cipher_public_key: bytes
+    mask_public_key: bytes
+    weight: int
+    def __init__(self, client_id: _Optional[str] = ..., cipher_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class SecAggSealedShare(_message.Message):
+    __slots__ = ("client_id", "sealed")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    sealed: bytes
+    def __init__(self, client_id: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
+class SecAggRevealedShare(_message.Message):
+    __slots__ = ("owner", "mask_key", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    mask_key: bool
+    share: bytes
+    def __init__(self, owner: _Optional[str] = ..., mask_key: _Optional[bool] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("session_id", "round", "stage", "keys", "sealed", "masked_input", "revealed")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    REVEALED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    stage: SecAggStage
+    keys: SecAggKeys
+    sealed: _containers.RepeatedCompositeFieldContainer[SecAggSealedShare]
+    masked_input: bytes
+    revealed: _containers.RepeatedCompositeFieldContainer[SecAggRevealedShare]
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[SecAggStage, str]] = ..., keys: _Optional[_Union[SecAggKeys, _Mapping]] = ..., sealed: _Optional[_Iterable[_Union[SecAggSealedShare, _Mapping]]] = ..., masked_input: _Optional[bytes] = ..., revealed: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
+
+class SecAggResponse(_message.Message):
+    __slots__ = ("participants", "threshold", "clip", "levels", "graph_seed", "inbox", "survivors", "version", "applied", "round")
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
+    INBOX_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    participants: _containers.RepeatedCompositeFieldContainer[SecAggKeys]
+    threshold: int
+    clip: float
+    levels: int
+    graph_seed: int
+    inbox: _containers.RepeatedCompositeFieldContainer[SecAggSealedShare]
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    version: int
+    applied: bool
+    round: int
+    def __init__(self, participants: _Optional[_Iterable[_Union[SecAggKeys, _Mapping]]] = ..., threshold: _Optional[int] = ..., clip: _Optional[float] = ..., levels: _Optional[int] = ..., graph_seed: _Optional[int] = ..., inbox: _Optional[_Iterable[_Union[SecAggSealedShare, _Mapping]]] = ..., survivors: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ..., applied: _Optional[bool] = ..., round: _Optional[int] = ...) -> None: ...

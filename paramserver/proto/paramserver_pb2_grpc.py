@@ -99,6 +99,11 @@ class ParameterServerStub:
                 request_serializer=paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.SerializeToString,
                 response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.PushResponse.FromString,
                 _registered_method=True)
+        self.SecureAggregate = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/SecureAggregate',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -186,6 +191,14 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecureAggregate(self, request, context):
+        """Secure aggregation (issue #17, docs/wire.md section "Secure aggregation"): one call per
+        stage of a round; each answers once its stage closed on the server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +266,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.PushRows,
                     request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.FromString,
                     response_serializer=paramserver_dot_proto_dot_paramserver__pb2.PushResponse.SerializeToString,
+            ),
+            'SecureAggregate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureAggregate,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -606,6 +624,33 @@ class ParameterServer:
             '/paramserver.v1.ParameterServer/PushRows',
             paramserver_dot_proto_dot_paramserver__pb2.RowPushRequest.SerializeToString,
             paramserver_dot_proto_dot_paramserver__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureAggregate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/SecureAggregate',
+            paramserver_dot_proto_dot_paramserver__pb2.SecAggRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.SecAggResponse.FromString,
             options,
             channel_credentials,
             insecure,

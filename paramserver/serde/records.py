@@ -140,6 +140,7 @@ def handshake_request_to_proto(request: HandshakeRequest) -> pb.HandshakeRequest
         client_version=request.client_version,
         held_version=request.held_version,
         world_size=request.world_size,
+        secure_aggregation=request.secure_aggregation,
     )
 
 
@@ -152,6 +153,7 @@ def handshake_request_from_proto(msg: pb.HandshakeRequest) -> HandshakeRequest:
         client_version=msg.client_version,
         held_version=msg.held_version if msg.HasField("held_version") else None,
         world_size=msg.world_size if msg.HasField("world_size") else None,
+        secure_aggregation=msg.secure_aggregation,
     )
 
 

@@ -24,6 +24,12 @@ from paramserver.serde.records import (
     status_from_proto,
     status_to_proto,
 )
+from paramserver.serde.secagg import (
+    secagg_reply_from_proto,
+    secagg_reply_to_proto,
+    secagg_request_from_proto,
+    secagg_request_to_proto,
+)
 from paramserver.serde.streams import (
     MalformedMessage,
     decode_pull_response,
@@ -153,5 +159,10 @@ RPCS["SetState"] = Rpc(
     _serializing(lambda version: pb.SetStateResponse(version=version)),
     _parsing(pb.SetStateResponse, lambda m: int(m.version)))
 RPCS.update(table_rpcs(Rpc, _parsing, _serializing, _identity))  # issue #16
+RPCS["SecureAggregate"] = Rpc(  # issue #17
+    _serializing(secagg_request_to_proto),
+    # A masked input holds 4 bytes per model element: bounded by the message limit.
+    _parsing(pb.SecAggRequest, secagg_request_from_proto),
+    _serializing(secagg_reply_to_proto), _parsing(pb.SecAggResponse, secagg_reply_from_proto))
 STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream",
              "PullRows": "unary_stream", "PushRows": "stream_unary"}

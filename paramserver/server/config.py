@@ -68,6 +68,8 @@ class ServerConfig:
                              "--reform-timeout must be >= 0")
         if (self.checkpoint_every or self.checkpoint_key) and self.checkpoint_dir is None:
             raise ValueError("--checkpoint-every and --checkpoint-key need --checkpoint-dir")
+        if self.federated.secure_aggregation and self.mode is not Mode.FEDERATED:
+            raise ValueError("--secure-aggregation runs with --mode federated (rounds)")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes}")
         self.dp.check(self.federated.clip_norm, self.aggregation is Aggregation.WEIGHTED,

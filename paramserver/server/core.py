@@ -32,7 +32,12 @@ from paramserver.server.membership import Membership
 from paramserver.server.parts import PartAssembler
 from paramserver.server.policies import PolicyContext, UpdatePolicy, make_policy
 from paramserver.server.policies.base import Clock
-from paramserver.server.pull import delta_pull_messages, pull_messages
+from paramserver.server.policies.secure_rounds import (
+    SecAggReply,
+    SecAggRequest,
+    check_secure_aggregation,
+)
+from paramserver.server.pull import check_pull_codec, delta_pull_messages, pull_messages
 from paramserver.server.pull_streams import PullStreams
 from paramserver.server.state_transfer import install_state, read_state
 from paramserver.server.store import ParameterStore
@@ -106,7 +111,7 @@ class ParameterServerCore:
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
                   pull_offers: list[CodecSpec], held_version: int | None = None,
                   world_size: int | None = None, *,
-                  caller: Principal | None = None) -> Session:
+                  caller: Principal | None = None, secure_aggregation: bool = False) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
         the parameters it holds; it goes on from the server's version either way.
         `world_size`: the job size a worker states (torchrun's WORLD_SIZE), checked
@@ -120,6 +125,7 @@ class ParameterServerCore:
         check_handshake(caller, worker_id, role)
         if world_size is not None and role is Role.WORKER:
             self._check_job_size(worker_id, world_size, rejoin=held_version is not None)
+        check_secure_aggregation(self.config, worker_id, role, secure_aggregation)
         push = negotiate("push", push_offers, self.config.codecs)
         pull = negotiate("pull", pull_offers, self.config.codecs)
         record = self.members.open(worker_id, role, push, pull,
@@ -191,6 +197,13 @@ class ParameterServerCore:
             return self.policy.join_round(record.worker_id, round_,
                                           min(timeout_s, self.config.max_wait_s), poll,
                                           close=close)
+
+    def secure_aggregate(self, request: SecAggRequest, timeout_s: float,
+                         cancelled: threading.Event | None = None, *,
+                         caller: Principal | None = None) -> SecAggReply:
+        record = self.members.require_worker(request.session_id, caller)
+        with self._long_polls.poll("SecureAggregate", cancelled) as poll:
+            return self.policy.secure_aggregate(record.worker_id, request, timeout_s, poll)
 
     def wake(self) -> None:
         """Make every long poll re-check its condition (a call was cancelled)."""
@@ -322,7 +335,7 @@ class ParameterServerCore:
         """
         record = self.members.touch(session_id, caller)
         specs = self._pulled_specs(names)
-        _check_pull_codec(record.pull_encoder, specs)
+        check_pull_codec(record.pull_encoder, specs)
         timeout_s = min(timeout_s, self.config.max_wait_s)
         started = time.monotonic()
         with self._long_polls.poll("Pull", cancelled) as poll:
@@ -384,14 +397,3 @@ class ParameterServerCore:
         self.store.close()
         self.tables.close()
 
-
-def _check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:
-    """The 16-bit pull codecs carry floating-point tensors only: refuse the others up front
-    instead of failing halfway through the stream."""
-    if codec.spec.name == "none":
-        return
-    wrong = [s.name for s in specs if not s.dtype.is_floating_point]
-    if wrong:
-        raise InvalidArgument(f"tensors {wrong[:8]} are not floating-point, and this "
-                              f"session's pull codec {codec.spec} carries only floating-point "
-                              "values: pull them by name from a session with pull codec none")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from paramserver import serde, wire
 from paramserver.codecs import Codec
+from paramserver.errors import InvalidArgument
 from paramserver.server.pull_streams import Served
 from paramserver.server.store import ParameterStore
 from paramserver.transport import chunk_ranges
@@ -45,3 +46,15 @@ def delta_pull_messages(served: Served, specs: tuple[TensorSpec, ...],
         payload = memoryview(served.payloads[spec.name].numpy().data)
         for start in range(0, payload.nbytes, chunk_bytes):
             yield wire.encode_chunk(index, start, payload[start:start + chunk_bytes])
+
+
+def check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:
+    """The 16-bit pull codecs carry floating-point tensors only: refuse the others up front
+    instead of failing halfway through the stream."""
+    if codec.spec.name == "none":
+        return
+    wrong = [s.name for s in specs if not s.dtype.is_floating_point]
+    if wrong:
+        raise InvalidArgument(f"tensors {wrong[:8]} are not floating-point, and this "
+                              f"session's pull codec {codec.spec} carries only floating-point "
+                              "values: pull them by name from a session with pull codec none")

@@ -18,6 +18,7 @@ import grpc
 
 from paramserver import serde
 from paramserver.errors import InvalidArgument, ParamServerError, ResourceExhausted
+from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.auth import caller_of
 from paramserver.server.core import ParameterServerCore
 from paramserver.status import ServerStatus
@@ -99,7 +100,8 @@ class ParameterServerServicer:
             return self.core.handshake(request.worker_id, request.role,
                                        list(request.push_codecs), list(request.pull_codecs),
                                        request.held_version, request.world_size,
-                                       caller=caller_of(context))
+                                       caller=caller_of(context),
+                                       secure_aggregation=request.secure_aggregation)
 
     def Register(self, request_iterator: Iterator[object],
                  context: grpc.ServicerContext) -> Registration:
@@ -169,6 +171,14 @@ class ParameterServerServicer:
                  context: grpc.ServicerContext) -> PushResult:
         with _abort_on_error(context, "PushRows"):
             return self.core.tables.push(request_iterator, caller=caller_of(context))
+    def SecureAggregate(self, request: SecAggRequest,
+                        context: grpc.ServicerContext) -> SecAggReply:
+        with _abort_on_error(context, "SecureAggregate"):
+            request = _parsed(request)
+            return self.core.secure_aggregate(request,
+                                              _time_left(context, self.core.config.max_wait_s),
+                                              _cancellation(context, self.core),
+                                              caller=caller_of(context))
 
 
 _HANDLER_KINDS = {

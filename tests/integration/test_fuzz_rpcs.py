@@ -17,7 +17,7 @@ from paramserver.transport import channel_options
 from paramserver.types import Mode
 
 W = pb.TensorSpec(name="w", shape=[4], dtype=pb.FLOAT32)
-UNARY = ("Handshake", "Pull", "Status", "Heartbeat", "JoinRound", "Leave")
+UNARY = ("Handshake", "Pull", "Status", "Heartbeat", "JoinRound", "Leave", "SecureAggregate")
 BAD = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
 
@@ -57,6 +57,10 @@ def _valid(method: str, session_id: str) -> list[bytes]:
         "Heartbeat": pb.HeartbeatRequest(session_id=session_id),
         "JoinRound": pb.JoinRoundRequest(session_id=session_id, round=0),
         "Leave": pb.LeaveRequest(session_id="not-a-session"),
+        "SecureAggregate": pb.SecAggRequest(
+            session_id=session_id, round=0, stage=pb.ADVERTISE_KEYS,
+            keys=pb.SecAggKeys(client_id="owner", cipher_public_key=bytes(32),
+                               mask_public_key=bytes(32), weight=1)),
     }
     if method in unary:
         return [unary[method].SerializeToString()]

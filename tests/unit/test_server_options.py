@@ -54,6 +54,8 @@ def test_flags_land_in_their_fields() -> None:
                  aggregation=strategies.get("fedadam").aggregation,
                  optimizer=strategies.get("fedadam").server_optimizer,
                  federated=FederatedConfig(fraction=0.3, round_timeout_s=3.0, reject_norm=0.0)),
+    ServerConfig(mode=Mode.FEDERATED, federated=FederatedConfig(
+        secure_aggregation=True, secagg_threshold=0.75, secagg_clip=2.0)),
 ])
 def test_a_config_survives_the_trip_through_serve_arguments(config: ServerConfig) -> None:
     assert _serve_config(*serve_args(config)) == config
@@ -62,3 +64,12 @@ def test_a_config_survives_the_trip_through_serve_arguments(config: ServerConfig
 def test_inconsistent_values_name_the_flag() -> None:
     with pytest.raises(ValueError, match="--checkpoint-every and --checkpoint-key need --checkpoint-dir"):
         _serve_config("--checkpoint-every", "3")
+
+
+def test_secure_aggregation_is_an_on_off_flag_of_federated_rounds() -> None:
+    config = _serve_config("--mode", "federated", "--secure-aggregation")
+    assert config.federated.secure_aggregation
+    assert not _serve_config("--mode", "federated", "--secure-aggregation", "false"
+                             ).federated.secure_aggregation
+    with pytest.raises(ValueError, match="--secure-aggregation runs with --mode federated"):
+        _serve_config("--mode", "fedbuff", "--secure-aggregation")

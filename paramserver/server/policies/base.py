@@ -15,6 +15,7 @@ from typing import Protocol
 from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition
 from paramserver.federated.privacy import PrivacyReport
+from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
 from paramserver.server.limits import LongPoll
@@ -97,6 +98,11 @@ class UpdatePolicy(Protocol):
         """Federated: the open round >= round_, and whether this worker is sampled; a
         follower shard first applies the leader's `close` of an earlier round."""
 
+    def secure_aggregate(self, worker_id: str, request: SecAggRequest, timeout_s: float,
+                         poll: LongPoll | None = None) -> SecAggReply:
+        """Federated with --secure-aggregation: one stage's message, answered once the
+        stage closed (`rounds.RoundPolicy`)."""
+
     def report(self) -> PolicyReport:
         """Figures for `status`."""
 
@@ -120,6 +126,11 @@ class PolicyDefaults:
                    poll: LongPoll | None = None, close: RoundClose | None = None) -> RoundJoin:
         raise FailedPrecondition("this server does not run federated rounds (--mode "
                                  "federated or fedbuff)")
+
+    def secure_aggregate(self, worker_id: str, request: SecAggRequest, timeout_s: float,
+                         poll: LongPoll | None = None) -> SecAggReply:
+        raise FailedPrecondition("this server does not run secure aggregation (--mode "
+                                 "federated --secure-aggregation)")
 
     def report(self) -> PolicyReport:
         return PolicyReport()

@@ -7,6 +7,11 @@ once every live sampled client reported, or at the round timeout with whoever re
 that is enough (`min_clients`, `min_completion_rate`). Too few reports skip the round: the
 version advances, the global model stays unchanged. The weighted mean of the updates is
 applied by the server optimizer (SGD lr 1 = FedAvg; momentum = FedAvgM; Adam = FedAdam).
+
+Under `--secure-aggregation` clients send no plain pushes: the round runs the stages of
+`secure_rounds.SecureRound` instead (each stage timing out after the round timeout), and
+the server applies the unmasked weighted mean, or skips the round when it failed.
+
 With --dp (DP-FedAvg, `paramserver.federated.privacy`), the round's sum gets Gaussian noise
 (central) or holds the clients' noise shares (distributed), is divided by the number of
 sampled clients, and is accounted; once the next round would exceed --target-epsilon, no
@@ -24,10 +29,14 @@ import threading
 import time
 from collections import deque
 
-from paramserver.errors import FailedPrecondition
+import torch
+
+from paramserver.errors import Aborted, DeadlineExceeded, FailedPrecondition
 from paramserver.federated.privacy import RoundPrivacy
 from paramserver.federated.sampling import sample_clients
 from paramserver.federated.screening import screen
+from paramserver.federated.secagg.aggregator import Aggregation
+from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.limits import LongPoll
 from paramserver.server.policies.aggregate import StepAssembly
 from paramserver.server.policies.base import (
@@ -38,6 +47,8 @@ from paramserver.server.policies.base import (
     StepWait,
 )
 from paramserver.server.policies.round_follower import HeldUpdates, is_follower
+from paramserver.server.policies.secure_rounds import SecureRound, split_vector, vector_length
+from paramserver.types import Aggregation as AggregationMode
 from paramserver.types import PushResult, RoundClose, RoundJoin
 
 log = logging.getLogger(__name__)
@@ -66,6 +77,9 @@ class RoundPolicy(PolicyDefaults):
         self._privacy = RoundPrivacy(dp, self.config.clip_norm) if dp.on else None
         self._held = HeldUpdates(context.pool)  # a follower shard's open round
         self._closes: deque[RoundClose] = deque(maxlen=KEPT_CLOSES)
+        self._uniform = context.config.aggregation is AggregationMode.MEAN
+        self._secure: SecureRound | None = None  # --secure-aggregation: this round's stages
+        self._changed = threading.Condition(self._lock)  # a secure stage closed
 
     def _sharded(self) -> bool:
         plan = self._store.plan
@@ -143,6 +157,9 @@ class RoundPolicy(PolicyDefaults):
             raise FailedPrecondition(f"client {worker_id!r} was not sampled for round {step}")
 
     def submit(self, push: ReceivedPush) -> PushResult:
+        if self.config.secure_aggregation:
+            raise FailedPrecondition("this server runs --secure-aggregation: clients send "
+                                     "masked inputs (SecureAggregate), never plain updates")
         clip = self.config.clip_norm
         if self._privacy is not None:
             if self._sharded():  # each shard would clip and noise only its slice
@@ -164,6 +181,7 @@ class RoundPolicy(PolicyDefaults):
 
     def members_changed(self) -> None:
         with self._lock:
+            self._advance_secure()
             if self._step.pushed and self._ready():
                 self._close()
 
@@ -236,9 +254,11 @@ class RoundPolicy(PolicyDefaults):
             if self._round < 0 or self._clock() - self._round_opened < \
                     self.config.round_timeout_s or self._budget_spent():
                 return
+            if self._secure is not None and self._secure.aggregation.round == self._round:
+                self._advance_secure()  # its stages time out one by one
+                return
             pushed = len(self._step.pushed)
-            needed = max(self.config.min_clients,
-                         math.ceil(self.config.min_completion_rate * len(self._sampled)))
+            needed = self._needed()
             if pushed and pushed >= needed:
                 log.warning("round %d timed out: closing with %d of %d sampled clients",
                             self._round, pushed, len(self._sampled))
@@ -254,6 +274,85 @@ class RoundPolicy(PolicyDefaults):
 
     def _budget_spent(self) -> bool:
         return self._privacy is not None and self._privacy.finished
+
+    def _needed(self) -> int:
+        """Reports a round needs: --min-clients, and --min-completion-rate of the sampled."""
+        return max(self.config.min_clients,
+                   math.ceil(self.config.min_completion_rate * len(self._sampled)))
+
+    # ---- secure aggregation (issue #17) ------------------------------------------------
+
+    def secure_aggregate(self, worker_id: str, request: SecAggRequest, timeout_s: float,
+                         poll: LongPoll | None = None) -> SecAggReply:
+        """Take one client's message for a stage of the open round and answer it once the
+        stage closed (a repeated message is not taken twice: it only waits again)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            self._open_round()
+            if not self.config.secure_aggregation:
+                raise FailedPrecondition("this server was not started with "
+                                         "--secure-aggregation")
+            if self._sharded():  # the masks span the whole update vector
+                raise FailedPrecondition("--secure-aggregation runs on one server, not on a "
+                                         "sharded federation; start one shard")
+            if request.round != self._round:
+                raise Aborted(f"round {request.round} is not open (the server is at round "
+                              f"{self._round}); join the next round")
+            if worker_id not in self._sampled:
+                raise FailedPrecondition(f"client {worker_id!r} was not sampled for round "
+                                         f"{request.round}")
+            secure = self._secure_round()
+            secure.submit(worker_id, request)
+            self._advance_secure()
+            while (reply := secure.reply(worker_id, request.stage)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"{request.stage.name} of round {request.round} "
+                                           "is still open; send the same message again")
+                if poll is not None:
+                    poll.before_wait()
+                self._changed.wait(min(remaining, 0.25))
+                self._advance_secure()
+            return reply
+
+    def _secure_round(self) -> SecureRound:
+        """The open round's stages, created by its first message (the model is registered
+        by then: its layout sizes the vectors)."""
+        if self._secure is None or self._secure.aggregation.round != self._round:
+            assert self._store.layout is not None
+            aggregation = Aggregation(self._round, vector_length(self._store.layout),
+                                      self.config.secagg_clip, self.config.secagg_threshold,
+                                      self.config.seed, uniform=self._uniform)
+            self._secure = SecureRound(aggregation, self._sampled, self._needed(),
+                                       self._clock(), self.config.round_timeout_s)
+        return self._secure
+
+    def _advance_secure(self) -> None:
+        """Close the open stage if it is due; apply or skip the round once it finished."""
+        secure = self._secure
+        if secure is None or secure.aggregation.round != self._round:
+            return
+        if secure.advance(self._members.live_workers(), self._clock()):
+            self._dropouts += [f"{client}@{self._round}" for client in secure.dropouts()]
+            if secure.mean is None:
+                log.warning("round %d skipped: secure aggregation failed (%s); the global "
+                            "model is unchanged", self._round, secure.failure)
+                self._skipped_rounds.append(self._round)
+                secure.version = self._step.skip()
+            else:
+                secure.version = self._store.apply(self._secure_means(secure))
+                secure.applied = True
+        self._changed.notify_all()
+
+    def _secure_means(self, secure: SecureRound) -> dict[str, torch.Tensor]:
+        """The round's update: the unmasked weighted mean, or under DP the sum (with the
+        central noise) over the number of sampled clients, accounted like a plain round."""
+        assert self._store.layout is not None and secure.mean is not None
+        if self._privacy is None:
+            return split_vector(secure.mean, self._store.layout)
+        sums = split_vector(secure.mean * secure.weight, self._store.layout)
+        divisors = self._privacy.finish(sums, len(self._sampled), len(secure.aggregation.masked))
+        return {name: total / divisors[name] for name, total in sums.items()}
 
     def waiting_for(self) -> StepWait:
         with self._lock:
