@@ -1,15 +1,19 @@
 """The peer comparison across hosts with links of their own (the namespace test bed,
-testbed/): ours (sync; none / top-k / qsgd) on 1 and 2 server hosts, and gloo all-reduce,
-with W workers each on its own host, every host's link capped at the same rate.
+testbed/): ours (sync; none / top-k / qsgd) on 1 and 2 server hosts, gloo all-reduce, and
+the suite's torch.distributed.rpc parameter server (benchmarks.suite.peers: its PS process on
+a server host of its own, rendezvous at that host's address), with W workers each on its own
+host, every host's link capped at the same rate.
 
-    python -m benchmarks.hosts [--plan target|full|pulls] [--mb 100] [--reps 3] [--report FILE]
+    python -m benchmarks.hosts [--plan target|full|pulls|rpc] [--mb 100] [--reps 3]
+                               [--report FILE]
 
 `target` measures the issue's bar (1 Gbit/s per host, W=4, 100 MB, `none`: 2 server hosts
 >= 1.6x faster than 1) and gloo beside it; `full` every rate (10 Gbit/s, 1 Gbit/s,
 100 Mbit/s), W=2 and 4, 1 and 2 server hosts, the three codecs and gloo; `pulls` (issue #14)
 1 Gbit/s per host, W=2, one server host, 16 MB and 100 MB: `none`, top-k 1% pushes with
 top-k pulls at W x the push ratio, qsgd 8-bit pushes and pulls, and gloo, with the bytes on
-the wire per step counted at each worker host's eth0. At 100 Mbit/s the
+the wire per step counted at each worker host's eth0; `rpc` 1 Gbit/s per host, W=2 and 4,
+one server host: ours `none`, gloo and the rpc parameter server. At 100 Mbit/s the
 model is a tenth of --mb (a 100 MB step would take half a minute per step). A step's
 time is the slowest worker's median. Needs root (network namespaces).
 """
@@ -39,10 +43,10 @@ WORKER = (sys.executable, "-m", "benchmarks.hosts_worker")
 
 @dataclass(frozen=True)
 class Case:
-    system: str  # "ours" or "gloo"
+    system: str  # "ours", "gloo" or "rpc"
     rate: str
     workers: int
-    server_hosts: int  # 0 for gloo
+    server_hosts: int  # 0 for gloo; 1 for rpc (the PS process)
     codec: str
     model_mb: float
     pull_codec: str = "none"
@@ -55,6 +59,11 @@ def plan(name: str, mb: float) -> list[Case]:
             Case("ours", "1gbit", 2, 1, "topk:ratio=0.01", size, "topk:ratio=0.02"),
             Case("ours", "1gbit", 2, 1, "qsgd:bits=8", size, "qsgd:bits=8"),
             Case("gloo", "1gbit", 2, 0, "none", size))]
+    if name == "rpc":
+        return [case for workers in (2, 4) for case in (
+            Case("ours", "1gbit", workers, 1, "none", mb), Case("gloo", "1gbit", workers, 0,
+                                                                "none", mb),
+            Case("rpc", "1gbit", workers, 1, "none", mb))]
     if name == "target":
         return [Case("ours", "1gbit", 4, 1, "none", mb), Case("ours", "1gbit", 4, 2, "none", mb),
                 Case("gloo", "1gbit", 4, 0, "none", mb)]
@@ -64,6 +73,7 @@ def plan(name: str, mb: float) -> list[Case]:
         cases += [Case("ours", rate, workers, s, c, size) for s in (1, 2) for c in CODECS
                   if c == "none" or s == 1]  # codecs on one server host, as the suite
         cases.append(Case("gloo", rate, workers, 0, "none", size))
+        cases.append(Case("rpc", rate, workers, 1, "none", size))
     return cases
 
 
@@ -79,20 +89,43 @@ def run_case(case: Case, run_dir: Path, warmup: int, reps: int) -> dict[str, Any
                 "--momentum", "0.9", "--grace", "1"])[1] for i in range(case.server_hosts))
             args = ["ours", "--servers", servers, "--codec", case.codec,
                     "--pull-codec", case.pull_codec]
+        elif case.system == "rpc":
+            return _rpc_case(case, bed, run_dir, common, env, reps)
         else:
             args = ["gloo", "--init", str(run_dir / "gloo-init"), "--world", str(case.workers)]
         procs = [bed.spawn(bed.host(case.server_hosts + r), f"rank-{r}",
                            [*args, "--rank", str(r), "--out", str(outs[r]), *common],
                            program=WORKER, env=env) for r in range(case.workers)]
-        for proc in procs:
-            if wait_exit(proc, 900) != 0:
-                raise RuntimeError(f"{proc.name} failed:\n{proc.log_tail()}")
+        _wait_all(procs)
         results = [json.loads(path.read_text()) for path in outs]
+    return _row(case, results, reps)
+
+
+def _wait_all(procs: list[Any]) -> None:
+    for proc in procs:
+        if wait_exit(proc, 900) != 0:
+            raise RuntimeError(f"{proc.name} failed:\n{proc.log_tail()}")
+
+
+def _rpc_case(case: Case, bed: NetBed, run_dir: Path, common: list[str], env: dict[str, str],
+              reps: int) -> dict[str, Any]:
+    """The rpc parameter server on host 0 (rank 0, also the master that drives the
+    trainers), trainer r on host r; it writes every trainer's result."""
+    out = run_dir / "rpc-ps.json"
+    args = ["rpc", "--master", bed.host(0).ip, "--world", str(case.workers + 1)]
+    procs = [bed.spawn(bed.host(r), "rpc-ps" if r == 0 else f"rank-{r - 1}",
+                       [*args, "--rank", str(r), "--out", str(out), *common],
+                       program=WORKER, env=env) for r in range(case.workers + 1)]
+    _wait_all(procs)
+    return _row(case, json.loads(out.read_text())["trainers"], reps)
+
+
+def _row(case: Case, results: list[dict[str, Any]], reps: int) -> dict[str, Any]:
     # A step ends when the slowest worker's does: the max over workers, step by step.
     steps = [max(r["steps"][i] for r in results) for i in range(reps)]
     # Bytes on the wire per step, each byte once: what the workers' links sent, plus for ours
-    # what the server host sent them (all of ours goes between a worker and the server).
-    wire = sum(r["wire_tx"] + (r["wire_rx"] if case.system == "ours" else 0) for r in results)
+    # and rpc what the server host sent them (all of it goes between a worker and the server).
+    wire = sum(r["wire_tx"] + (r["wire_rx"] if case.system != "gloo" else 0) for r in results)
     return {**asdict(case), "step_s": statistics.median(steps), "steps": steps,
             "bytes_up": results[0].get("bytes_up"), "bytes_down": results[0].get("bytes_down"),
             "wire_bytes": wire}
@@ -133,7 +166,7 @@ def _print_pull_targets(rows: list[dict[str, Any]]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.hosts")
-    parser.add_argument("--plan", choices=["target", "full", "pulls"], default="target")
+    parser.add_argument("--plan", choices=["target", "full", "pulls", "rpc"], default="target")
     parser.add_argument("--mb", type=float, default=100.0, help="model size (100)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
@@ -155,8 +188,8 @@ def main() -> int:
                 rows.append({**asdict(case), "error": str(error)[-2000:]})
                 continue
             rows.append(row)
-            where = (f"{case.server_hosts} server host(s)" if case.system == "ours"
-                     else "all-reduce")
+            where = {"ours": f"{case.server_hosts} server host(s)", "gloo": "all-reduce",
+                     "rpc": "1 rpc PS host"}[case.system]
             codecs = case.codec + (f" / pull {case.pull_codec}" if case.pull_codec != "none"
                                    else "")
             print(f"{case.system:<5} {codecs:<36} {case.rate:>8}/host  W={case.workers}  "

@@ -1,8 +1,14 @@
 """One worker of `python -m benchmarks.hosts`, run inside a test-bed host (its own network
-namespace and link): timed sync steps of ours, or of gloo all-reduce, written as JSON.
+namespace and link): timed sync steps of ours, of gloo all-reduce, or of the suite's
+torch.distributed.rpc parameter server, written as JSON.
 
     python -m benchmarks.hosts_worker ours --servers IP:P,... --rank R --mb 100 --codec none
     python -m benchmarks.hosts_worker gloo --init FILE --rank R --world W --mb 100
+    python -m benchmarks.hosts_worker rpc --master IP --rank R --world W+1 --mb 100
+
+For `rpc`, rank 0 is the parameter server (and the tutorial's master, which drives the
+trainers); ranks 1..W are trainers. Only rank 0 writes --out: every trainer's steps and the
+bytes its host's link moved in the timed steps, read in the trainer's own namespace.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from benchmarks.blob import Blob
 
 TIMEOUT_S = 300.0
 LR, MOMENTUM = 0.001, 0.9  # as the suite (benchmarks/suite/ours.py)
+RPC_PORT = 29500  # the rpc peer's rendezvous (TCPStore) on the server host
 
 
 def ours(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,7 +43,7 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.warmup):  # sync steps keep the workers in lockstep from here
             client.step()
         up, down = client.gradient_bytes_pushed, client.bytes_pulled
-        wire = _link_bytes()
+        wire = link_bytes()
         steps = []
         for _ in range(args.reps):
             started = time.perf_counter()
@@ -44,10 +51,10 @@ def ours(args: argparse.Namespace) -> dict[str, Any]:
             steps.append(time.perf_counter() - started)
         return {"steps": steps, "bytes_up": (client.gradient_bytes_pushed - up) // args.reps,
                 "bytes_down": (client.bytes_pulled - down) // args.reps,
-                **_per_step(wire, _link_bytes(), args.reps)}
+                **_per_step(wire, link_bytes(), args.reps)}
 
 
-def _link_bytes() -> tuple[int, int]:
+def link_bytes() -> tuple[int, int]:
     """(sent, received) bytes of this host's link so far, headers included."""
     stats = Path("/sys/class/net/eth0/statistics")
     return (int((stats / "tx_bytes").read_text()), int((stats / "rx_bytes").read_text()))
@@ -76,22 +83,57 @@ def gloo(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.warmup):
             step()
         dist.barrier()
-        wire = _link_bytes()
+        wire = link_bytes()
         steps = []
         for _ in range(args.reps):
             started = time.perf_counter()
             step()
             steps.append(time.perf_counter() - started)
-        return {"steps": steps, **_per_step(wire, _link_bytes(), args.reps)}
+        return {"steps": steps, **_per_step(wire, link_bytes(), args.reps)}
     finally:
         dist.destroy_process_group()
 
 
+def rpc_peer(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The suite's rpc parameter server (benchmarks.suite.peers), rendezvous at the server
+    host's address; TensorPipe and gloo on the host's own link."""
+    from torch.distributed import rpc
+
+    # The probe travels to the trainers by reference: name it by this module's real name
+    # (run with -m, the module is __main__ here, and __main__.link_bytes would not resolve
+    # in a process that is not this script).
+    from benchmarks.hosts_worker import link_bytes as probe
+    from benchmarks.suite.peers import (
+        BatchUpdateParameterServer,
+        drive_trainers,
+        rpc_name,
+        rpc_options,
+    )
+
+    os.environ["TP_SOCKET_IFNAME"] = "eth0"  # TensorPipe listens on (and advertises) eth0
+    os.environ["GLOO_SOCKET_IFNAME"] = "eth0"
+    rpc.init_rpc(rpc_name(args.rank), rank=args.rank, world_size=args.world,
+                 rpc_backend_options=rpc_options(f"tcp://{args.master}:{RPC_PORT}"))
+    try:
+        if args.rank != 0:
+            return None  # a trainer serves the master's calls until shutdown
+        ps_rref = rpc.RRef(BatchUpdateParameterServer(args.mb, args.world - 1))
+        # The probe runs in each trainer's process: its own host's link counters.
+        return {"trainers": [{"steps": t["steps"],
+                              **_per_step(t["probe"][0], t["probe"][1], args.reps)}
+                             for t in drive_trainers(ps_rref, args.world, args.mb,
+                                                     args.warmup, args.reps,
+                                                     probe=probe)]}
+    finally:
+        rpc.shutdown()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("system", choices=["ours", "gloo"])
+    parser.add_argument("system", choices=["ours", "gloo", "rpc"])
     parser.add_argument("--servers", default="")
     parser.add_argument("--init", default="")
+    parser.add_argument("--master", default="", help="rpc: the server host's IP")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, default=1)
     parser.add_argument("--mb", type=float, required=True)
@@ -102,8 +144,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the processes share the machine's cores
-    result = ours(args) if args.system == "ours" else gloo(args)
-    args.out.write_text(json.dumps(result))
+    runs = {"ours": ours, "gloo": gloo, "rpc": rpc_peer}
+    result = runs[args.system](args)
+    if result is not None:
+        args.out.write_text(json.dumps(result))
     return 0
 
 

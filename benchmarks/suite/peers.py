@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -161,48 +162,69 @@ class BatchUpdateParameterServer:
         return fut
 
 
-def run_trainer(ps_rref: rpc.RRef, model_mb: float, warmup: int, reps: int) -> dict[str, Any]:
+def run_trainer(ps_rref: rpc.RRef, model_mb: float, warmup: int, reps: int,
+                probe: Callable[[], Any] | None = None) -> dict[str, Any]:
     """The tutorial's trainer loop: fetch the model, then send gradients and get the next
-    model back, step after step (the gradients are fixed, as in our workers)."""
+    model back, step after step (the gradients are fixed, as in our workers). `probe` (a
+    module-level function, called in the trainer's process) is read when the timed steps
+    start and when they end: the result's "probe" is the pair (benchmarks.hosts reads the
+    host's link counters with it)."""
     grads = [p.grad for p in Blob(model_mb).parameters()]
     params = ps_rref.rpc_sync().get_model()
     steps = []
     clock = StageClock()
+    marks = []
     for index in range(warmup + reps):
         if index == warmup:
             clock.start()
+            marks.append(probe() if probe is not None else None)
         started = time.perf_counter()
         params = rpc.rpc_sync(ps_rref.owner(), BatchUpdateParameterServer.update_and_fetch_model,
                               args=(ps_rref, grads), timeout=TIMEOUT_S)
         if index >= warmup:
             steps.append(time.perf_counter() - started)
     del params
-    return {"steps": steps, "stage": asdict(clock.stop())}
+    marks.append(probe() if probe is not None else None)
+    return {"steps": steps, "stage": asdict(clock.stop()), "probe": marks}
+
+
+def rpc_options(init_method: str) -> rpc.TensorPipeRpcBackendOptions:
+    """TCP only: TensorPipe's `uv` transport and `basic` channel (see the module doc)."""
+    return rpc.TensorPipeRpcBackendOptions(init_method=init_method, num_worker_threads=16,
+                                           rpc_timeout=TIMEOUT_S, _transports=["uv"],
+                                           _channels=["basic"])
+
+
+def rpc_name(rank: int) -> str:
+    return "ps" if rank == 0 else f"trainer{rank}"
+
+
+def drive_trainers(ps_rref: rpc.RRef, world: int, model_mb: float, warmup: int, reps: int,
+                   probe: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+    """The master's part: every trainer runs its loop at once; their results in rank order."""
+    futures = [rpc.rpc_async(rpc_name(r), run_trainer,
+                             args=(ps_rref, model_mb, warmup, reps, probe), timeout=TIMEOUT_S)
+               for r in range(1, world)]
+    return [f.wait() for f in futures]
 
 
 def rpc_process(rank: int, world: int, init_file: str, model_mb: float, caps: tuple[str, ...],
                 warmup: int, reps: int) -> Any:
     """Rank 0 is the parameter server and the tutorial's master; the others are trainers."""
     _loopback_only()
-    options = rpc.TensorPipeRpcBackendOptions(init_method=f"file://{init_file}",
-                                              num_worker_threads=16, rpc_timeout=TIMEOUT_S,
-                                              _transports=["uv"], _channels=["basic"])
-    name = "ps" if rank == 0 else f"trainer{rank}"
-    rpc.init_rpc(name, rank=rank, world_size=world, rpc_backend_options=options)
+    rpc.init_rpc(rpc_name(rank), rank=rank, world_size=world,
+                 rpc_backend_options=rpc_options(f"file://{init_file}"))
     try:
         if rank != 0:
             return None  # trainers serve the master's calls until shutdown
-        trainers = [f"trainer{r}" for r in range(1, world)]
-        ps_rref = rpc.RRef(BatchUpdateParameterServer(model_mb, len(trainers)))
+        ps_rref = rpc.RRef(BatchUpdateParameterServer(model_mb, world - 1))
         runs = []
         for cap in caps or (None,):
             if cap is not None:
                 netcap.apply(cap)
             clock = StageClock()
             clock.start()
-            futures = [rpc.rpc_async(t, run_trainer, args=(ps_rref, model_mb, warmup, reps),
-                                     timeout=TIMEOUT_S) for t in trainers]
-            results = [f.wait() for f in futures]
+            results = drive_trainers(ps_rref, world, model_mb, warmup, reps)
             server = clock.stop()
             runs.append({"cap": cap or "unlimited", "trainers": results,
                          "server": asdict(server)})
