@@ -9,8 +9,9 @@ host, every host's link capped at the same rate.
 
 `target` measures the issue's bar (1 Gbit/s per host, W=4, 100 MB, `none`: 2 server hosts
 >= 1.6x faster than 1) and gloo beside it; `full` every rate (10 Gbit/s, 1 Gbit/s,
-100 Mbit/s), W=2 and 4, 1 and 2 server hosts, the three codecs and gloo; `pulls` (issue #14)
-1 Gbit/s per host, W=2, one server host, 16 MB and 100 MB: `none`, top-k 1% pushes with
+100 Mbit/s), W=2 and 4, 1 and 2 server hosts, the three codecs, gloo and the rpc PS;
+`pulls` (issue #14) 1 Gbit/s per host, W=2, one server host, 16 MB and 100 MB: `none`,
+top-k 1% pushes with
 top-k pulls at W x the push ratio, qsgd 8-bit pushes and pulls, and gloo, with the bytes on
 the wire per step counted at each worker host's eth0; `rpc` 1 Gbit/s per host, W=2 and 4,
 one server host: ours `none`, gloo and the rpc parameter server. At 100 Mbit/s the

@@ -110,7 +110,10 @@ def rpc_peer(args: argparse.Namespace) -> dict[str, Any] | None:
         rpc_options,
     )
 
-    os.environ["TP_SOCKET_IFNAME"] = "eth0"  # TensorPipe listens on (and advertises) eth0
+    # Both on the host's own link: without them TensorPipe's uv transport (ECONNREFUSED) and
+    # the gloo group init_rpc makes (connectFullMesh: Connection refused) advertise the
+    # address the hostname resolves to, 127.0.0.1 here (benchmarks/RESULTS.md).
+    os.environ["TP_SOCKET_IFNAME"] = "eth0"
     os.environ["GLOO_SOCKET_IFNAME"] = "eth0"
     rpc.init_rpc(rpc_name(args.rank), rank=args.rank, world_size=args.world,
                  rpc_backend_options=rpc_options(f"tcp://{args.master}:{RPC_PORT}"))
