@@ -85,7 +85,7 @@ def test_bench_quick(tmp_path: Path) -> None:
     report_path = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "paramserver.cli.main", "bench", "--quick", "--report",
-         str(report_path)], check=False, capture_output=True, text=True, timeout=90, cwd=REPO,
+         str(report_path)], check=False, capture_output=True, text=True, timeout=240, cwd=REPO,
         stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = json.loads(report_path.read_text())

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from tests.conftest import ServerFactory
@@ -32,11 +33,21 @@ def test_status_watch_redraws_until_interrupted(server_factory: ServerFactory) -
     server = server_factory()
     watch = subprocess.Popen([*STATUS, "--watch", "0.2", "--servers", server.address],
                              stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(4.0)
+    assert watch.stdout is not None
+    stdout, lines = watch.stdout, []
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    try:  # interrupt once it has drawn twice (importing the CLI is slow on a loaded machine)
+        deadline = time.monotonic() + 60
+        while (sum(f"== {server.address}" in line for line in list(lines)) < 2
+               and time.monotonic() < deadline and watch.poll() is None):
+            time.sleep(0.1)
     finally:
         os.kill(watch.pid, signal.SIGINT)
-        out, _ = watch.communicate(timeout=30)
+        watch.wait(timeout=30)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert watch.returncode == 0
     assert out.count(f"== {server.address}") >= 2  # drawn more than once
     assert "\x1b[2J" in out  # the screen is cleared between drawings
