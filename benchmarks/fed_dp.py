@@ -6,7 +6,7 @@ without DP, at 10 clients and at more (100 and 1,000 as lazy populations, `--laz
 run at a time; prints the final and last-5 accuracy, the noise multiplier, the epsilon
 (delta 1e-5) the server's accountant reports and the wall time.
 
-    python -m benchmarks.fed_dp [--only LABEL-PREFIX] [--rounds N] [--report FILE]
+    python -m benchmarks.fed_dp [--only LABEL-PREFIX] [--rounds N] [--seed S] [--report FILE]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the configurations starting so")
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0, help="partition and sampling seed")
     parser.add_argument("--report", type=Path,
                         help="write every figure here as JSON (default: runs/fed_dp-*.json)")
     args = parser.parse_args()
@@ -89,7 +90,7 @@ def main() -> int:
             continue
         try:
             report = run(PARTITION, ["--clients", str(clients), *SETTING, *flags],
-                         args.rounds, 0)
+                         args.rounds, args.seed)
         except subprocess.CalledProcessError as error:
             print(f"{label:<36} failed: {error.stdout[-300:]}", flush=True)
             rows.append({"configuration": label, "error": error.stdout[-2000:]})
@@ -108,7 +109,7 @@ def main() -> int:
               flush=True)
     harness.write_report(harness.report_path("fed_dp", args.report),
                          {"rounds": args.rounds, "partition": PARTITION, "setting": SETTING,
-                          "rows": rows})
+                          "seed": args.seed, "rows": rows})
     print(f"[{time.monotonic() - started:.0f} s]")
     return 0
 
