@@ -42,10 +42,13 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
     accuracies: list[float] = []
 
     def registered() -> bool:
+        # Probe first: a short lazy federation may be over before the observer is ready
+        every = [probe_status(a, security=security) for a in servers.split(",")]
+        if all(s is not None and s.layout is not None for s in every):
+            return True
         if not alive():
             raise RuntimeError("every client exited before the model was registered")
-        every = [probe_status(a, security=security) for a in servers.split(",")]
-        return all(s is not None and s.layout is not None for s in every)
+        return False
 
     wait_for("the first client registering the model", registered, timeout_s=300,
              period_s=0.2)

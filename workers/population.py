@@ -8,6 +8,9 @@ clients on a few threads: each connects, joins the model, checks with the server
 sampled, trains, pushes its update and leaves; nobody waits for the round to close except
 the next round's clients (their JoinRound). The data set is loaded and partitioned once;
 a client's examples are a view of it, so memory does not grow with N.
+
+Under --dp a client runs the privacy steps its JoinRound asks for before it pushes (clip to
+C; with --dp distributed, its noise share), as `workers.federated.FederatedClient` does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from workers.data import load_digits_dataset
 from workers.federated import LocalTraining, client_weight, train_locally
 from workers.models import digits_mlp
 from workers.parameter_client import ParameterClient
+from workers.update_steps import privacy_steps, run_steps
 
 
 @dataclass
@@ -99,7 +103,9 @@ def _client_round(job: Population, x: torch.Tensor, y: torch.Tensor, index: int,
         train_locally(model, x, y, job.training, np.random.default_rng([seed, round_]),
                       anchor)
         with torch.no_grad():
+            update = run_steps({n: anchor[n] - p for n, p in model.named_parameters()},
+                               privacy_steps(joined))  # --dp: clip, (distributed) noise
             for name, param in model.named_parameters():
-                param.grad = anchor[name] - param
+                param.grad = update[name]
         client.push(num_samples=client_weight(len(y), job.training.weighting))
         return True, client.bytes_pushed, client.bytes_pulled
