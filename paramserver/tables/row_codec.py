@@ -5,7 +5,7 @@ float32 rows themselves (never a delta: a worker keeps no rows across steps):
 
 - `none`, `topk`: raw float32; `fp16` / `bf16`: raw values of that type (the header's
   `dtype` says which). No `encoding`.
-- `qsgd:bits=b`: one qsgd payload (section 4.5's format, unchanged) of the rows flattened
+- `qsgd:bits=b`: one qsgd payload (section 4.4's format, unchanged) of the rows flattened
   row by row, with `bucket = dim`: one scale per row. The header's `encoding` is
   `qsgd:bits=b,bucket=dim` and its `dtype` FLOAT32 (the decoded values). Each value
   decodes to within max|row| / (2^(b-1) - 1) of the stored value, and is unbiased (to
