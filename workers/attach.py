@@ -358,7 +358,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
         attached.tables = open_tables(table_modules, client.connections,
                                       client.session.mode is Mode.SYNC, table_optimizer,
                                       table_seed, table_init_scale, client.rejoin,
-                                      client.push_codecs)
+                                      client.push_codecs,
+                                      lambda shard: client.sessions[shard].pull_codec)
         if metrics_port is not None:
             from workers.metrics import WorkerMetrics  # prometheus_client only if asked
 

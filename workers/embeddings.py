@@ -198,13 +198,14 @@ def excluded(modules: Mapping[str, Any]) -> set[str]:
 def open_tables(modules: Mapping[str, nn.Module], connections: Sequence[Any], sync: bool,
                 optimizer: str | TableOptimizer, seed: int, init_scale: float,
                 rejoin: Callable[[int, str], None] | None = None,
-                codecs: Sequence[Any] = ()) -> AttachedTables | None:
+                codecs: Sequence[Any] = (),
+                pull_codecs: Callable[[int], Any] | None = None) -> AttachedTables | None:
     """Declare `modules` as tables on the servers and take over their forward (None: the
     model has no tables)."""
     if not modules:
         return None
     plan = plan_for(modules, len(connections), optimizer, seed, init_scale)
-    client = TableClient(connections, plan, sync, rejoin, codecs)
+    client = TableClient(connections, plan, sync, rejoin, codecs, pull_codecs)
     try:
         client.declare()
     except BaseException:

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from paramserver.codecs import Codec
+from paramserver.codecs import Codec, CodecError
 from paramserver.errors import Aborted, FailedPrecondition, SessionExpired
 from paramserver.serde.tables import MAX_ROWS_PER_CALL
 from paramserver.tables import TablePlan, TableSpec, shard_of
-from paramserver.types import PushResult
+from paramserver.tables.row_codec import decode_rows
+from paramserver.types import CodecSpec, PushResult
 from workers.connection import ServerConnection
 from workers.fan_out import ShardFanOut
 
@@ -34,9 +35,12 @@ class TableClient:
 
     def __init__(self, connections: Sequence[ServerConnection], plan: TablePlan,
                  sync: bool, rejoin: Callable[[int, str], None] | None = None,
-                 codecs: Sequence[Codec] = ()) -> None:
+                 codecs: Sequence[Codec] = (),
+                 pull_codecs: Callable[[int], CodecSpec] | None = None) -> None:
         self.connections = list(connections)
         self._codecs = codecs  # per shard, the session's push codec (updated on rejoin)
+        # per shard, the session's pull codec now (it says how pulled rows are encoded)
+        self._pull_codecs = pull_codecs or (lambda shard: CodecSpec("none"))
         self._rejoin = rejoin  # new session on a shard that forgot ours (ParameterClient's)
         self.rejoins = 0
         self.plan = plan
@@ -102,10 +106,10 @@ class TableClient:
         with self._lock:
             if not self.sync or not wait:  # async: the version the rows were read at
                 self._versions[(spec.name, shard)] = header.version
-        if not len(ids):
-            return torch.empty((0, spec.dim))
-        values = torch.frombuffer(buffer, dtype=header.dtype)
-        return values.float().view(len(ids), spec.dim)
+        if header.rows != len(ids) or header.dim != spec.dim:
+            raise CodecError(f"asked shard {shard} for {len(ids)} rows of {spec.dim} values of "
+                             f"table {spec.name!r}, got {header.rows} x {header.dim}")
+        return decode_rows(header, buffer, self._pull_codecs(shard))
 
     def push(self, table: str, ids: np.ndarray, grads: torch.Tensor) -> list[PushResult]:
         """Push gradient rows for unique `ids` to their shards (sync: to every shard, empty

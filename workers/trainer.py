@@ -154,15 +154,21 @@ def _attached(client: ParameterClient, model: nn.Module, table_optimizer: str,
     #16, declared with `table_optimizer`; None when it has none), the rest dense."""
     modules = find_tables(model, None)
     client.attach(model, exclude=excluded(modules))
+
+    def pull_codecs(shard: int) -> CodecSpec:
+        return client.sessions[shard].pull_codec
+
     if not modules:
         tables = None
     elif client.role is Role.OBSERVER:  # reads rows; may not declare (the workers did)
         plan = plan_for(modules, len(client.connections), table_optimizer, seed,
                         TABLE_INIT_SCALE)
-        tables = AttachedTables(modules, TableClient(client.connections, plan, sync=False))
-    else:
+        tables = AttachedTables(modules, TableClient(client.connections, plan, sync=False,
+                                                     pull_codecs=pull_codecs))
+    else:  # rows go under the sessions' codecs, as with workers.attach
         tables = open_tables(modules, client.connections, client.session.mode is Mode.SYNC,
-                             table_optimizer, seed, TABLE_INIT_SCALE)
+                             table_optimizer, seed, TABLE_INIT_SCALE, None,
+                             client.push_codecs, pull_codecs)
     try:
         yield tables
     finally:

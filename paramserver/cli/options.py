@@ -52,7 +52,9 @@ def add_training(parser: argparse.ArgumentParser) -> None:
                        help="codecs to offer for pushes, most preferred first: SPEC[,SPEC...], "
                             "e.g. 'topk:ratio=0.01,qsgd:bits=8,none' (default: none)")
     group.add_argument("--pull-codec", type=parse_codecs, default=(CodecSpec("none"),),
-                       help="codecs to offer for pulls: none, fp16 or bf16 (default: none)")
+                       help="codecs to offer for pulls: none, fp16, bf16, or the delta codecs "
+                            "topk, qsgd (table rows under qsgd: quantised values, docs/wire.md "
+                            "section 11) (default: none)")
     group.add_argument("--no-error-feedback", action="store_true",
                        help="do not keep the residual of biased codecs such as top-k")
     group.add_argument("--ef-momentum", type=float, default=0.0,

@@ -557,18 +557,20 @@ class RowPullRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., table: _Optional[str] = ..., row_ids: _Optional[bytes] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class RowPullHeader(_message.Message):
-    __slots__ = ("version", "table", "rows", "dim", "dtype")
+    __slots__ = ("version", "table", "rows", "dim", "dtype", "encoding")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     version: int
     table: str
     rows: int
     dim: int
     dtype: DType
-    def __init__(self, version: _Optional[int] = ..., table: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    encoding: CodecSpec
+    def __init__(self, version: _Optional[int] = ..., table: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., encoding: _Optional[_Union[CodecSpec, _Mapping]] = ...) -> None: ...
 
 class RowPullResponse(_message.Message):
     __slots__ = ("header", "chunk")

@@ -12,7 +12,13 @@ import numpy as np
 
 from paramserver.errors import InvalidArgument
 from paramserver.proto import paramserver_pb2 as pb
-from paramserver.serde.records import dtype_from_proto, dtype_to_proto, push_result_from_proto
+from paramserver.serde.records import (
+    codec_from_proto,
+    codec_to_proto,
+    dtype_from_proto,
+    dtype_to_proto,
+    push_result_from_proto,
+)
 from paramserver.serde.records import push_result_to_proto as _push_result_to_proto
 from paramserver.serde.streams import _wrapper_decoder
 from paramserver.tables.records import (
@@ -89,7 +95,9 @@ def _row_ids(data: bytes) -> np.ndarray:
 def encode_row_pull_header(header: RowPullHeader) -> bytes:
     return pb.RowPullResponse(header=pb.RowPullHeader(
         version=header.version, table=header.table, rows=header.rows, dim=header.dim,
-        dtype=dtype_to_proto(header.dtype))).SerializeToString()
+        dtype=dtype_to_proto(header.dtype),
+        encoding=None if header.encoding is None else codec_to_proto(header.encoding),
+    )).SerializeToString()
 
 
 def encode_row_push_header(header: RowPushHeader) -> bytes:
@@ -100,7 +108,8 @@ def encode_row_push_header(header: RowPushHeader) -> bytes:
 
 
 def _pull_header_from_proto(msg: pb.RowPullHeader) -> RowPullHeader:
-    return RowPullHeader(msg.version, msg.table, msg.rows, msg.dim, dtype_from_proto(msg.dtype))
+    return RowPullHeader(msg.version, msg.table, msg.rows, msg.dim, dtype_from_proto(msg.dtype),
+                         codec_from_proto(msg.encoding) if msg.HasField("encoding") else None)
 
 
 def _push_header_from_proto(msg: pb.RowPushHeader) -> RowPushHeader:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from paramserver.errors import InvalidArgument
+from paramserver.types import CodecSpec
 
 TABLE_OPTIMIZERS = ("sgd", "adagrad", "adam")
 SHARDING = "mod"  # row r lives on shard r % num_shards (docs/wire.md section 11)
@@ -158,14 +159,17 @@ class RowPullRequest:
 
 @dataclass(frozen=True)
 class RowPullHeader:
-    """Opens a row pull's answer: `rows` x `dim` values of `dtype` follow as the chunks
-    of tensor 0, in the order the ids were asked for."""
+    """Opens a row pull's answer: `rows` x `dim` values follow as the chunks of tensor 0,
+    in the order the ids were asked for: raw values of `dtype`, or (`encoding`, e.g.
+    qsgd:bits=8,bucket=dim) one payload of that codec decoding to `dtype`
+    (`paramserver.tables.row_codec`)."""
 
     version: int
     table: str
     rows: int
     dim: int
     dtype: torch.dtype
+    encoding: CodecSpec | None = None
 
 
 @dataclass(frozen=True)

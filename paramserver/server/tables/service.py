@@ -20,6 +20,7 @@ and the open steps; long polls wait on it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -51,10 +52,10 @@ from paramserver.tables import (
     TablePlan,
     TableStatus,
 )
+from paramserver.tables.row_codec import encode_rows
 from paramserver.transport import chunk_ranges
 from paramserver.types import Mode, PushResult, TensorSpec
 
-PULL_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # others: float32
 _WAIT_SLICE_S = 0.2  # a row pull's wait re-checks its cancellation this often
 
 
@@ -71,6 +72,7 @@ class TableService:
         self.tables: dict[str, RowTable] = {}
         self._open: dict[str, dict[str, tuple[np.ndarray, torch.Tensor]]] = {}  # sync steps
         self._closed = False
+        self._pull_seeds = itertools.count()  # qsgd row pulls' rounding draws
 
     @property
     def sync(self) -> bool:
@@ -117,11 +119,12 @@ class TableService:
             check_ids(spec, request.ids, assert_plan, self.shard_index)
             table = self._wait(request.table, request.min_version, timeout_s, cancelled)
             version, values = table.version, table.read(request.ids)
-        dtype = PULL_DTYPES.get(record.pull_codec.name, torch.float32)
-        payload = values.to(dtype).contiguous().view(-1).view(torch.uint8).numpy()
+        # qsgd: a fresh seed per pull, so a row's rounding differs from pull to pull
+        seed = (self.shard_index << 48) + next(self._pull_seeds)
+        dtype, encoding, payload = encode_rows(values, record.pull_codec, seed)
         return _pull_messages(RowPullHeader(version, spec.name, len(request.ids), spec.dim,
-                                            dtype), memoryview(payload.data),
-                              self._config.chunk_bytes)
+                                            dtype, encoding),
+                              memoryview(payload.numpy().data), self._config.chunk_bytes)
 
     def _wait(self, name: str, min_version: int, timeout_s: float,
               cancelled: threading.Event | None) -> RowTable:
