@@ -61,12 +61,18 @@ class LocalFederation:
             raise ValueError("--mode must be federated or fedbuff")
         if self.shards < 1 or (self.shards > 1 and self.server.mode is not Mode.FEDERATED):
             raise ValueError("--shards must be at least 1, and 1 under fedbuff")
-        if self.lazy and (not self.simulate or self.shards > 1 or self.tls
-                          or self.server.federated.population != self.clients):
-            raise ValueError("--lazy needs --simulate, one shard, no TLS, and the server's "
-                             "--population equal to --clients")
+        if self.lazy and not self._lazy_fits():
+            raise ValueError("--lazy needs --simulate, one shard, no TLS, no "
+                             "--secure-aggregation, and the server's --population equal to "
+                             "--clients")
         if self.training.secure_aggregation != self.server.federated.secure_aggregation:
             raise ValueError("the server and the clients must agree on --secure-aggregation")
+
+    def _lazy_fits(self) -> bool:
+        """Lazy clients are simulated plain clients of one server (workers/population.py)."""
+        federated = self.server.federated
+        return (self.simulate and self.shards == 1 and not self.tls
+                and not federated.secure_aggregation and federated.population == self.clients)
 
 
 @dataclass(frozen=True)
