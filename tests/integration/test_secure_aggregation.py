@@ -242,7 +242,9 @@ def test_a_client_and_a_server_must_agree_on_secure_aggregation(
 @pytest.mark.slow
 def test_the_federated_command_runs_secure_rounds_to_the_same_accuracy(tmp_path: Path) -> None:
     """`federated --secure-aggregation` passes the flag to the server and every client; the
-    rounds reach the plain run's accuracy (quantisation error ~1e-6 per element)."""
+    rounds reach the plain run's accuracy. Not to the digit: two plain `--simulate` runs
+    with the same seed already differ by up to 3 points per round (seen 2026-12-03, cause
+    not found yet); the exactness of the secure sum is checked above, within quantum/2."""
     finals = {}
     for secure in (False, True):
         report = tmp_path / f"report-{secure}.json"
@@ -255,4 +257,5 @@ def test_the_federated_command_runs_secure_rounds_to_the_same_accuracy(tmp_path:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         finals[secure] = json.loads(report.read_text())["round_accuracy"]
     assert len(finals[True]) == 3
-    np.testing.assert_allclose(finals[True], finals[False], rtol=0, atol=0.005)
+    assert finals[True][-1] > 0.7  # it learns: a broken sum would leave ~0.1
+    np.testing.assert_allclose(finals[True], finals[False], rtol=0, atol=0.06)
