@@ -17,6 +17,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY paramserver ./paramserver
 COPY workers ./workers
+# the embedded training loop the torchrun manifest runs (deploy/k8s/workers-torchrun.yaml)
+COPY examples ./examples
 RUN pip install --extra-index-url "${TORCH_INDEX}" . \
     && useradd --uid 10001 --create-home paramserver \
     && mkdir /checkpoints && chown paramserver /checkpoints

@@ -33,12 +33,16 @@ from workers.data import epoch_batches, load_digits_dataset, shard_indices, step
 from workers.models import accuracy, digits_mlp
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", help="host:port[,...]; without it the loop runs alone")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     identity = workers.WorkerIdentity.from_env()  # rank 0 of 1 without torchrun
     data = load_digits_dataset()
