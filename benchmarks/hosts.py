@@ -5,7 +5,7 @@ a server host of its own, rendezvous at that host's address), with W workers eac
 host, every host's link capped at the same rate.
 
     python -m benchmarks.hosts [--plan target|full|pulls|rpc] [--mb 100] [--reps 3]
-                               [--report FILE]
+                               [--rate 1gbit] [--report FILE]
 
 `target` measures the issue's bar (1 Gbit/s per host, W=4, 100 MB, `none`: 2 server hosts
 >= 1.6x faster than 1) and gloo beside it; `full` every rate (10 Gbit/s, 1 Gbit/s,
@@ -13,9 +13,10 @@ host, every host's link capped at the same rate.
 `pulls` (issue #14) 1 Gbit/s per host, W=2, one server host, 16 MB and 100 MB: `none`,
 top-k 1% pushes with
 top-k pulls at W x the push ratio, qsgd 8-bit pushes and pulls, and gloo, with the bytes on
-the wire per step counted at each worker host's eth0; `rpc` 1 Gbit/s per host, W=2 and 4,
-one server host: ours `none`, gloo and the rpc parameter server. At 100 Mbit/s the
-model is a tenth of --mb (a 100 MB step would take half a minute per step). A step's
+the wire per step counted at each worker host's eth0; `rpc` 1 Gbit/s per host (or
+--rate: 10gbit, 100mbit), W=2 and 4, one server host: ours `none`, gloo and the rpc
+parameter server. At 100 Mbit/s (`full`, and `rpc --rate 100mbit`) the model is a tenth of
+--mb (a 100 MB step would take half a minute per step). A step's
 time is the slowest worker's median. Needs root (network namespaces).
 """
 
@@ -53,7 +54,7 @@ class Case:
     pull_codec: str = "none"
 
 
-def plan(name: str, mb: float) -> list[Case]:
+def plan(name: str, mb: float, rate: str = "1gbit") -> list[Case]:
     if name == "pulls":
         return [case for size in (16.0, mb) for case in (
             Case("ours", "1gbit", 2, 1, "none", size),
@@ -61,10 +62,9 @@ def plan(name: str, mb: float) -> list[Case]:
             Case("ours", "1gbit", 2, 1, "qsgd:bits=8", size, "qsgd:bits=8"),
             Case("gloo", "1gbit", 2, 0, "none", size))]
     if name == "rpc":
-        return [case for workers in (2, 4) for case in (
-            Case("ours", "1gbit", workers, 1, "none", mb), Case("gloo", "1gbit", workers, 0,
-                                                                "none", mb),
-            Case("rpc", "1gbit", workers, 1, "none", mb))]
+        size = mb / 10 if rate == "100mbit" else mb  # as `full` does
+        return [Case(system, rate, workers, servers, "none", size) for workers in (2, 4)
+                for system, servers in (("ours", 1), ("gloo", 0), ("rpc", 1))]
     if name == "target":
         return [Case("ours", "1gbit", 4, 1, "none", mb), Case("ours", "1gbit", 4, 2, "none", mb),
                 Case("gloo", "1gbit", 4, 0, "none", mb)]
@@ -171,6 +171,8 @@ def main() -> int:
     parser.add_argument("--mb", type=float, default=100.0, help="model size (100)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rate", choices=RATES, default="1gbit",
+                        help="every host's link, --plan rpc only (1gbit)")
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
     why = unavailable()
@@ -180,7 +182,7 @@ def main() -> int:
     rows = []
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="ps-hosts-bench-") as tmp:
-        for index, case in enumerate(plan(args.plan, args.mb)):
+        for index, case in enumerate(plan(args.plan, args.mb, args.rate)):
             started = time.monotonic()
             try:
                 row = run_case(case, Path(tmp) / f"case-{index}", args.warmup, args.reps)
