@@ -69,12 +69,12 @@ def plan(name: str, mb: float, rate: str = "1gbit") -> list[Case]:
         return [Case("ours", "1gbit", 4, 1, "none", mb), Case("ours", "1gbit", 4, 2, "none", mb),
                 Case("gloo", "1gbit", 4, 0, "none", mb)]
     cases = []
-    for rate, workers in itertools.product(RATES, (2, 4)):
-        size = mb / 10 if rate == "100mbit" else mb
-        cases += [Case("ours", rate, workers, s, c, size) for s in (1, 2) for c in CODECS
+    for link, workers in itertools.product(RATES, (2, 4)):
+        size = mb / 10 if link == "100mbit" else mb
+        cases += [Case("ours", link, workers, s, c, size) for s in (1, 2) for c in CODECS
                   if c == "none" or s == 1]  # codecs on one server host, as the suite
-        cases.append(Case("gloo", rate, workers, 0, "none", size))
-        cases.append(Case("rpc", rate, workers, 1, "none", size))
+        cases.append(Case("gloo", link, workers, 0, "none", size))
+        cases.append(Case("rpc", link, workers, 1, "none", size))
     return cases
 
 
