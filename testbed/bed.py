@@ -77,6 +77,8 @@ class NetBed:
 
     def __enter__(self) -> Self:
         why = netns.unavailable()
+        if why is None and (self.link.delay_ms or self.link.loss_pct):
+            why = netns.netem_unavailable()  # before anything is made
         if why is not None:
             raise netns.TestbedUnavailable(why)
         netns.cleanup_leftovers()  # a killed earlier run's namespaces

@@ -73,6 +73,14 @@ class LinkShape:
         return ("tbf", "rate", f"{self.rate_bit}bit", "burst", str(burst), "limit", str(limit))
 
 
+def netem_missing(tc_said: str) -> str:
+    """The message for a kernel without sch_netem (delay and loss are asked of it)."""
+    return ("link delay and loss need tc's netem qdisc, the kernel module sch_netem "
+            "(CONFIG_NET_SCH_NETEM), which this kernel does not have "
+            f"(tc: {tc_said.strip() or 'netem refused'}); rate caps (tbf) and partitions "
+            "work without it")
+
+
 def shape(ns: str, dev: str, link: LinkShape) -> None:
     """Shape the egress of `dev` in `ns` (replacing any shaper)."""
     args = link.qdisc()
@@ -80,6 +88,8 @@ def shape(ns: str, dev: str, link: LinkShape) -> None:
         in_ns(ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
         return
     done = in_ns(ns, "tc", "qdisc", "replace", "dev", dev, "root", *args, check=False)
+    if done.returncode != 0 and args[0] == "netem":
+        raise TestbedUnavailable(netem_missing(done.stderr))
     if done.returncode != 0:
         raise TestbedUnavailable(f"tc cannot shape {dev} with {args[0]}: "
                                  f"{done.stderr.strip()}")
@@ -176,12 +186,19 @@ def unavailable() -> str | None:
     return None
 
 
-def netem_available() -> bool:
-    """Whether delay and partial loss can be had (sch_netem is a module some kernels lack)."""
+def netem_unavailable() -> str | None:
+    """Why delay and partial loss cannot be had here (None: they can); sch_netem is a
+    module some kernels lack."""
     probe = f"{new_prefix()}-netem"
     try:
         ip("netns", "add", probe)
-        return in_ns(probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
-                     "1ms", check=False).returncode == 0
+        done = in_ns(probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
+                     "1ms", check=False)
+        return None if done.returncode == 0 else netem_missing(done.stderr)
     finally:
         ip("netns", "del", probe, check=False)
+
+
+def netem_available() -> bool:
+    """Whether delay and partial loss can be had."""
+    return netem_unavailable() is None
