@@ -1,7 +1,9 @@
-"""The plot of a `python -m benchmarks.hosts --plan full` report: sync step time per link
-rate, one panel per worker count, one line per system.
+"""The plot of `python -m benchmarks.hosts` reports: sync step time per link rate, one
+panel per worker count, one line per system; a `--plan full` report, or several (the rows
+of all of them: e.g. `--plan rpc` at each `--rate`).
 
     python -m benchmarks.hosts_plot benchmarks/results/hosts-full-DATE.json OUT.png
+    python -m benchmarks.hosts_plot REPORT [REPORT ...] OUT.png
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ RATES = ("100mbit", "1gbit", "10gbit")
 def label(row: dict[str, Any]) -> str:
     if row["system"] == "gloo":
         return "gloo all-reduce"
+    if row["system"] == "rpc":
+        return "torch.distributed.rpc PS, 1 server host"
     return f"ours {row['codec']}, {row['server_hosts']} server host(s)"
 
 
@@ -26,7 +30,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["rows"]
+    rows = [r for r in report["rows"] if "error" not in r]
     counts = sorted({r["workers"] for r in rows})
     figure, axes = plt.subplots(1, len(counts), figsize=(6 * len(counts), 4.5), squeeze=False)
     for axis, workers in zip(axes[0], counts):
@@ -50,5 +54,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
 
 
 if __name__ == "__main__":
-    plot(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
-    print(f"wrote {sys.argv[2]}")
+    *reports, target = sys.argv[1:]
+    plot({"rows": [row for path in reports for row in json.loads(Path(path).read_text())["rows"]]},
+         Path(target))
+    print(f"wrote {target}")
