@@ -109,3 +109,60 @@ def test_each_rank_gets_its_own_certificate_from_the_mounted_secret(tmp_path: Pa
         assert key == f"{mount['mountPath']}/rank-{rank}.key"
         assert argv == [SCRIPT, *run.training_script_args[3:]]
     assert not re.search(r"\$\(RANK\)", str(run.training_script_args))  # not the kubelet's
+
+
+PYTORCHJOB = REPO / "deploy" / "k8s-kubeflow" / "workers-pytorchjob.yaml"
+
+
+def _pytorchjob() -> dict[str, Any]:
+    [job] = [d for d in yaml.safe_load_all(PYTORCHJOB.read_text()) if d]
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    return job
+
+
+def test_pytorchjob_pod_template_validates_against_the_core_schemas() -> None:
+    """The CRD has no schema here; its pod template is a core PodTemplateSpec."""
+    import kubernetes_validate
+
+    from tests.unit.test_deploy import VERSIONS
+
+    template = _pytorchjob()["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
+    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "worker"},
+               "template": template}
+    for version in VERSIONS:
+        kubernetes_validate.validate(wrapped, version, strict=True)
+
+
+def test_pytorchjob_runs_the_torchrun_manifests_ranks(monkeypatch: Any) -> None:
+    """With the variables the operator sets in elastic mode, torchrun's parser gives 2
+    nodes x 2 processes = the servers' --workers, over a c10d rendezvous; the rest of the
+    container is the Indexed Job's (same loop, TLS wrapper, Secret)."""
+    from torch.distributed.run import get_args_parser
+
+    job = _pytorchjob()
+    policy, worker = job["spec"]["elasticPolicy"], job["spec"]["pytorchReplicaSpecs"]["Worker"]
+    assert policy["minReplicas"] == policy["maxReplicas"] == worker["replicas"]
+    operator_env = {"PET_NNODES": f"{policy['minReplicas']}:{policy['maxReplicas']}",
+                    "PET_RDZV_BACKEND": policy["rdzvBackend"],
+                    "PET_RDZV_ENDPOINT": f"{job['metadata']['name']}-worker-0:23456",
+                    "PET_MAX_RESTARTS": str(policy["maxRestarts"])}
+    for name, value in operator_env.items():
+        monkeypatch.setenv(name, value)
+    pod = worker["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["name"] == "pytorch" and container["command"] == ["torchrun"]
+    run = get_args_parser().parse_args(container["args"])  # reads PET_* as defaults
+    assert run.rdzv_backend == "c10d" and run.nnodes == "2:2"
+    servers = _kinds("ps-statefulset.yaml")["StatefulSet/ps"]
+    server_args = servers["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert worker["replicas"] * int(run.nproc_per_node) == int(_flag(server_args, "--workers"))
+
+    indexed, _, indexed_run = _torchrun()
+    indexed_pod = indexed["spec"]["template"]["spec"]
+    [indexed_container] = indexed_pod["containers"]
+    assert run.no_python and run.training_script == indexed_run.training_script
+    assert run.training_script_args == indexed_run.training_script_args
+    for key in ("image", "env", "volumeMounts", "resources"):
+        assert container[key] == indexed_container[key], key
+    assert pod["volumes"] == indexed_pod["volumes"]
+    assert pod["securityContext"] == indexed_pod["securityContext"]
