@@ -270,3 +270,23 @@ def test_a_round_sums_in_client_order_whatever_order_updates_arrive(missing: str
     np.testing.assert_allclose(np.frombuffer(results.pop(), np.float32),
                                GLOBAL0 - sum(weights[c] * deltas[c].astype(np.float64)
                                              for c in reporting) / total, rtol=1e-5)
+
+
+def test_updates_held_for_order_are_dropped_with_a_skipped_round() -> None:
+    """c2 and c1 arrive before c0, which never reports: both wait for it; the round is
+    skipped at its timeout (too few reports), the held updates go, and the next round sums
+    afresh."""
+    clock = FakeClock()
+    core, sessions = _federation("fedavg", 3, clock=clock, round_timeout_s=1.0,
+                                 min_completion_rate=1.0)
+    for session in (sessions[2], sessions[1]):
+        core.push(iter(push_stream(session, 0, {"w": torch.full((4,), 5.0)})))
+    assert core.status().pending_pushes == 2
+    clock.now += 2.0
+    core.tick()
+    assert core.store.version == 1 and core.status().skipped_rounds == (0,)
+    np.testing.assert_array_equal(core.store.params["w"].numpy(), GLOBAL0)
+    for session in reversed(sessions):
+        core.push(iter(push_stream(session, 1, {"w": torch.ones(4)})))
+    assert core.store.version == 2
+    np.testing.assert_array_equal(core.store.params["w"].numpy(), GLOBAL0 - 1.0)
