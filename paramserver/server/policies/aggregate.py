@@ -130,8 +130,10 @@ class InOrder:
         return due
 
     def rest(self) -> list[ReceivedPush]:
-        """The pushes still held (behind a worker that never pushed), in order."""
+        """The pushes still held (behind a worker that never pushed), in order; one from
+        a worker outside `order` (the policy refuses those) comes last, not lost."""
         rest = [self._held.pop(w) for w in self._order[self._next:] if w in self._held]
+        rest += [self._held.pop(w) for w in sorted(self._held)]
         self._next = len(self._order)
         return rest
 
