@@ -4,7 +4,12 @@ round by round."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
 
 from paramserver.errors import DeadlineExceeded
 from paramserver.polling import wait_for
@@ -16,6 +21,8 @@ from workers.federated import ClientReport, FederatedClient, LocalTraining
 from workers.models import accuracy, digits_mlp
 from workers.parameter_client import ParameterClient
 from workers.probes import probe_status
+
+log = logging.getLogger(__name__)
 
 
 def run_client(servers: str, index: int, clients: int, rounds: int, training: LocalTraining,
@@ -32,14 +39,40 @@ def run_client(servers: str, index: int, clients: int, rounds: int, training: Lo
         return FederatedClient(attached, x, y, training, seed=seed * 7919 + index).run(rounds)
 
 
+@dataclass
+class FollowedRounds:
+    """What the observer saw: the test accuracy after each round, the version each was
+    measured at, and a digest of the final global model (same seed, same digest)."""
+
+    accuracy: list[float] = field(default_factory=list)
+    # The observer pulls the newest version: under load it can miss one, and then the
+    # rounds in between show the accuracy of a later model. measured_at says so.
+    measured_at: list[int] = field(default_factory=list)
+    model_sha256: str = ""
+
+    def unobserved(self) -> list[int]:
+        """Rounds whose own model the observer never saw (scored with a later one)."""
+        return [r for r, v in enumerate(self.measured_at, start=1) if v != r]
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of the parameters' bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], None],
                   alive: Callable[[], bool], poll_s: float = 2.0,
-                  security: ClientSecurity | None = None) -> list[float]:
+                  security: ClientSecurity | None = None) -> FollowedRounds:
     """Test accuracy of the global model after each round (an observer pulls every version),
     until `rounds`; raises RuntimeError if `alive()` turns false before (no client left)."""
     data = load_digits_dataset()
     model = digits_mlp()
-    accuracies: list[float] = []
+    followed = FollowedRounds()
+    accuracies = followed.accuracy
 
     def registered() -> bool:
         # Probe first: a short lazy federation may be over before the observer is ready
@@ -65,7 +98,12 @@ def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], No
                                        f"{len(accuracies)} of {rounds} rounds") from None
                 continue
             value = accuracy(model, data.x_test, data.y_test)
+            if version > len(accuracies) + 1:
+                log.warning("the observer missed rounds %d-%d: they show the accuracy of "
+                            "version %d", len(accuracies) + 1, version - 1, version)
             while len(accuracies) < min(version, rounds):
                 accuracies.append(value)
+                followed.measured_at.append(version)
                 on_round(len(accuracies), value)
-    return accuracies
+        followed.model_sha256 = model_digest(model)
+    return followed

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from paramserver.cli.client import add_client_training, training_from_args
 from paramserver.cli.local_cluster import ClusterError
@@ -23,6 +24,9 @@ from paramserver.cli.server_options import (
 from paramserver.cli.status import describe_privacy
 from paramserver.federated.privacy import PrivacyReport, noise_for_epsilon, rounds_within
 from paramserver.types import Aggregation, Mode
+
+if TYPE_CHECKING:  # the federation (torch) loads only when one runs
+    from paramserver.cli.local_federation import FederationReport
 
 # Not offered: --clients sizes the job; the strategy decides the aggregation and the server
 # optimizer (all but its weight decay); the sync, SSP and async bounds and rates, and the
@@ -114,7 +118,19 @@ def run(args: argparse.Namespace) -> int:
           f"({args.strategy}, {args.clients} clients, {args.partition}, logs in {run_dir})")
     if report.privacy:
         print(f"privacy: {describe_privacy(PrivacyReport(**report.privacy))}")
+    print_reproducibility(report)
     return 0
+
+
+def print_reproducibility(report: FederationReport) -> None:
+    """What makes two runs with one seed differ, said aloud (issue #17): the clients a round
+    closed without (late or gone: client@round) and rounds scored with a later model."""
+    if report.dropouts:
+        print(f"dropped (not counted): {' '.join(report.dropouts)}")
+    if report.unobserved_rounds:
+        print(f"rounds {report.unobserved_rounds} show a later round's accuracy: the "
+              "observer missed their version")
+    print(f"final model sha256 {report.model_sha256[:16]}")
 
 
 def plan_privacy(args: argparse.Namespace) -> int:

@@ -103,6 +103,11 @@ class FederationReport:
     # Peak resident memory (MB): this process (the simulated clients, the observer) and
     # the server (shard 0); 0 where the platform does not say.
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    # Reproducibility (issue #17): the final global model's SHA-256 (the same seed gives the
+    # same digest), and the rounds whose accuracy is a later model's (the observer missed
+    # their version; nothing else about the run changes).
+    model_sha256: str = ""
+    unobserved_rounds: list[int] = field(default_factory=list)
 
 
 def run_local_federation(job: LocalFederation, run_dir: Path,
@@ -153,16 +158,18 @@ def _run(job: LocalFederation, run_dir: Path, on_round: Callable[[int, float], N
                     on_epsilon(round_, epsilons[-1])
             on_round(round_, value)
 
-        accuracies = follow_rounds(address, job.rounds, scored, clients.alive,
-                                   security=security)
+        followed = follow_rounds(address, job.rounds, scored, clients.alive,
+                                 security=security)
         statuses = [probe_status(a, security=security) for _, a in servers]
         reports = clients.finish()
         memory = {"local": peak_rss_mb(), "server": peak_rss_mb(servers[0][0].process.pid)}
         for server, _ in servers:
             cluster.stop(server)
-    report = _report(job, accuracies, time.perf_counter() - started, reports, statuses,
-                     epsilons)
-    return dataclasses.replace(report, peak_rss_mb=memory)
+    report = _report(job, followed.accuracy, time.perf_counter() - started, reports,
+                     statuses, epsilons)
+    return dataclasses.replace(report, peak_rss_mb=memory,
+                               model_sha256=followed.model_sha256,
+                               unobserved_rounds=followed.unobserved())
 
 
 def peak_rss_mb(pid: int | None = None) -> float:

@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _federated(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     report = tmp_path / "report.json"
     result = subprocess.run(
         [sys.executable, "-m", "paramserver.cli.main", "federated", "--report", str(report),
@@ -67,3 +68,27 @@ def test_imbalance_remedies_train_on_a_quantity_skewed_split(tmp_path: Path,
     sizes = report["client_examples"]
     assert max(sizes) > 5 * min(sizes)  # the split really is skewed
     assert report["round_accuracy"][-1] >= 0.90
+
+
+def test_two_simulated_runs_with_one_seed_give_the_same_model(tmp_path: Path) -> None:
+    """Issue #17: `federated --simulate` twice with one seed gives the bit-identical global
+    model (final SHA-256) and the same accuracy every round. It did not: the registered
+    model depended on which client threads built their models at once (a shared, seeded
+    global generator), and each round summed the updates in arrival order."""
+    runs = []
+    for run in range(2):
+        result, report = _federated(tmp_path / str(run), "--clients", "6", "--rounds", "3",
+                                    "--partition", "dirichlet:0.5", "--seed", "3",
+                                    "--simulate")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert report["dropouts"] == [] and report["skipped_rounds"] == []
+        assert "final model sha256" in result.stdout
+        runs.append(report)
+    first, second = runs
+    assert len(first["model_sha256"]) == 64
+    assert first["model_sha256"] == second["model_sha256"]
+    # A round the observer missed shows a later round's accuracy (reported, not hidden).
+    missed = set(first["unobserved_rounds"]) | set(second["unobserved_rounds"])
+    assert [a for r, a in enumerate(first["round_accuracy"], 1) if r not in missed] == \
+        [a for r, a in enumerate(second["round_accuracy"], 1) if r not in missed]
+    assert first["round_accuracy"][-1] == second["round_accuracy"][-1]

@@ -242,9 +242,13 @@ def test_a_client_and_a_server_must_agree_on_secure_aggregation(
 @pytest.mark.slow
 def test_the_federated_command_runs_secure_rounds_to_the_same_accuracy(tmp_path: Path) -> None:
     """`federated --secure-aggregation` passes the flag to the server and every client; the
-    rounds reach the plain run's accuracy. Not to the digit: two plain `--simulate` runs
-    with the same seed already differ by up to 3 points per round (seen 2026-12-03, cause
-    not found yet); the exactness of the secure sum is checked above, within quantum/2."""
+    rounds reach the plain run's accuracy. Both runs are deterministic (issue #17), so the
+    only difference is quantisation: each update element is off by at most quantum/2 =
+    clip * W / (2 * (2^31 - 1)) ~ 3e-7 here (W = 1347 examples), so the two models differ by
+    ~1e-6 after 3 rounds, and a test digit changes its prediction only if its two best
+    logits are that close. We allow one digit of the 450 per round (atol 0.0025); the
+    curves were identical when this was written. The exactness of the secure sum is
+    checked above, within quantum/2."""
     finals = {}
     for secure in (False, True):
         report = tmp_path / f"report-{secure}.json"
@@ -258,4 +262,4 @@ def test_the_federated_command_runs_secure_rounds_to_the_same_accuracy(tmp_path:
         finals[secure] = json.loads(report.read_text())["round_accuracy"]
     assert len(finals[True]) == 3
     assert finals[True][-1] > 0.7  # it learns: a broken sum would leave ~0.1
-    np.testing.assert_allclose(finals[True], finals[False], rtol=0, atol=0.06)
+    np.testing.assert_allclose(finals[True], finals[False], rtol=0, atol=0.0025)

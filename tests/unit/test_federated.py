@@ -238,3 +238,55 @@ def test_fedprox_keeps_the_local_model_closer_to_the_global_one() -> None:
                          for n, p in client.attached.model.named_parameters()))
 
     assert drift(1.0) < 0.7 * drift(0.0)
+
+
+@pytest.mark.parametrize("missing", [None, "c0", "c2"])
+def test_a_round_sums_in_client_order_whatever_order_updates_arrive(missing: str | None) -> None:
+    """Float addition is not associative: a sum in arrival order changes the model's last
+    bits with thread timing (issue #17). The same updates arriving in any order give the
+    same bits: the round sums them in client-id order, also past a client that never
+    reported (c0 first: every update waits; c2: the ones after it wait for the close)."""
+    rng = np.random.default_rng(5)
+    deltas = {f"c{i}": (rng.standard_normal(4) * 10.0 ** rng.integers(-6, 6, 4)).astype(np.float32)
+              for i in range(5)}
+    weights = {f"c{i}": int(w) for i, w in enumerate(rng.integers(1, 500, 5))}
+    reporting = [c for c in deltas if c != missing]
+    results = set()
+    for order in [reporting, reporting[::-1], sorted(reporting, key=lambda c: deltas[c][0])]:
+        clock = FakeClock()
+        core, sessions = _federation("fedavg", 5, clock=clock, round_timeout_s=1.0)
+        by_name = {f"c{i}": s for i, s in enumerate(sessions)}
+        for client in order:
+            core.push(iter(push_stream(by_name[client], 0, {"w": torch.from_numpy(deltas[client])},
+                                       num_samples=weights[client])))
+        if missing is not None:
+            assert core.store.version == 0
+            clock.now += 2.0
+            core.tick()  # closes with the four that reported
+        assert core.store.version == 1
+        results.add(core.store.params["w"].numpy().tobytes())
+    assert len(results) == 1
+    total = sum(weights[c] for c in reporting)
+    np.testing.assert_allclose(np.frombuffer(results.pop(), np.float32),
+                               GLOBAL0 - sum(weights[c] * deltas[c].astype(np.float64)
+                                             for c in reporting) / total, rtol=1e-5)
+
+
+def test_updates_held_for_order_are_dropped_with_a_skipped_round() -> None:
+    """c2 and c1 arrive before c0, which never reports: both wait for it; the round is
+    skipped at its timeout (too few reports), the held updates go, and the next round sums
+    afresh."""
+    clock = FakeClock()
+    core, sessions = _federation("fedavg", 3, clock=clock, round_timeout_s=1.0,
+                                 min_completion_rate=1.0)
+    for session in (sessions[2], sessions[1]):
+        core.push(iter(push_stream(session, 0, {"w": torch.full((4,), 5.0)})))
+    assert core.status().pending_pushes == 2
+    clock.now += 2.0
+    core.tick()
+    assert core.store.version == 1 and core.status().skipped_rounds == (0,)
+    np.testing.assert_array_equal(core.store.params["w"].numpy(), GLOBAL0)
+    for session in reversed(sessions):
+        core.push(iter(push_stream(session, 1, {"w": torch.ones(4)})))
+    assert core.store.version == 2
+    np.testing.assert_array_equal(core.store.params["w"].numpy(), GLOBAL0 - 1.0)

@@ -8,7 +8,8 @@ leaving its `with` block). A sparse update is added with index_add_, never densi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Self
 
@@ -99,6 +100,49 @@ def _common(totals: dict[str, float]) -> float | None:
     return values.pop() if len(values) == 1 else None
 
 
+class InOrder:
+    """Pushes taken in a fixed order of workers, whatever order they arrive in (issue #17).
+
+    Float addition is not associative: a sum taken in arrival order differs in its last bits
+    from run to run, and training carries the difference on. A push that arrives before its
+    predecessors in `order` is held (its pooled bytes move here) until they came, or until
+    the step closes without them (`rest`). So the sum is always taken in `order`, skipping
+    the workers that never pushed, and only the out-of-order pushes wait in memory.
+    Not thread-safe: the owning policy holds its lock around calls.
+    """
+
+    def __init__(self, pool: BufferPool, order: Iterable[str]) -> None:
+        self._pool = pool
+        self._order = list(order)
+        self._next = 0  # order[:_next] were taken (or skipped at the end)
+        self._held: dict[str, ReceivedPush] = {}
+
+    def arrive(self, push: ReceivedPush) -> list[ReceivedPush]:
+        """Hold `push`; returns the pushes now due, in order (the held ones own their
+        buffers: the caller releases them once added)."""
+        kept = PooledBuffers(self._pool)
+        push.buffers.transfer(kept)
+        self._held[push.worker_id] = dataclasses.replace(push, buffers=kept)
+        due = []
+        while self._next < len(self._order) and self._order[self._next] in self._held:
+            due.append(self._held.pop(self._order[self._next]))
+            self._next += 1
+        return due
+
+    def rest(self) -> list[ReceivedPush]:
+        """The pushes still held (behind a worker that never pushed), in order; one from
+        a worker outside `order` (the policy refuses those) comes last, not lost."""
+        rest = [self._held.pop(w) for w in self._order[self._next:] if w in self._held]
+        rest += [self._held.pop(w) for w in sorted(self._held)]
+        self._next = len(self._order)
+        return rest
+
+    def discard(self) -> None:
+        for push in self._held.values():
+            push.buffers.release()
+        self._held.clear()
+
+
 class StepAssembly:
     """The synchronous step being assembled: who pushed it, and the aggregate of their
     pushes. Shared by the sync and federated-round policies, which differ only in whose
@@ -121,6 +165,14 @@ class StepAssembly:
         self.opened_at: float | None = None  # the first push of the open step
         self._aggregate = Aggregate(pool, store.spec)
         self._corrected = Aggregate(pool, store.spec)  # pushes with momentum applied
+        self._in_order: InOrder | None = None  # see in_order()
+
+    def in_order(self, workers: Iterable[str]) -> None:
+        """Sum the open step's pushes in the order of `workers` (they are its only
+        pushers), whatever order they arrive in: the same pushes give bit-identical sums."""
+        if self._in_order is not None:
+            self._in_order.discard()
+        self._in_order = InOrder(self._pool, workers)
 
     def check(self, worker_id: str, step: int) -> None:
         """Refuse a push for another step than the open one, or a second push of it."""
@@ -137,12 +189,20 @@ class StepAssembly:
 
     def add(self, push: ReceivedPush) -> None:
         self.check(push.worker_id, push.step)
-        target = self._corrected if push.momentum_applied else self._aggregate
-        target.add_push(push.updates, push.weight, push.buffers)
-        self._rules.add(push.options)
         self.pushed.add(push.worker_id)
         if self.opened_at is None:
             self.opened_at = self._clock()
+        if self._in_order is None:
+            self._sum(push)
+            return
+        for due in self._in_order.arrive(push):
+            self._sum(due)
+            due.buffers.release()  # what the aggregate did not adopt
+
+    def _sum(self, push: ReceivedPush) -> None:
+        target = self._corrected if push.momentum_applied else self._aggregate
+        target.add_push(push.updates, push.weight, push.buffers)
+        self._rules.add(push.options)
 
     def waited_s(self) -> float:
         return 0.0 if self.opened_at is None else self._clock() - self.opened_at
@@ -154,6 +214,10 @@ class StepAssembly:
         with momentum applied join it as a plain SGD step. Returns the new version.
         `finish(sums)` may change the sums in place and returns their divisors instead of
         the weights (DP-FedAvg: noise, and the number of sampled clients)."""
+        if self._in_order is not None:  # those behind a worker that never pushed
+            for push in self._in_order.rest():
+                self._sum(push)
+                push.buffers.release()
         if self._rules.found_inf:
             return self.skip()
         totals = self._totals()
@@ -196,6 +260,9 @@ class StepAssembly:
         return self._store.apply({})
 
     def _reset(self) -> None:
+        if self._in_order is not None:
+            self._in_order.discard()
+            self._in_order = None
         self.pushed, self.opened_at = set(), None
         self._rules = StepRules()
         self._aggregate = Aggregate(self._pool, self._store.spec)

@@ -12,6 +12,11 @@ Under `--secure-aggregation` clients send no plain pushes: the round runs the st
 `secure_rounds.SecureRound` instead (each stage timing out after the round timeout), and
 the server applies the unmasked weighted mean, or skips the round when it failed.
 
+The round's updates are summed in client-id order whatever order they arrive in (an early
+one waits for its predecessors; `aggregate.InOrder`), so the same clients' updates give a
+bit-identical model: float addition is not associative, and an arrival-order sum let
+thread timing change the last bits of every round (issue #17).
+
 With --dp (DP-FedAvg, `paramserver.federated.privacy`), the round's sum gets Gaussian noise
 (central) or holds the clients' noise shares (distributed), is divided by the number of
 sampled clients, and is accounted; once the next round would exceed --target-epsilon, no
@@ -103,6 +108,7 @@ class RoundPolicy(PolicyDefaults):
         population = self._population()
         self._sampled = sample_clients(population, self.config.fraction,
                                        self.config.min_clients, self.config.seed, version)
+        self._step.in_order(sorted(self._sampled))  # the same sum, whoever pushes first
         if self._privacy is not None and not self._privacy.open(len(self._sampled),
                                                                   len(population)):
             log.warning("round %d not run: it would exceed --target-epsilon %g", version,
