@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from workers.ctr_data import CtrBatch, auc_of
+from workers.models import reset_linear
 
 EMBEDDING_STD = 0.05  # initial N(0, std) of table rows: small, so dots start near 0
 
@@ -29,21 +30,32 @@ class CtrModel(nn.Module):
 
     def __init__(self, table_rows: tuple[int, ...], dim: int = 16, dense_features: int = 1,
                  hidden: int = 64, sparse: bool = True,
-                 embedding_device: str | torch.device | None = None) -> None:
+                 embedding_device: str | torch.device | None = None, seed: int = 0) -> None:
         super().__init__()
-        tables = [nn.EmbeddingBag(rows, dim, mode="sum", sparse=sparse, device=embedding_device)
-                  for rows in table_rows]
-        self.tables = nn.ModuleList(tables)
-        for table in tables:
-            if table.weight.device.type != "meta":
-                nn.init.normal_(table.weight, std=EMBEDDING_STD)
-        self.dense = nn.Linear(dense_features, dim) if dense_features else None
-        vectors = len(table_rows) + (1 if dense_features else 0)
-        pairs = vectors * (vectors - 1) // 2
+        generator = torch.Generator().manual_seed(seed)
+        with torch.device("meta"):  # shapes only: values come from `generator` below
+            tables = [nn.EmbeddingBag(rows, dim, mode="sum", sparse=sparse)
+                      for rows in table_rows]
+            dense = nn.Linear(dense_features, dim) if dense_features else None
+            vectors = len(table_rows) + (1 if dense_features else 0)
+            pairs = vectors * (vectors - 1) // 2
+            top = nn.Sequential(nn.Linear(vectors * dim + pairs, hidden), nn.ReLU(),
+                                nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.tables = nn.ModuleList(tables)  # registration order = parameter order on the wire
+        self.dense = dense
+        self.top = top
+        if embedding_device is None or torch.device(embedding_device).type != "meta":
+            for table in tables:  # EmbeddingBag's own N(0, 1) draws come first...
+                table.to_empty(device=embedding_device or "cpu")
+                table.weight.detach().normal_(generator=generator)
+            for table in tables:  # ...then ours
+                table.weight.detach().normal_(std=EMBEDDING_STD, generator=generator)
+        for layer in [self.dense, *self.top]:
+            if isinstance(layer, nn.Linear):
+                layer.to_empty(device="cpu")
+                reset_linear(layer, generator)
         self.register_buffer("_upper", torch.triu_indices(vectors, vectors, offset=1),
                              persistent=False)
-        self.top = nn.Sequential(nn.Linear(vectors * dim + pairs, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         vectors = [table(ids[:, t, :]) for t, table in enumerate(self.tables)]  # (B, dim) each
@@ -58,13 +70,13 @@ class CtrModel(nn.Module):
 def ctr_model(table_rows: tuple[int, ...], dim: int = 16, dense_features: int = 1,
               hidden: int = 64, seed: int = 0, sparse: bool = True,
               embedding_device: str | torch.device | None = None) -> CtrModel:
-    """A `CtrModel` initialised deterministically from `seed` (the global RNG is restored)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return CtrModel(table_rows, dim, dense_features, hidden, sparse, embedding_device)
-    finally:
-        torch.random.set_rng_state(state)
+    """A `CtrModel` initialised deterministically from `seed`.
+
+    Thread-safe: the values come from a private generator (as `workers.models.digits_mlp`'s
+    do), never from torch's process-wide one, in the order `torch.manual_seed(seed)` then
+    the default construction would draw them.
+    """
+    return CtrModel(table_rows, dim, dense_features, hidden, sparse, embedding_device, seed)
 
 
 def batch_tensors(batch: CtrBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
