@@ -16,12 +16,12 @@ import torch
 
 from paramserver.codecs import DenseUpdate, Update
 from paramserver.codecs.base import add_into
-from paramserver.errors import Aborted, FailedPrecondition
+from paramserver.errors import Aborted, FailedPrecondition, StepDiscarded
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.policies.base import Clock, ReceivedPush
 from paramserver.server.policies.step_rules import StepRules
 from paramserver.server.store import ParameterStore
-from paramserver.types import TensorSpec
+from paramserver.types import StepOptions, TensorSpec
 
 
 class Aggregate:
@@ -47,7 +47,7 @@ class Aggregate:
         total = self._sums.get(name)
         if total is not None:
             add_into(total, update, weight)
-            self._weights[name] += weight
+            self._weights[name] = self._weights.get(name, 0.0) + weight
             return
         spec = self._spec_of(name)
         owner = (source.owner_of(update.values)
@@ -63,6 +63,22 @@ class Aggregate:
             add_into(total, update, weight)
         self._sums[name] = total
         self._weights[name] = weight
+
+    def add_chunk(self, name: str, start: int, values: torch.Tensor, weight: float) -> None:
+        """sum[name][start:start + len(values)] += weight * values: one chunk of a push
+        added in place (`server/inplace.py`); the sum starts at zero. `count` counts the
+        push once it is whole."""
+        total = self._sums.get(name)
+        if total is None:
+            spec = self._spec_of(name)
+            total = self._sums[name] = self._buffers.take(spec.nbytes).view(spec.dtype).zero_()
+        total[start:start + values.numel()].add_(values, alpha=weight)
+
+    def count(self, names: list[str], weight: float) -> None:
+        """Count a push whose chunks were added with `add_chunk`."""
+        for name in names:
+            self._weights[name] = self._weights.get(name, 0.0) + weight
+        self.push_weight += weight
 
     def add_push(self, updates: dict[str, Update], weight: float,
                  source: PooledBuffers) -> None:
@@ -119,6 +135,12 @@ class StepAssembly:
         self._rules = StepRules()
         self.pushed: set[str] = set()
         self.opened_at: float | None = None  # the first push of the open step
+        # In-place pushes (`server/inplace.py`): how many are being received (the step
+        # waits for them), the aggregate generation they add to (a discard starts a new
+        # one), and the workers whose pushes a discard dropped (they push the step again).
+        self.streams = 0
+        self.generation = 0
+        self.discarded: frozenset[str] = frozenset()
         self._aggregate = Aggregate(pool, store.spec)
         self._corrected = Aggregate(pool, store.spec)  # pushes with momentum applied
 
@@ -139,10 +161,54 @@ class StepAssembly:
         self.check(push.worker_id, push.step)
         target = self._corrected if push.momentum_applied else self._aggregate
         target.add_push(push.updates, push.weight, push.buffers)
-        self._rules.add(push.options)
-        self.pushed.add(push.worker_id)
+        self._counted(push.worker_id, push.options)
+
+    def _counted(self, worker_id: str, options: StepOptions) -> None:
+        self._rules.add(options)
+        self.pushed.add(worker_id)
+        self.discarded -= {worker_id}
         if self.opened_at is None:
             self.opened_at = self._clock()
+
+    # ---- in-place pushes: added chunk by chunk (`server/inplace.py`, issue #14) ----------
+
+    def begin_stream(self, worker_id: str, step: int) -> int:
+        """A push about to add its chunks: the generation it adds to."""
+        self.check(worker_id, step)
+        self.streams += 1
+        return self.generation
+
+    def add_chunk(self, generation: int, name: str, start: int, values: torch.Tensor,
+                  weight: float, corrected: bool) -> None:
+        self._require(generation)
+        target = self._corrected if corrected else self._aggregate
+        target.add_chunk(name, start, values, weight)
+
+    def end_stream(self, generation: int, worker_id: str, step: int, names: list[str],
+                   weight: float, corrected: bool, options: StepOptions) -> None:
+        """Count a push whose chunks were all added; raise (the caller discards the step if
+        it added any) when its generation was discarded or it may not join the step."""
+        self.streams -= 1
+        self._require(generation)
+        self.check(worker_id, step)
+        (self._corrected if corrected else self._aggregate).count(names, weight)
+        self._counted(worker_id, options)
+
+    def _require(self, generation: int) -> None:
+        if generation != self.generation:
+            step = self._store.version
+            raise StepDiscarded(f"step {step}: its aggregate, which this push was being "
+                                f"added to, was discarded; push step {step} again")
+
+    def discard(self) -> None:
+        """Drop the step's aggregate: a push failed after adding to it. Every worker whose
+        push it held must push the step again (`discarded`); nothing is applied."""
+        dropped = self.discarded | self.pushed
+        self._aggregate.release()
+        self._corrected.release()
+        self._reset()
+        self.discarded = dropped
+        self.generation += 1
 
     def waited_s(self) -> float:
         return 0.0 if self.opened_at is None else self._clock() - self.opened_at
@@ -197,6 +263,7 @@ class StepAssembly:
 
     def _reset(self) -> None:
         self.pushed, self.opened_at = set(), None
+        self.discarded = frozenset()
         self._rules = StepRules()
         self._aggregate = Aggregate(self._pool, self._store.spec)
         self._corrected = Aggregate(self._pool, self._store.spec)
