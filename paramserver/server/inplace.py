@@ -20,6 +20,7 @@ model buffers, other codecs, and the modes other than sync.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -32,6 +33,10 @@ from paramserver.server.policies.base import StreamedPush
 from paramserver.server.push_checks import all_finite
 from paramserver.types import BUFFER_PREFIX, PushHeader, StepOptions, TensorSpec
 from paramserver.wire import Chunk
+
+# A chunk's values view the received message's bytes, which they only read.
+warnings.filterwarnings("ignore", message="The given buffer is not writable",
+                        category=UserWarning, module=__name__)
 
 
 def wire_dtypes(header: PushHeader, codec: Codec) -> list[torch.dtype] | None:
