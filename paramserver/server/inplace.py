@@ -31,7 +31,7 @@ from paramserver.errors import InvalidArgument
 from paramserver.server.assembly import chunks_of
 from paramserver.server.policies.base import StreamedPush
 from paramserver.server.push_checks import all_finite
-from paramserver.types import BUFFER_PREFIX, PushHeader, StepOptions, TensorSpec
+from paramserver.types import BUFFER_PREFIX, CodecSpec, PushHeader, StepOptions, TensorSpec
 from paramserver.wire import Chunk
 
 # A chunk's values view the received message's bytes, which they only read.
@@ -60,7 +60,9 @@ class ChunkDecoder:
     A chunk need not hold whole elements (the protocol does not ask it to): the bytes of a
     split element wait for the next chunk of the tensor."""
 
-    def __init__(self, specs: Sequence[TensorSpec], wires: Sequence[torch.dtype]) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], wires: Sequence[torch.dtype],
+                 codec: CodecSpec) -> None:
+        self._codec = codec
         self._specs = tuple(specs)
         self._wires = tuple(wires)
         self._received = [0] * len(self._specs)
@@ -96,18 +98,20 @@ class ChunkDecoder:
         return spec, (expected - len(carry)) // wire.itemsize, values
 
     def finish(self) -> None:
-        """Every tensor arrived whole."""
+        """Every tensor arrived whole (worded as a staged push's decoding would say)."""
         for spec, wire, received in zip(self._specs, self._wires, self._received):
             if received != spec.numel * wire.itemsize:
-                raise InvalidArgument(f"truncated stream: tensor {spec.name!r} received "
-                                      f"{received} of {spec.numel * wire.itemsize} bytes")
+                raise InvalidArgument(
+                    f"tensor {spec.name!r}: payload does not decode under codec {self._codec}: "
+                    f"truncated stream: {self._codec.name} payload has {received} of "
+                    f"{spec.numel * wire.itemsize} bytes")
 
 
-def add_in_place(push: StreamedPush, header: PushHeader, wires: Sequence[torch.dtype],
-                 stream: Iterable[object]) -> None:
+def add_in_place(push: StreamedPush, header: PushHeader, codec: Codec,
+                 wires: Sequence[torch.dtype], stream: Iterable[object]) -> None:
     """Check and add every chunk of the push; on any failure, `push.abort()` (which discards
     the step's aggregate once anything was added) and raise."""
-    decoder = ChunkDecoder(header.tensors, wires)
+    decoder = ChunkDecoder(header.tensors, wires, codec.spec)
     try:
         for chunk in chunks_of(stream, "push"):
             decoded = decoder.decode(chunk)

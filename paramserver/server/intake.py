@@ -164,7 +164,7 @@ class PushIntake:
                                         header.momentum_applied)
         if push is None:
             return None
-        add_in_place(push, header, wires, stream)  # 10, 11, 12 on each chunk
+        add_in_place(push, header, record.push_decoder, wires, stream)  # 10, 11, 12 on each chunk
         result = push.finish([s.name for s in header.tensors], header.options or StepOptions())
         self._members.count_push(header.session_id)
         return result

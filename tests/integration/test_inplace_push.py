@@ -45,7 +45,7 @@ def test_a_broken_push_makes_every_worker_push_the_step_again(
             for param in models[worker].parameters():
                 param.grad = _gradient(worker, param)
             clients[worker].step()
-        except BaseException as error:  # reported below
+        except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
     try:
