@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -174,3 +176,31 @@ def test_soak_of_broken_and_whole_pushes_leaks_no_aggregate() -> None:
         assert out["taken"] == out["given"]  # every aggregate buffer went back to the pool
     assert out["taken"] >= 200 and core.policy.report().pending_pushes == 0
     assert core.policy._step.streams == 0  # type: ignore[attr-defined]
+
+
+def test_a_quorum_step_waits_for_a_push_still_adding_to_it() -> None:
+    core = ParameterServerCore(ServerConfig(expected_workers=2, sync_quorum=1,
+                                            optimizer=OptimizerConfig(lr=LR, momentum=0.9)))
+    a, b = (core.handshake(w, Role.WORKER, [], []).session_id for w in ("w0", "w1"))
+    core.register(iter(register_stream(a, INIT)))
+    go = threading.Event()
+
+    def paused() -> Iterator[object]:
+        stream = _stream(a, _grads(0))
+        yield next(stream)
+        yield next(stream)  # its first chunk is added, then it waits
+        go.wait(10)
+        yield from stream
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(core.push(paused())))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while core.policy._step.streams == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    assert not core.push(_stream(b, _grads(1))).applied  # the quorum is met, but a is adding
+    go.set()
+    thread.join(10)
+    assert results[0].applied and core.store.version == 1
+    for name, expected in _reference(2).items():
+        assert torch.equal(core.store.params[name], expected), name
