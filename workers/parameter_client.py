@@ -22,14 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from paramserver import errors
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, ErrorFeedback, make_codec
-from paramserver.errors import (
-    Aborted,
-    FailedPrecondition,
-    InvalidArgument,
-    SessionExpired,
-    StepDiscarded,
-)
+from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
@@ -340,7 +335,7 @@ class ParameterClient(TrafficCounters):
             return ShardPull(self._pull_into(shard, min_version, targets, timeout_s))
         except SessionExpired as error:
             self.rejoin(shard, error.message)
-        except StepDiscarded as error:
+        except errors.StepDiscarded as error:
             self._sent.send_again(shard, self.connections[shard], error.message)
             return self._pull_shard(shard, min_version, targets, timeout_s)
         version = self._pull_into(shard, min(min_version, self.versions[shard]), targets,

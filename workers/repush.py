@@ -64,6 +64,8 @@ class SentPushes:
 
     def send_again(self, shard: int, connection: ServerConnection, why: str) -> PushResult:
         """Send every push of the step again, in order; the answer to the last."""
+        if not self._sent[shard]:
+            raise StepDiscarded(f"{why}; but no push of this step is held here to send again")
         for _ in range(MAX_DISCARDS):
             log.warning("%s: %s; pushing the step again", connection.address, why)
             self.repushes[shard] += 1
@@ -80,8 +82,6 @@ class SentPushes:
 
 
 def _send_all(connection: ServerConnection, pushes: Sequence[SentPush]) -> PushResult:
-    if not pushes:
-        raise StepDiscarded("no push of this step is held here to send again")
     result = None
     for push in pushes:
         result = push.send(connection)
