@@ -336,7 +336,7 @@ class ParameterClient(TrafficCounters):
         except SessionExpired as error:
             self.rejoin(shard, error.message)
         except errors.StepDiscarded as error:
-            self._sent.send_again(shard, self.connections[shard], error.message)
+            self._sent.resend_before_pull(shard, self.connections[shard], error.message)
             return self._pull_shard(shard, min_version, targets, timeout_s)
         version = self._pull_into(shard, min(min_version, self.versions[shard]), targets,
                                   timeout_s)

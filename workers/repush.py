@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from paramserver.errors import StepDiscarded
+from paramserver.errors import Aborted, StepDiscarded
 from paramserver.types import PushResult, StepOptions, TensorSpec
 from workers.connection import ServerConnection
 
@@ -74,6 +74,17 @@ class SentPushes:
             except StepDiscarded as error:
                 why = error.message
         raise StepDiscarded(f"{why} (pushed again {MAX_DISCARDS} times: giving up)")
+
+    def resend_before_pull(self, shard: int, connection: ServerConnection, why: str) -> None:
+        """A pull answered `step discarded`: send the step again, then the caller pulls. A
+        push the server answers ABORTED otherwise (the step closed without it meanwhile, a
+        quorum step) is dropped, as the client drops any such push; the pull then goes on."""
+        try:
+            self.send_again(shard, connection, why)
+        except StepDiscarded:
+            raise
+        except Aborted as error:
+            log.info("%s: push dropped: %s", connection.address, error.message)
 
     def clear(self) -> None:
         """The step closed: its pushes are not needed again."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from paramserver.errors import StepDiscarded
+from paramserver.errors import Aborted, StepDiscarded
 from paramserver.types import PushResult, TensorSpec
 from workers.repush import MAX_DISCARDS, SentPush, SentPushes
 
@@ -63,3 +63,11 @@ def test_endless_discards_give_up() -> None:
     connection = FakeConnection([StepDiscarded("x")] * (MAX_DISCARDS + 1))
     with pytest.raises(StepDiscarded, match="giving up"):
         SentPushes(1).send(0, connection, _push(0, b"g"))  # type: ignore[arg-type]
+
+
+def test_a_step_closed_meanwhile_drops_the_push_before_the_pull() -> None:
+    connection = FakeConnection([PushResult(0, False), Aborted("step 0 already closed")])
+    sent = SentPushes(1)
+    sent.send(0, connection, _push(0, b"g"))  # type: ignore[arg-type]
+    sent.resend_before_pull(0, connection, "step 0: gone")  # type: ignore[arg-type]
+    assert len(connection.sent) == 2
