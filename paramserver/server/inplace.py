@@ -14,8 +14,10 @@ answered ABORTED with a message starting `step discarded: ` (its waiting pull, o
 in flight) and pushes the same step again, as the worker client does by itself. So a step is
 applied once, with every gradient.
 
-Staged as before (`intake.py`): pushes in parts, with a loss scale or found inf/NaN, with
-model buffers, other codecs, and the modes other than sync.
+Staged as before (`intake.py`): pushes in parts (their loss scale and, weighted, their
+`num_samples` only come with the closing part, after the earlier parts would have been
+added), with a loss scale or found inf/NaN, with model buffers, other codecs (a top-k or
+qsgd payload decodes whole), and the modes other than sync.
 """
 
 from __future__ import annotations
