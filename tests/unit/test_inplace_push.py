@@ -18,7 +18,7 @@ from paramserver.errors import ParamServerError
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
-from paramserver.types import CodecSpec, PushHeader, Role, TensorSpec
+from paramserver.types import Aggregation, CodecSpec, PushHeader, Role, StepOptions, TensorSpec
 from paramserver.wire import Chunk
 from tests.helpers import chunks, register_stream
 
@@ -202,5 +202,49 @@ def test_a_quorum_step_waits_for_a_push_still_adding_to_it() -> None:
     go.set()
     thread.join(10)
     assert results[0].applied and core.store.version == 1
+    for name, expected in _reference(2).items():
+        assert torch.equal(core.store.params[name], expected), name
+
+
+def test_weighted_pushes_in_place_take_their_sample_counts() -> None:
+    core = ParameterServerCore(ServerConfig(expected_workers=2,
+                                            aggregation=Aggregation.WEIGHTED,
+                                            optimizer=OptimizerConfig(lr=LR, momentum=0.9)))
+    a, b = (core.handshake(w, Role.WORKER, [], []).session_id for w in ("w0", "w1"))
+    core.register(iter(register_stream(a, INIT)))
+    for worker, (session, samples) in enumerate(((a, 1), (b, 3))):
+        grads = _grads(worker)
+        specs = tuple(TensorSpec.of(n, g) for n, g in grads.items())
+        core.push(iter([PushHeader(session, 0, samples, specs), *chunks(list(grads.values()))]))
+    for name, value in INIT.items():
+        mean = (_grads(0)[name] + 3 * _grads(1)[name]) / 4
+        assert torch.equal(core.store.params[name], value - LR * mean), name
+
+
+def test_a_staged_push_joins_a_sum_half_written_in_place() -> None:
+    core, (a, b) = _core(2)
+    go = threading.Event()
+
+    def paused() -> Iterator[object]:
+        stream = _stream(a, _grads(0))
+        for _ in range(3):  # the header and two chunks of w: a prefix of the sum is written
+            yield next(stream)
+        go.wait(10)
+        yield from stream
+
+    results = []
+    thread = threading.Thread(target=lambda: results.append(core.push(paused())))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while core.policy._step.streams == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    time.sleep(0.1)  # let its two chunks be added
+    scaled = {n: 2 * g for n, g in _grads(1).items()}  # loss-scaled: staged, not in place
+    specs = tuple(TensorSpec.of(n, g) for n, g in scaled.items())
+    core.push(iter([PushHeader(b, 0, 1, specs, options=StepOptions(grad_scale=2.0)),
+                    *chunks(list(scaled.values()))]))
+    go.set()
+    thread.join(10)
+    assert results[0].applied
     for name, expected in _reference(2).items():
         assert torch.equal(core.store.params[name], expected), name

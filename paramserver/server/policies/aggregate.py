@@ -32,6 +32,10 @@ class Aggregate:
         self._buffers = PooledBuffers(pool)
         self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a buffer owned here
         self._weights: dict[str, float] = {}
+        # Sums being filled chunk by chunk (`add_chunk`): elements [0, n) are written, the
+        # rest not yet (each push adds a tensor's chunks in order, so what any push wrote is
+        # a prefix). A sum not listed here is written whole.
+        self._filled: dict[str, int] = {}
         self.push_weight = 0.0  # the weights of every push added, whatever it holds
 
     def __enter__(self) -> Self:
@@ -46,6 +50,7 @@ class Aggregate:
         the sum in place (no copy, no zero-fill): its buffer moves from `source` to here."""
         total = self._sums.get(name)
         if total is not None:
+            self._fill(name)
             add_into(total, update, weight)
             self._weights[name] = self._weights.get(name, 0.0) + weight
             return
@@ -66,13 +71,32 @@ class Aggregate:
 
     def add_chunk(self, name: str, start: int, values: torch.Tensor, weight: float) -> None:
         """sum[name][start:start + len(values)] += weight * values: one chunk of a push
-        added in place (`server/inplace.py`); the sum starts at zero. `count` counts the
-        push once it is whole."""
+        added in place (`server/inplace.py`); `count` counts the push once it is whole.
+        Elements no push wrote yet are written (weight * values, as an add to zero gives),
+        not zero-filled first: one pass over the sum fewer per step."""
         total = self._sums.get(name)
         if total is None:
             spec = self._spec_of(name)
-            total = self._sums[name] = self._buffers.take(spec.nbytes).view(spec.dtype).zero_()
-        total[start:start + values.numel()].add_(values, alpha=weight)
+            total = self._sums[name] = self._buffers.take(spec.nbytes).view(spec.dtype)
+            self._filled[name] = 0
+        end, filled = start + values.numel(), self._filled.get(name, total.numel())
+        if start < filled:
+            total[start:min(end, filled)].add_(values[:filled - start], alpha=weight)
+        if end > filled:
+            if start > filled:  # not from an in-order push; never left unwritten
+                total[filled:start].zero_()
+            fresh, first = total[max(start, filled):end], values[max(filled - start, 0):]
+            if weight == 1.0:
+                fresh.copy_(first)
+            else:
+                torch.mul(first, weight, out=fresh)
+            self._filled[name] = end
+
+    def _fill(self, name: str) -> None:
+        """Zero what no push wrote yet of a sum (before a whole update is added to it)."""
+        filled = self._filled.pop(name, None)
+        if filled is not None:
+            self._sums[name][filled:].zero_()
 
     def count(self, names: list[str], weight: float) -> None:
         """Count a push whose chunks were added with `add_chunk`."""
@@ -97,15 +121,17 @@ class Aggregate:
     def sums(self) -> dict[str, torch.Tensor]:
         """The weighted sums per tensor, to change in place before the division (DP noise;
         owned here: they are gone after `release()`)."""
+        for name in list(self._filled):
+            self._fill(name)
         return dict(self._sums)
 
     def divided_by(self, totals: dict[str, float]) -> dict[str, torch.Tensor]:
         """Each sum divided by totals[name] in place (the sums are gone after)."""
         return {name: total if totals[name] == 1.0 else total.div_(totals[name])
-                for name, total in self._sums.items()}
+                for name, total in self.sums().items()}
 
     def release(self) -> None:
-        self._sums, self._weights, self.push_weight = {}, {}, 0.0
+        self._sums, self._weights, self.push_weight, self._filled = {}, {}, 0.0, {}
         self._buffers.release()
 
 
