@@ -248,3 +248,15 @@ def test_a_staged_push_joins_a_sum_half_written_in_place() -> None:
     assert results[0].applied
     for name, expected in _reference(2).items():
         assert torch.equal(core.store.params[name], expected), name
+
+
+def test_a_push_carrying_momentum_is_added_in_place_and_applied_plainly() -> None:
+    core, (a,) = _core(1)
+    grads = _grads(0)
+    specs = tuple(TensorSpec.of(n, g) for n, g in grads.items())
+    for step in (0, 1):
+        core.push(iter([PushHeader(a, step, 1, specs, momentum_applied=True),
+                        *chunks(list(grads.values()))]))
+    for name, value in INIT.items():  # plain SGD: no server momentum on top (0.9 would
+        # make the second step 1.9 gradients long)
+        assert torch.equal(core.store.params[name], value - LR * grads[name] - LR * grads[name])
