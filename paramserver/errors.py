@@ -64,6 +64,22 @@ class Aborted(ParamServerError):
     code = grpc.StatusCode.ABORTED
 
 
+class StepDiscarded(Aborted):
+    """A sync step's aggregate was discarded: a push failed after adding to it (issue #14,
+    in-place aggregation). The worker still holds its gradient: push the same step again.
+
+    Sent as ABORTED whose message starts with STEP_DISCARDED, so that clients can tell it
+    from the other ABORTED answers (which drop the push)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        if not message.startswith(STEP_DISCARDED):
+            message = STEP_DISCARDED + message
+        super().__init__(message, code)
+
+
+STEP_DISCARDED = "step discarded: "
+
+
 class NotFound(ParamServerError):
     """The request names something the server does not have (tensor, session)."""
 
@@ -108,13 +124,16 @@ class OutOfRange(ParamServerError):
 
 
 
+_PREFIXES = {SessionExpired: SESSION_EXPIRED, StepDiscarded: STEP_DISCARDED}
+
+
 def from_rpc_error(error: grpc.RpcError) -> ParamServerError:
     """Turn a failed gRPC call into a ParamServerError carrying the same code and details."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    if code == grpc.StatusCode.FAILED_PRECONDITION and (details or "").startswith(
-            SESSION_EXPIRED):
-        return SessionExpired(details)
+    for prefixed in (SessionExpired, StepDiscarded):  # told apart by their message's start
+        if code == prefixed.code and (details or "").startswith(_PREFIXES[prefixed]):
+            return prefixed(details)
     for cls in (InvalidArgument, FailedPrecondition, NotFound, ResourceExhausted,
                 DeadlineExceeded, Unavailable, Aborted, Unauthenticated, PermissionDenied, OutOfRange):
         if cls.code == code:

@@ -3,6 +3,8 @@
 - `DropReplies`: a server interceptor that applies the chosen pushes and then answers them
   with UNAVAILABLE, as if the reply was lost on the network (the client's retry must not
   apply them twice).
+- `BreakPushes`: a server interceptor that breaks the chosen pushes' streams after their
+  first chunks arrived, as a network failure would (the client sees UNAVAILABLE).
 - `crash_on_save(k)`: a checkpoint hook that, on the k-th save, writes half of the temp
   file, flushes it and SIGKILLs its own process, as a power cut or an OOM kill would.
 - `python -m tests.server_faults ... serve ARGS` (`faulty_server()` builds the command): a
@@ -60,6 +62,50 @@ class DropReplies(grpc.ServerInterceptor):
         with self._lock:
             self._count += 1
             return self._count in self._which
+
+
+class StreamBroken(grpc.RpcError):
+    """What gRPC's request iterator raises when the client's stream breaks."""
+
+
+class BreakPushes(grpc.ServerInterceptor):
+    """Break the n-th pushes (1-based, in `which`, counting every push call) after
+    `after_chunks` chunks reached the server, as a network failure mid-push would: the
+    server sees its request stream fail, the client gets UNAVAILABLE (and retries)."""
+
+    def __init__(self, which: Iterable[int], after_chunks: int = 1) -> None:
+        self._which = set(which)
+        self._after = after_chunks
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation: Callable[[Any], Any],
+                          handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method != PUSH_METHOD:
+            return handler
+        push = handler.stream_unary
+
+        def breaking(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+            with self._lock:
+                self._count += 1
+                broken = self._count in self._which
+            if not broken:
+                return push(request_iterator, context)
+            try:
+                return push(self._cut(request_iterator), context)
+            except StreamBroken:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "test hook: the push stream broke")
+
+        return grpc.stream_unary_rpc_method_handler(
+            breaking, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    def _cut(self, requests: Iterable[Any]) -> Iterable[Any]:
+        for index, request in enumerate(requests):
+            if index == 1 + self._after:  # the header, then `after` chunks
+                raise StreamBroken()
+            yield request
 
 
 def crash_on_save(k: int) -> BeforeWrite:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from paramserver import errors
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, ErrorFeedback, make_codec
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.security.credentials import ClientSecurity
@@ -46,6 +47,7 @@ from workers.embeddings import dense_parameters
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
+from workers.repush import SentPush, SentPushes
 from workers.routes import ShardRoutes, float_buffers, recorded_plan, trainable_keys
 from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush
 from workers.tensor_io import HostMirror
@@ -110,6 +112,7 @@ class ParameterClient(TrafficCounters):
         self.rejoins = 0  # shards re-entered after SessionExpired
         self.aborted_pushes = 0  # pushes dropped: their step closed, or too stale
         self._targets = list(self.versions)  # per shard: the version to pull after a push
+        self._sent = SentPushes(len(self.connections))  # the step's pushes, to send again
         # Delta pulls: per shard, the pull-stream version the model holds (-1: pull whole).
         self._stream_versions = [-1] * len(self.connections)
         self._heartbeat = self._start_heartbeat()
@@ -293,10 +296,11 @@ class ParameterClient(TrafficCounters):
         payloads = encode_routes(routes, step.gradients, self.push_codecs[shard],
                                  self._feedback[shard], step.raw)
         connection = self.connections[shard]
+        sent = SentPush(version, tuple(r.stored for r in routes), tuple(payloads),
+                        step.num_samples, step.more_parts, step.options,
+                        self._momentum_applied(shard))
         try:
-            result = connection.push(version, [r.stored for r in routes], payloads,
-                                     step.num_samples, step.more_parts, step.options,
-                                     momentum_applied=self._momentum_applied(shard))
+            result = self._sent.send(shard, connection, sent)  # again if it is discarded
         except SessionExpired as error:
             self.rejoin(shard, error.message)
             current = self.versions[shard]  # what the rejoined shard holds now
@@ -320,15 +324,20 @@ class ParameterClient(TrafficCounters):
             self.rejoins += sum(p.rejoined for p in pulls)
             for name, param in self._params.items():
                 self._mirrors[name].commit(param)
+        self._sent.clear()
         return self.version
 
     def _pull_shard(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
                     timeout_s: float | None) -> ShardPull:
-        """Pull one shard into `targets`; rejoin and pull again if it forgot our session."""
+        """Pull one shard into `targets`; rejoin and pull again if it forgot our session,
+        push the step again and pull if it discarded the step (`workers.repush`)."""
         try:
             return ShardPull(self._pull_into(shard, min_version, targets, timeout_s))
         except SessionExpired as error:
             self.rejoin(shard, error.message)
+        except errors.StepDiscarded as error:
+            self._sent.resend_before_pull(shard, self.connections[shard], error.message)
+            return self._pull_shard(shard, min_version, targets, timeout_s)
         version = self._pull_into(shard, min(min_version, self.versions[shard]), targets,
                                   timeout_s)
         return ShardPull(version, rejoined=True)

@@ -38,9 +38,15 @@ def skip_chunks(stream: Iterable[object]) -> None:
 
 def drain_chunks(stream: Iterable[object], assembler: TensorAssembler, what: str) -> None:
     """Feed every remaining message to the assembler; a header or garbage is an error."""
+    for chunk in chunks_of(stream, what):
+        assembler.add(chunk)
+
+
+def chunks_of(stream: Iterable[object], what: str) -> Iterator[Chunk]:
+    """The remaining messages, each a chunk; a header or garbage is an error."""
     for message in stream:
         if isinstance(message, wire.Chunk):
-            assembler.add(message)
+            yield message
         elif isinstance(message, serde.MalformedMessage):
             raise InvalidArgument(message.reason)
         else:

@@ -31,6 +31,12 @@ which may still refuse it (federated screening) before applying anything:
     whose loop found inf/NaN itself (GradScaler: `found_inf`) is let through, as its step
     is skipped anyway; its model buffers must still be finite          [INVALID_ARGUMENT]
 
+A sync push that needs no staging (`inplace.py`: one part, an elementwise codec, no loss
+scale, inf/NaN or model buffers) runs checks 10-12 on each chunk, which is then added to
+the step's aggregate at once. What is refused before its first add changes nothing; a push
+refused or broken off after it discards the step's aggregate, and every worker that pushed
+the step is answered ABORTED (`step discarded: `) to push it again: nothing is applied.
+
 From check 8 on the session counts as an active member (`Membership.mark_active`): one a
 sync step waits for. After check 12, model buffers in the push (BatchNorm statistics,
 names under BUFFER_PREFIX) are written to the store as values (rank 0's win, as under DDP),
@@ -56,6 +62,7 @@ from paramserver.server.assembly import (
 )
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
+from paramserver.server.inplace import add_in_place, wire_dtypes
 from paramserver.server.ledger import PushLedger
 from paramserver.server.membership import Membership, SessionRecord
 from paramserver.server.parts import PartAssembler
@@ -127,6 +134,9 @@ class PushIntake:
         self._policy.check_step(record.worker_id, header.step)  # 8
         self._members.mark_active(header.session_id)
         codec = record.push_decoder
+        in_place = self._receive_in_place(header, record, weight, stream)
+        if in_place is not None:
+            return in_place
         limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
         reserved = sum(limits) if header.more_parts else 0
         self._parts.reserve(reserved)  # 9
@@ -141,6 +151,23 @@ class PushIntake:
                 return self._submit(header, record, weight, updates, buffers)
         finally:
             self._parts.unreserve(reserved)
+
+    def _receive_in_place(self, header: PushHeader, record: SessionRecord, weight: float,
+                          stream: Iterator[object]) -> PushResult | None:
+        """A push added chunk by chunk to the step's aggregate, no staging copy
+        (`inplace.py`); None when it is to be staged instead."""
+        wires = (wire_dtypes(header, record.push_decoder)
+                 if not self._parts.has_open(header.session_id) else None)
+        if wires is None:
+            return None
+        push = self._policy.open_stream(record.worker_id, header.step, weight,
+                                        header.momentum_applied)
+        if push is None:
+            return None
+        add_in_place(push, header, record.push_decoder, wires, stream)  # 10, 11, 12 on each chunk
+        result = push.finish([s.name for s in header.tensors], header.options or StepOptions())
+        self._members.count_push(header.session_id)
+        return result
 
     def _submit(self, header: PushHeader, record: SessionRecord, weight: float,
                 updates: dict[str, Update], buffers: PooledBuffers) -> PushResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from paramserver.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
@@ -78,12 +78,17 @@ class LongPoll:
         self._what = what
         self._cancelled = cancelled
         self._holding = False
+        # Set by the update policy: raises when the wait is pointless (sync: this worker's
+        # push was discarded and must be pushed again). Must take no lock of the policy's.
+        self.guard: Callable[[], None] | None = None
 
     def before_wait(self) -> None:
         """Call before each wait: RESOURCE_EXHAUSTED when no slot is free, DEADLINE_EXCEEDED
-        when the caller went away."""
+        when the caller went away, the guard's error when it raises."""
         if self._cancelled is not None and self._cancelled.is_set():
             raise DeadlineExceeded(f"{self._what}: the call was cancelled")
+        if self.guard is not None:
+            self.guard()
         if not self._holding:
             self._gate.acquire(self._what)
             self._holding = True

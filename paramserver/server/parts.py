@@ -126,6 +126,11 @@ class PartAssembler:
         if held is not None:
             held.buffers.release()
 
+    def has_open(self, session_id: str) -> bool:
+        """Whether the session holds parts of an unclosed push."""
+        with self._lock:
+            return session_id in self._open
+
     def open_count(self) -> int:
         with self._lock:
             return len(self._open)

@@ -142,7 +142,13 @@ def test_bad_pushes_are_refused_and_change_nothing(case: str) -> None:
     stream, code = streams[case]
     _refused(code, core.push, iter(stream))
     assert core.store.state_hash() == before
-    assert core.policy.report().pending_pushes == pending
+    if case == "oversize":  # refused after its first chunk was added in place: the step's
+        # aggregate is discarded (docs/wire.md, "Push"), and "a" is asked to push again
+        assert core.policy.report().pending_pushes == 0
+        assert "step discarded: step 0" in _refused(grpc.StatusCode.ABORTED, _pulled, core, s1, 1)
+        core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)})))
+    else:
+        assert core.policy.report().pending_pushes == pending
     # The job still works: the honest push completes the step.
     assert core.push(iter(good)).applied
 

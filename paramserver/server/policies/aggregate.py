@@ -17,12 +17,12 @@ import torch
 
 from paramserver.codecs import DenseUpdate, Update
 from paramserver.codecs.base import add_into
-from paramserver.errors import Aborted, FailedPrecondition
+from paramserver.errors import Aborted, FailedPrecondition, StepDiscarded
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.policies.base import Clock, ReceivedPush
 from paramserver.server.policies.step_rules import StepRules
 from paramserver.server.store import ParameterStore
-from paramserver.types import TensorSpec
+from paramserver.types import StepOptions, TensorSpec
 
 
 class Aggregate:
@@ -33,6 +33,10 @@ class Aggregate:
         self._buffers = PooledBuffers(pool)
         self._sums: dict[str, torch.Tensor] = {}  # flat, viewing a buffer owned here
         self._weights: dict[str, float] = {}
+        # Sums being filled chunk by chunk (`add_chunk`): elements [0, n) are written, the
+        # rest not yet (each push adds a tensor's chunks in order, so what any push wrote is
+        # a prefix). A sum not listed here is written whole.
+        self._filled: dict[str, int] = {}
         self.push_weight = 0.0  # the weights of every push added, whatever it holds
 
     def __enter__(self) -> Self:
@@ -47,8 +51,9 @@ class Aggregate:
         the sum in place (no copy, no zero-fill): its buffer moves from `source` to here."""
         total = self._sums.get(name)
         if total is not None:
+            self._fill(name)
             add_into(total, update, weight)
-            self._weights[name] += weight
+            self._weights[name] = self._weights.get(name, 0.0) + weight
             return
         spec = self._spec_of(name)
         owner = (source.owner_of(update.values)
@@ -64,6 +69,41 @@ class Aggregate:
             add_into(total, update, weight)
         self._sums[name] = total
         self._weights[name] = weight
+
+    def add_chunk(self, name: str, start: int, values: torch.Tensor, weight: float) -> None:
+        """sum[name][start:start + len(values)] += weight * values: one chunk of a push
+        added in place (`server/inplace.py`); `count` counts the push once it is whole.
+        Elements no push wrote yet are written (weight * values, as an add to zero gives),
+        not zero-filled first: one pass over the sum fewer per step."""
+        total = self._sums.get(name)
+        if total is None:
+            spec = self._spec_of(name)
+            total = self._sums[name] = self._buffers.take(spec.nbytes).view(spec.dtype)
+            self._filled[name] = 0
+        end, filled = start + values.numel(), self._filled.get(name, total.numel())
+        if start < filled:
+            total[start:min(end, filled)].add_(values[:filled - start], alpha=weight)
+        if end > filled:
+            if start > filled:  # not from an in-order push; never left unwritten
+                total[filled:start].zero_()
+            fresh, first = total[max(start, filled):end], values[max(filled - start, 0):]
+            if weight == 1.0:
+                fresh.copy_(first)
+            else:
+                torch.mul(first, weight, out=fresh)
+            self._filled[name] = end
+
+    def _fill(self, name: str) -> None:
+        """Zero what no push wrote yet of a sum (before a whole update is added to it)."""
+        filled = self._filled.pop(name, None)
+        if filled is not None:
+            self._sums[name][filled:].zero_()
+
+    def count(self, names: list[str], weight: float) -> None:
+        """Count a push whose chunks were added with `add_chunk`."""
+        for name in names:
+            self._weights[name] = self._weights.get(name, 0.0) + weight
+        self.push_weight += weight
 
     def add_push(self, updates: dict[str, Update], weight: float,
                  source: PooledBuffers) -> None:
@@ -82,15 +122,17 @@ class Aggregate:
     def sums(self) -> dict[str, torch.Tensor]:
         """The weighted sums per tensor, to change in place before the division (DP noise;
         owned here: they are gone after `release()`)."""
+        for name in list(self._filled):
+            self._fill(name)
         return dict(self._sums)
 
     def divided_by(self, totals: dict[str, float]) -> dict[str, torch.Tensor]:
         """Each sum divided by totals[name] in place (the sums are gone after)."""
         return {name: total if totals[name] == 1.0 else total.div_(totals[name])
-                for name, total in self._sums.items()}
+                for name, total in self.sums().items()}
 
     def release(self) -> None:
-        self._sums, self._weights, self.push_weight = {}, {}, 0.0
+        self._sums, self._weights, self.push_weight, self._filled = {}, {}, 0.0, {}
         self._buffers.release()
 
 
@@ -163,6 +205,12 @@ class StepAssembly:
         self._rules = StepRules()
         self.pushed: set[str] = set()
         self.opened_at: float | None = None  # the first push of the open step
+        # In-place pushes (`server/inplace.py`): how many are being received (the step
+        # waits for them), the aggregate generation they add to (a discard starts a new
+        # one), and the workers whose pushes a discard dropped (they push the step again).
+        self.streams = 0
+        self.generation = 0
+        self.discarded: frozenset[str] = frozenset()
         self._aggregate = Aggregate(pool, store.spec)
         self._corrected = Aggregate(pool, store.spec)  # pushes with momentum applied
         self._in_order: InOrder | None = None  # see in_order()
@@ -189,9 +237,7 @@ class StepAssembly:
 
     def add(self, push: ReceivedPush) -> None:
         self.check(push.worker_id, push.step)
-        self.pushed.add(push.worker_id)
-        if self.opened_at is None:
-            self.opened_at = self._clock()
+        self._counted(push.worker_id)
         if self._in_order is None:
             self._sum(push)
             return
@@ -199,10 +245,57 @@ class StepAssembly:
             self._sum(due)
             due.buffers.release()  # what the aggregate did not adopt
 
+    def _counted(self, worker_id: str) -> None:
+        self.pushed.add(worker_id)
+        self.discarded -= {worker_id}
+        if self.opened_at is None:
+            self.opened_at = self._clock()
+
     def _sum(self, push: ReceivedPush) -> None:
         target = self._corrected if push.momentum_applied else self._aggregate
         target.add_push(push.updates, push.weight, push.buffers)
         self._rules.add(push.options)
+
+    # ---- in-place pushes: added chunk by chunk (`server/inplace.py`, issue #14) ----------
+
+    def begin_stream(self, worker_id: str, step: int) -> int:
+        """A push about to add its chunks: the generation it adds to."""
+        self.check(worker_id, step)
+        self.streams += 1
+        return self.generation
+
+    def add_chunk(self, generation: int, name: str, start: int, values: torch.Tensor,
+                  weight: float, corrected: bool) -> None:
+        self._require(generation)
+        target = self._corrected if corrected else self._aggregate
+        target.add_chunk(name, start, values, weight)
+
+    def end_stream(self, generation: int, worker_id: str, step: int, names: list[str],
+                   weight: float, corrected: bool, options: StepOptions) -> None:
+        """Count a push whose chunks were all added; raise (the caller discards the step if
+        it added any) when its generation was discarded or it may not join the step."""
+        self.streams -= 1
+        self._require(generation)
+        self.check(worker_id, step)
+        (self._corrected if corrected else self._aggregate).count(names, weight)
+        self._rules.add(options)
+        self._counted(worker_id)
+
+    def _require(self, generation: int) -> None:
+        if generation != self.generation:
+            step = self._store.version
+            raise StepDiscarded(f"step {step}: its aggregate, which this push was being "
+                                f"added to, was discarded; push step {step} again")
+
+    def discard(self) -> None:
+        """Drop the step's aggregate: a push failed after adding to it. Every worker whose
+        push it held must push the step again (`discarded`); nothing is applied."""
+        dropped = self.discarded | self.pushed
+        self._aggregate.release()
+        self._corrected.release()
+        self._reset()
+        self.discarded = dropped
+        self.generation += 1
 
     def waited_s(self) -> float:
         return 0.0 if self.opened_at is None else self._clock() - self.opened_at
@@ -264,6 +357,7 @@ class StepAssembly:
             self._in_order.discard()
             self._in_order = None
         self.pushed, self.opened_at = set(), None
+        self.discarded = frozenset()
         self._rules = StepRules()
         self._aggregate = Aggregate(self._pool, self._store.spec)
         self._corrected = Aggregate(self._pool, self._store.spec)

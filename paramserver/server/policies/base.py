@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition
 from paramserver.federated.privacy import PrivacyReport
@@ -80,6 +82,11 @@ class UpdatePolicy(Protocol):
     def submit(self, push: ReceivedPush) -> PushResult:
         """Take one complete, decoded push; raise (changing nothing) to refuse it."""
 
+    def open_stream(self, worker_id: str, step: int, weight: float,
+                    momentum_applied: bool) -> StreamedPush | None:
+        """A push to add chunk by chunk (`server/inplace.py`), or None: this policy takes
+        whole pushes only (`submit`). Raises as `check_step` does."""
+
     def members_changed(self) -> None:
         """Workers left or were evicted: a step that only waited for them may close now."""
 
@@ -107,8 +114,25 @@ class UpdatePolicy(Protocol):
         """Figures for `status`."""
 
 
+class StreamedPush(Protocol):
+    """A push added to a step chunk by chunk as it arrives (sync: `sync.InPlacePush`)."""
+
+    def add(self, name: str, start: int, values: torch.Tensor) -> None:
+        """Add elements [start, start + len(values)) of tensor `name` (checked values)."""
+
+    def finish(self, names: list[str], options: StepOptions) -> PushResult:
+        """Every chunk was added: count the push (it may close the step)."""
+
+    def abort(self) -> None:
+        """The push failed; if it added anything, the step's aggregate is discarded."""
+
+
 class PolicyDefaults:
     """What a policy does about the optional duties when it has nothing to do for them."""
+
+    def open_stream(self, worker_id: str, step: int, weight: float,
+                    momentum_applied: bool) -> StreamedPush | None:
+        return None
 
     def members_changed(self) -> None:
         return None

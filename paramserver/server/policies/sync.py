@@ -15,9 +15,14 @@ that already closed is ABORTED: the late worker pulls and catches up.
 
 from __future__ import annotations
 
+import logging
 import threading
 
+import torch
+
+from paramserver.errors import StepDiscarded
 from paramserver.server.config import UnusedGradients
+from paramserver.server.limits import LongPoll
 from paramserver.server.policies.aggregate import StepAssembly
 from paramserver.server.policies.base import (
     PolicyContext,
@@ -26,7 +31,9 @@ from paramserver.server.policies.base import (
     ReceivedPush,
     StepWait,
 )
-from paramserver.types import PushResult
+from paramserver.types import PushResult, StepOptions
+
+log = logging.getLogger(__name__)
 
 
 class SyncPolicy(PolicyDefaults):
@@ -52,9 +59,32 @@ class SyncPolicy(PolicyDefaults):
     def submit(self, push: ReceivedPush) -> PushResult:
         with self._lock:
             self._step.add(push)
-            if not self._ready():
-                return PushResult(version=self._store.version, applied=False)
-            return PushResult(version=self._step.close(), applied=True)
+            return self._close_if_ready()
+
+    def _close_if_ready(self) -> PushResult:
+        if not self._ready():
+            return PushResult(version=self._store.version, applied=False)
+        return PushResult(version=self._step.close(), applied=True)
+
+    def open_stream(self, worker_id: str, step: int, weight: float,
+                    momentum_applied: bool) -> InPlacePush:
+        with self._lock:
+            generation = self._step.begin_stream(worker_id, step)
+        return InPlacePush(self, generation, worker_id, step, weight, momentum_applied)
+
+    def wait_turn(self, worker_id: str, timeout_s: float, poll: LongPoll | None = None) -> None:
+        """A pull waiting for the next version ends ABORTED (`StepDiscarded`) while this
+        worker's push of the open step was discarded and not pushed again."""
+        if poll is not None:
+            poll.guard = lambda: self._require_kept(worker_id)
+
+    def _require_kept(self, worker_id: str) -> None:
+        # Runs under the store's lock: reads one frozenset, takes no lock of ours.
+        if worker_id in self._step.discarded:
+            step = self._store.version
+            raise StepDiscarded(f"step {step}: its aggregate, which held this worker's push, "
+                                f"was discarded (a push failed after adding to it); push "
+                                f"step {step} again")
 
     def members_changed(self) -> None:
         with self._lock:
@@ -62,7 +92,7 @@ class SyncPolicy(PolicyDefaults):
                 self._step.close()
 
     def _ready(self) -> bool:
-        if not self._members.formed:
+        if not self._members.formed or self._step.streams:
             return False
         if self._quorum and len(self._step.pushed) >= self._quorum:
             return True
@@ -78,3 +108,57 @@ class SyncPolicy(PolicyDefaults):
     def report(self) -> PolicyReport:
         with self._lock:
             return PolicyReport(pending_pushes=len(self._step.pushed))
+
+
+class InPlacePush:
+    """One push being added to the open step chunk by chunk (`server/inplace.py`). If it
+    fails after its first add, the step's aggregate is discarded: every worker that pushed
+    the step is answered `StepDiscarded` and pushes it again, so the step is applied once,
+    with every gradient, or not at all."""
+
+    def __init__(self, policy: SyncPolicy, generation: int, worker_id: str, step: int,
+                 weight: float, corrected: bool) -> None:
+        self._policy = policy
+        self._generation = generation
+        self._worker_id, self._step = worker_id, step
+        self._weight, self._corrected = weight, corrected
+        self._open = True
+        self.added = False
+
+    def add(self, name: str, start: int, values: torch.Tensor) -> None:
+        with self._policy._lock:
+            self._policy._step.add_chunk(self._generation, name, start, values, self._weight,
+                                         self._corrected)
+        self.added = True
+
+    def finish(self, names: list[str], options: StepOptions) -> PushResult:
+        policy = self._policy
+        with policy._lock:
+            self._open = False
+            try:
+                policy._step.end_stream(self._generation, self._worker_id, self._step, names,
+                                        self._weight, self._corrected, options)
+            except Exception:
+                self._discard()
+                raise
+            return policy._close_if_ready()
+
+    def abort(self) -> None:
+        """The push failed: discard the step's aggregate if this push added to it."""
+        with self._policy._lock:
+            if self._open:
+                self._open = False
+                self._policy._step.streams -= 1
+                self._discard()
+
+    def _discard(self) -> None:
+        """(Under the policy's lock.) The step waits for one stream less either way."""
+        policy = self._policy
+        if self.added and self._generation == policy._step.generation:
+            log.warning("step %d: a push of %r failed after adding to the aggregate; "
+                        "discarded it, workers %s push the step again", self._step,
+                        self._worker_id, sorted(policy._step.pushed))
+            policy._step.discard()
+            policy._store.wake()
+        elif policy._step.pushed and policy._ready():
+            policy._step.close()
