@@ -47,7 +47,7 @@ from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
 from workers.routes import ShardRoutes, float_buffers, recorded_plan, trainable_keys
-from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush
+from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush, pushed_shards
 from workers.tensor_io import HostMirror
 from workers.traffic import TrafficCounters
 
@@ -245,6 +245,8 @@ class ParameterClient(TrafficCounters):
         sends one part of the step's push, to the shards that hold any of them; the push
         with `more_parts=False` closes the step on every shard, with the step's `options`
         (lr, clipping, loss scale, inf found) and, with `broadcast_buffers`, the buffers.
+        A sync worker holding its shards at different versions pushes to the ones at the
+        lowest only, until they catch up (`shard_calls.pushed_shards`).
         """
         routes = self._attached_routes()
         gradients = dict(gradients) if gradients is not None else self._gradients(names)
@@ -252,11 +254,13 @@ class ParameterClient(TrafficCounters):
             gradients.update(self._buffers())
         step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
                         num_samples, more_parts, options)
-        shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
+        shards = step.shards(pushed_shards(self.session.mode, self.versions))
         call = functools.partial(self._push_shard, step=step)
         pushes = (self._shards.run(call, shards) if more_parts or not self._rounds_led
                   else sharded_rounds.push_followers_first(self._shards, call, self.versions[0]))
         self._merge(dict(zip(shards, pushes)))
+        for shard in set(range(len(self.versions))) - set(shards):
+            self._targets[shard] = self.versions[shard]  # pulled as it is: no push of ours
         self.dense_bytes_pushed += sum(r.nbytes for shard in step.routes for r in shard)
         return [p.result for p in pushes]
 

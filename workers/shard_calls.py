@@ -4,12 +4,15 @@ shard answered."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
-from paramserver.types import PushResult, StepOptions
+from paramserver.types import Mode, PushResult, StepOptions
 from workers.routes import Route
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,29 @@ class StepPush:
     num_samples: int
     more_parts: bool
     options: StepOptions | None = None  # the closing push's step options
+
+    def shards(self, wanted: list[bool]) -> list[int]:
+        """The wanted shards this push goes to: those holding any of its slices, and
+        every one for the closing push."""
+        return [i for i, r in enumerate(self.routes)
+                if wanted[i] and (r or not self.more_parts)]
+
+
+def pushed_shards(mode: Mode, versions: list[int]) -> list[bool]:
+    """Per shard, whether a step's push goes to it: to every shard, except in a sync job
+    whose shards this worker holds at different versions, where only the shards at the
+    lowest one get it.
+
+    Each shard closes a sync step on its own, so a worker that attached or rejoined while
+    one shard had closed step v and another had not yet pulls them at v+1 and v. Pushing
+    "step v+1" to one and "step v" to the other every step kept it a shard apart from the
+    rest of the job for good: the job ended with ranks on one version holding two models
+    (issue #15, the torchrun restart test). Instead, this step's gradient goes to the
+    lagging shards alone, closing step v there; the next step finds every shard at v+1.
+    The shards ahead wait for this worker's push meanwhile, as for any member."""
+    if mode is not Mode.SYNC or len(set(versions)) <= 1:
+        return [True] * len(versions)
+    low = min(versions)
+    log.info("shards at versions %s: this step goes to the shards at %d only, to catch "
+             "them up", versions, low)
+    return [v == low for v in versions]
