@@ -19,7 +19,8 @@ which may still refuse it (federated screening) before applying anything:
                                               [FAILED_PRECONDITION / INVALID_ARGUMENT]
  7. weighted aggregation: num_samples > 0 on the closing part; its step options (lr,
     max_grad_norm, grad_scale) finite, lr >= 0, the others > 0        [INVALID_ARGUMENT]
- 8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
+ 8. the update policy accepts the step (sync: the open step, not pushed yet, by this
+    worker id [FAILED_PRECONDITION] or an earlier incarnation of it [ABORTED]; async: not
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
  9. a part that is not the last fits, at its largest, in the bytes every session's held
     parts may take (--max-held-part-bytes)                           [RESOURCE_EXHAUSTED]
@@ -124,7 +125,7 @@ class PushIntake:
         weight = 1.0 if header.more_parts else self._weight_of(header)  # 7
         if not header.more_parts and header.options is not None:
             check_options(header.options)  # 7
-        self._policy.check_step(record.worker_id, header.step)  # 8
+        self._policy.check_step(record.worker_id, header.step, record.incarnation)  # 8
         self._members.mark_active(header.session_id)
         codec = record.push_decoder
         limits = [codec.max_payload_nbytes(s.numel, s.dtype) for s in header.tensors]
@@ -153,7 +154,8 @@ class PushIntake:
             unscale(updates, options.grad_scale)
         result = self._policy.submit(ReceivedPush(
             worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
-            buffers=buffers, momentum_applied=header.momentum_applied, options=options))
+            buffers=buffers, momentum_applied=header.momentum_applied, options=options,
+            incarnation=record.incarnation))
         self._members.count_push(header.session_id)
         return result
 

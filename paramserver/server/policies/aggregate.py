@@ -118,12 +118,17 @@ class StepAssembly:
         self._base_lr = base_lr  # the server's --lr, which stated rates replace
         self._rules = StepRules()
         self.pushed: set[str] = set()
+        self._incarnations: dict[str, int] = {}  # of the pushed sessions
         self.opened_at: float | None = None  # the first push of the open step
         self._aggregate = Aggregate(pool, store.spec)
         self._corrected = Aggregate(pool, store.spec)  # pushes with momentum applied
 
-    def check(self, worker_id: str, step: int) -> None:
-        """Refuse a push for another step than the open one, or a second push of it."""
+    def check(self, worker_id: str, step: int, incarnation: int = 0) -> None:
+        """Refuse a push for another step than the open one, or a second push of it. The
+        push of a later `incarnation` of a worker whose earlier one pushed this step (a
+        process torchrun restarted, or one evicted and back) is ABORTED like a late push:
+        its predecessor's gradient counts for the step, which closes without waiting for
+        another, and the worker pulls the next version (issue #15)."""
         current = self._store.version
         if step < current:
             raise Aborted(f"step {step} already closed without this push (the server is at "
@@ -133,14 +138,20 @@ class StepAssembly:
                 f"push for step {step}, but the server is assembling step {current}; "
                 f"pull version {current} and recompute the gradient")
         if worker_id in self.pushed:
+            earlier = self._incarnations.get(worker_id, 0)
+            if incarnation > earlier:
+                raise Aborted(f"step {step} holds the push of incarnation {earlier} of worker "
+                              f"{worker_id!r}, which counts for it; pull version {step + 1} "
+                              "once the step closes and go on")
             raise FailedPrecondition(f"worker {worker_id!r} already pushed step {step}")
 
     def add(self, push: ReceivedPush) -> None:
-        self.check(push.worker_id, push.step)
+        self.check(push.worker_id, push.step, push.incarnation)
         target = self._corrected if push.momentum_applied else self._aggregate
         target.add_push(push.updates, push.weight, push.buffers)
         self._rules.add(push.options)
         self.pushed.add(push.worker_id)
+        self._incarnations[push.worker_id] = push.incarnation
         if self.opened_at is None:
             self.opened_at = self._clock()
 
@@ -196,7 +207,7 @@ class StepAssembly:
         return self._store.apply({})
 
     def _reset(self) -> None:
-        self.pushed, self.opened_at = set(), None
+        self.pushed, self.opened_at, self._incarnations = set(), None, {}
         self._rules = StepRules()
         self._aggregate = Aggregate(self._pool, self._store.spec)
         self._corrected = Aggregate(self._pool, self._store.spec)

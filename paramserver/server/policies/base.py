@@ -37,6 +37,7 @@ class ReceivedPush:
     buffers: PooledBuffers  # the pooled bytes the updates view
     momentum_applied: bool = False  # carries the server's momentum: apply with plain SGD
     options: StepOptions = field(default_factory=StepOptions)  # lr, clipping, inf/NaN found
+    incarnation: int = 0  # the worker session's incarnation (0: not known)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,8 +75,10 @@ class PolicyContext:
 class UpdatePolicy(Protocol):
     """Decides when pushed gradients become a parameter update."""
 
-    def check_step(self, worker_id: str, step: int) -> None:
-        """Raise before any payload is read if a push for `step` cannot be accepted."""
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
+        """Raise before any payload is read if a push for `step` cannot be accepted.
+        `incarnation`: of the pushing session (sync tells a restarted process's push for
+        a step its predecessor pushed from a second push)."""
 
     def submit(self, push: ReceivedPush) -> PushResult:
         """Take one complete, decoded push; raise (changing nothing) to refuse it."""

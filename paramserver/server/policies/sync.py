@@ -45,9 +45,9 @@ class SyncPolicy(PolicyDefaults):
             over_all_pushes=context.config.unused_gradients is UnusedGradients.ZERO,
             base_lr=context.config.optimizer.lr)
 
-    def check_step(self, worker_id: str, step: int) -> None:
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
         with self._lock:
-            self._step.check(worker_id, step)
+            self._step.check(worker_id, step, incarnation)
 
     def submit(self, push: ReceivedPush) -> PushResult:
         with self._lock:
