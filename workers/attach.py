@@ -49,6 +49,7 @@ from workers.parameter_client import ParameterClient
 from workers.payloads import is_raw
 from workers.server_optimizer import ServerOptimizer
 from workers.step_guards import drop_nonfinite_feedback, fingerprint, same_bits
+from workers.termination import leave_on_sigterm
 
 if TYPE_CHECKING:
     from workers.metrics import WorkerMetrics
@@ -345,6 +346,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              claim_wait_s=(default_claim_wait_s(retry_s)
                                            if claim_wait_s is None else claim_wait_s),
                              secure_aggregation=secure_aggregation)
+    leave_on_sigterm(client)  # under torchrun: a stopped rank leaves, no lease to wait out
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

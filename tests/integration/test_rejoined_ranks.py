@@ -13,9 +13,15 @@ on). Now such a worker pushes only to the shards at its lowest version until the
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -25,6 +31,7 @@ from paramserver.server.app import RunningServer
 from workers.attach import AttachedModel
 
 TOTAL = 6  # the job's steps
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _model() -> nn.Module:
@@ -89,3 +96,41 @@ def test_a_worker_attaching_between_two_shards_steps_ends_on_the_jobs_model(
         assert torch.equal(mine, theirs), name
     assert c.steps == TOTAL  # every step from 0: shard 0's step 0 needed it
 
+
+
+RANK_SCRIPT = """
+import sys, torch, workers
+ps = workers.attach(torch.nn.Linear(4, 2), sys.argv[1], worker_id="rank-0")
+print("attached", flush=True)
+ps.client.pull(min_version=99, timeout_s=120)  # waits for a step that never comes
+"""
+
+
+@pytest.mark.parametrize("under_torchrun", [True, False])
+def test_a_rank_torchrun_stops_leaves_the_job(
+        server_factory: Callable[..., RunningServer], tmp_path: Path,
+        under_torchrun: bool) -> None:
+    """torchrun stops the ranks of a group it restarts with SIGTERM: such a rank leaves at
+    once instead of holding its session (and every step) until its lease runs out.
+    Outside torchrun SIGTERM keeps Python's default (the process just ends)."""
+    server = server_factory(expected_workers=2, lease_s=60)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TORCHELASTIC_RUN_ID", None)
+    if under_torchrun:
+        env["TORCHELASTIC_RUN_ID"] = "test"
+    log_path = tmp_path / "rank.log"
+    with log_path.open("w") as log_file:
+        rank = subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, server.address],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for("the rank attached", lambda: "attached" in log_path.read_text(), 60)
+        assert server.core.members.live_workers() == {"rank-0"}
+        rank.send_signal(signal.SIGTERM)
+        assert rank.wait(30) == -signal.SIGTERM, log_path.read_text()
+        # Left (not evicted: the lease is a minute), or still held when not under torchrun.
+        assert server.core.members.live_workers() == (set() if under_torchrun
+                                                      else {"rank-0"})
+    finally:
+        if rank.poll() is None:
+            rank.kill()
+            rank.wait(10)
