@@ -221,6 +221,7 @@ class AttachedModel:
         restarted by torchrun, takes up where the job is, and every rank ends on version
         `total`. Async and SSP: this process's own `total` steps."""
         if self.client.session.mode is Mode.SYNC:
+            self.client.last_version = total  # no shard is pushed beyond it
             while self.version < total:
                 yield self.version
         else:

@@ -120,6 +120,7 @@ class ParameterClient(TrafficCounters):
         self.broadcast_buffers = False  # closing pushes carry the buffers' values (rank 0)
         self._mirrors: dict[str, HostMirror] = {}
         self.skip_frozen = False  # set once the first pull brought the frozen parameters
+        self.last_version: int | None = None  # sync: the job ends there (see push)
 
     def _feedback_for(self, codec: Codec, session: Session) -> ErrorFeedback | None:
         """Error feedback for a biased codec, keeping the momentum the server asks us to
@@ -245,8 +246,8 @@ class ParameterClient(TrafficCounters):
         sends one part of the step's push, to the shards that hold any of them; the push
         with `more_parts=False` closes the step on every shard, with the step's `options`
         (lr, clipping, loss scale, inf found) and, with `broadcast_buffers`, the buffers.
-        A sync worker holding its shards at different versions pushes to the ones at the
-        lowest only, until they catch up (`shard_calls.pushed_shards`).
+        In a sync job with a `last_version`, no push goes to a shard already there
+        (`shard_calls.pushed_shards`).
         """
         routes = self._attached_routes()
         gradients = dict(gradients) if gradients is not None else self._gradients(names)
@@ -254,7 +255,8 @@ class ParameterClient(TrafficCounters):
             gradients.update(self._buffers())
         step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
                         num_samples, more_parts, options)
-        shards = step.shards(pushed_shards(self.session.mode, self.versions))
+        shards = step.shards(pushed_shards(self.session.mode, self.versions,
+                                           self.last_version))
         call = functools.partial(self._push_shard, step=step)
         pushes = (self._shards.run(call, shards) if more_parts or not self._rounds_led
                   else sharded_rounds.push_followers_first(self._shards, call, self.versions[0]))

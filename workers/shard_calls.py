@@ -58,21 +58,22 @@ class StepPush:
                 if wanted[i] and (r or not self.more_parts)]
 
 
-def pushed_shards(mode: Mode, versions: list[int]) -> list[bool]:
+def pushed_shards(mode: Mode, versions: list[int], last: int | None) -> list[bool]:
     """Per shard, whether a step's push goes to it: to every shard, except in a sync job
-    whose shards this worker holds at different versions, where only the shards at the
-    lowest one get it.
+    that ends at version `last` (`AttachedModel.job_steps`), to none already there.
 
     Each shard closes a sync step on its own, so a worker that attached or rejoined while
-    one shard had closed step v and another had not yet pulls them at v+1 and v. Pushing
-    "step v+1" to one and "step v" to the other every step kept it a shard apart from the
-    rest of the job for good: the job ended with ranks on one version holding two models
-    (issue #15, the torchrun restart test). Instead, this step's gradient goes to the
-    lagging shards alone, closing step v there; the next step finds every shard at v+1.
-    The shards ahead wait for this worker's push meanwhile, as for any member."""
-    if mode is not Mode.SYNC or len(set(versions)) <= 1:
+    one shard had closed step v and another had not yet holds them at v+1 and v, and from
+    then on pushes "step v+1" to one and "step v" to the other (it cannot level them by
+    pushing to the lagging shard alone: a member that pushed the ahead shard's open step
+    may be waiting for this worker's push there). Its last step then pushed step `last`
+    to the shard ahead after the other ranks had finished and left, which closed it alone:
+    every rank reported version `last`, this one holding a model one step further on that
+    shard (issue #15, the torchrun restart test). No push goes beyond the job's end, so
+    every shard stops at `last` and every rank ends holding the same model."""
+    if mode is not Mode.SYNC or last is None:
         return [True] * len(versions)
-    low = min(versions)
-    log.info("shards at versions %s: this step goes to the shards at %d only, to catch "
-             "them up", versions, low)
-    return [v == low for v in versions]
+    if len(set(versions)) > 1 and max(versions) >= last:
+        log.info("shards at versions %s: no push to those at the job's end (%d)", versions,
+                 last)
+    return [v < last for v in versions]

@@ -4,11 +4,11 @@ met on the namespaces, on 127.0.0.1 without torchrun.
 The shards of a sync job each close a step on their own, once their own live members pushed
 it, so for a moment one shard can be a version ahead of another (a member left, or was
 evicted, on one shard first; a process died between its pushes to two shards). A worker
-that attaches, or rejoins, in that moment pulls the two shards at two versions. Before the
-fix it then pushed "step v+1" to one shard and "step v" to the other every step, one shard
-ahead of the rest of the job for good: the job ended with ranks reporting one version but
-holding two models (the lagging rank's last push moved the shard the others had finished
-on). Now such a worker pushes only to the shards at its lowest version until they catch up.
+that attaches, or rejoins, in that moment pulls the two shards at two versions, and from
+then on pushes "step v+1" to one and "step v" to the other. Before the fix its last step
+pushed the job's last step to the shard ahead after the other ranks had left, closing it
+alone: every rank reported the job's last version, that one holding another model. Now no
+push goes beyond the job's end (`job_steps`), and every shard stops there.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_a_worker_attaching_between_two_shards_steps_ends_on_the_jobs_model(
     for (name, mine), (_, theirs) in zip(a.model.named_parameters(),
                                          c.model.named_parameters()):
         assert torch.equal(mine, theirs), name
-    assert c.steps == TOTAL  # every step from 0: shard 0's step 0 needed it
+    assert c.steps == TOTAL  # every step of shard 0's, from 0
 
 
 
