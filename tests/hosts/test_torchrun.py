@@ -69,9 +69,14 @@ def _reports(agents: list[ManagedProcess]) -> list[dict[str, Any]]:
     return sorted((json.loads(line) for line in lines), key=lambda r: r["rank"])
 
 
-def _finish(agents: list[ManagedProcess], timeout_s: float) -> list[dict[str, Any]]:
+def _finish(agents: list[ManagedProcess], timeout_s: float,
+            exited: list[float] | None = None) -> list[dict[str, Any]]:
+    """Each rank's report once every agent ended well; `exited` gets each agent's end
+    (time.monotonic())."""
     for agent in agents:  # on a failure, both agents' tails: one's cause is often the other
         assert wait_exit(agent, timeout_s) == 0, "\n".join(a.log_tail(40) for a in agents)
+        if exited is not None:
+            exited.append(time.monotonic())
     return _reports(agents)
 
 
@@ -117,7 +122,8 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_rejoins_the_job(
     victim = _rank_process(agents, rank=3)
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)  # a grandchild of this test, found by its RANK
-    reports = _finish(agents, 240)
+    exited: list[float] = []
+    reports = _finish(agents, 240, exited)
     _check_one_job(reports)
     assert reports[0]["version"] == epochs * STEPS, reports
     assert all(r["steps"] > 0 for r in reports), reports  # none found the job done
@@ -145,7 +151,8 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_rejoins_the_job(
     restarts = [a.log_path.read_text().count("will restart worker group") for a in agents]
     assert sum(restarts) >= 2, restarts  # the failed node, then the other one
     assert not psutil.pid_exists(victim.pid)
-    print(f"restart: job done {time.monotonic() - killed_at:.1f}s after the kill")
+    print(f"restart: the agents ended {exited[0] - killed_at:.1f}s and "
+          f"{exited[1] - killed_at:.1f}s after the kill")
 
 
 def _rank_process(agents: list[ManagedProcess], rank: int) -> psutil.Process:
