@@ -219,7 +219,9 @@ class AttachedModel:
         """The steps of a job of `total` steps still to take, in the job's numbering. Sync:
         the servers' version is the job's step, so a rank that (re)joins mid-job, e.g.
         restarted by torchrun, takes up where the job is, and every rank ends on version
-        `total`. Async and SSP: this process's own `total` steps."""
+        `total`, no shard pushed beyond it (`shard_calls.pushed_shards`: a rank holding
+        two shards a version apart would otherwise end a step further on one of them).
+        Async and SSP: this process's own `total` steps."""
         if self.client.session.mode is Mode.SYNC:
             self.client.last_version = total  # no shard is pushed beyond it
             while self.version < total:
