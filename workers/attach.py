@@ -49,6 +49,7 @@ from workers.parameter_client import ParameterClient
 from workers.payloads import is_raw
 from workers.server_optimizer import ServerOptimizer
 from workers.step_guards import drop_nonfinite_feedback, fingerprint, same_bits
+from workers.termination import leave_on_sigterm
 
 if TYPE_CHECKING:
     from workers.metrics import WorkerMetrics
@@ -218,8 +219,11 @@ class AttachedModel:
         """The steps of a job of `total` steps still to take, in the job's numbering. Sync:
         the servers' version is the job's step, so a rank that (re)joins mid-job, e.g.
         restarted by torchrun, takes up where the job is, and every rank ends on version
-        `total`. Async and SSP: this process's own `total` steps."""
+        `total`, no shard pushed beyond it (`shard_calls.pushed_shards`: a rank holding
+        two shards a version apart would otherwise end a step further on one of them).
+        Async and SSP: this process's own `total` steps."""
         if self.client.session.mode is Mode.SYNC:
+            self.client.last_version = total  # no shard is pushed beyond it
             while self.version < total:
                 yield self.version
         else:
@@ -345,6 +349,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              claim_wait_s=(default_claim_wait_s(retry_s)
                                            if claim_wait_s is None else claim_wait_s),
                              secure_aggregation=secure_aggregation)
+    leave_on_sigterm(client)  # under torchrun: a stopped rank leaves, no lease to wait out
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
         if expected is not None and client.session.mode is not expected:

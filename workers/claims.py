@@ -1,9 +1,11 @@
 """Claiming a worker id that a dead process may still hold.
 
-A rank restarted by torchrun meets its dead predecessor's session: the server refuses a
-second live session for one worker id (FAILED_PRECONDITION naming WORKER_ID_HELD) until
-that session's lease runs out. A bounded retry of that one refusal lets the restart
-through after at most one lease while a real duplicate still fails."""
+A rank restarted by torchrun meets its predecessor's session when that one died without
+leaving (SIGKILLed, crashed; a rank torchrun stops with SIGTERM leaves first, see
+`workers.termination`): the server refuses a second live session for one worker id
+(FAILED_PRECONDITION naming WORKER_ID_HELD) until that session's lease runs out. A bounded
+retry of that one refusal lets the restart through after at most one lease while a real
+duplicate still fails."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
 from workers.repush import SentPush, SentPushes
 from workers.routes import ShardRoutes, float_buffers, recorded_plan, trainable_keys
-from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush
+from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush, pushed_shards
 from workers.tensor_io import HostMirror
 from workers.traffic import TrafficCounters
 
@@ -62,8 +62,9 @@ class ParameterClient(TrafficCounters):
 
     Typical loop, after `attach(model)`: `loss.backward(); client.step(len(batch))`.
 
-    `version` is the server version of the parameters now in the model (the lowest over the
-    shards; in sync mode all shards move in lockstep).
+    `version` is the server version of the parameters now in the model: the lowest over the
+    shards, which in sync mode move in lockstep (a rank that attached between two shards'
+    steps stays one apart; `job_steps` ends it on the job's last version on every shard).
 
     Faults: a background thread heartbeats every shard so the servers know this worker is
     alive. A shard that answers SessionExpired (this worker was evicted, or the shard
@@ -123,6 +124,7 @@ class ParameterClient(TrafficCounters):
         self.broadcast_buffers = False  # closing pushes carry the buffers' values (rank 0)
         self._mirrors: dict[str, HostMirror] = {}
         self.skip_frozen = False  # set once the first pull brought the frozen parameters
+        self.last_version: int | None = None  # sync: the job ends there (see push)
 
     def _feedback_for(self, codec: Codec, session: Session) -> ErrorFeedback | None:
         """Error feedback for a biased codec, keeping the momentum the server asks us to
@@ -248,6 +250,8 @@ class ParameterClient(TrafficCounters):
         sends one part of the step's push, to the shards that hold any of them; the push
         with `more_parts=False` closes the step on every shard, with the step's `options`
         (lr, clipping, loss scale, inf found) and, with `broadcast_buffers`, the buffers.
+        In a sync job with a `last_version`, no push goes to a shard already there
+        (`shard_calls.pushed_shards`).
         """
         routes = self._attached_routes()
         gradients = dict(gradients) if gradients is not None else self._gradients(names)
@@ -255,11 +259,14 @@ class ParameterClient(TrafficCounters):
             gradients.update(self._buffers())
         step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
                         num_samples, more_parts, options)
-        shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
+        shards = step.shards(pushed_shards(self.session.mode, self.versions,
+                                           self.last_version))
         call = functools.partial(self._push_shard, step=step)
         pushes = (self._shards.run(call, shards) if more_parts or not self._rounds_led
                   else sharded_rounds.push_followers_first(self._shards, call, self.versions[0]))
         self._merge(dict(zip(shards, pushes)))
+        for shard in set(range(len(self.versions))) - set(shards):
+            self._targets[shard] = self.versions[shard]  # pulled as it is: no push of ours
         self.dense_bytes_pushed += sum(r.nbytes for shard in step.routes for r in shard)
         return [p.result for p in pushes]
 
@@ -374,8 +381,6 @@ class ParameterClient(TrafficCounters):
             self.join_round(self._targets[0])  # the followers then close the round too
         self.pull(list(self._targets))
         return results
-
-    # ---- misc ------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop heartbeating, leave the job (nobody waits for us), close the channels."""

@@ -4,12 +4,15 @@ shard answered."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
-from paramserver.types import PushResult, StepOptions
+from paramserver.types import Mode, PushResult, StepOptions
 from workers.routes import Route
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,3 +50,30 @@ class StepPush:
     num_samples: int
     more_parts: bool
     options: StepOptions | None = None  # the closing push's step options
+
+    def shards(self, wanted: list[bool]) -> list[int]:
+        """The wanted shards this push goes to: those holding any of its slices, and
+        every one for the closing push."""
+        return [i for i, r in enumerate(self.routes)
+                if wanted[i] and (r or not self.more_parts)]
+
+
+def pushed_shards(mode: Mode, versions: list[int], last: int | None) -> list[bool]:
+    """Per shard, whether a step's push goes to it: to every shard, except in a sync job
+    that ends at version `last` (`AttachedModel.job_steps`), to none already there.
+
+    Each shard closes a sync step on its own, so a worker that attached or rejoined while
+    one shard had closed step v and another had not yet holds them at v+1 and v, and from
+    then on pushes "step v+1" to one and "step v" to the other (it cannot level them by
+    pushing to the lagging shard alone: a member that pushed the ahead shard's open step
+    may be waiting for this worker's push there). Its last step then pushed step `last`
+    to the shard ahead after the other ranks had finished and left, which closed it alone:
+    every rank reported version `last`, this one holding a model one step further on that
+    shard (issue #15, the torchrun restart test). No push goes beyond the job's end, so
+    every shard stops at `last` and every rank ends holding the same model."""
+    if mode is not Mode.SYNC or last is None:
+        return [True] * len(versions)
+    if len(set(versions)) > 1 and max(versions) >= last:
+        log.info("shards at versions %s: no push to those at the job's end (%d)", versions,
+                 last)
+    return [v < last for v in versions]

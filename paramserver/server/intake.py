@@ -19,7 +19,8 @@ which may still refuse it (federated screening) before applying anything:
                                               [FAILED_PRECONDITION / INVALID_ARGUMENT]
  7. weighted aggregation: num_samples > 0 on the closing part; its step options (lr,
     max_grad_norm, grad_scale) finite, lr >= 0, the others > 0        [INVALID_ARGUMENT]
- 8. the update policy accepts the step (sync: the open step, not pushed yet; async: not
+ 8. the update policy accepts the step (sync: the open step, not pushed yet, by this
+    worker id [FAILED_PRECONDITION] or an earlier incarnation of it [ABORTED]; async: not
     from the future, not staler than --max-staleness)   [FAILED_PRECONDITION / ABORTED]
  9. a part that is not the last fits, at its largest, in the bytes every session's held
     parts may take (--max-held-part-bytes)                           [RESOURCE_EXHAUSTED]
@@ -131,7 +132,7 @@ class PushIntake:
         weight = 1.0 if header.more_parts else self._weight_of(header)  # 7
         if not header.more_parts and header.options is not None:
             check_options(header.options)  # 7
-        self._policy.check_step(record.worker_id, header.step)  # 8
+        self._policy.check_step(record.worker_id, header.step, record.incarnation)  # 8
         self._members.mark_active(header.session_id)
         codec = record.push_decoder
         in_place = self._receive_in_place(header, record, weight, stream)
@@ -161,7 +162,7 @@ class PushIntake:
         if wires is None:
             return None
         push = self._policy.open_stream(record.worker_id, header.step, weight,
-                                        header.momentum_applied)
+                                        header.momentum_applied, record.incarnation)
         if push is None:
             return None
         add_in_place(push, header, record.push_decoder, wires, stream)  # 10, 11, 12 on each chunk
@@ -180,7 +181,8 @@ class PushIntake:
             unscale(updates, options.grad_scale)
         result = self._policy.submit(ReceivedPush(
             worker_id=record.worker_id, step=header.step, weight=weight, updates=updates,
-            buffers=buffers, momentum_applied=header.momentum_applied, options=options))
+            buffers=buffers, momentum_applied=header.momentum_applied, options=options,
+            incarnation=record.incarnation))
         self._members.count_push(header.session_id)
         return result
 

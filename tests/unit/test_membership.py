@@ -205,3 +205,34 @@ def test_a_regrouping_job_goes_on_with_whoever_is_back_after_the_reform_timeout(
     core.heartbeat(a)
     core.tick()  # --reform-timeout passed: a closes the step alone
     assert core.members.formed and core.store.version == 1
+
+
+def test_a_restarted_workers_push_for_a_step_its_predecessor_pushed_is_dropped() -> None:
+    """torchrun restarts every rank: the old `a` pushed step 0, then every process died
+    before the step closed and the job regrouped, holding that push. The new `a`'s push
+    of step 0 is ABORTED (its predecessor's counts for the step; the client pulls the next
+    version), not refused as a second push, which failed the restarted rank again and
+    used up torchrun's --max-restarts (issue #15)."""
+    core, clock, old_a = _two_worker_job()
+    core.push(iter(push_stream(old_a, 0, {"w": torch.ones(3)})))
+    clock.now += 6.0
+    core.tick()  # both silent: evicted; the job regroups with a's push held
+    a = core.handshake("a", Role.WORKER, [], []).session_id
+    b = core.handshake("b", Role.WORKER, [], []).session_id
+    before = core.store.state_hash()
+    with pytest.raises(ParamServerError) as dropped:
+        core.push(iter(push_stream(a, 0, {"w": torch.full((3,), 5.0)})))
+    assert dropped.value.code == grpc.StatusCode.ABORTED
+    assert "holds the push of incarnation 1" in dropped.value.message
+    assert core.store.state_hash() == before
+    assert core.push(iter(push_stream(b, 0, {"w": torch.ones(3)}))).applied
+    reference, _, first = _two_worker_job()  # the step both pushes of ones make
+    other = reference.handshake("b", Role.WORKER, [], []).session_id
+    for session in (first, other):
+        reference.push(iter(push_stream(session, 0, {"w": torch.ones(3)})))
+    assert core.store.version == reference.store.version == 1
+    assert torch.equal(core.store.params["w"], reference.store.params["w"])
+    core.push(iter(push_stream(a, 1, {"w": torch.ones(3)})))
+    with pytest.raises(ParamServerError) as twice:  # one session's second push: refused
+        core.push(iter(push_stream(a, 1, {"w": torch.ones(3)})))
+    assert twice.value.code == grpc.StatusCode.FAILED_PRECONDITION

@@ -204,6 +204,7 @@ class StepAssembly:
         self._base_lr = base_lr  # the server's --lr, which stated rates replace
         self._rules = StepRules()
         self.pushed: set[str] = set()
+        self._incarnations: dict[str, int] = {}  # of the pushed sessions
         self.opened_at: float | None = None  # the first push of the open step
         # In-place pushes (`server/inplace.py`): how many are being received (the step
         # waits for them), the aggregate generation they add to (a discard starts a new
@@ -222,8 +223,12 @@ class StepAssembly:
             self._in_order.discard()
         self._in_order = InOrder(self._pool, workers)
 
-    def check(self, worker_id: str, step: int) -> None:
-        """Refuse a push for another step than the open one, or a second push of it."""
+    def check(self, worker_id: str, step: int, incarnation: int = 0) -> None:
+        """Refuse a push for another step than the open one, or a second push of it. The
+        push of a later `incarnation` of a worker whose earlier one pushed this step (a
+        process torchrun restarted, or one evicted and back) is ABORTED like a late push:
+        its predecessor's gradient counts for the step, which closes without waiting for
+        another, and the worker pulls the next version (issue #15)."""
         current = self._store.version
         if step < current:
             raise Aborted(f"step {step} already closed without this push (the server is at "
@@ -233,11 +238,16 @@ class StepAssembly:
                 f"push for step {step}, but the server is assembling step {current}; "
                 f"pull version {current} and recompute the gradient")
         if worker_id in self.pushed:
+            earlier = self._incarnations.get(worker_id, 0)
+            if incarnation > earlier:
+                raise Aborted(f"step {step} holds the push of incarnation {earlier} of worker "
+                              f"{worker_id!r}, which counts for it; pull version {step + 1} "
+                              "once the step closes and go on")
             raise FailedPrecondition(f"worker {worker_id!r} already pushed step {step}")
 
     def add(self, push: ReceivedPush) -> None:
-        self.check(push.worker_id, push.step)
-        self._counted(push.worker_id)
+        self.check(push.worker_id, push.step, push.incarnation)
+        self._counted(push.worker_id, push.incarnation)
         if self._in_order is None:
             self._sum(push)
             return
@@ -245,8 +255,9 @@ class StepAssembly:
             self._sum(due)
             due.buffers.release()  # what the aggregate did not adopt
 
-    def _counted(self, worker_id: str) -> None:
+    def _counted(self, worker_id: str, incarnation: int) -> None:
         self.pushed.add(worker_id)
+        self._incarnations[worker_id] = incarnation
         self.discarded -= {worker_id}
         if self.opened_at is None:
             self.opened_at = self._clock()
@@ -258,9 +269,9 @@ class StepAssembly:
 
     # ---- in-place pushes: added chunk by chunk (`server/inplace.py`, issue #14) ----------
 
-    def begin_stream(self, worker_id: str, step: int) -> int:
+    def begin_stream(self, worker_id: str, step: int, incarnation: int = 0) -> int:
         """A push about to add its chunks: the generation it adds to."""
-        self.check(worker_id, step)
+        self.check(worker_id, step, incarnation)
         self.streams += 1
         return self.generation
 
@@ -271,15 +282,16 @@ class StepAssembly:
         target.add_chunk(name, start, values, weight)
 
     def end_stream(self, generation: int, worker_id: str, step: int, names: list[str],
-                   weight: float, corrected: bool, options: StepOptions) -> None:
+                   weight: float, corrected: bool, options: StepOptions,
+                   incarnation: int = 0) -> None:
         """Count a push whose chunks were all added; raise (the caller discards the step if
         it added any) when its generation was discarded or it may not join the step."""
         self.streams -= 1
         self._require(generation)
-        self.check(worker_id, step)
+        self.check(worker_id, step, incarnation)
         (self._corrected if corrected else self._aggregate).count(names, weight)
         self._rules.add(options)
-        self._counted(worker_id)
+        self._counted(worker_id, incarnation)
 
     def _require(self, generation: int) -> None:
         if generation != self.generation:
@@ -356,7 +368,7 @@ class StepAssembly:
         if self._in_order is not None:
             self._in_order.discard()
             self._in_order = None
-        self.pushed, self.opened_at = set(), None
+        self.pushed, self.opened_at, self._incarnations = set(), None, {}
         self.discarded = frozenset()
         self._rules = StepRules()
         self._aggregate = Aggregate(self._pool, self._store.spec)

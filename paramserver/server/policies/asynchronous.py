@@ -47,7 +47,7 @@ class AsyncPolicy(PolicyDefaults):
         self._rate = rate
         self._base_lr = context.config.optimizer.lr
 
-    def check_step(self, worker_id: str, step: int) -> None:
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
         check_async_step(self._store, step, self._max_staleness)
 
     def submit(self, push: ReceivedPush) -> PushResult:

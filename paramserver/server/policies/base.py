@@ -39,6 +39,7 @@ class ReceivedPush:
     buffers: PooledBuffers  # the pooled bytes the updates view
     momentum_applied: bool = False  # carries the server's momentum: apply with plain SGD
     options: StepOptions = field(default_factory=StepOptions)  # lr, clipping, inf/NaN found
+    incarnation: int = 0  # the worker session's incarnation (0: not known)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,14 +77,16 @@ class PolicyContext:
 class UpdatePolicy(Protocol):
     """Decides when pushed gradients become a parameter update."""
 
-    def check_step(self, worker_id: str, step: int) -> None:
-        """Raise before any payload is read if a push for `step` cannot be accepted."""
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
+        """Raise before any payload is read if a push for `step` cannot be accepted.
+        `incarnation`: of the pushing session (sync tells a restarted process's push for
+        a step its predecessor pushed from a second push)."""
 
     def submit(self, push: ReceivedPush) -> PushResult:
         """Take one complete, decoded push; raise (changing nothing) to refuse it."""
 
     def open_stream(self, worker_id: str, step: int, weight: float,
-                    momentum_applied: bool) -> StreamedPush | None:
+                    momentum_applied: bool, incarnation: int = 0) -> StreamedPush | None:
         """A push to add chunk by chunk (`server/inplace.py`), or None: this policy takes
         whole pushes only (`submit`). Raises as `check_step` does."""
 
@@ -131,7 +134,7 @@ class PolicyDefaults:
     """What a policy does about the optional duties when it has nothing to do for them."""
 
     def open_stream(self, worker_id: str, step: int, weight: float,
-                    momentum_applied: bool) -> StreamedPush | None:
+                    momentum_applied: bool, incarnation: int = 0) -> StreamedPush | None:
         return None
 
     def members_changed(self) -> None:

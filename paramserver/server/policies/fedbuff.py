@@ -42,7 +42,7 @@ class FedBuffPolicy(PolicyDefaults):
                    poll: LongPoll | None = None, close: RoundClose | None = None) -> RoundJoin:
         return RoundJoin(round=self._store.version, sampled=True, sampled_count=0)
 
-    def check_step(self, worker_id: str, step: int) -> None:
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
         check_async_step(self._store, step, None)
 
     def submit(self, push: ReceivedPush) -> PushResult:

@@ -148,7 +148,7 @@ class RoundPolicy(PolicyDefaults):
                          dp_noise_std=self._privacy.client_noise_std(len(self._sampled)),
                          finished=self._privacy.finished)
 
-    def check_step(self, worker_id: str, step: int) -> None:
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
         with self._lock:
             self._check(worker_id, step)
 

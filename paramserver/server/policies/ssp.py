@@ -39,7 +39,7 @@ class SspPolicy(PolicyDefaults):
         self._changed = threading.Condition()
         self._max_lead = 0
 
-    def check_step(self, worker_id: str, step: int) -> None:
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
         self._apply.check_step(worker_id, step)
 
     def submit(self, push: ReceivedPush) -> PushResult:

@@ -52,9 +52,9 @@ class SyncPolicy(PolicyDefaults):
             over_all_pushes=context.config.unused_gradients is UnusedGradients.ZERO,
             base_lr=context.config.optimizer.lr)
 
-    def check_step(self, worker_id: str, step: int) -> None:
+    def check_step(self, worker_id: str, step: int, incarnation: int = 0) -> None:
         with self._lock:
-            self._step.check(worker_id, step)
+            self._step.check(worker_id, step, incarnation)
 
     def submit(self, push: ReceivedPush) -> PushResult:
         with self._lock:
@@ -67,10 +67,11 @@ class SyncPolicy(PolicyDefaults):
         return PushResult(version=self._step.close(), applied=True)
 
     def open_stream(self, worker_id: str, step: int, weight: float,
-                    momentum_applied: bool) -> InPlacePush:
+                    momentum_applied: bool, incarnation: int = 0) -> InPlacePush:
         with self._lock:
-            generation = self._step.begin_stream(worker_id, step)
-        return InPlacePush(self, generation, worker_id, step, weight, momentum_applied)
+            generation = self._step.begin_stream(worker_id, step, incarnation)
+        return InPlacePush(self, generation, worker_id, step, weight, momentum_applied,
+                           incarnation)
 
     def wait_turn(self, worker_id: str, timeout_s: float, poll: LongPoll | None = None) -> None:
         """A pull waiting for the next version ends ABORTED (`StepDiscarded`) while this
@@ -117,10 +118,10 @@ class InPlacePush:
     with every gradient, or not at all."""
 
     def __init__(self, policy: SyncPolicy, generation: int, worker_id: str, step: int,
-                 weight: float, corrected: bool) -> None:
+                 weight: float, corrected: bool, incarnation: int = 0) -> None:
         self._policy = policy
         self._generation = generation
-        self._worker_id, self._step = worker_id, step
+        self._worker_id, self._step, self._incarnation = worker_id, step, incarnation
         self._weight, self._corrected = weight, corrected
         self._open = True
         self.added = False
@@ -137,7 +138,8 @@ class InPlacePush:
             self._open = False
             try:
                 policy._step.end_stream(self._generation, self._worker_id, self._step, names,
-                                        self._weight, self._corrected, options)
+                                        self._weight, self._corrected, options,
+                                        self._incarnation)
             except Exception:
                 self._discard()
                 raise
