@@ -191,9 +191,11 @@ class QSGD:
         decoding.decode_to(numel)
         return DenseUpdate(decoding.values.to(dtype))
 
-    def stream_decoder(self, numel: int, dtype: torch.dtype) -> QSGDStreamDecoder:
-        """A decoder fed the payload's bytes as they arrive (`streaming.StreamDecoder`)."""
-        return QSGDStreamDecoder(self, numel, dtype)
+    def stream_decoder(self, numel: int, dtype: torch.dtype,
+                       out: torch.Tensor | None = None) -> QSGDStreamDecoder:
+        """A decoder fed the payload's bytes as they arrive (`streaming.StreamDecoder`),
+        decoding into `out` (float32, numel elements) when given."""
+        return QSGDStreamDecoder(self, numel, dtype, out)
 
     def _dequantise(self, codes: torch.Tensor, scales: torch.Tensor, start: int,
                     out: torch.Tensor) -> None:
@@ -266,10 +268,11 @@ class _Decoding:
     """Decodes a payload held in `payload` (its scales first, then codes as they come)
     into `values`, a bucket-aligned piece at a time."""
 
-    def __init__(self, codec: QSGD, numel: int, payload: torch.Tensor) -> None:
+    def __init__(self, codec: QSGD, numel: int, payload: torch.Tensor,
+                 out: torch.Tensor | None = None) -> None:
         self.codec, self.numel, self.payload = codec, numel, payload
         self.buckets = codec._buckets(numel)
-        self.values = torch.empty(numel, dtype=torch.float32)
+        self.values = out if out is not None else torch.empty(numel, dtype=torch.float32)
         self.scales = torch.empty(0)
         self.done = 0  # elements decoded
 
@@ -297,24 +300,39 @@ class _Decoding:
 
 class QSGDStreamDecoder:
     """Decodes a qsgd payload while it arrives: once the scales are in, every whole piece
-    of codes is decoded as soon as its bytes are (into a buffer of its own, not the
-    target: a stream cut short changes nothing)."""
+    of codes is decoded as soon as its bytes are, into `out` (float32, numel) or a buffer
+    of its own, never into the target: a stream cut short changes nothing. Bytes come by
+    `feed` (copied here) or, held by the caller, by `arrived` (read in place)."""
 
-    def __init__(self, codec: QSGD, numel: int, dtype: torch.dtype) -> None:
+    def __init__(self, codec: QSGD, numel: int, dtype: torch.dtype,
+                 out: torch.Tensor | None = None) -> None:
         self._codec, self._dtype = codec, dtype
         self._nbytes = codec.max_payload_nbytes(numel, dtype)
         self._received = 0
-        self._decoding = _Decoding(codec, numel, torch.empty(self._nbytes, dtype=torch.uint8))
+        self._decoding = _Decoding(codec, numel, torch.empty(self._nbytes, dtype=torch.uint8),
+                                   out)
         self._scales_in = False
 
     def feed(self, data: memoryview) -> None:
         end = self._received + data.nbytes
+        self._check_size(end)
+        self._decoding.payload.numpy()[self._received:end] = np.frombuffer(data, np.uint8)
+        self._received = end
+        self._decode_arrived()
+
+    def arrived(self, payload: torch.Tensor) -> None:
+        """`payload` is every byte so far (the same memory each call, growing)."""
+        self._check_size(payload.numel())
+        self._decoding.payload, self._received = payload, payload.numel()
+        self._decode_arrived()
+
+    def _check_size(self, end: int) -> None:
         if end > self._nbytes:
             raise CodecError(f"payload larger than declared: {self._codec.spec} needs "
                              f"{self._nbytes} bytes, got at least {end}")
-        decoding = self._decoding
-        decoding.payload.numpy()[self._received:end] = np.frombuffer(data, dtype=np.uint8)
-        self._received = end
+
+    def _decode_arrived(self) -> None:
+        decoding, end = self._decoding, self._received
         if not self._scales_in and end >= decoding.buckets * 4:
             decoding.scales_arrived()
             self._scales_in = True

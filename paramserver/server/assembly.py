@@ -38,9 +38,15 @@ def skip_chunks(stream: Iterable[object]) -> None:
 
 def drain_chunks(stream: Iterable[object], assembler: TensorAssembler, what: str) -> None:
     """Feed every remaining message to the assembler; a header or garbage is an error."""
+    for chunk in chunks_of(stream, what):
+        assembler.add(chunk)
+
+
+def chunks_of(stream: Iterable[object], what: str) -> Iterator[Chunk]:
+    """The remaining messages, each a chunk; a header or garbage is an error."""
     for message in stream:
         if isinstance(message, wire.Chunk):
-            assembler.add(message)
+            yield message
         elif isinstance(message, serde.MalformedMessage):
             raise InvalidArgument(message.reason)
         else:
@@ -110,6 +116,12 @@ class TensorAssembler:
         as_bytes = buffer.numpy()
         self._bytes[index] = as_bytes
         return as_bytes
+
+    def received(self, index: int) -> torch.Tensor:
+        """Tensor `index`'s payload bytes so far (a view into its buffer)."""
+        buffer = self._buffers[index]
+        return (buffer[:self._received[index]] if buffer is not None
+                else torch.empty(0, dtype=torch.uint8))
 
     def finish_payloads(self) -> list[torch.Tensor]:
         """Each tensor's payload bytes as received (views into the buffers)."""

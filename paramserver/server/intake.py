@@ -36,6 +36,8 @@ sync step waits for. After check 12, model buffers in the push (BatchNorm statis
 names under BUFFER_PREFIX) are written to the store as values (rank 0's win, as under DDP),
 and a loss-scaled push (grad_scale, AMP) is divided by its scale, all parts together,
 before the policy sees it (unless it found inf/NaN: that step is skipped anyway).
+Under a push codec that decodes as it arrives (qsgd), checks 10 and 11 run chunk by chunk,
+the payload decoded piece by piece while the rest is on the wire (`arriving.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from paramserver.codecs import Codec, Update
 from paramserver.codecs.base import to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.security.roles import Principal
+from paramserver.server.arriving import decode_arriving
 from paramserver.server.assembly import (
     TensorAssembler,
     check_specs,
@@ -159,6 +162,9 @@ class PushIntake:
 
     def _read_updates(self, header: PushHeader, codec: Codec, limits: list[int],
                       stream: Iterator[object], buffers: PooledBuffers) -> dict[str, Update]:
+        arrived = decode_arriving(header.tensors, codec, limits, stream, buffers)
+        if arrived is not None:  # qsgd: decoded while it arrives (`arriving.py`)
+            return arrived
         assembler = TensorAssembler(header.tensors, buffers, limits)
         drain_chunks(stream, assembler, "push")
         return {spec.name: decode(codec, spec, payload)
