@@ -103,20 +103,25 @@ class QSGD:
         return max(1, CHUNK // unit) * unit
 
     def stream_encode(self, x: torch.Tensor, after: PieceHook | None = None,
+                      minus: torch.Tensor | None = None, into: torch.Tensor | None = None,
                       ) -> StreamedPayload:
         """The CPU encoder, made a piece at a time as the payload is read (the bytes are
         `encode`'s). Every bucket's scale is found first (they lead the payload); each
         piece's codes are then made when a reader reaches them, so the sender encodes
-        piece i + 1 while piece i is on the wire. `after` sees each
-        piece's unpacked codes as it is made (`PieceHook`).
+        piece i + 1 while piece i is on the wire. `after` sees each piece's unpacked codes
+        as it is made (`PieceHook`). With `minus` and `into` (float32, x's size), what is
+        encoded is x - minus, written into `into` in the pass that finds the scales.
 
         The rounding: the same y_i as `encode_with`, rounded as c_i = floor(y_i + r_i / 2**16)
         + s for 16-bit draws r_i (numpy PCG64, each 64-bit output split into four), i.e. up
         with probability frac(y_i) to within 2**-16. Every temporary is a piece long and
-        reused, so it stays in the cache."""
+        reused, so it stays in the cache. The input must not change until the payload
+        is made to its end."""
         if not x.dtype.is_floating_point:
             raise CodecError(f"qsgd only encodes floating-point tensors, not {x.dtype}")
-        flat = x.detach().reshape(-1).to(torch.float32).numpy()
+        source = x.detach().reshape(-1).to(torch.float32).numpy()
+        other = minus.detach().reshape(-1).numpy() if minus is not None else None
+        flat = into.reshape(-1).numpy() if other is not None and into is not None else source
         numel, buckets = flat.size, self._buckets(flat.size)
         out = torch.empty(self.max_payload_nbytes(numel, torch.float32), dtype=torch.uint8)
         scales = out[:buckets * 4].view(torch.float32).numpy()
@@ -124,10 +129,13 @@ class QSGD:
         y = np.empty(min(step, numel), dtype=np.float32)
         with np.errstate(invalid="ignore"):  # NaN/inf input: its scale makes it refused
             for start in range(0, numel, step):
+                if other is not None:  # in the cache for the scales' pass just below
+                    np.subtract(source[start:start + step], other[start:start + step],
+                                out=flat[start:start + step])
                 self._scale_piece(flat[start:start + step], start, scales, y)
         # A piece must start on a byte of the packed codes: whole pieces at once otherwise.
-        piece = step if step % self.per_byte == 0 else max(numel, 1)
-        encoder = _PieceEncoder(self, flat, scales, after, piece)
+        piece_size = step if step % self.per_byte == 0 else max(numel, 1)
+        encoder = _PieceEncoder(self, flat, scales, after, piece_size)
         return StreamedPayload(out.numel(), encoder.produce, out, filled=buckets * 4)
 
     def _scale_piece(self, piece: np.ndarray, start: int, scales: np.ndarray,

@@ -101,33 +101,34 @@ class PullStream:
                 self.replica = {n: p.detach().reshape(-1).clone() for n, p in store.params.items()}
                 self.version = version
                 return
-            # theta_v - theta_hat_prev in one pass per tensor (no copy of theta first).
-            residuals = {n: torch.sub(p.detach().reshape(-1), self.replica[n],
-                                      out=self._residual_buffer(n))
-                         for n, p in store.params.items()}
-        self._delta = {name: self._encode(name, residual)
-                       for name, residual in residuals.items()}
+            # theta_v - theta_hat_prev in one pass per tensor (no copy of theta first);
+            # qsgd's finds its scales in the same pass and makes its codes later.
+            made = {n: self._delta_of(n, p.detach().reshape(-1))
+                    for n, p in store.params.items()}
+        self._delta = {n: d if isinstance(d, StreamedPayload) else self._encode(n, d)
+                       for n, d in made.items()}
         self._delta_from, self.version = self.version, version
 
-    def _residual_buffer(self, name: str) -> torch.Tensor | None:
-        """A streamed delta's residual lives on in a buffer reused every version."""
-        if not isinstance(self.codec, QSGD):
-            return None
-        if name not in self._residuals:
-            self._residuals[name] = torch.empty_like(self.replica[name])
-        return self._residuals[name]
+    def _delta_of(self, name: str, param: torch.Tensor) -> StreamedPayload | torch.Tensor:
+        """A streamed delta (made later, as pulls read it), or the residual to encode."""
+        replica = self.replica[name]
+        if not (isinstance(self.codec, QSGD) and param.device.type == "cpu"
+                and param.dtype == torch.float32):
+            return torch.sub(param, replica)
+        codec = self.codec
+        if name not in self._residuals:  # reused every version
+            self._residuals[name] = torch.empty_like(replica)
+
+        def add_piece(start: int, codes: np.ndarray, scales: torch.Tensor) -> None:
+            codec.add_codes(replica[start:start + codes.size], codes, scales, start)
+        return codec.stream_encode(param, after=add_piece, minus=replica,
+                                   into=self._residuals[name])
 
     def _encode(self, name: str, residual: torch.Tensor) -> StreamedPayload:
-        replica = self.replica[name]
-        if isinstance(self.codec, QSGD) and residual.device.type == "cpu":
-            codec = self.codec
-
-            def add_piece(start: int, codes: np.ndarray, scales: torch.Tensor) -> None:
-                codec.add_codes(replica[start:start + codes.size], codes, scales, start)
-            return codec.stream_encode(residual, after=add_piece)
         payload = self.codec.encode(residual)
         # Sparse deltas are added where they land.
-        add_into(replica, self.codec.decode(payload, residual.numel(), residual.dtype))
+        add_into(self.replica[name], self.codec.decode(payload, residual.numel(),
+                                                       residual.dtype))
         return StreamedPayload.ready(payload)
 
     def last_sent_magnitudes(self) -> dict[str, float]:
