@@ -106,11 +106,12 @@ class QSGD:
                       minus: torch.Tensor | None = None, into: torch.Tensor | None = None,
                       ) -> StreamedPayload:
         """The CPU encoder, made a piece at a time as the payload is read (the bytes are
-        `encode`'s). Every bucket's scale is found first (they lead the payload); each
-        piece's codes are then made when a reader reaches them, so the sender encodes
-        piece i + 1 while piece i is on the wire. `after` sees each piece's unpacked codes
+        `encode`'s). Every bucket's scale is found when the payload is first read (they lead
+        it); each piece's codes are then made when a reader reaches them, so the sender
+        encodes piece i + 1 while piece i is on the wire. `after` sees each piece's unpacked codes
         as it is made (`PieceHook`). With `minus` and `into` (float32, x's size), what is
-        encoded is x - minus, written into `into` in the pass that finds the scales.
+        encoded is x - minus, written into `into` in the pass that finds the scales, which
+        then runs at once (`minus` may change after the call).
 
         The rounding: the same y_i as `encode_with`, rounded as c_i = floor(y_i + r_i / 2**16)
         + s for 16-bit draws r_i (numpy PCG64, each 64-bit output split into four), i.e. up
@@ -126,17 +127,26 @@ class QSGD:
         out = torch.empty(self.max_payload_nbytes(numel, torch.float32), dtype=torch.uint8)
         scales = out[:buckets * 4].view(torch.float32).numpy()
         step = self._step()
-        y = np.empty(min(step, numel), dtype=np.float32)
+        # A piece must start on a byte of the packed codes: whole pieces at once otherwise.
+        piece_size = step if step % self.per_byte == 0 else max(numel, 1)
+        encoder = _PieceEncoder(self, flat, scales, after, piece_size)
+        if other is None:  # the scales too are found when first read
+            encoder.scales_from = source
+            return StreamedPayload(out.numel(), encoder.produce, out)
+        self._find_scales(source, other, flat, scales)  # now: `minus` may change later
+        return StreamedPayload(out.numel(), encoder.produce, out, filled=buckets * 4)
+
+    def _find_scales(self, source: np.ndarray, other: np.ndarray | None, flat: np.ndarray,
+                     scales: np.ndarray) -> None:
+        """Every bucket's scale (of source - other, written into flat, with `other`)."""
+        step = self._step()
+        y = np.empty(min(step, flat.size), dtype=np.float32)
         with np.errstate(invalid="ignore"):  # NaN/inf input: its scale makes it refused
-            for start in range(0, numel, step):
+            for start in range(0, flat.size, step):
                 if other is not None:  # in the cache for the scales' pass just below
                     np.subtract(source[start:start + step], other[start:start + step],
                                 out=flat[start:start + step])
                 self._scale_piece(flat[start:start + step], start, scales, y)
-        # A piece must start on a byte of the packed codes: whole pieces at once otherwise.
-        piece_size = step if step % self.per_byte == 0 else max(numel, 1)
-        encoder = _PieceEncoder(self, flat, scales, after, piece_size)
-        return StreamedPayload(out.numel(), encoder.produce, out, filled=buckets * 4)
 
     def _scale_piece(self, piece: np.ndarray, start: int, scales: np.ndarray,
                      y: np.ndarray) -> None:
@@ -242,6 +252,7 @@ class _PieceEncoder:
         self.codec, self.flat, self.scales, self.after, self.piece = (
             codec, flat, scales, after, piece)
         self.offset = scales.nbytes  # where the packed codes start
+        self.scales_from: np.ndarray | None = None  # set: the scales are still to be found
         self.done = 0  # elements coded so far
         size = min(codec._step(), flat.size)
         self.y = np.empty(size, dtype=np.float32)
@@ -250,6 +261,10 @@ class _PieceEncoder:
                       if codec.per_byte > 1 else None)
 
     def produce(self, out: torch.Tensor, filled: int) -> int:
+        if self.scales_from is not None:  # the first read: the scales lead the payload
+            self.codec._find_scales(self.scales_from, None, self.flat, self.scales)
+            self.scales_from = None
+            return self.offset
         codec, start = self.codec, self.done
         end = min(start + self.piece, self.flat.size)
         first = self.offset + start // codec.per_byte
