@@ -104,12 +104,13 @@ def test_stream_decoder_refuses_bad_scales_extra_bytes_and_a_short_payload() -> 
         decoder.finish()
 
 
-def test_a_pull_streams_replica_gains_exactly_the_served_delta() -> None:
+@pytest.mark.parametrize("codec_spec", SPECS)
+def test_a_pull_streams_replica_gains_exactly_the_served_delta(codec_spec: str) -> None:
     store = ParameterStore(OptimizerConfig(momentum=0.0))
     spec = TensorSpec("w", (2 * CHUNK + 9,), torch.float32)
     layout = ModelLayout((spec,))
     store.create(layout, {"w": torch.zeros(spec.numel)}, plan_partition(layout, 1), 0)
-    stream = PullStream(_codec("qsgd:bits=8"))
+    stream = PullStream(_codec(codec_spec))
     first = stream.serve(store, (spec,), -1)  # whole: the replica starts as the parameters
     assert first.delta_from == -1
     store.apply({"w": torch.randn(spec.numel, generator=torch.Generator().manual_seed(5))})
@@ -118,8 +119,9 @@ def test_a_pull_streams_replica_gains_exactly_the_served_delta() -> None:
     assert served.delta_from == first.version and isinstance(served.payloads["w"],
                                                              StreamedPayload)
     payload = served.payloads["w"].complete()
-    sent = _codec("qsgd:bits=8").decode(payload, spec.numel, torch.float32).values
+    sent = _codec(codec_spec).decode(payload, spec.numel, torch.float32).values
     assert torch.equal(stream.replica["w"], before + sent)
     residual = stream.residual(store)["w"]
     assert float(residual.abs().max()) > 0  # quantised: not exact, but close
-    assert float(residual.abs().max()) <= float(store.params["w"].abs().max()) / 127 + 1e-6
+    levels = _codec(codec_spec).levels
+    assert float(residual.abs().max()) <= float(store.params["w"].abs().max()) / levels + 1e-6
