@@ -25,7 +25,8 @@ which may still refuse it (federated screening) before applying anything:
     parts may take (--max-held-part-bytes)                           [RESOURCE_EXHAUSTED]
 10. chunks arrive in order, without gaps, within the codec's size bound, and nothing
     but chunks follows the header (an undecodable message included)   [INVALID_ARGUMENT]
-11. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+11. every payload decodes under the session's push codec (qsgd: piece by piece while the
+    rest arrives, with check 10 on each chunk, `arriving.py`)         [INVALID_ARGUMENT]
 12. on the closing part, every decoded value of the whole push (held parts included) is
     finite: one poisoned gradient would spread to the whole model in one step. A push
     whose loop found inf/NaN itself (GradScaler: `found_inf`) is let through, as its step
@@ -36,8 +37,6 @@ sync step waits for. After check 12, model buffers in the push (BatchNorm statis
 names under BUFFER_PREFIX) are written to the store as values (rank 0's win, as under DDP),
 and a loss-scaled push (grad_scale, AMP) is divided by its scale, all parts together,
 before the policy sees it (unless it found inf/NaN: that step is skipped anyway).
-Under a push codec that decodes as it arrives (qsgd), checks 10 and 11 run chunk by chunk,
-the payload decoded piece by piece while the rest is on the wire (`arriving.py`).
 """
 
 from __future__ import annotations
