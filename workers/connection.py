@@ -24,6 +24,7 @@ import torch
 
 from paramserver import __version__, serde, wire
 from paramserver.codecs import Codec
+from paramserver.codecs.streaming import Payload, payload_bytes
 from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
@@ -223,7 +224,7 @@ class ServerConnection:
         return registration if registration.layout.tensors else dataclasses.replace(
             registration, layout=layout)
 
-    def push(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[memoryview],
+    def push(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[Payload],
              num_samples: int = 1, more_parts: bool = False,
              options: StepOptions | None = None,
              momentum_applied: bool = False) -> PushResult:
@@ -369,13 +370,13 @@ class ServerConnection:
 
     # ---- streaming -------------------------------------------------------------------
 
-    def _messages(self, header: bytes, payloads: Sequence[memoryview]) -> Iterator[bytes]:
-        """The header, then each payload cut into chunks; counts the bytes it sends."""
+    def _messages(self, header: bytes, payloads: Sequence[Payload]) -> Iterator[bytes]:
+        """The header, then each payload cut into chunks (made as taken); counts bytes."""
         self.bytes_pushed += len(header)
         yield header
         for index, payload in enumerate(payloads):
             for start, end in chunk_ranges(payload.nbytes, self.chunk_bytes):
-                message = wire.encode_chunk(index, start, payload[start:end])
+                message = wire.encode_chunk(index, start, payload_bytes(payload, start, end))
                 self.bytes_pushed += len(message)
                 if self._shaper is not None:
                     self._shaper.send(len(message))

@@ -9,8 +9,8 @@ tensor whole and cuts the encoded bytes into chunks, so a chunk's offset counts 
 bytes, and a chunk at offset `o` holding `n` bytes carries elements [o / w, (o + n) / w) of
 the tensor, where w is the codec's width in bytes per element; every chunk decodes alone.
 Delta pull codecs (`DELTA_PULL_CODECS`: topk, qsgd; `DeltaPullDecoder`): each tensor's
-chunks make one payload, decoded when the stream ends and added to the parameter (or, for
-a whole pull, its raw values copied in).
+chunks make one payload, decoded (qsgd: as its chunks arrive, into a buffer of its own) and
+added to the parameter when the stream ends (or, for a whole pull, its raw values copied in).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from paramserver.codecs import DELTA_PULL_CODECS, PULL_CODECS, Codec, ErrorFeedback
 from paramserver.codecs.base import Update, add_into, bytes_of, to_dense
+from paramserver.codecs.streaming import Payload, StreamDecoder, StreamedPayload
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.types import CodecSpec, PullHeader, TensorSpec
 from workers.routes import Route
@@ -40,11 +41,14 @@ def is_raw(codec: Codec) -> bool:
 
 def encode_routes(routes: Sequence[Route], gradients: Mapping[str, torch.Tensor],
                   codec: Codec, feedback: ErrorFeedback | None,
-                  raw: Mapping[str, memoryview] | None) -> list[memoryview]:
+                  raw: Mapping[str, memoryview] | None) -> list[Payload]:
     """One payload per route: its slice of the gradient, encoded with the shard's codec.
 
     `raw` holds each gradient's host bytes; it is needed (and only read) when `codec` is
     `none`. `feedback`, when given, wraps the codec and carries its residuals per slice.
+    A codec with a streaming encoder (qsgd, on the CPU, without feedback) gives payloads
+    made chunk by chunk while the push sends them (codecs/streaming.py): the gradient
+    must stay as it is until the push returns, as it does.
     """
     if is_raw(codec):
         if raw is None:
@@ -54,11 +58,15 @@ def encode_routes(routes: Sequence[Route], gradients: Mapping[str, torch.Tensor]
 
 
 def _encode_slice(route: Route, gradient: torch.Tensor, codec: Codec,
-                  feedback: ErrorFeedback | None) -> memoryview:
+                  feedback: ErrorFeedback | None) -> Payload:
     """Encode on the gradient's device; only the payload is copied to the host."""
     flat = gradient.detach().reshape(-1)
     item = flat.element_size()
     piece = flat[route.byte_start // item:(route.byte_start + route.nbytes) // item]
+    stream = getattr(codec, "stream_encode", None)
+    if stream is not None and feedback is None and piece.device.type == "cpu":
+        streamed: StreamedPayload = stream(piece)
+        return streamed
     encoded = feedback.encode(route.stored.name, piece) if feedback else codec.encode(piece)
     return encoded.cpu().numpy().data
 
@@ -167,29 +175,43 @@ class DeltaPullDecoder(_ShardPull):
         super().__init__(shard, codec, routes, targets, DELTA_PULL_CODECS)
         self._header: PullHeader | None = None
         self._payloads: list[bytearray] = []
+        self._received: list[int] = []
+        self._decoders: list[StreamDecoder | None] = []
 
     def on_header(self, header: PullHeader) -> None:
         self._header = header
         self._places = [self._place_of(spec, spec.dtype.itemsize) for spec in header.tensors]
         self._payloads = [bytearray() for _ in header.tensors]
+        self._received = [0] * len(header.tensors)
+        # A delta under a codec that decodes as it arrives (qsgd): each chunk is decoded
+        # on arrival, while the next is on the wire, into a buffer of the decoder's own.
+        stream = getattr(self._codec, "stream_decoder", None) if header.is_delta else None
+        self._decoders = [stream(p.nbytes // p.dtype.itemsize, p.dtype) if stream else None
+                          for p in self._places]
 
     def sink(self, index: int, offset: int, data: memoryview) -> None:
-        payload = self._payloads[index]
-        if offset != len(payload):
+        received = self._received[index]
+        if offset != received:
             raise InvalidArgument(f"shard {self.shard}: pull chunk of tensor {index} at byte "
-                                  f"{offset}, expected {len(payload)}")
+                                  f"{offset}, expected {received}")
         place = self._places[index]
         numel = place.nbytes // place.dtype.itemsize
         bound = max(place.nbytes, self._codec.max_payload_nbytes(numel, place.dtype))
-        if len(payload) + data.nbytes > bound:
+        if received + data.nbytes > bound:
             raise InvalidArgument(f"shard {self.shard} sent too many bytes for tensor {index}")
-        payload += data
+        self._received[index] = received + data.nbytes
+        decoder = self._decoders[index]
+        if decoder is not None:
+            decoder.feed(data)
+        else:
+            self._payloads[index] += data
 
     def finish(self) -> None:
         """Apply the whole pull: add each delta, or copy each tensor's raw values in."""
         assert self._header is not None, "finish() before the pull's header"
-        updates = [self._update(place, payload)
-                   for place, payload in zip(self._places, self._payloads)]
+        updates = [decoder.finish() if decoder is not None else self._update(place, payload)
+                   for place, payload, decoder in zip(self._places, self._payloads,
+                                                      self._decoders)]
         for place, update in zip(self._places, updates):
             target = _slice_of(place)
             if isinstance(update, torch.Tensor):

@@ -117,6 +117,12 @@ class TensorAssembler:
         self._bytes[index] = as_bytes
         return as_bytes
 
+    def received(self, index: int) -> torch.Tensor:
+        """Tensor `index`'s payload bytes so far (a view into its buffer)."""
+        buffer = self._buffers[index]
+        return (buffer[:self._received[index]] if buffer is not None
+                else torch.empty(0, dtype=torch.uint8))
+
     def finish_payloads(self) -> list[torch.Tensor]:
         """Each tensor's payload bytes as received (views into the buffers)."""
         return [buffer[:received] if buffer is not None else torch.empty(0, dtype=torch.uint8)

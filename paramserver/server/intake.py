@@ -26,7 +26,8 @@ which may still refuse it (federated screening) before applying anything:
     parts may take (--max-held-part-bytes)                           [RESOURCE_EXHAUSTED]
 10. chunks arrive in order, without gaps, within the codec's size bound, and nothing
     but chunks follows the header (an undecodable message included)   [INVALID_ARGUMENT]
-11. every payload decodes under the session's push codec               [INVALID_ARGUMENT]
+11. every payload decodes under the session's push codec (qsgd: piece by piece while the
+    rest arrives, with check 10 on each chunk, `arriving.py`)         [INVALID_ARGUMENT]
 12. on the closing part, every decoded value of the whole push (held parts included) is
     finite: one poisoned gradient would spread to the whole model in one step. A push
     whose loop found inf/NaN itself (GradScaler: `found_inf`) is let through, as its step
@@ -54,6 +55,7 @@ from paramserver.codecs import Codec, Update
 from paramserver.codecs.base import to_dense
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.security.roles import Principal
+from paramserver.server.arriving import decode_arriving
 from paramserver.server.assembly import (
     TensorAssembler,
     check_specs,
@@ -188,6 +190,9 @@ class PushIntake:
 
     def _read_updates(self, header: PushHeader, codec: Codec, limits: list[int],
                       stream: Iterator[object], buffers: PooledBuffers) -> dict[str, Update]:
+        arrived = decode_arriving(header.tensors, codec, limits, stream, buffers)
+        if arrived is not None:  # qsgd: decoded while it arrives (`arriving.py`)
+            return arrived
         assembler = TensorAssembler(header.tensors, buffers, limits)
         drain_chunks(stream, assembler, "push")
         return {spec.name: decode(codec, spec, payload)

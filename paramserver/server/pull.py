@@ -39,13 +39,13 @@ def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, 
 def delta_pull_messages(served: Served, specs: tuple[TensorSpec, ...],
                         chunk_bytes: int) -> Iterator[bytes]:
     """Encoded PullResponse messages of a compressed pull: a header, then each tensor's
-    payload (a delta under the pull codec, or the raw values) in chunks of payload bytes."""
+    payload (a delta under the pull codec, or the raw values) in chunks of payload bytes,
+    each made (encoded, the first time any pull reads it) as it is taken."""
     yield serde.encode_pull_header(PullHeader(version=served.version, tensors=specs,
                                               delta_from=served.delta_from))
     for index, spec in enumerate(specs):
-        payload = memoryview(served.payloads[spec.name].numpy().data)
-        for start in range(0, payload.nbytes, chunk_bytes):
-            yield wire.encode_chunk(index, start, payload[start:start + chunk_bytes])
+        for start, data in served.payloads[spec.name].chunks(chunk_bytes):
+            yield wire.encode_chunk(index, start, data)
 
 
 def check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:

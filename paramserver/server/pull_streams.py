@@ -11,10 +11,20 @@ holds exactly theta_hat (both sides add the same decoded values). A worker that 
 another version (a first pull, a rejoin, an async worker that skipped versions) gets
 theta_hat_v whole, as raw bytes.
 
+The delta is made a piece at a time as the first reader reaches it (qsgd's streaming
+encoder, codecs/streaming.py): the pulls of one version send piece i while piece i + 1 is
+encoded, each piece is added to the replica as it is made, and every pull reads the same
+bytes, encoded once. A delta still being made is finished before the next version's (or a
+whole pull's) replica is read.
+
 Bound: each element of a worker's parameters differs from the server's by the residual,
 which the next delta starts from: for top-k by at most the smallest magnitude that delta
 sends (every larger one was sent); for qsgd by at most its bucket's scale / levels.
-Memory: one model copy (the replica) per delta codec in use, at most `MAX_STREAMS`.
+Memory per delta codec in use (at most `MAX_STREAMS`): the replica (one model copy), the
+newest encoded delta (for 8-bit qsgd about a quarter of the model, plus 4 bytes per bucket
+of 512), and for a streaming codec the residual the delta is made from (one model copy,
+kept and reused from version to version); a non-streaming codec's residual lives only
+while its delta is encoded.
 """
 
 from __future__ import annotations
@@ -23,10 +33,13 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from paramserver.codecs import Codec
 from paramserver.codecs.base import add_into, to_dense
+from paramserver.codecs.qsgd import QSGD
+from paramserver.codecs.streaming import StreamedPayload
 from paramserver.errors import ResourceExhausted
 from paramserver.server.store import ParameterStore
 from paramserver.types import CodecSpec, TensorSpec
@@ -40,7 +53,7 @@ class Served:
 
     version: int
     delta_from: int  # -1: whole values
-    payloads: dict[str, torch.Tensor]  # name -> 1-D uint8
+    payloads: dict[str, StreamedPayload]  # name -> its bytes, made as they are read
 
 
 class PullStream:
@@ -52,7 +65,8 @@ class PullStream:
         self.replica: dict[str, torch.Tensor] = {}  # flat, by tensor name
         self.version = -1  # the version the replica stands for
         self._delta_from = -1  # the version the newest delta starts from
-        self._delta: dict[str, torch.Tensor] = {}  # its payload per tensor
+        self._delta: dict[str, StreamedPayload] = {}  # its payload per tensor
+        self._residuals: dict[str, torch.Tensor] = {}  # what a streamed delta is made from
 
     def serve(self, store: ParameterStore, specs: tuple[TensorSpec, ...],
               held_version: int) -> Served:
@@ -63,12 +77,22 @@ class PullStream:
             if self._delta and held_version == self._delta_from >= 0:
                 return Served(self.version, self._delta_from,
                               {s.name: self._delta[s.name] for s in specs})
+            self._finish_delta()  # the replica whole at its version
             # A copy: a later version's delta updates the replica in place.
             return Served(self.version, -1,
-                          {s.name: self.replica[s.name].clone().view(torch.uint8)
+                          {s.name: StreamedPayload.ready(
+                              self.replica[s.name].clone().view(torch.uint8))
                            for s in specs})
 
+    def _finish_delta(self) -> None:
+        """Make the rest of the newest delta (and so add it to the replica)."""
+        for payload in self._delta.values():
+            payload.complete()
+
     def _advance(self, store: ParameterStore) -> None:
+        if store.version == self.version:  # read without the lock: rechecked under it
+            return
+        self._finish_delta()  # its residuals are reused below
         with store.lock:
             if store.version == self.version:
                 return
@@ -77,24 +101,44 @@ class PullStream:
                 self.replica = {n: p.detach().reshape(-1).clone() for n, p in store.params.items()}
                 self.version = version
                 return
-            # theta_v - theta_hat_prev in one pass per tensor (no copy of theta first).
-            residuals = {n: torch.sub(p.detach().reshape(-1), self.replica[n])
-                         for n, p in store.params.items()}
-        delta = {}
-        for name, residual in residuals.items():
-            payload = self.codec.encode(residual)
-            # Sparse deltas are added where they land; only qsgd's are dense.
-            add_into(self.replica[name], self.codec.decode(payload, residual.numel(),
-                                                           residual.dtype))
-            delta[name] = payload
-        self._delta, self._delta_from, self.version = delta, self.version, version
+            # theta_v - theta_hat_prev in one pass per tensor (no copy of theta first);
+            # qsgd's finds its scales in the same pass and makes its codes later.
+            made = {n: self._delta_of(n, p.detach().reshape(-1))
+                    for n, p in store.params.items()}
+        self._delta = {n: d if isinstance(d, StreamedPayload) else self._encode(n, d)
+                       for n, d in made.items()}
+        self._delta_from, self.version = self.version, version
+
+    def _delta_of(self, name: str, param: torch.Tensor) -> StreamedPayload | torch.Tensor:
+        """A streamed delta (made later, as pulls read it), or the residual to encode."""
+        replica = self.replica[name]
+        if not (isinstance(self.codec, QSGD) and param.device.type == "cpu"
+                and param.dtype == torch.float32):
+            return torch.sub(param, replica)
+        codec = self.codec
+        if name not in self._residuals:  # reused every version
+            self._residuals[name] = torch.empty_like(replica)
+
+        def add_piece(start: int, codes: np.ndarray, scales: torch.Tensor) -> None:
+            codec.add_codes(replica[start:start + codes.size], codes, scales, start)
+        return codec.stream_encode(param, after=add_piece, minus=replica,
+                                   into=self._residuals[name])
+
+    def _encode(self, name: str, residual: torch.Tensor) -> StreamedPayload:
+        payload = self.codec.encode(residual)
+        # Sparse deltas are added where they land.
+        add_into(self.replica[name], self.codec.decode(payload, residual.numel(),
+                                                       residual.dtype))
+        return StreamedPayload.ready(payload)
 
     def last_sent_magnitudes(self) -> dict[str, float]:
         """Per tensor, the smallest magnitude the newest delta carries (decoded); with
         top-k every element of the residual is at most this (tests check the bound)."""
         with self._lock:
+            self._finish_delta()
             out = {}
-            for name, payload in self._delta.items():
+            for name, streamed in self._delta.items():
+                payload = streamed.complete()
                 numel, dtype = self.replica[name].numel(), self.replica[name].dtype
                 sent = to_dense(self.codec.decode(payload, numel, dtype), numel, dtype)
                 nonzero = sent.abs()[sent != 0]
@@ -103,6 +147,8 @@ class PullStream:
 
     def residual(self, store: ParameterStore) -> dict[str, torch.Tensor]:
         """theta - theta_hat per tensor (for tests and the bound)."""
+        with self._lock:
+            self._finish_delta()
         with self._lock, store.lock:
             return {n: p.detach().reshape(-1) - self.replica[n] for n, p in store.params.items()}
 

@@ -94,3 +94,32 @@ def test_error_feedback_is_on_by_default_for_biased_codecs_only(server_factory) 
         assert off._feedback[0] is None
     with ParameterClient(server.address, "w", push_codecs=offers["qsgd"]) as qsgd:
         assert qsgd._feedback[0] is None
+
+
+@pytest.mark.parametrize("corrupt", ["late_code", "truncated"])
+def test_qsgd_push_decoded_as_it_arrives_refuses_a_late_fault_and_changes_nothing(
+        server_factory, corrupt) -> None:  # type: ignore[no-untyped-def]
+    """The server decodes a qsgd push piece by piece while it arrives (server/arriving.py):
+    a bad code in its last piece, after the first pieces decoded, still changes nothing."""
+    server = server_factory(expected_workers=1, optimizer=SGD)
+    w = torch.zeros(600_000)  # three pieces of the decoder, many chunks
+    layout = ModelLayout((TensorSpec.of("w", w),))
+    connection = ServerConnection(server.address, 10)
+    connection.chunk_bytes = 1 << 16
+    session = connection.handshake("a", push_codecs=[CodecSpec.parse("qsgd:bits=8")])
+    connection.register(layout, [raw(w)])
+    before = server.core.store.state_hash()
+    payload = make_codec(session.push_codec).encode(torch.randn(600_000)).clone()
+    if corrupt == "late_code":
+        payload[-1] = 255  # codes go to 2 * 127 = 254
+    else:
+        payload = payload[:-1]
+    with pytest.raises(ParamServerError) as info:
+        connection.push(0, layout.tensors, [memoryview(payload.contiguous().numpy())])
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not decode" in info.value.message
+    assert server.core.store.state_hash() == before
+    assert server.core.policy.report().pending_pushes == 0
+    good = make_codec(session.push_codec).encode(torch.ones(600_000))
+    assert connection.push(0, layout.tensors, [memoryview(good.numpy())]).applied
+    torch.testing.assert_close(server.core.store.params["w"], -torch.ones(600_000))

@@ -88,3 +88,38 @@ def test_a_worker_that_joins_later_gets_the_replica_whole(server_factory: Server
                 assert torch.equal(param.detach(), dict(first_model.named_parameters())[name])
     finally:
         first.close()
+
+
+def test_qsgd_pushes_and_pulls_made_piece_by_piece_keep_workers_on_the_replica(
+        server_factory: ServerFactory) -> None:
+    """Both directions of qsgd streamed (codecs/streaming.py): pushes encoded while sent and
+    decoded while they arrive, one pull delta made as the first pull reads it; with a
+    tensor of several pieces, every worker still holds exactly the server's replica."""
+    server = server_factory(expected_workers=2)
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(600, 600), torch.nn.Linear(600, 3))
+
+    models = [model(), model()]
+    clients = [ParameterClient(server.address, f"w{i}", timeout_s=20,
+                               push_codecs=[CodecSpec.parse("qsgd:bits=8")],
+                               pull_codecs=[CodecSpec.parse("qsgd:bits=8")]) for i in range(2)]
+    try:
+        attachers = [threading.Thread(target=c.attach, args=(m,))
+                     for c, m in zip(clients, models)]
+        for thread in attachers:
+            thread.start()
+        for thread in attachers:
+            thread.join(30)
+        _steps(clients, models, 4)
+        [stream] = server.core.pull_streams.streams().values()
+        assert stream.version == server.core.store.version == 4
+        for model_ in models:
+            for name, param in model_.named_parameters():
+                assert torch.equal(param.detach().reshape(-1), stream.replica[name]), name
+        residual = stream.residual(server.core.store)["0.weight"]
+        assert 0 < float(residual.abs().max()) < 0.05  # quantised, and close
+    finally:
+        for client in clients:
+            client.close()
