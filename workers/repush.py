@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from paramserver.codecs.streaming import Payload
 from paramserver.errors import Aborted, StepDiscarded
 from paramserver.types import PushResult, StepOptions, TensorSpec
 from workers.connection import ServerConnection
@@ -30,7 +31,7 @@ class SentPush:
 
     version: int
     specs: tuple[TensorSpec, ...]
-    payloads: tuple[memoryview, ...]
+    payloads: tuple[Payload, ...]  # a streamed one keeps the bytes it made for a re-push
     num_samples: int
     more_parts: bool
     options: StepOptions | None
