@@ -4,7 +4,9 @@ Runs `paramserver federated --simulate` on the issue's setting (Dirichlet 0.5, 3
 1 local epoch, client SGD lr 0.05, no momentum, batch 16), with uniform weighting, with and
 without DP, at 10 clients and at more (100 and 1,000 as lazy populations, `--lazy`), one
 run at a time; prints the final and last-5 accuracy, the noise multiplier, the epsilon
-(delta 1e-5) the server's accountant reports and the wall time.
+(delta 1e-5) the server's accountant reports and the wall time. The "10 logreg" rows run
+the issue's 10 clients with `--model logreg` in 3 long rounds, the best 10-client
+configuration found; `benchmarks.fed_dp_bound` shows why it stays near 0.54.
 
     python -m benchmarks.fed_dp [--only LABEL-PREFIX] [--rounds N] [--seed S] [--report FILE]
 """
