@@ -93,6 +93,7 @@ class LocalTraining:
     weighting: str = "examples"
     dropout: float = 0.0  # chance that a sampled client silently skips a round (simulation)
     secure_aggregation: bool = False  # send masked updates (the server must run it too)
+    model: str = "mlp"  # the digits model (`workers.models.DIGITS_MODELS`): mlp or logreg
 
 
 @dataclass

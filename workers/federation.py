@@ -18,7 +18,7 @@ from paramserver.types import CodecSpec, Role
 from workers.attach import attach
 from workers.data import client_shard, load_digits_dataset
 from workers.federated import ClientReport, FederatedClient, LocalTraining
-from workers.models import accuracy, digits_mlp
+from workers.models import accuracy, digits_model
 from workers.parameter_client import ParameterClient
 from workers.probes import probe_status
 
@@ -32,7 +32,7 @@ def run_client(servers: str, index: int, clients: int, rounds: int, training: Lo
     reaches `rounds`."""
     data = load_digits_dataset()
     x, y = client_shard(data, partition, clients, index, seed)
-    model = digits_mlp(seed=seed)
+    model = digits_model(training.model, seed=seed)
     with attach(model, servers, worker_id=f"client-{index}", codecs=codecs,
                 overlap=False, security=security,
                 secure_aggregation=training.secure_aggregation) as attached:
@@ -66,11 +66,12 @@ def model_digest(model: nn.Module) -> str:
 
 def follow_rounds(servers: str, rounds: int, on_round: Callable[[int, float], None],
                   alive: Callable[[], bool], poll_s: float = 2.0,
-                  security: ClientSecurity | None = None) -> FollowedRounds:
+                  security: ClientSecurity | None = None, model_name: str = "mlp",
+                  ) -> FollowedRounds:
     """Test accuracy of the global model after each round (an observer pulls every version),
     until `rounds`; raises RuntimeError if `alive()` turns false before (no client left)."""
     data = load_digits_dataset()
-    model = digits_mlp()
+    model = digits_model(model_name)
     followed = FollowedRounds()
     accuracies = followed.accuracy
 

@@ -30,7 +30,7 @@ from paramserver.security.credentials import ClientSecurity
 from paramserver.types import CodecSpec
 from workers.data import load_digits_dataset
 from workers.federated import LocalTraining, client_weight, train_locally
-from workers.models import digits_mlp
+from workers.models import digits_model
 from workers.parameter_client import ParameterClient
 from workers.update_steps import privacy_steps, run_steps
 
@@ -90,7 +90,7 @@ def _client_round(job: Population, x: torch.Tensor, y: torch.Tensor, index: int,
     seed = job.seed * 7919 + index
     if random.Random(f"{seed}:{round_}").random() < job.training.dropout:
         return False, 0, 0  # a device that went away this round
-    model = digits_mlp(seed=job.seed)
+    model = digits_model(job.training.model, seed=job.seed)
     with ParameterClient(job.servers, f"client-{index}", push_codecs=job.codecs,
                          security=job.security) as client:
         client.attach(model)  # registers the model if this is the very first client

@@ -38,6 +38,9 @@ def add_client_training(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--codec", type=parse_codecs, default=(CodecSpec("none"),),
                        help="codec offers for the model updates (none)")
     group.add_argument("--seed", type=int, default=0, help="partition and shuffling seed (0)")
+    group.add_argument("--model", choices=["mlp", "logreg"], default="mlp",
+                       help="the digits model: mlp (64-128-10, 9,610 parameters) or logreg "
+                            "(logistic regression, 650: far less DP noise per round) (mlp)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -83,6 +86,6 @@ def training_from_args(args: argparse.Namespace) -> LocalTraining:
                          lr=args.client_lr, momentum=args.client_momentum,
                          prox_mu=strategy.prox_mu if args.prox_mu is None else args.prox_mu,
                          resample_to=args.resample_to, weighting=args.weighting,
-                         dropout=args.dropout,
+                         dropout=args.dropout, model=args.model,
                          # `client --secure-aggregation`; in `federated`, the server's flag
                          secure_aggregation=bool(getattr(args, "secure_aggregation", False)))

@@ -108,6 +108,7 @@ class FederationReport:
     # their version; nothing else about the run changes).
     model_sha256: str = ""
     unobserved_rounds: list[int] = field(default_factory=list)
+    model: str = "mlp"  # the digits model the clients trained (--model)
 
 
 def run_local_federation(job: LocalFederation, run_dir: Path,
@@ -159,7 +160,7 @@ def _run(job: LocalFederation, run_dir: Path, on_round: Callable[[int, float], N
             on_round(round_, value)
 
         followed = follow_rounds(address, job.rounds, scored, clients.alive,
-                                 security=security)
+                                 security=security, model_name=job.training.model)
         statuses = [probe_status(a, security=security) for _, a in servers]
         reports = clients.finish()
         memory = {"local": peak_rss_mb(), "server": peak_rss_mb(servers[0][0].process.pid)}
@@ -203,7 +204,7 @@ def _report(job: LocalFederation, accuracies: list[float], wall_s: float,
         shard_rounds=[[dataclasses.asdict(c) for c in (s.rounds if s else ())]
                       for s in statuses],
         privacy=dataclasses.asdict(final.privacy) if final and final.privacy else None,
-        round_epsilon=epsilons)
+        round_epsilon=epsilons, model=job.training.model)
 
 
 class _Clients:
@@ -307,5 +308,5 @@ def _client_args(job: LocalFederation, index: int, address: str, report: Path) -
             "--resample-to", str(t.resample_to), "--dropout", str(t.dropout),
             "--partition", job.partition, "--strategy", job.strategy,
             "--codec", " ".join(str(c) for c in job.codecs), "--seed", str(job.seed),
-            "--log-level", job.log_level,
+            "--log-level", job.log_level, "--model", t.model,
             *(["--secure-aggregation"] if t.secure_aggregation else [])]

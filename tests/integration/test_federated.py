@@ -92,3 +92,16 @@ def test_two_simulated_runs_with_one_seed_give_the_same_model(tmp_path: Path) ->
     assert [a for r, a in enumerate(first["round_accuracy"], 1) if r not in missed] == \
         [a for r, a in enumerate(second["round_accuracy"], 1) if r not in missed]
     assert first["round_accuracy"][-1] == second["round_accuracy"][-1]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_logistic_regression_federation(tmp_path: Path, lazy: bool) -> None:
+    """`--model logreg`: the clients, the lazy population and the observer train and score
+    the 650-parameter model (a push carries ~2.6 kB of float32, the MLP's ~38 kB)."""
+    result, report = _federated(tmp_path, "--clients", "3", "--rounds", "3", "--simulate",
+                                "--model", "logreg", "--client-lr", "0.5", "--local-epochs",
+                                "2", *(["--lazy"] if lazy else []))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert report["model"] == "logreg" and report["rounds"] == 3
+    assert report["round_accuracy"][-1] > 0.8  # it learns: chance is 0.1
+    assert 9 * 650 * 4 < report["bytes_pushed"] < 9 * 9610 * 4 / 4

@@ -26,6 +26,7 @@ from torch import nn
 from paramserver import serde
 from paramserver.errors import FailedPrecondition
 from paramserver.federated.config import FederatedConfig
+from paramserver.federated.privacy import DPConfig, DPMode, epsilon_of, fresh_generator
 from paramserver.federated.secagg.protocol import SecAggRequest, Stage
 from paramserver.federated.secagg.quantize import Quantizer
 from paramserver.optimizer import OptimizerConfig
@@ -33,7 +34,8 @@ from paramserver.server.app import RunningServer, ServerHooks
 from paramserver.types import Aggregation, Mode
 from tests.conftest import ServerFactory
 from workers.attach import AttachedModel, attach
-from workers.secure_aggregation import SecureAggregateCall, SecureRound
+from workers.secure_aggregation import SecureAggregateCall, SecureRound, flat_update
+from workers.update_steps import privacy_steps, run_steps
 
 pytestmark = pytest.mark.timeout(120)
 REPO = Path(__file__).resolve().parents[2]
@@ -263,3 +265,80 @@ def test_the_federated_command_runs_secure_rounds_to_the_same_accuracy(tmp_path:
     assert len(finals[True]) == 3
     assert finals[True][-1] > 0.7  # it learns: a broken sum would leave ~0.1
     np.testing.assert_allclose(finals[True], finals[False], rtol=0, atol=0.0025)
+
+
+def test_distributed_dp_under_secure_aggregation_applies_the_noised_mean(
+        server_factory: ServerFactory) -> None:
+    """`--dp distributed --secure-aggregation` (issue #17): each client clips its update to
+    C and adds its noise share N(0, (z*C)^2 / m) before quantise -> mask; the server sees
+    only masked vectors, applies sum / m (m sampled clients), and its accountant spends one
+    Gaussian round (q = 1, z) per applied round."""
+    clients, rounds, clip, z = 3, 3, 0.3, 1.0
+    recorder = RecordRequests()
+    server = server_factory(
+        hooks=ServerHooks(interceptors=[recorder]), mode=Mode.FEDERATED,
+        expected_workers=clients, aggregation=Aggregation.MEAN,
+        optimizer=OptimizerConfig("sgd", lr=1.0, momentum=0.0),
+        federated=FederatedConfig(secure_aggregation=True, round_timeout_s=10.0,
+                                  secagg_threshold=0.6, secagg_clip=2.0, clip_norm=clip),
+        dp=DPConfig(DPMode.DISTRIBUTED, z))
+    raw = np.random.default_rng(11).normal(0, 1.0, (rounds, clients, 15))  # norms ~4 > C
+    attached = [attach(_model(), server.address, worker_id=f"c{i}", overlap=False,
+                       secure_aggregation=True, timeout_s=30, retry_s=30)
+                for i in range(clients)]
+    sent = np.zeros_like(raw)  # what each client put into quantise: clipped + its noise
+    joins: list[Any] = [None] * clients
+    errors: list[BaseException] = []
+
+    def client(r: int, i: int) -> None:
+        try:
+            c = attached[i].client
+            joins[i] = joined = c.join_round(r)
+            secure = SecureRound(c)
+            assert joined.sampled and secure.share_keys(joined.round, 1)
+            update = {"weight": torch.from_numpy(raw[r, i, :12].reshape(3, 4)).float(),
+                      "bias": torch.from_numpy(raw[r, i, 12:]).float()}
+            steps = privacy_steps(joined, fresh_generator(100 * r + i))
+            vector = flat_update(run_steps(update, steps), ["weight", "bias"])
+            sent[r, i] = vector
+            assert getattr(secure.send(vector), "applied", False)
+        except BaseException as error:  # noqa: BLE001 - the test reads it
+            errors.append(error)
+
+    model = _flat(_model())
+    epsilons = []
+    try:
+        for r in range(rounds):
+            threads = [threading.Thread(target=client, args=(r, i)) for i in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert not errors, errors
+            assert [(j.dp_clip_norm, j.dp_noise_std) for j in joins] == [
+                (clip, pytest.approx(z * clip / np.sqrt(clients)))] * clients
+            privacy = server.core.status().privacy
+            assert privacy is not None and privacy.rounds == r + 1
+            epsilons.append(privacy.epsilon)
+            model = model - sent[r].mean(axis=0)  # sum / m: every sampled client reported
+            quantum = Quantizer.for_total_weight(2.0, clients).quantum
+            np.testing.assert_allclose(_pulled(server.address), model, rtol=0,
+                                       atol=quantum / 2 + 1e-6)  # + float32
+    finally:
+        for a in attached:
+            a.close()
+    assert epsilons == pytest.approx([epsilon_of([(1.0, z)] * r, 1e-5) for r in (1, 2, 3)])
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+    # the clients clipped to C, then added noise of the told std (135 draws: within 25%)
+    clipped = raw * np.minimum(1.0, clip / np.linalg.norm(raw, axis=2, keepdims=True))
+    noise = sent - clipped
+    assert np.std(noise) == pytest.approx(z * clip / np.sqrt(clients), rel=0.25)
+    # the server saw no plain push, only masked vectors unlike any client's quantised input
+    assert "Push" not in {method for method, _ in recorder.requests}
+    received = recorder.masked_inputs()
+    assert len(received) == rounds * clients
+    for vector in received:
+        for own in sent.reshape(-1, 15):
+            quantised = Quantizer.for_total_weight(2.0, clients).encode(own, 1)
+            assert not np.array_equal(vector, quantised)
+            assert abs(np.corrcoef(vector.astype(float), quantised.astype(float))[0, 1]) < 0.7

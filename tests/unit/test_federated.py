@@ -4,6 +4,8 @@ data partitioners."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -290,3 +292,29 @@ def test_updates_held_for_order_are_dropped_with_a_skipped_round() -> None:
         core.push(iter(push_stream(session, 1, {"w": torch.ones(4)})))
     assert core.store.version == 2
     np.testing.assert_array_equal(core.store.params["w"].numpy(), GLOBAL0 - 1.0)
+
+
+def test_the_model_choice_reaches_every_kind_of_client() -> None:
+    """`--model logreg` (issue #17: 650 parameters, far less DP noise per round than the
+    MLP's 9,610): the named model, `federated`'s options, and the arguments of a client
+    process."""
+    from paramserver.cli.client import training_from_args
+    from paramserver.cli.local_federation import LocalFederation, _client_args
+    from paramserver.cli.main import build_parser
+    from workers.models import digits_model
+
+    sizes = {name: sum(p.numel() for p in digits_model(name).parameters())
+             for name in ("mlp", "logreg")}
+    assert sizes == {"mlp": 9610, "logreg": 650}
+    first, again = digits_model("logreg", seed=3), digits_model("logreg", seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
+    with pytest.raises(ValueError, match="unknown model"):
+        digits_model("resnet")
+    args = build_parser().parse_args(["federated", "--model", "logreg"])
+    training = training_from_args(args)
+    assert training.model == "logreg"
+    assert training_from_args(build_parser().parse_args(["federated"])).model == "mlp"
+    job = LocalFederation(server=ServerConfig(mode=Mode.FEDERATED, expected_workers=2),
+                          training=training, clients=2)
+    client = build_parser().parse_args(_client_args(job, 0, "127.0.0.1:1", Path("r.json")))
+    assert training_from_args(client).model == "logreg"
