@@ -27,10 +27,10 @@ from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, Ses
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
-    BUFFER_PREFIX,
     CodecSpec,
     Mode,
     ModelLayout,
+    PullRequest,
     PushResult,
     Registration,
     Role,
@@ -47,7 +47,8 @@ from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
 from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
 from workers.routes import ShardRoutes, float_buffers, recorded_plan, trainable_keys
-from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush
+from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush, gather_step
+from workers.step_calls import STEP_CALL_BYTES, OneCallSteps, StepCallFetch
 from workers.tensor_io import HostMirror
 from workers.traffic import TrafficCounters
 
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
 
 
-class ParameterClient(TrafficCounters):
+class ParameterClient(TrafficCounters, OneCallSteps):
     """A worker (or observer) attached to the shards of one parameter-server job.
 
     Typical loop, after `attach(model)`: `loss.backward(); client.step(len(batch))`.
@@ -71,7 +72,7 @@ class ParameterClient(TrafficCounters):
     leaves the job so that nobody waits for this worker.
 
     `security`: TLS and this worker's credential (None: from the environment, see
-    `ServerConnection`). `shaper_factory(address)`, when given, paces each server's connection (benchmarks
+    `ServerConnection`). `step_call_bytes`: see `step`. `shaper_factory(address)`, when given, paces each server's connection (benchmarks
     emulate a slower link with it; see `LinkShaper`).
     """
 
@@ -82,7 +83,8 @@ class ParameterClient(TrafficCounters):
                  shaper_factory: Callable[[str], LinkShaper] | None = None,
                  security: ClientSecurity | None = None,
                  world_size: int | None = None, claim_wait_s: float = 0.0,
-                 secure_aggregation: bool = False) -> None:
+                 secure_aggregation: bool = False,
+                 step_call_bytes: int = STEP_CALL_BYTES) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
@@ -120,6 +122,7 @@ class ParameterClient(TrafficCounters):
         self.broadcast_buffers = False  # closing pushes carry the buffers' values (rank 0)
         self._mirrors: dict[str, HostMirror] = {}
         self.skip_frozen = False  # set once the first pull brought the frozen parameters
+        self.step_call_bytes = step_call_bytes  # see `step` (issue #14); 0: the streams
 
     def _feedback_for(self, codec: Codec, session: Session) -> ErrorFeedback | None:
         """Error feedback for a biased codec, keeping the momentum the server asks us to
@@ -246,12 +249,7 @@ class ParameterClient(TrafficCounters):
         with `more_parts=False` closes the step on every shard, with the step's `options`
         (lr, clipping, loss scale, inf found) and, with `broadcast_buffers`, the buffers.
         """
-        routes = self._attached_routes()
-        gradients = dict(gradients) if gradients is not None else self._gradients(names)
-        if self.broadcast_buffers and not more_parts:
-            gradients.update(self._buffers())
-        step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
-                        num_samples, more_parts, options)
+        step = self._step_push(num_samples, names, more_parts, options, gradients)
         shards = [i for i, r in enumerate(step.routes) if r or not more_parts]
         call = functools.partial(self._push_shard, step=step)
         pushes = (self._shards.run(call, shards) if more_parts or not self._rounds_led
@@ -267,60 +265,65 @@ class ParameterClient(TrafficCounters):
             self.aborted_pushes += push.aborted
             self.rejoins += push.rejoined
 
-    def _gradients(self, names: Collection[str] | None) -> dict[str, torch.Tensor]:
-        """The gradients to push: of `names`, or of every parameter that has one."""
-        wanted = self._params.keys() if names is None else names
-        unknown = [n for n in wanted if n not in self._params]
-        if unknown:
-            raise InvalidArgument(f"no parameters named {unknown} in the attached model")
-        gradients = {n: grad for n in wanted if (grad := self._params[n].grad) is not None}
-        if not gradients and names is None:
-            raise InvalidArgument("no parameter has a gradient: call backward() first")
-        return gradients
+    def _step_push(self, num_samples: int, names: Collection[str] | None, more_parts: bool,
+                   options: StepOptions | None,
+                   gradients: Mapping[str, torch.Tensor] | None) -> StepPush:
+        """What a push sends: `gradients`, or the `.grad` of `names` (default: every
+        parameter with one), plus the buffers on a closing push with `broadcast_buffers`."""
+        return gather_step(self._params, self._mirrors, self._attached_routes(), gradients,
+                           names, num_samples=num_samples, more_parts=more_parts,
+                           options=options, broadcast_buffers=self.broadcast_buffers,
+                           raw_needed=any(is_raw(c) for c in self.push_codecs))
 
-    def _raw(self, gradients: dict[str, torch.Tensor]) -> dict[str, memoryview] | None:
-        """The gradients' host bytes, once for all shards, when some shard pushes `none`."""
-        if not any(is_raw(c) for c in self.push_codecs):
-            return None
-        return {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
+    def _encode(self, shard: int, step: StepPush) -> list[memoryview]:
+        return encode_routes(step.routes[shard], step.gradients, self.push_codecs[shard],
+                             self._feedback[shard], step.raw)
 
-    def _buffers(self) -> dict[str, torch.Tensor]:
-        return {n: t for n, t in self._params.items() if n.startswith(BUFFER_PREFIX)}
-
-    def _push_shard(self, shard: int, step: StepPush) -> ShardPush:
+    def _push_shard(self, shard: int, step: StepPush,
+                    payloads: list[memoryview] | None = None) -> ShardPush:
         """Encode this shard's slices and push them; runs on the shard's fan-out thread."""
         routes, version = step.routes[shard], self.versions[shard]
-        payloads = encode_routes(routes, step.gradients, self.push_codecs[shard],
-                                 self._feedback[shard], step.raw)
-        connection = self.connections[shard]
         try:
-            result = connection.push(version, [r.stored for r in routes], payloads,
-                                     step.num_samples, step.more_parts, step.options,
-                                     momentum_applied=self._momentum_applied(shard))
-        except SessionExpired as error:
+            result = self.connections[shard].push(
+                version, [r.stored for r in routes],
+                self._encode(shard, step) if payloads is None else payloads,
+                step.num_samples, step.more_parts, step.options,
+                momentum_applied=self._momentum_applied(shard))
+        except (SessionExpired, Aborted) as error:
+            return self._dropped(shard, version, error)
+        return ShardPush(result, version + 1 if self._stepwise else result.version)
+
+    def _dropped(self, shard: int, version: int, error: SessionExpired | Aborted) -> ShardPush:
+        """A push the shard did not take: it forgot our session (rejoin), or the step
+        closed without it, or it was too stale (drop it)."""
+        if isinstance(error, SessionExpired):
             self.rejoin(shard, error.message)
             current = self.versions[shard]  # what the rejoined shard holds now
             return ShardPush(PushResult(current, applied=False), current, rejoined=True)
-        except Aborted as error:
-            log.info("%s: push dropped: %s", connection.address, error.message)
-            closed = version + (1 if self._stepwise else 0)
-            return ShardPush(PushResult(closed, applied=False), closed, aborted=True)
-        return ShardPush(result, version + 1 if self._stepwise else result.version)
+        log.info("%s: push dropped: %s", self.connections[shard].address, error.message)
+        closed = version + (1 if self._stepwise else 0)
+        return ShardPush(PushResult(closed, applied=False), closed, aborted=True)
 
     def pull(self, min_version: int | Sequence[int] = 0, timeout_s: float | None = None) -> int:
         """Wait until every shard reaches its min version; copy parameters in place."""
         self._attached_routes()
         wanted = ([min_version] * len(self.connections) if isinstance(min_version, int)
                   else list(min_version))
-        targets = {n: self._mirrors[n].writable_values(p) for n, p in self._params.items()}
+        targets = self._pull_targets()
         with torch.no_grad():
-            pulls = self._shards.run(
-                lambda shard: self._pull_shard(shard, wanted[shard], targets, timeout_s))
-            self.versions = [p.version for p in pulls]
-            self.rejoins += sum(p.rejoined for p in pulls)
-            for name, param in self._params.items():
-                self._mirrors[name].commit(param)
+            self._pulled(self._shards.run(
+                lambda shard: self._pull_shard(shard, wanted[shard], targets, timeout_s)))
         return self.version
+
+    def _pull_targets(self) -> dict[str, np.ndarray]:
+        return {n: self._mirrors[n].writable_values(p) for n, p in self._params.items()}
+
+    def _pulled(self, pulls: Sequence[ShardPull]) -> None:
+        """Every shard's pull landed: note the versions, commit the host mirrors."""
+        self.versions = [p.version for p in pulls]
+        self.rejoins += sum(p.rejoined for p in pulls)
+        for name, param in self._params.items():
+            self._mirrors[name].commit(param)
 
     def _pull_shard(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
                     timeout_s: float | None) -> ShardPull:
@@ -334,21 +337,22 @@ class ParameterClient(TrafficCounters):
         return ShardPull(version, rejoined=True)
 
     def _pull_into(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
-                   timeout_s: float | None) -> int:
+                   timeout_s: float | None, fetch: StepCallFetch | None = None) -> int:
+        """Pull one shard into `targets` through `fetch` (default: a Pull stream)."""
         codec = make_codec(self.sessions[shard].pull_codec)
         routes = self._attached_routes().by_key(shard)
-        names = trainable_keys(routes, self._params) if self.skip_frozen else ()
-        if codec.spec.name not in DELTA_PULL_CODECS:
-            decoder = PullDecoder(shard, codec, routes, targets)
-            return self.connections[shard].pull(min_version, decoder.sink, names,
-                                                timeout_s=timeout_s,
-                                                on_header=decoder.on_header).version
-        deltas = DeltaPullDecoder(shard, codec, routes, targets)
-        header = self.connections[shard].pull(min_version, deltas.sink, names,
-                                              timeout_s=timeout_s, on_header=deltas.on_header,
-                                              held_version=self._stream_versions[shard])
-        deltas.finish()
-        self._stream_versions[shard] = header.version
+        delta = codec.spec.name in DELTA_PULL_CODECS
+        decoder = (DeltaPullDecoder if delta else PullDecoder)(shard, codec, routes, targets)
+        names = tuple(trainable_keys(routes, self._params) if self.skip_frozen else ())
+        request = PullRequest(session_id="", min_version=min_version, tensors=names,
+                              held_version=self._stream_versions[shard] if delta else -1)
+        connection = self.connections[shard]
+        header = fetch(request, decoder) if fetch is not None else connection.pull(
+            min_version, decoder.sink, names, timeout_s=timeout_s,
+            on_header=decoder.on_header, held_version=request.held_version)
+        if isinstance(decoder, DeltaPullDecoder):
+            decoder.finish()
+            self._stream_versions[shard] = header.version
         return header.version
 
     def step(self, num_samples: int = 1, names: Collection[str] | None = None,
@@ -358,7 +362,13 @@ class ParameterClient(TrafficCounters):
 
         `names`: what is left to push after parts sent with `push(more_parts=True)`.
         Sync: waits until every shard closed the step. Async: until our own update is in.
+        A shard that offers the Step call, where this step's push and pull each fit
+        `step_call_bytes`, takes both in one call (issue #14; the same records, checks and
+        answers as the streams, in one message each way).
         """
+        if not self._rounds_led and any(map(self._step_call_limit, range(len(self.sessions)))):
+            return self._one_call_step(self._step_push(num_samples, names, False, options,
+                                                       gradients))
         results = self.push(num_samples=num_samples, names=names, options=options,
                             gradients=gradients)
         if self._rounds_led:

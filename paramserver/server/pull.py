@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from paramserver import serde, wire
 from paramserver.codecs import Codec
-from paramserver.errors import InvalidArgument
+from paramserver.errors import InvalidArgument, NotFound
 from paramserver.server.pull_streams import Served
 from paramserver.server.store import ParameterStore
 from paramserver.transport import chunk_ranges
-from paramserver.types import PullHeader, TensorSpec
+from paramserver.types import ModelLayout, PullHeader, TensorSpec
 
 
 def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, ...],
@@ -46,6 +46,18 @@ def delta_pull_messages(served: Served, specs: tuple[TensorSpec, ...],
         payload = memoryview(served.payloads[spec.name].numpy().data)
         for start in range(0, payload.nbytes, chunk_bytes):
             yield wire.encode_chunk(index, start, payload[start:start + chunk_bytes])
+
+
+def pulled_specs(layout: ModelLayout, names: Sequence[str]) -> tuple[TensorSpec, ...]:
+    """The tensors a pull names (all of them when none), in its order; NotFound for a name
+    the model does not have."""
+    if not names:
+        return layout.tensors
+    by_name = layout.by_name()
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise NotFound(f"unknown tensors {missing}")
+    return tuple(by_name[n] for n in names)
 
 
 def check_pull_codec(codec: Codec, specs: tuple[TensorSpec, ...]) -> None:

@@ -21,7 +21,9 @@ from paramserver.errors import InvalidArgument, ParamServerError, ResourceExhaus
 from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.auth import caller_of
 from paramserver.server.core import ParameterServerCore
+from paramserver.server.step_call import serve_step
 from paramserver.status import ServerStatus
+from paramserver.step_call import StepAnswer, StepCall
 from paramserver.tables import DeclareTables, RowPullRequest, TablePlan
 from paramserver.types import (
     HandshakeRequest,
@@ -179,6 +181,13 @@ class ParameterServerServicer:
                                               _time_left(context, self.core.config.max_wait_s),
                                               _cancellation(context, self.core),
                                               caller=caller_of(context))
+
+    def Step(self, request: StepCall, context: grpc.ServicerContext) -> StepAnswer:
+        """A small model's push and pull in one call (issue #14; `step_call.py`)."""
+        with _abort_on_error(context, "Step"):
+            return serve_step(self.core, _parsed(request),
+                              _time_left(context, self.core.config.max_wait_s),
+                              _cancellation(context, self.core), caller=caller_of(context))
 
 
 _HANDLER_KINDS = {
