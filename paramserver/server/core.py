@@ -38,9 +38,9 @@ from paramserver.server.policies.secure_rounds import (
     check_secure_aggregation,
 )
 from paramserver.server.pull import (
+    EncodedPulls,
     check_pull_codec,
     delta_pull_messages,
-    pull_messages,
     pulled_specs,
 )
 from paramserver.server.pull_streams import PullStreams
@@ -105,6 +105,7 @@ class ParameterServerCore:
         self._last_wait_log = 0.0
         self.rejoins: list[str] = []  # "worker@held->version", for status
         self.pull_streams = PullStreams()  # compressed pulls: one replica per delta codec
+        self._encoded_pulls = EncodedPulls(config.limits.max_step_call_bytes)  # small pulls
         self.advertise_address = ""  # set by the app once bound: host:port to dial
         self.restored_version = (self._checkpoints.restore()
                                  if self._checkpoints is not None else -1)
@@ -351,7 +352,8 @@ class ParameterServerCore:
         if codec.spec.name in DELTA_PULL_CODECS:
             served = self.pull_streams.for_codec(codec).serve(self.store, specs, held_version)
             return delta_pull_messages(served, specs, self.config.chunk_bytes)
-        return pull_messages(self.store, version, specs, codec, self.config.chunk_bytes)
+        return self._encoded_pulls.messages(self.store, version, specs, codec,
+                                            self.config.chunk_bytes)
 
     def get_state(self, session_id: str, *, caller: Principal | None = None) -> bytes:
         """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""
