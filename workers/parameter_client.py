@@ -72,8 +72,8 @@ class ParameterClient(TrafficCounters, OneCallSteps):
     leaves the job so that nobody waits for this worker.
 
     `security`: TLS and this worker's credential (None: from the environment, see
-    `ServerConnection`). `step_call_bytes`: see `step`. `shaper_factory(address)`, when given, paces each server's connection (benchmarks
-    emulate a slower link with it; see `LinkShaper`).
+    `ServerConnection`). `shaper_factory(address)`, when given, paces each server's connection (benchmarks
+    emulate a slower link with it; see `LinkShaper`). `step_call_bytes`: see `step`.
     """
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
