@@ -24,7 +24,7 @@ from paramserver.server.app import RunningServer, ServerHooks, start_server
 from paramserver.server.config import ServerConfig
 from paramserver.server.limits import ServerLimits
 from paramserver.transport import channel_options
-from paramserver.types import Mode
+from paramserver.types import CodecSpec, Mode
 from tests.conftest import ServerFactory
 from workers import ParameterClient
 
@@ -45,20 +45,23 @@ class MethodCounter(grpc.ServerInterceptor):
         return continuation(details)
 
 
-def _train(address: str, workers: int, steps: int, step_call_bytes: int
-           ) -> dict[str, torch.Tensor]:
-    """`workers` threads step a tiny model with fixed per-rank gradients; rank 0's model."""
+def _train(address: str | list[str], workers: int, steps: int, step_call_bytes: int,
+           codecs: str = "") -> dict[str, torch.Tensor]:
+    """`workers` threads step a tiny model with fixed per-rank gradients; rank 0's model.
+    `codecs`: the push and pull codec offered ("" for none)."""
     models: dict[int, nn.Module] = {}
 
     def worker(rank: int) -> None:
         torch.manual_seed(0)  # one initial model, whichever worker registers it
         model = models[rank] = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 2))
-        with ParameterClient(address, f"w{rank}", timeout_s=20,
-                             step_call_bytes=step_call_bytes) as client:
+        offer = CodecSpec.parse_list(codecs) if codecs else ()
+        with ParameterClient(address, f"w{rank}", timeout_s=20, push_codecs=offer,
+                             pull_codecs=offer, step_call_bytes=step_call_bytes) as client:
             client.attach(model)
-            for step in range(steps):
-                for index, param in enumerate(model.parameters()):
-                    param.grad = torch.full_like(param, 0.1 * (rank + 1) + 0.01 * step * index)
+            draw = torch.Generator().manual_seed(rank)  # distinct values: no top-k ties
+            for _ in range(steps):
+                for param in model.parameters():
+                    param.grad = torch.randn(param.shape, generator=draw)
                 client.step()
 
     threads = [threading.Thread(target=worker, args=(rank,)) for rank in range(workers)]
@@ -70,19 +73,27 @@ def _train(address: str, workers: int, steps: int, step_call_bytes: int
     return {n: p.detach().clone() for n, p in models[0].named_parameters()}
 
 
-@pytest.mark.parametrize(("mode", "workers"), [(Mode.SYNC, 2), (Mode.ASYNC, 1)])
+@pytest.mark.parametrize(("mode", "workers", "shards", "codecs"), [
+    (Mode.SYNC, 2, 1, ""), (Mode.ASYNC, 1, 1, ""),
+    (Mode.SYNC, 2, 2, ""),  # a Step call per shard
+    # error feedback up, compressed (delta) pulls down; exact: approx samples its threshold
+    (Mode.SYNC, 2, 1, "topk:ratio=0.3,mode=exact"),
+])
 def test_step_calls_train_bit_identically_to_the_streams(server_factory: ServerFactory,
-                                                         mode: Mode, workers: int) -> None:
+                                                         mode: Mode, workers: int,
+                                                         shards: int, codecs: str) -> None:
     results = {}
     for step_call_bytes in (0, 1 << 20):
         counter = MethodCounter()
-        server = server_factory(hooks=ServerHooks(interceptors=[counter]), mode=mode,
-                                expected_workers=workers, optimizer=SGD)
-        params = _train(server.address, workers, 5, step_call_bytes)
-        results[step_call_bytes] = (params, server.core.store.state_hash(),
-                                    server.core.store.version)
+        servers = [server_factory(hooks=ServerHooks(interceptors=[counter]), mode=mode,
+                                  expected_workers=workers, optimizer=SGD)
+                   for _ in range(shards)]
+        params = _train([s.address for s in servers], workers, 5, step_call_bytes, codecs)
+        results[step_call_bytes] = (params, [s.core.store.state_hash() for s in servers],
+                                    servers[0].core.store.version)
+        calls = 5 * workers * shards
         used = counter.calls["Step"], counter.calls["Push"]
-        assert used == ((0, 5 * workers) if step_call_bytes == 0 else (5 * workers, 0))
+        assert used == ((0, calls) if step_call_bytes == 0 else (calls, 0))
     (streamed, streamed_hash, version), (called, called_hash, called_version) = (
         results[0], results[1 << 20])
     assert version == called_version == 5
