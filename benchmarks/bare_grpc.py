@@ -52,9 +52,10 @@ def identity(message: bytes) -> bytes:
     return message
 
 
-def serve(port_file: Path, shapes: Shapes) -> None:
+def serve(port_file: Path, shapes: Shapes, parties: int = 2) -> None:
     """Sink counts what arrives; Source replays pre-built chunks of the size asked for; Echo
-    answers a unary request with its own bytes."""
+    answers a unary request with its own bytes; Meet does too, once `parties` calls have
+    arrived (the floor of a sync step in one call: the calls of a step meet on the server)."""
     lock = threading.Lock()  # guards `cache`: concurrent Sources may ask for a new size
     cache: dict[int, list[bytes]] = {}
 
@@ -73,9 +74,25 @@ def serve(port_file: Path, shapes: Shapes) -> None:
     def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
         return request
 
+    meeting = threading.Condition()  # guards `arrived` and `rounds`
+    arrived, rounds = [0], [0]
+
+    def meet(request: bytes, context: grpc.ServicerContext) -> bytes:
+        with meeting:
+            mine = rounds[0]
+            arrived[0] += 1
+            if arrived[0] == parties:
+                arrived[0], rounds[0] = 0, mine + 1
+                meeting.notify_all()
+            else:
+                meeting.wait_for(lambda: rounds[0] != mine, timeout=TIMEOUT_S)
+        return request
+
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(
             echo, request_deserializer=identity, response_serializer=identity),
+        "Meet": grpc.unary_unary_rpc_method_handler(
+            meet, request_deserializer=identity, response_serializer=identity),
         "Sink": grpc.stream_unary_rpc_method_handler(
             sink, request_deserializer=identity, response_serializer=identity),
         "Source": grpc.unary_stream_rpc_method_handler(
@@ -93,9 +110,11 @@ def serve(port_file: Path, shapes: Shapes) -> None:
     server.wait_for_termination()
 
 
-def command(shapes: Shapes) -> list[str]:
-    """The command that runs the bare server for a model of `shapes` (add --port-file)."""
-    return [sys.executable, "-m", "benchmarks.bare_grpc", "--shapes", json.dumps(shapes)]
+def command(shapes: Shapes, parties: int = 2) -> list[str]:
+    """The command that runs the bare server for a model of `shapes` (add --port-file);
+    `parties`: the calls that meet in each round of Meet."""
+    return [sys.executable, "-m", "benchmarks.bare_grpc", "--shapes", json.dumps(shapes),
+            "--parties", str(parties)]
 
 
 def client(index: int, round_barrier: Barrier, stage_barrier: Barrier, address: str,
@@ -126,8 +145,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--shapes", type=json.loads, required=True, help="JSON list of shapes")
+    parser.add_argument("--parties", type=int, default=2, help="calls per round of Meet")
     args = parser.parse_args()
-    serve(args.port_file, [tuple(s) for s in args.shapes])
+    serve(args.port_file, [tuple(s) for s in args.shapes], args.parties)
     return 0
 
 

@@ -6,7 +6,8 @@ Four measurements, each on loopback with separate processes, ratios from this on
   with momentum 0.9) against the bare gRPC stream of the same chunk messages
   (`benchmarks.bare_grpc`) and, beside it, raw loopback TCP echoing the same bytes;
 - small: a 40 KB model's sync step at W=2 (`ParameterClient.step`: push, aggregate, SGD
-  with momentum, pull) against a bare gRPC unary echo of the same bytes, W=2 at once;
+  with momentum, pull), on the streams and in one Step call (issue #14), against a bare
+  gRPC unary echo of the same bytes, W=2 at once, and the bare stream round of its messages;
 - memory: the server's peak RSS above idle over the model bytes, W=1, 2 and 4 (budget 3x:
   parameters + momentum + one aggregation buffer);
 - soak: 10,000 async pushes of a 1 MB model from 2 workers, RSS growth after the first 10%.
@@ -36,6 +37,7 @@ from benchmarks.rounds import TIMEOUT_S, Result, run_clients, run_rounds
 from benchmarks.suite.floor import tcp_floor
 from benchmarks.suite.pool import WorkerPool
 from paramserver.transport import DEFAULT_CHUNK_BYTES, channel_options
+from workers.step_calls import STEP_CALL_BYTES
 
 LR, MOMENTUM = 0.001, 0.9
 BULK_MB, SMALL_MB = 100.0, 0.04
@@ -51,8 +53,10 @@ def server_command(mode: str, workers: int) -> list[str]:
 
 
 def step_worker(index: int, round_barrier: Barrier, stage_barrier: Barrier, address: str,
-                model_mb: float, reps: int) -> list[Any]:
-    """Sync steps of a Blob model through the real client (push, then pull)."""
+                model_mb: float, reps: int, step_call_bytes: int = STEP_CALL_BYTES
+                ) -> list[Any]:
+    """Sync steps of a Blob model through the real client (push, then pull; one Step call
+    where the model fits `step_call_bytes`, 0: always the streams)."""
     import torch
 
     from benchmarks.blob import Blob
@@ -60,7 +64,8 @@ def step_worker(index: int, round_barrier: Barrier, stage_barrier: Barrier, addr
 
     torch.set_num_threads(1)
     model = Blob(model_mb)
-    with ParameterClient([address], f"dp-{index}", timeout_s=TIMEOUT_S) as client:
+    with ParameterClient([address], f"dp-{index}", timeout_s=TIMEOUT_S,
+                         step_call_bytes=step_call_bytes) as client:
         client.attach(model)
         model.set_gradients()
 
@@ -72,11 +77,12 @@ def step_worker(index: int, round_barrier: Barrier, stage_barrier: Barrier, addr
 
 
 def echo_worker(index: int, round_barrier: Barrier, stage_barrier: Barrier, address: str,
-                nbytes: int, reps: int) -> list[Any]:
-    """A bare unary echo of `nbytes` per round."""
+                nbytes: int, reps: int, method: str = "Echo") -> list[Any]:
+    """A bare unary echo of `nbytes` per round (`Meet`: answered once every worker's call
+    of the round arrived)."""
     channel = grpc.insecure_channel(address, options=channel_options())
     grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)
-    echo = channel.unary_unary(f"/{bare_grpc.SERVICE}/Echo",
+    echo = channel.unary_unary(f"/{bare_grpc.SERVICE}/{method}",
                                request_serializer=bare_grpc.identity,
                                response_deserializer=bare_grpc.identity)
     payload = os.urandom(nbytes)
@@ -98,13 +104,15 @@ def _nbytes(model_mb: float) -> int:
 
 
 def ours(run_dir: Path, model_mb: float, workers: int, reps: int,
-         command: Sequence[str] | None = None) -> tuple[Result, dict[str, int]]:
+         command: Sequence[str] | None = None, step_call_bytes: int = STEP_CALL_BYTES,
+         ) -> tuple[Result, dict[str, int]]:
     """Sync steps against a fresh server; its idle and peak RSS with the result."""
     with harness.serving(list(command or server_command("sync", workers)), run_dir,
                          f"ps-{model_mb:g}-w{workers}") as server:
         time.sleep(0.2)
         idle = rss_bytes(server.pid)
-        [result] = run_clients("ours", step_worker, (server.address, model_mb, reps), workers,
+        [result] = run_clients("ours", step_worker,
+                               (server.address, model_mb, reps, step_call_bytes), workers,
                                [DEFAULT_CHUNK_BYTES], _nbytes(model_mb), server.pid)
         return result, {"idle_rss": idle, "peak_rss": peak_rss_bytes(server.pid)}
 
@@ -118,10 +126,13 @@ def bare_stream(run_dir: Path, model_mb: float, workers: int, reps: int) -> Resu
     return result
 
 
-def bare_echo(run_dir: Path, model_mb: float, workers: int, reps: int) -> Result:
-    with harness.serving(bare_grpc.command(_shapes(model_mb)), run_dir, "echo") as bare:
-        [result] = run_clients("bare-echo", echo_worker, (bare.address, _nbytes(model_mb), reps),
-                               workers, [DEFAULT_CHUNK_BYTES], _nbytes(model_mb), bare.pid)
+def bare_echo(run_dir: Path, model_mb: float, workers: int, reps: int,
+              method: str = "Echo") -> Result:
+    with harness.serving(bare_grpc.command(_shapes(model_mb), workers), run_dir,
+                         method.lower()) as bare:
+        [result] = run_clients(f"bare-{method.lower()}", echo_worker,
+                               (bare.address, _nbytes(model_mb), reps, method), workers,
+                               [DEFAULT_CHUNK_BYTES], _nbytes(model_mb), bare.pid)
     return result
 
 
@@ -158,23 +169,29 @@ def bulk(run_dir: Path, reps: int, model_mb: float) -> dict[str, Any]:
 
 
 def small(run_dir: Path, reps: int) -> dict[str, Any]:
-    """Our step against a unary echo of its bytes and against the bare stream round of the
-    very messages a step moves (push: the chunks up; pull: the chunks down)."""
+    """Our step, on the streams and in one Step call (issue #14), against a unary echo of
+    its bytes and against the bare stream round of the very messages a streamed step moves
+    (push: the chunks up; pull: the chunks down), and a unary echo whose W calls of a round
+    meet on the server before they are answered (`Meet`: what a sync step's calls must do)."""
     echo = bare_echo(run_dir, SMALL_MB, SMALL_WORKERS, reps)
+    meet = bare_echo(run_dir, SMALL_MB, SMALL_WORKERS, reps, "Meet")
     stream = bare_stream(run_dir, SMALL_MB, SMALL_WORKERS, reps)
-    mine, _ = ours(run_dir, SMALL_MB, SMALL_WORKERS, reps)
-    ratio = _ms(mine) / _ms(echo)
-    print(f"small {_nbytes(SMALL_MB) / 1e3:.0f} KB W={SMALL_WORKERS}: ours step "
-          f"{_ms(mine):.2f} ms (min {1e3 * min(mine.round_s):.2f}) | unary echo "
-          f"{_ms(echo):.2f} ms (min {1e3 * min(echo.round_s):.2f}) | bare stream round "
-          f"{_ms(stream):.2f} ms (min {1e3 * min(stream.round_s):.2f}) | ours/echo "
-          f"{ratio:.1f}x, bare stream/echo {_ms(stream) / _ms(echo):.1f}x", flush=True)
-    for name, result in (("ours", mine), ("echo", echo), ("stream", stream)):
-        print(f"  {name:<6} cpu per round: server {1e3 * result.server_cpu_s:.2f} ms, clients "
-              f"{1e3 * result.client_cpu_s:.2f} ms, other processes "
-              f"{1e3 * result.other_cpu_s:.2f} ms", flush=True)
-    return {"ours": _row(mine), "echo": _row(echo), "bare_stream": _row(stream),
-            "ours_over_echo": ratio, "bare_stream_over_echo": _ms(stream) / _ms(echo)}
+    streamed, _ = ours(run_dir, SMALL_MB, SMALL_WORKERS, reps, step_call_bytes=0)
+    called, _ = ours(run_dir, SMALL_MB, SMALL_WORKERS, reps)
+    runs = {"echo": echo, "meet": meet, "stream": stream, "streamed": streamed,
+            "step call": called}
+    print(f"small {_nbytes(SMALL_MB) / 1e3:.0f} KB W={SMALL_WORKERS}, median ms (min), "
+          "over the echo:", flush=True)
+    for name, result in runs.items():
+        print(f"  {name:<10} {_ms(result):6.2f} ({1e3 * min(result.round_s):.2f}) "
+              f"{_ms(result) / _ms(echo):5.2f}x | cpu per round: server "
+              f"{1e3 * result.server_cpu_s:.2f} ms, clients {1e3 * result.client_cpu_s:.2f} "
+              f"ms, other processes {1e3 * result.other_cpu_s:.2f} ms", flush=True)
+    return {"ours": _row(called), "ours_streamed": _row(streamed), "echo": _row(echo),
+            "meet": _row(meet), "bare_stream": _row(stream),
+            "ours_over_echo": _ms(called) / _ms(echo), "ours_over_meet": _ms(called) / _ms(meet),
+            "ours_streamed_over_echo": _ms(streamed) / _ms(echo),
+            "bare_stream_over_echo": _ms(stream) / _ms(echo)}
 
 
 def memory(run_dir: Path, reps: int, model_mb: float) -> dict[str, Any]:

@@ -253,6 +253,7 @@ class Session:
     # > 0: push momentum-corrected updates (the worker keeps this momentum, the server
     # applies them with plain SGD): offered with a biased sparsifier under SGD momentum
     momentum_correction: float = 0.0
+    step_call_bytes: int = 0  # > 0: the server answers Step calls up to this size (#14)
 
 
 @dataclass(frozen=True)

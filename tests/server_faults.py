@@ -1,8 +1,8 @@
 """Server-side fault injection for tests and benchmarks, plugged in through `ServerHooks`.
 
-- `DropReplies`: a server interceptor that applies the chosen pushes and then answers them
-  with UNAVAILABLE, as if the reply was lost on the network (the client's retry must not
-  apply them twice).
+- `DropReplies`: a server interceptor that applies the chosen pushes (Push streams and Step
+  calls) and then answers them with UNAVAILABLE, as if the reply was lost on the network
+  (the client's retry must not apply them twice).
 - `BreakPushes`: a server interceptor that breaks the chosen pushes' streams after their
   first chunks arrived, as a network failure would (the client sees UNAVAILABLE).
 - `crash_on_save(k)`: a checkpoint hook that, on the k-th save, writes half of the temp
@@ -28,6 +28,7 @@ from paramserver.server.app import ServerHooks
 from paramserver.server.checkpoint import BeforeWrite
 
 PUSH_METHOD = "/paramserver.v1.ParameterServer/Push"
+STEP_METHOD = "/paramserver.v1.ParameterServer/Step"  # a push and its pull (issue #14)
 
 
 class DropReplies(grpc.ServerInterceptor):
@@ -41,6 +42,8 @@ class DropReplies(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[Any], Any],
                           handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
+        if handler is not None and handler_call_details.method == STEP_METHOD:
+            return self._dropping_step(handler)
         if handler is None or handler_call_details.method != PUSH_METHOD:
             return handler
         push = handler.stream_unary
@@ -53,6 +56,20 @@ class DropReplies(grpc.ServerInterceptor):
             return response
 
         return grpc.stream_unary_rpc_method_handler(
+            dropping, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    def _dropping_step(self, handler: Any) -> Any:
+        step = handler.unary_unary
+
+        def dropping(request: Any, context: grpc.ServicerContext) -> Any:
+            answer = step(request, context)
+            if self._drop_now(answer.push):
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              "test hook: the step call's push was applied, its reply dropped")
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(
             dropping, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -29,6 +28,7 @@ from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan
 from paramserver.status import ServerStatus
+from paramserver.step_call import StepAnswer, StepCall
 from paramserver.tables import (
     DeclareTables,
     RowPullHeader,
@@ -63,30 +63,20 @@ from paramserver.types import (
     TensorSpec,
 )
 from workers.claims import claiming
+from workers.retries import retrying
+from workers.traffic import LinkShaper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # CANCELLED: a draining server (SIGTERM) cancels the calls in flight; it comes back.
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
            grpc.StatusCode.CANCELLED)
-MAX_BACKOFF_S = 2.0
+# A long poll that ran out of time is an answer (the version did not come), not a transport
+# failure: pulls retry only UNAVAILABLE and CANCELLED (a draining server).
+PULL_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 # (index into the pull header's tensors, byte offset, payload view)
 ChunkSink = Callable[[int, int, memoryview], None]
-
-
-class LinkShaper(Protocol):
-    """Paces the messages of one connection, e.g. to emulate a slower network (benchmarks).
-
-    Called with every message's size: `send` before a message leaves, `receive` after one
-    arrived. Both may block; they are called from gRPC's threads, so must be thread-safe.
-    """
-
-    def send(self, nbytes: int) -> None:
-        """Block until `nbytes` may leave."""
-
-    def receive(self, nbytes: int) -> None:
-        """Block until `nbytes` may arrive."""
 
 
 class ServerConnection:
@@ -107,7 +97,7 @@ class ServerConnection:
         self._shaper = shaper  # paces pushed chunks and pulled messages (None: full speed)
         self.timeout_s = timeout_s
         security = security or ClientSecurity.from_env()
-        self._tls = security is not None and security.tls
+        self.tls = security is not None and security.tls
         self.channel = open_channel(address, security)
         self.session: Session | None = None
         self.chunk_bytes = DEFAULT_CHUNK_BYTES
@@ -129,6 +119,8 @@ class ServerConnection:
         self._pull_rows = self._method("PullRows",
                                        _counting(self, serde.RPCS["PullRows"].response_from_bytes))
         self._push_rows = self._method("PushRows")
+        self._step = self.channel.unary_unary(serde.method_path("Step"), response_deserializer=(
+            _counting(self, serde.RPCS["Step"].response_from_bytes)))  # issue #14
 
     def _method(self, name: str, response_from_bytes: Callable[[bytes], Any] | None = None,
                 ) -> Any:
@@ -145,36 +137,7 @@ class ServerConnection:
     def _retrying(self, attempt: Callable[[], T],
                   retried: tuple[grpc.StatusCode, ...] = RETRIED) -> T:
         """Run `attempt` until it succeeds, fails for good, or `retry_s` has passed."""
-        deadline = time.monotonic() + self.retry_s
-        delay, tries = 0.05, 0
-        while True:
-            tries += 1
-            try:
-                return attempt()
-            except grpc.RpcError as rpc_error:
-                error = tls_refusal(rpc_error, self.address) or from_rpc_error(rpc_error)
-            except ParamServerError as own_error:
-                error = own_error
-            if error.code not in retried or time.monotonic() + delay > deadline:
-                self._explain(error, tries)
-                raise error from None
-            log.debug("%s: %s; retrying in %.2fs", self.address, error.message, delay)
-            self.retries += 1
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_S)
-
-    def _explain(self, error: ParamServerError, tries: int) -> None:
-        """Add to a final error's message how often it was tried, and what a TLS server
-        that closes the connection at once most likely means."""
-        message = error.message
-        if tries > 1:
-            message += (f" (gave up after {tries} attempts over {self.retry_s:.0f}s to "
-                        f"{self.address})")
-        if self._tls and error.code == grpc.StatusCode.UNAVAILABLE:
-            message += ("; over TLS this is also what a server that refused this client's "
-                        "certificate looks like: check --tls-cert/--tls-key (signed by the "
-                        "server's client CA, not expired)")
-        error.args = (message,)
+        return retrying(attempt, self, retried)
 
     @property
     def session_id(self) -> str:
@@ -235,13 +198,8 @@ class ServerConnection:
         scale, inf found) apply to the whole step. `momentum_applied`: the payloads carry
         the server's momentum (Session.momentum_correction), apply them plainly.
         """
-        if len(tensors) != len(payloads):
-            raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
-        assert self.session is not None
-        self._sequence += 1
-        header = serde.encode_push_header(
-            PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts,
-                       self.session.incarnation, self._sequence, momentum_applied, options))
+        header = serde.encode_push_header(self._push_header(
+            step, tensors, payloads, num_samples, more_parts, options, momentum_applied))
         before = self.bytes_pushed
         try:
             response = self._retrying(lambda: self._push(self._messages(header, payloads),
@@ -252,6 +210,47 @@ class ServerConnection:
         if result.duplicate:
             self.duplicates += 1
         return result
+
+    def _push_header(self, step: int, tensors: Sequence[TensorSpec],
+                     payloads: Sequence[Payload], num_samples: int, more_parts: bool,
+                     options: StepOptions | None, momentum_applied: bool) -> PushHeader:
+        """The next push's header: this session's incarnation and next sequence."""
+        if len(tensors) != len(payloads):
+            raise InvalidArgument(f"{len(tensors)} specs but {len(payloads)} payloads")
+        assert self.session is not None
+        self._sequence += 1
+        return PushHeader(self.session_id, step, num_samples, tuple(tensors), more_parts,
+                          self.session.incarnation, self._sequence, momentum_applied, options)
+
+    def step(self, step: int, tensors: Sequence[TensorSpec], payloads: Sequence[Payload],
+             pull: PullRequest, sink: ChunkSink,
+             on_header: Callable[[PullHeader], None] | None = None, num_samples: int = 1,
+             options: StepOptions | None = None,
+             momentum_applied: bool = False) -> tuple[PushResult, PullHeader]:
+        """A whole push (as `push`) and a pull (as `pull`, of version >= max(its
+        min_version, the push's answer)) in one Step call (issue #14), for a session that
+        offers it (`Session.step_call_bytes`). Retried as a pull is: the ledger answers a
+        retry of an applied push without applying it again."""
+        header = self._push_header(step, tensors, payloads, num_samples, False, options,
+                                   momentum_applied)
+        message = serde.RPCS["Step"].request_to_bytes(StepCall(
+            (header, *(wire.Chunk(i, 0, payload_bytes(p, 0, p.nbytes))
+                       for i, p in enumerate(payloads))),
+            pull.min_version, pull.tensors, pull.held_version))
+        answers: list[StepAnswer] = []
+
+        def call_once(request: bytes, timeout: float) -> tuple[object, ...]:
+            self.bytes_pushed += len(request)  # per attempt, as a push's messages are
+            self.gradient_bytes_pushed += len(request)
+            if self._shaper is not None:
+                self._shaper.send(len(request))
+            answers.append(_answer(self._step(request, timeout=timeout)))
+            return answers[-1].pull  # the push's answer is kept aside in `answers`
+
+        pulled = self._retrying(lambda: self._pull_once(message, sink, None, on_header,
+                                                        call_once), PULL_RETRIED)
+        self.duplicates += answers[-1].push.duplicate
+        return answers[-1].push, pulled
 
     def pull(self, min_version: int, sink: ChunkSink, names: Sequence[str] = (),
              timeout_s: float | None = None,
@@ -264,10 +263,8 @@ class ServerConnection:
         """
         request = PullRequest(session_id=self.session_id, min_version=min_version,
                               tensors=tuple(names), held_version=held_version)
-        # A long poll that ran out of time is an answer (the version did not come), not a
-        # transport failure: only UNAVAILABLE and CANCELLED (a draining server) are retried.
         return self._retrying(lambda: self._pull_once(request, sink, timeout_s, on_header),
-                              (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+                              PULL_RETRIED)
 
     def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
                    on_header: Callable[[PullHeader], None] | None,
@@ -305,8 +302,7 @@ class ServerConnection:
         `sink`; returns the header (version, dtype of the values)."""
         request = RowPullRequest(self.session_id, table, ids, min_version)
         header = self._retrying(lambda: self._pull_once(request, sink, timeout_s, None,
-                                                        self._pull_rows),
-                                (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+                                                        self._pull_rows), PULL_RETRIED)
         assert isinstance(header, RowPullHeader)
         return header
 

@@ -18,17 +18,15 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Self
 
-import numpy as np
 import torch
 from torch import nn
 
-from paramserver import errors
-from paramserver.codecs import DELTA_PULL_CODECS, Codec, ErrorFeedback, make_codec
+from paramserver.codecs import Codec, ErrorFeedback, make_codec
+from paramserver.codecs.streaming import Payload
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan, plan_partition
 from paramserver.types import (
-    BUFFER_PREFIX,
     CodecSpec,
     Mode,
     ModelLayout,
@@ -46,10 +44,18 @@ from workers.connection import LinkShaper, ServerConnection
 from workers.embeddings import dense_parameters
 from workers.fan_out import ShardFanOut
 from workers.heartbeat import Heartbeat
-from workers.payloads import DeltaPullDecoder, PullDecoder, encode_routes, is_raw
+from workers.payloads import encode_routes, is_raw
+from workers.pull_side import ShardPulls
 from workers.repush import SentPush, SentPushes
-from workers.routes import ShardRoutes, float_buffers, recorded_plan, trainable_keys
-from workers.shard_calls import ShardJoin, ShardPull, ShardPush, StepPush, pushed_shards
+from workers.routes import ShardRoutes, float_buffers, recorded_plan
+from workers.shard_calls import (
+    ShardJoin,
+    ShardPush,
+    StepPush,
+    gather_step,
+    pushed_shards,
+)
+from workers.step_calls import STEP_CALL_BYTES, OneCallSteps
 from workers.tensor_io import HostMirror
 from workers.traffic import TrafficCounters
 
@@ -57,7 +63,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_STOP_S = 2.0  # how long close() waits for a heartbeat in flight
 
 
-class ParameterClient(TrafficCounters):
+class ParameterClient(TrafficCounters, ShardPulls, OneCallSteps):
     """A worker (or observer) attached to the shards of one parameter-server job.
 
     Typical loop, after `attach(model)`: `loss.backward(); client.step(len(batch))`.
@@ -75,7 +81,7 @@ class ParameterClient(TrafficCounters):
 
     `security`: TLS and this worker's credential (None: from the environment, see
     `ServerConnection`). `shaper_factory(address)`, when given, paces each server's connection (benchmarks
-    emulate a slower link with it; see `LinkShaper`).
+    emulate a slower link with it; see `LinkShaper`). `step_call_bytes`: see `step`.
     """
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
@@ -85,7 +91,8 @@ class ParameterClient(TrafficCounters):
                  shaper_factory: Callable[[str], LinkShaper] | None = None,
                  security: ClientSecurity | None = None,
                  world_size: int | None = None, claim_wait_s: float = 0.0,
-                 secure_aggregation: bool = False) -> None:
+                 secure_aggregation: bool = False,
+                 step_call_bytes: int = STEP_CALL_BYTES) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
@@ -125,6 +132,7 @@ class ParameterClient(TrafficCounters):
         self._mirrors: dict[str, HostMirror] = {}
         self.skip_frozen = False  # set once the first pull brought the frozen parameters
         self.last_version: int | None = None  # sync: the job ends there (see push)
+        self.step_call_bytes = step_call_bytes  # see `step` (issue #14); 0: the streams
 
     def _feedback_for(self, codec: Codec, session: Session) -> ErrorFeedback | None:
         """Error feedback for a biased codec, keeping the momentum the server asks us to
@@ -253,14 +261,8 @@ class ParameterClient(TrafficCounters):
         In a sync job with a `last_version`, no push goes to a shard already there
         (`shard_calls.pushed_shards`).
         """
-        routes = self._attached_routes()
-        gradients = dict(gradients) if gradients is not None else self._gradients(names)
-        if self.broadcast_buffers and not more_parts:
-            gradients.update(self._buffers())
-        step = StepPush(routes.with_params(gradients), gradients, self._raw(gradients),
-                        num_samples, more_parts, options)
-        shards = step.shards(pushed_shards(self.session.mode, self.versions,
-                                           self.last_version))
+        step = self._step_push(num_samples, names, more_parts, options, gradients)
+        shards = step.shards(self._pushed_shards())
         call = functools.partial(self._push_shard, step=step)
         pushes = (self._shards.run(call, shards) if more_parts or not self._rounds_led
                   else sharded_rounds.push_followers_first(self._shards, call, self.versions[0]))
@@ -277,95 +279,48 @@ class ParameterClient(TrafficCounters):
             self.aborted_pushes += push.aborted
             self.rejoins += push.rejoined
 
-    def _gradients(self, names: Collection[str] | None) -> dict[str, torch.Tensor]:
-        """The gradients to push: of `names`, or of every parameter that has one."""
-        wanted = self._params.keys() if names is None else names
-        unknown = [n for n in wanted if n not in self._params]
-        if unknown:
-            raise InvalidArgument(f"no parameters named {unknown} in the attached model")
-        gradients = {n: grad for n in wanted if (grad := self._params[n].grad) is not None}
-        if not gradients and names is None:
-            raise InvalidArgument("no parameter has a gradient: call backward() first")
-        return gradients
+    def _step_push(self, num_samples: int, names: Collection[str] | None, more_parts: bool,
+                   options: StepOptions | None,
+                   gradients: Mapping[str, torch.Tensor] | None) -> StepPush:
+        """What a push sends: `gradients`, or the `.grad` of `names` (default: every
+        parameter with one), plus the buffers on a closing push with `broadcast_buffers`."""
+        return gather_step(self._params, self._mirrors, self._attached_routes(), gradients,
+                           names, num_samples=num_samples, more_parts=more_parts,
+                           options=options, broadcast_buffers=self.broadcast_buffers,
+                           raw_needed=any(is_raw(c) for c in self.push_codecs))
 
-    def _raw(self, gradients: dict[str, torch.Tensor]) -> dict[str, memoryview] | None:
-        """The gradients' host bytes, once for all shards, when some shard pushes `none`."""
-        if not any(is_raw(c) for c in self.push_codecs):
-            return None
-        return {n: self._mirrors[n].bytes_of(g) for n, g in gradients.items()}
+    def _encode(self, shard: int, step: StepPush) -> list[Payload]:
+        return encode_routes(step.routes[shard], step.gradients, self.push_codecs[shard],
+                             self._feedback[shard], step.raw)
 
-    def _buffers(self) -> dict[str, torch.Tensor]:
-        return {n: t for n, t in self._params.items() if n.startswith(BUFFER_PREFIX)}
-
-    def _push_shard(self, shard: int, step: StepPush) -> ShardPush:
+    def _push_shard(self, shard: int, step: StepPush,
+                    payloads: list[Payload] | None = None) -> ShardPush:
         """Encode this shard's slices and push them; runs on the shard's fan-out thread."""
         routes, version = step.routes[shard], self.versions[shard]
-        payloads = encode_routes(routes, step.gradients, self.push_codecs[shard],
-                                 self._feedback[shard], step.raw)
-        connection = self.connections[shard]
+        if payloads is None:
+            payloads = self._encode(shard, step)
         sent = SentPush(version, tuple(r.stored for r in routes), tuple(payloads),
                         step.num_samples, step.more_parts, step.options,
                         self._momentum_applied(shard))
-        try:
-            result = self._sent.send(shard, connection, sent)  # again if it is discarded
-        except SessionExpired as error:
+        try:  # sent again if its step is discarded meanwhile
+            result = self._sent.send(shard, self.connections[shard], sent)
+        except (SessionExpired, Aborted) as error:
+            return self._dropped(shard, version, error)
+        return ShardPush(result, version + 1 if self._stepwise else result.version)
+
+    def _pushed_shards(self) -> list[bool]:
+        return pushed_shards(self.session.mode, self.versions, self.last_version)
+
+    def _dropped(self, shard: int, version: int, error: SessionExpired | Aborted) -> ShardPush:
+        """A push the shard did not take: it forgot our session (rejoin), or the step
+        closed without it, or it was too stale (drop it)."""
+        if isinstance(error, SessionExpired):
             self.rejoin(shard, error.message)
             current = self.versions[shard]  # what the rejoined shard holds now
             return ShardPush(PushResult(current, applied=False), current, rejoined=True)
-        except Aborted as error:
-            log.info("%s: push dropped: %s", connection.address, error.message)
-            closed = version + (1 if self._stepwise else 0)
-            return ShardPush(PushResult(closed, applied=False), closed, aborted=True)
-        return ShardPush(result, version + 1 if self._stepwise else result.version)
-
-    def pull(self, min_version: int | Sequence[int] = 0, timeout_s: float | None = None) -> int:
-        """Wait until every shard reaches its min version; copy parameters in place."""
-        self._attached_routes()
-        wanted = ([min_version] * len(self.connections) if isinstance(min_version, int)
-                  else list(min_version))
-        targets = {n: self._mirrors[n].writable_values(p) for n, p in self._params.items()}
-        with torch.no_grad():
-            pulls = self._shards.run(
-                lambda shard: self._pull_shard(shard, wanted[shard], targets, timeout_s))
-            self.versions = [p.version for p in pulls]
-            self.rejoins += sum(p.rejoined for p in pulls)
-            for name, param in self._params.items():
-                self._mirrors[name].commit(param)
-        self._sent.clear()
-        return self.version
-
-    def _pull_shard(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
-                    timeout_s: float | None) -> ShardPull:
-        """Pull one shard into `targets`; rejoin and pull again if it forgot our session,
-        push the step again and pull if it discarded the step (`workers.repush`)."""
-        try:
-            return ShardPull(self._pull_into(shard, min_version, targets, timeout_s))
-        except SessionExpired as error:
-            self.rejoin(shard, error.message)
-        except errors.StepDiscarded as error:
-            self._sent.resend_before_pull(shard, self.connections[shard], error.message)
-            return self._pull_shard(shard, min_version, targets, timeout_s)
-        version = self._pull_into(shard, min(min_version, self.versions[shard]), targets,
-                                  timeout_s)
-        return ShardPull(version, rejoined=True)
-
-    def _pull_into(self, shard: int, min_version: int, targets: dict[str, np.ndarray],
-                   timeout_s: float | None) -> int:
-        codec = make_codec(self.sessions[shard].pull_codec)
-        routes = self._attached_routes().by_key(shard)
-        names = trainable_keys(routes, self._params) if self.skip_frozen else ()
-        if codec.spec.name not in DELTA_PULL_CODECS:
-            decoder = PullDecoder(shard, codec, routes, targets)
-            return self.connections[shard].pull(min_version, decoder.sink, names,
-                                                timeout_s=timeout_s,
-                                                on_header=decoder.on_header).version
-        deltas = DeltaPullDecoder(shard, codec, routes, targets)
-        header = self.connections[shard].pull(min_version, deltas.sink, names,
-                                              timeout_s=timeout_s, on_header=deltas.on_header,
-                                              held_version=self._stream_versions[shard])
-        deltas.finish()
-        self._stream_versions[shard] = header.version
-        return header.version
+        log.info("%s: push dropped: %s", self.connections[shard].address, error.message)
+        closed = version + (1 if self._stepwise else 0)
+        return ShardPush(PushResult(closed, applied=False), closed, aborted=True)
 
     def step(self, num_samples: int = 1, names: Collection[str] | None = None,
              options: StepOptions | None = None,
@@ -374,7 +329,13 @@ class ParameterClient(TrafficCounters):
 
         `names`: what is left to push after parts sent with `push(more_parts=True)`.
         Sync: waits until every shard closed the step. Async: until our own update is in.
+        A shard that offers the Step call, where this step's push and pull each fit
+        `step_call_bytes`, takes both in one call (issue #14; the same records, checks and
+        answers as the streams, in one message each way).
         """
+        if not self._rounds_led and any(map(self._step_call_limit, range(len(self.sessions)))):
+            return self._one_call_step(self._step_push(num_samples, names, False, options,
+                                                       gradients))
         results = self.push(num_samples=num_samples, names=names, options=options,
                             gradients=gradients)
         if self._rounds_led:

@@ -4,10 +4,24 @@ figures benchmarks, metrics and reports read."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from workers.connection import ServerConnection
+
+
+class LinkShaper(Protocol):
+    """Paces the messages of one connection, e.g. to emulate a slower network (benchmarks).
+
+    Called with every message's size: `send` before a message leaves, `receive` after one
+    arrived. Both may block; they are called from gRPC's threads, so must be thread-safe.
+    """
+
+    def send(self, nbytes: int) -> None:
+        """Block until `nbytes` may leave."""
+
+    def receive(self, nbytes: int) -> None:
+        """Block until `nbytes` may arrive."""
 
 
 class TrafficCounters:

@@ -216,6 +216,10 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "sync steps and SSP pulls wait only for workers that registered or pushed "
                  "within this many seconds (a handshake alone never stalls a job); 0: "
                  "forever"),
+    ServerOption("--max-step-call-bytes", "limits.max_step_call_bytes", LIMITS,
+                 "offer the one-message Step call (a push and its pull) to workers whose "
+                 "push payload and pulled tensors each take at most this many bytes; 0: "
+                 "not offered (issue #14)"),
 )
 BY_FLAG = {option.flag: option for option in OPTIONS}
 

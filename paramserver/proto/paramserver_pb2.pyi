@@ -145,7 +145,7 @@ class HandshakeRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ..., world_size: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
-    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness", "momentum_correction")
+    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness", "momentum_correction", "step_call_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODEC_FIELD_NUMBER: _ClassVar[int]
     PULL_CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class HandshakeResponse(_message.Message):
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    STEP_CALL_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     push_codec: CodecSpec
     pull_codec: CodecSpec
@@ -178,7 +179,8 @@ class HandshakeResponse(_message.Message):
     lease_s: float
     staleness: int
     momentum_correction: float
-    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., staleness: _Optional[int] = ..., momentum_correction: _Optional[float] = ...) -> None: ...
+    step_call_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., staleness: _Optional[int] = ..., momentum_correction: _Optional[float] = ..., step_call_bytes: _Optional[int] = ...) -> None: ...
 
 class RegisterHeader(_message.Message):
     __slots__ = ("session_id", "layout", "values_follow", "plan", "shard_index")
@@ -455,6 +457,30 @@ class JoinRoundResponse(_message.Message):
     finished: bool
     last_close: RoundClose
     def __init__(self, round: _Optional[int] = ..., sampled: _Optional[bool] = ..., sampled_count: _Optional[int] = ..., dp_clip_norm: _Optional[float] = ..., dp_noise_std: _Optional[float] = ..., finished: _Optional[bool] = ..., last_close: _Optional[_Union[RoundClose, _Mapping]] = ...) -> None: ...
+
+class StepRequest(_message.Message):
+    __slots__ = ("header", "chunks", "min_version", "tensors", "held_version")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    header: PushHeader
+    chunks: _containers.RepeatedCompositeFieldContainer[TensorChunk]
+    min_version: int
+    tensors: _containers.RepeatedScalarFieldContainer[str]
+    held_version: int
+    def __init__(self, header: _Optional[_Union[PushHeader, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ..., min_version: _Optional[int] = ..., tensors: _Optional[_Iterable[str]] = ..., held_version: _Optional[int] = ...) -> None: ...
+
+class StepResponse(_message.Message):
+    __slots__ = ("header", "chunks", "push")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    header: PullHeader
+    chunks: _containers.RepeatedCompositeFieldContainer[TensorChunk]
+    push: PushResponse
+    def __init__(self, header: _Optional[_Union[PullHeader, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ..., push: _Optional[_Union[PushResponse, _Mapping]] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -104,6 +104,11 @@ class ParameterServerStub:
                 request_serializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggRequest.SerializeToString,
                 response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggResponse.FromString,
                 _registered_method=True)
+        self.Step = channel.unary_unary(
+                '/paramserver.v1.ParameterServer/Step',
+                request_serializer=paramserver_dot_proto_dot_paramserver__pb2.StepRequest.SerializeToString,
+                response_deserializer=paramserver_dot_proto_dot_paramserver__pb2.StepResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -199,6 +204,15 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Step(self, request, context):
+        """A small model's step in one call each way (issue #14, docs/wire.md section 5f): the
+        push of a Push stream and the answer of a Pull stream, each as one message. Offered in
+        the handshake (HandshakeResponse.step_call_bytes); an older server answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +285,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.SecureAggregate,
                     request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggRequest.FromString,
                     response_serializer=paramserver_dot_proto_dot_paramserver__pb2.SecAggResponse.SerializeToString,
+            ),
+            'Step': grpc.unary_unary_rpc_method_handler(
+                    servicer.Step,
+                    request_deserializer=paramserver_dot_proto_dot_paramserver__pb2.StepRequest.FromString,
+                    response_serializer=paramserver_dot_proto_dot_paramserver__pb2.StepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -651,6 +670,33 @@ class ParameterServer:
             '/paramserver.v1.ParameterServer/SecureAggregate',
             paramserver_dot_proto_dot_paramserver__pb2.SecAggRequest.SerializeToString,
             paramserver_dot_proto_dot_paramserver__pb2.SecAggResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Step(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paramserver.v1.ParameterServer/Step',
+            paramserver_dot_proto_dot_paramserver__pb2.StepRequest.SerializeToString,
+            paramserver_dot_proto_dot_paramserver__pb2.StepResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,7 @@ METHOD_ROLES: dict[str, frozenset[AccessRole]] = {
     # installing one is a worker's act on fresh servers.
     "GetState": frozenset({AccessRole.WORKER, AccessRole.ADMIN}),
     "SetState": frozenset({AccessRole.WORKER}),
+    "Step": frozenset({AccessRole.WORKER}),  # a push and its pull in one call (issue #14)
 }
 
 

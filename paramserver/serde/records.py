@@ -176,6 +176,7 @@ def session_to_proto(session: Session, server_version: str = __version__
         lease_s=session.lease_s,
         staleness=session.staleness,
         momentum_correction=session.momentum_correction,
+        step_call_bytes=session.step_call_bytes,
     )
 
 
@@ -196,6 +197,7 @@ def session_from_proto(msg: pb.HandshakeResponse) -> Session:
         lease_s=msg.lease_s,
         staleness=msg.staleness,
         momentum_correction=msg.momentum_correction,
+        step_call_bytes=msg.step_call_bytes,
     )
 
 

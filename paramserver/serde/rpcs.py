@@ -30,6 +30,7 @@ from paramserver.serde.secagg import (
     secagg_request_from_proto,
     secagg_request_to_proto,
 )
+from paramserver.serde.step_call import step_rpc
 from paramserver.serde.streams import (
     MalformedMessage,
     decode_pull_response,
@@ -164,5 +165,6 @@ RPCS["SecureAggregate"] = Rpc(  # issue #17
     # A masked input holds 4 bytes per model element: bounded by the message limit.
     _parsing(pb.SecAggRequest, secagg_request_from_proto),
     _serializing(secagg_reply_to_proto), _parsing(pb.SecAggResponse, secagg_reply_from_proto))
+RPCS["Step"] = step_rpc(Rpc)  # issue #14: a small model's push and pull in one call
 STREAMING = {"Register": "stream_unary", "Push": "stream_unary", "Pull": "unary_stream",
              "PullRows": "unary_stream", "PushRows": "stream_unary"}

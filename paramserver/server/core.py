@@ -18,7 +18,7 @@ from pathlib import Path
 
 from paramserver import __version__
 from paramserver.codecs import DELTA_PULL_CODECS, Codec, negotiate
-from paramserver.errors import WORKER_ID_HELD, FailedPrecondition, InvalidArgument, NotFound
+from paramserver.errors import WORKER_ID_HELD, FailedPrecondition, InvalidArgument
 from paramserver.security.roles import Principal, check_handshake, check_state_hash, printable
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -37,7 +37,12 @@ from paramserver.server.policies.secure_rounds import (
     SecAggRequest,
     check_secure_aggregation,
 )
-from paramserver.server.pull import check_pull_codec, delta_pull_messages, pull_messages
+from paramserver.server.pull import (
+    EncodedPulls,
+    check_pull_codec,
+    delta_pull_messages,
+    pulled_specs,
+)
 from paramserver.server.pull_streams import PullStreams
 from paramserver.server.state_transfer import install_state, read_state
 from paramserver.server.store import ParameterStore
@@ -47,7 +52,6 @@ from paramserver.status import ServerStatus
 from paramserver.types import (
     CodecSpec,
     Mode,
-    ModelLayout,
     PushResult,
     RegisterHeader,
     Registration,
@@ -55,7 +59,6 @@ from paramserver.types import (
     RoundClose,
     RoundJoin,
     Session,
-    TensorSpec,
 )
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class ParameterServerCore:
         self._last_wait_log = 0.0
         self.rejoins: list[str] = []  # "worker@held->version", for status
         self.pull_streams = PullStreams()  # compressed pulls: one replica per delta codec
+        self._encoded_pulls = EncodedPulls(config.limits.max_step_call_bytes)  # small pulls
         self.advertise_address = ""  # set by the app once bound: host:port to dial
         self.restored_version = (self._checkpoints.restore()
                                  if self._checkpoints is not None else -1)
@@ -145,7 +149,8 @@ class ParameterServerCore:
                 shard_index=self.store.shard_index, incarnation=record.incarnation,
                 heartbeat_interval_s=lease / 4 if lease else 0.0, lease_s=lease,
                 staleness=self.config.staleness,
-                momentum_correction=self._momentum_correction(record.push_decoder))
+                momentum_correction=self._momentum_correction(record.push_decoder),
+                step_call_bytes=self.config.limits.max_step_call_bytes)
 
     def _momentum_correction(self, codec: Codec) -> float:
         """The momentum a worker should keep itself before compressing (DGC's momentum
@@ -334,7 +339,7 @@ class ParameterServerCore:
         delta pull codec the answer is the change since `held_version` (`pull_streams.py`).
         """
         record = self.members.touch(session_id, caller)
-        specs = self._pulled_specs(names)
+        specs = pulled_specs(self.store.require_layout(), names)
         check_pull_codec(record.pull_encoder, specs)
         timeout_s = min(timeout_s, self.config.max_wait_s)
         started = time.monotonic()
@@ -347,17 +352,8 @@ class ParameterServerCore:
         if codec.spec.name in DELTA_PULL_CODECS:
             served = self.pull_streams.for_codec(codec).serve(self.store, specs, held_version)
             return delta_pull_messages(served, specs, self.config.chunk_bytes)
-        return pull_messages(self.store, version, specs, codec, self.config.chunk_bytes)
-
-    def _pulled_specs(self, names: list[str]) -> tuple[TensorSpec, ...]:
-        layout: ModelLayout = self.store.require_layout()
-        if not names:
-            return layout.tensors
-        by_name = layout.by_name()
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise NotFound(f"unknown tensors {missing}")
-        return tuple(by_name[n] for n in names)
+        return self._encoded_pulls.messages(self.store, version, specs, codec,
+                                            self.config.chunk_bytes)
 
     def get_state(self, session_id: str, *, caller: Principal | None = None) -> bytes:
         """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""

@@ -44,6 +44,9 @@ sync step waits for. After check 12, model buffers in the push (BatchNorm statis
 names under BUFFER_PREFIX) are written to the store as values (rank 0's win, as under DDP),
 and a loss-scaled push (grad_scale, AMP) is divided by its scale, all parts together,
 before the policy sees it (unless it found inf/NaN: that step is skipped anyway).
+
+A Step call (a push and its pull in one message, `step_call.py`) comes through this same
+sequence as a one-message stream, after its own checks of the pull it asks for.
 """
 
 from __future__ import annotations

@@ -30,14 +30,16 @@ class ServerLimits:
     max_held_part_bytes: int = 4 << 30  # push parts held for unfinished multi-part pushes
     member_idle_s: float = 60.0  # a worker that neither registered nor pushed for this
     # long is not waited for by a sync step or an SSP pull (it stays connected); 0: forever
+    max_step_call_bytes: int = 1 << 20  # a Step call's push payload and pulled tensors, each
+    # (issue #14); 0: Step not offered, workers push and pull on the streams
 
     def __post_init__(self) -> None:
         if min(self.max_model_bytes, self.max_tensor_rank, self.max_tensor_numel,
                self.max_worker_id_chars, self.max_codec_chars, self.max_codec_offers,
                self.max_sessions, self.max_long_polls, self.max_held_part_bytes) < 1:
             raise ValueError("every --max-* limit must be at least 1")
-        if self.member_idle_s < 0:
-            raise ValueError("--member-idle-timeout must be >= 0")
+        if self.member_idle_s < 0 or self.max_step_call_bytes < 0:
+            raise ValueError("--member-idle-timeout and --max-step-call-bytes must be >= 0")
 
     def check_worker_id(self, worker_id: str) -> None:
         if len(worker_id) > self.max_worker_id_chars:

@@ -21,7 +21,9 @@ from paramserver.errors import InvalidArgument, ParamServerError, ResourceExhaus
 from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.auth import caller_of
 from paramserver.server.core import ParameterServerCore
+from paramserver.server.step_call import serve_step
 from paramserver.status import ServerStatus
+from paramserver.step_call import StepAnswer, StepCall
 from paramserver.tables import DeclareTables, RowPullRequest, TablePlan
 from paramserver.types import (
     HandshakeRequest,
@@ -66,18 +68,27 @@ def _parsed(request: T) -> T:
     return request
 
 
-def _cancellation(context: grpc.ServicerContext, core: ParameterServerCore) -> threading.Event:
+@contextlib.contextmanager
+def _cancellation(context: grpc.ServicerContext,
+                  core: ParameterServerCore) -> Iterator[threading.Event]:
     """An event set when the call ends (a client that cancels, or goes away), after which
-    the core wakes its long polls: a cancelled wait frees its thread at once (issue #13)."""
-    ended = threading.Event()
+    the core wakes its long polls: a cancelled wait frees its thread at once (issue #13).
+    A call that ends after its handler left this block wakes nobody: it waits no more, and
+    waking every long poll at the end of every call cost each waiting sync step a spurious
+    wake-up per call (issue #14)."""
+    ended, handled = threading.Event(), threading.Event()
 
     def on_end() -> None:
         ended.set()
-        core.wake()
+        if not handled.is_set():
+            core.wake()
 
     if not context.add_callback(on_end):  # already over
         ended.set()
-    return ended
+    try:
+        yield ended
+    finally:
+        handled.set()
 
 
 def _time_left(context: grpc.ServicerContext, ceiling: float) -> float:
@@ -114,13 +125,12 @@ class ParameterServerServicer:
             return self.core.push(request_iterator, caller=caller_of(context))
 
     def Pull(self, request: PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        with _abort_on_error(context, "Pull"):
+        with _abort_on_error(context, "Pull"), _cancellation(context, self.core) as ended:
             request = _parsed(request)
             yield from self.core.pull(request.session_id, request.min_version,
                                       list(request.tensors),
                                       _time_left(context, self.core.config.max_wait_s),
-                                      _cancellation(context, self.core), request.held_version,
-                                      caller=caller_of(context))
+                                      ended, request.held_version, caller=caller_of(context))
 
     def Status(self, include_state_hash: bool, context: grpc.ServicerContext) -> ServerStatus:
         with _abort_on_error(context, "Status"):
@@ -131,12 +141,11 @@ class ParameterServerServicer:
             return self.core.heartbeat(_parsed(session_id), caller=caller_of(context))
 
     def JoinRound(self, request: RoundRequest, context: grpc.ServicerContext) -> RoundJoin:
-        with _abort_on_error(context, "JoinRound"):
+        with _abort_on_error(context, "JoinRound"), _cancellation(context, self.core) as ended:
             request = _parsed(request)
             return self.core.join_round(request.session_id, request.round,
                                         _time_left(context, self.core.config.max_wait_s),
-                                        _cancellation(context, self.core),
-                                        caller=caller_of(context), close=request.close)
+                                        ended, caller=caller_of(context), close=request.close)
 
     def Leave(self, session_id: str, context: grpc.ServicerContext) -> None:
         with _abort_on_error(context, "Leave"):
@@ -161,11 +170,11 @@ class ParameterServerServicer:
 
     def PullRows(self, request: RowPullRequest,
                  context: grpc.ServicerContext) -> Iterator[bytes]:
-        with _abort_on_error(context, "PullRows"):
+        with _abort_on_error(context, "PullRows"), _cancellation(context, self.core) as ended:
             request = _parsed(request)
             yield from self.core.tables.pull(
-                request, _time_left(context, self.core.config.max_wait_s),
-                _cancellation(context, self.core), caller=caller_of(context))
+                request, _time_left(context, self.core.config.max_wait_s), ended,
+                caller=caller_of(context))
 
     def PushRows(self, request_iterator: Iterator[object],
                  context: grpc.ServicerContext) -> PushResult:
@@ -173,12 +182,19 @@ class ParameterServerServicer:
             return self.core.tables.push(request_iterator, caller=caller_of(context))
     def SecureAggregate(self, request: SecAggRequest,
                         context: grpc.ServicerContext) -> SecAggReply:
-        with _abort_on_error(context, "SecureAggregate"):
+        with (_abort_on_error(context, "SecureAggregate"),
+              _cancellation(context, self.core) as ended):
             request = _parsed(request)
             return self.core.secure_aggregate(request,
                                               _time_left(context, self.core.config.max_wait_s),
-                                              _cancellation(context, self.core),
-                                              caller=caller_of(context))
+                                              ended, caller=caller_of(context))
+
+    def Step(self, request: StepCall, context: grpc.ServicerContext) -> StepAnswer:
+        """A small model's push and pull in one call (issue #14; `step_call.py`)."""
+        with _abort_on_error(context, "Step"), _cancellation(context, self.core) as ended:
+            return serve_step(self.core, _parsed(request),
+                              _time_left(context, self.core.config.max_wait_s), ended,
+                              caller=caller_of(context))
 
 
 _HANDLER_KINDS = {

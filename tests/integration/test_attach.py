@@ -68,22 +68,22 @@ def _assert_params(model: nn.Module, expected: dict[str, torch.Tensor]) -> None:
 
 
 def _record_pushes(attached: AttachedModel) -> list[tuple[list[str], bool]]:
-    """Wrap the client's push to log (names pushed, more_parts) per call."""
+    """Log (names pushed, more_parts) per push: every push, streamed or in a Step call
+    (issue #14), gathers its gradients in the client's `_step_push`."""
     log: list[tuple[list[str], bool]] = []
-    original = attached.client.push
+    original = attached.client._step_push
 
-    def push(num_samples: int = 1, names=None, more_parts: bool = False,  # type: ignore[no-untyped-def]
-             **kwargs):
+    def gather(num_samples, names, more_parts, options, gradients):  # type: ignore[no-untyped-def]
         params = attached.client._params
-        if kwargs.get("gradients") is not None:
-            sent = list(kwargs["gradients"])
+        if gradients is not None:
+            sent = list(gradients)
         else:
             sent = [n for n in (params if names is None else names)
                     if params[n].grad is not None]
         log.append((sent, more_parts))
-        return original(num_samples=num_samples, names=names, more_parts=more_parts, **kwargs)
+        return original(num_samples, names, more_parts, options, gradients)
 
-    attached.client.push = push  # type: ignore[method-assign]
+    attached.client._step_push = gather  # type: ignore[method-assign]
     return log
 
 

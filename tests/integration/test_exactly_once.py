@@ -26,14 +26,16 @@ def _big_model() -> torch.nn.Module:
     return torch.nn.Linear(512, 256)  # 513 KiB of weights: above gRPC's 256 KiB retry limit
 
 
+@pytest.mark.parametrize("step_call_bytes", [0, 1 << 20])  # streams; one Step call (#14)
 @pytest.mark.parametrize("mode", [Mode.SYNC, Mode.ASYNC])
 def test_a_push_whose_reply_was_lost_is_applied_once(server_factory: ServerFactory,
-                                                     mode: Mode) -> None:
+                                                     mode: Mode, step_call_bytes: int) -> None:
     hooks = ServerHooks(interceptors=[DropReplies([1])])  # the first push's reply is lost
     server = server_factory(hooks=hooks, mode=mode, expected_workers=1, optimizer=PLAIN_SGD)
     model = _big_model()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with ParameterClient(server.address, "w0", timeout_s=10) as client:
+    with ParameterClient(server.address, "w0", timeout_s=10,
+                         step_call_bytes=step_call_bytes) as client:
         client.attach(model)
         grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
         for name, param in model.named_parameters():

@@ -64,10 +64,11 @@ def test_metrics_follow_a_run(server_factory: ServerFactory, tmp_path: Path) -> 
 
     assert value(during, "paramserver_steps_total") == 6
     assert value(during, "paramserver_model_version") == 6
-    assert value(during, "paramserver_rpc_calls_total", method="Push", code="OK") == 6
-    assert value(during, "paramserver_rpc_received_bytes_total", method="Push") > 6 * 64 * 10 * 4
-    assert value(during, "paramserver_rpc_sent_bytes_total", method="Pull") > 6 * 64 * 10 * 4
-    assert value(during, "paramserver_rpc_duration_seconds_count", method="Push") == 6
+    # A model this small steps in one Step call (a push and its pull; issue #14).
+    assert value(during, "paramserver_rpc_calls_total", method="Step", code="OK") == 6
+    assert value(during, "paramserver_rpc_received_bytes_total", method="Step") > 6 * 64 * 10 * 4
+    assert value(during, "paramserver_rpc_sent_bytes_total", method="Step") > 6 * 64 * 10 * 4
+    assert value(during, "paramserver_rpc_duration_seconds_count", method="Step") == 6
     assert value(during, "paramserver_model_bytes") == (64 * 10 + 10) * 4
     assert value(during, "paramserver_checkpoint_duration_seconds") > 0
     assert 0 <= value(during, "paramserver_checkpoint_age_seconds") < 60
@@ -80,6 +81,6 @@ def test_metrics_follow_a_run(server_factory: ServerFactory, tmp_path: Path) -> 
     pushed = value(mine, "paramserver_worker_push_bytes_total", server=server.address,
                    codec="none")
     assert pushed == sum(value(during, "paramserver_rpc_received_bytes_total", method=m)
-                         for m in ("Push", "Register"))  # both sides count the same bytes
+                         for m in ("Push", "Register", "Step"))  # both sides count the same bytes
     assert value(mine, "paramserver_worker_compression_ratio") > 0.9
     assert value(mine, "paramserver_worker_version", server=server.address) == 6
