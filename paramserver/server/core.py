@@ -96,7 +96,8 @@ class ParameterServerCore:
                               config.checkpoint_every, config.reform_timeout_s,
                               before_checkpoint_write,
                               config.checkpoint_key.read_bytes() if config.checkpoint_key
-                              else None, self.tables)
+                              else None, self.tables, config.dp,
+                              self.policy.privacy_accountant())
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0

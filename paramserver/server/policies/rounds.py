@@ -37,7 +37,7 @@ from collections import deque
 import torch
 
 from paramserver.errors import Aborted, DeadlineExceeded, FailedPrecondition
-from paramserver.federated.privacy import RoundPrivacy
+from paramserver.federated.privacy import PrivacyAccountant, RoundPrivacy
 from paramserver.federated.sampling import sample_clients
 from paramserver.federated.screening import screen
 from paramserver.federated.secagg.aggregator import Aggregation
@@ -110,7 +110,7 @@ class RoundPolicy(PolicyDefaults):
                                        self.config.min_clients, self.config.seed, version)
         self._step.in_order(sorted(self._sampled))  # the same sum, whoever pushes first
         if self._privacy is not None and not self._privacy.open(len(self._sampled),
-                                                                  len(population)):
+                                                                  len(population), version):
             log.warning("round %d not run: it would exceed --target-epsilon %g", version,
                         self._privacy.config.target_epsilon)
             self._sampled = frozenset()
@@ -374,3 +374,6 @@ class RoundPolicy(PolicyDefaults):
                                 skipped_rounds=tuple(self._skipped_rounds),
                                 privacy=self._privacy.report() if self._privacy else None,
                                 rounds=tuple(self._closes))
+
+    def privacy_accountant(self) -> PrivacyAccountant | None:
+        return self._privacy.accountant if self._privacy is not None else None
