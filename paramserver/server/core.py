@@ -363,14 +363,14 @@ class ParameterServerCore:
     def get_state(self, session_id: str, *, caller: Principal | None = None) -> bytes:
         """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""
         self.members.touch(session_id, caller)
-        return read_state(self.store, self.tables)
+        return read_state(self.store, self.tables, self.policy.privacy_accountant())
 
     def set_state(self, session_id: str, blob: bytes, *,
                   caller: Principal | None = None) -> int:
         """Install a worker's checkpoint on this fresh shard; the version it holds."""
         self.members.require_worker(session_id, caller)
         version = install_state(self.store, blob, self.policy.report().pending_pushes,
-                                self.tables)
+                                self.tables, self.config.dp, self.policy.privacy_accountant())
         log.info("state of version %d installed by a worker (%s)", version,
                  self.store.state_hash()[:12])
         return version

@@ -154,3 +154,37 @@ def test_serve_refuses_a_mismatched_ledger_with_a_clear_error(
                  "--dp-delta", "1e-6", "--checkpoint-dir", str(tmp_path)])
     assert code == 2
     assert "refused checkpoint" in capsys.readouterr().err
+
+
+def _fresh(dp: DPConfig) -> tuple[ParameterServerCore, str]:
+    config = ServerConfig(mode=Mode.FEDERATED, expected_workers=CLIENTS,
+                          aggregation=Aggregation.MEAN, federated=FederatedConfig(clip_norm=1.0),
+                          dp=dp)
+    core = ParameterServerCore(config)
+    session = _sessions(core)[0]
+    core.register(iter(register_stream(session, {"w": torch.zeros(4)})))
+    return core, session
+
+
+def test_a_state_loaded_by_a_worker_carries_its_privacy_ledger(tmp_path: Path) -> None:
+    """`ps.state_dict()` / `ps.load_state_dict()` onto fresh servers (GetState / SetState)
+    moves the ledger too; a state that does not fit the server's --dp is refused."""
+    _federation_after(tmp_path, 2)
+    source = ParameterServerCore(_config(tmp_path))
+    blob = source.get_state(_sessions(source)[0])
+    target, session = _fresh(CENTRAL)
+    assert target.set_state(session, blob) == 2
+    privacy = target.status().privacy
+    assert privacy is not None and privacy.rounds == 2
+    assert privacy.epsilon == epsilon_of([(1.0, 1.0)] * 2, 1e-5)
+    _federation_after(tmp_path / "plain", 1, DPConfig())
+    trained = ParameterServerCore(_config(tmp_path / "plain", DPConfig()))
+    plain_blob = trained.get_state(_sessions(trained)[0])  # version 1, no ledger
+    for (core, session), state, message in [
+            (_fresh(DPConfig()), blob, "without --dp the next rounds"),
+            (_fresh(CENTRAL), plain_blob, "written without --dp")]:
+        before = core.store.state_hash()
+        with pytest.raises(ParamServerError, match=message) as info:
+            core.set_state(session, state)
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert core.store.state_hash() == before and core.store.version == 0
