@@ -20,7 +20,8 @@ thread timing change the last bits of every round (issue #17).
 With --dp (DP-FedAvg, `paramserver.federated.privacy`), the round's sum gets Gaussian noise
 (central) or holds the clients' noise shares (distributed), is divided by the number of
 sampled clients, and is accounted; once the next round would exceed --target-epsilon, no
-round opens again and JoinRound answers `finished`.
+round opens again and JoinRound answers `finished`. The accountant's ledger is checkpointed
+(`privacy_accountant`, `federated.privacy_ledger`): a restart goes on from the epsilon spent.
 
 On a sharded model, shard 0 leads the rounds and the other shards follow its closes
 (`round_follower`, docs/wire.md section 5d).
