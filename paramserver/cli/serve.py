@@ -11,6 +11,7 @@ from paramserver.cli.security_options import add_server_security, server_securit
 from paramserver.cli.server_options import add_server_options, config_from_args
 from paramserver.server.app import ServerHooks, serve
 from paramserver.server.auth import check_binding
+from paramserver.server.checkpoint import RefusedCheckpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,7 +49,11 @@ def run(args: argparse.Namespace, hooks: ServerHooks | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2
-    serve(config, args.host, args.port, args.port_file, args.grace, hooks, security,
-          advertise_address=args.advertise_address, metrics_port=args.metrics_port or None,
-          health_port=args.health_port or None)
+    try:
+        serve(config, args.host, args.port, args.port_file, args.grace, hooks, security,
+              advertise_address=args.advertise_address, metrics_port=args.metrics_port or None,
+              health_port=args.health_port or None)
+    except RefusedCheckpoint as error:  # raised on start-up, before serving
+        print(f"serve: refused checkpoint: {error}", file=sys.stderr)
+        return 2
     return 0

@@ -72,8 +72,7 @@ class DPConfig:
     def on(self) -> bool:
         return self.mode is not DPMode.OFF
 
-    def check(self, clip_norm: float, weighted: bool, rounds_mode: bool,
-              checkpointed: bool = False) -> None:
+    def check(self, clip_norm: float, weighted: bool, rounds_mode: bool) -> None:
         """Raise ValueError (naming the flag) unless the server settings give DP-FedAvg's
         guarantee."""
         if not self.on:
@@ -93,10 +92,6 @@ class DPConfig:
         if weighted:
             raise ValueError("--dp needs uniform weighting (--aggregate mean): with example "
                              "weights a client's influence is not bounded by --clip-norm")
-        if checkpointed:
-            raise ValueError("--dp with --checkpoint-dir is not supported yet: the "
-                             "accountant's rounds are not checkpointed, so a restarted "
-                             "server would report too small an epsilon")
 
 
 # ---- the mechanism: clipping and noise ---------------------------------------------------
@@ -235,34 +230,55 @@ class PrivacyReport:
 
 
 class PrivacyAccountant:
-    """The rounds spent so far, and whether one more fits in the budget."""
+    """The rounds spent so far, and whether one more fits in the budget.
+
+    `ledger` holds (round, q, effective z) per applied round, in order; only `spend`
+    appends to it (one tuple at a time, so a checkpoint can copy it while rounds run) and
+    only `restore` replaces it (`privacy_ledger`: the ledger is part of a checkpoint)."""
 
     def __init__(self, config: DPConfig, clip_norm: float) -> None:
         self.config = config
         self.clip_norm = clip_norm
-        self.rounds: list[tuple[float, float]] = []  # (q, effective z) per applied round
+        self.ledger: list[tuple[int, float, float]] = []
         self.epsilon = 0.0
         self.budget_spent = False
+        self.spent_at: int | None = None  # the round whose opening found the budget spent
         self._last_q = 0.0
 
-    def allows(self, q: float) -> bool:
-        """Whether one more round at rate q (nominal z) stays within the target; once not,
-        the budget stays spent."""
+    @property
+    def rounds(self) -> list[tuple[float, float]]:
+        """(q, effective z) per applied round."""
+        return [(q, z) for _, q, z in self.ledger]
+
+    def allows(self, q: float, round_: int = 0) -> bool:
+        """Whether one more round (number `round_`) at rate q (nominal z) stays within the
+        target; once not, the budget stays spent."""
         if self.budget_spent or not self.config.target_epsilon:
             return not self.budget_spent
         after = epsilon_of([*self.rounds, (q, self.config.noise_multiplier)], self.config.delta)
         self.budget_spent = after > self.config.target_epsilon
+        if self.budget_spent:
+            self.spent_at = round_
         return not self.budget_spent
 
-    def spend(self, q: float, reported: int, sampled: int) -> float:
-        """Account one applied round; returns epsilon after it."""
+    def spend(self, q: float, reported: int, sampled: int, round_: int | None = None) -> float:
+        """Account one applied round (number `round_`, default: the next); returns epsilon
+        after it."""
         z = self.config.noise_multiplier
         if self.config.mode is DPMode.DISTRIBUTED and sampled:
             z *= math.sqrt(reported / sampled)  # only the reporting clients' shares
-        self.rounds.append((q, z))
+        self.ledger.append((len(self.ledger) if round_ is None else round_, q, z))
         self._last_q = q
         self.epsilon = epsilon_of(self.rounds, self.config.delta)
         return self.epsilon
+
+    def restore(self, ledger: list[tuple[int, float, float]], budget_spent: bool,
+                spent_at: int | None) -> None:
+        """Continue from a checkpoint's ledger (before any round runs)."""
+        self.ledger = list(ledger)
+        self.budget_spent, self.spent_at = budget_spent, spent_at
+        self._last_q = ledger[-1][1] if ledger else 0.0
+        self.epsilon = epsilon_of(self.rounds, self.config.delta)
 
     def report(self) -> PrivacyReport:
         return PrivacyReport(mode=self.config.mode.value,
@@ -285,15 +301,17 @@ class RoundPrivacy:
         _round_rdp(1.0, config.noise_multiplier)  # imports dp_accounting before any round
         self._generator = fresh_generator(seed)
         self._q = 0.0
+        self._round = 0  # the round `open` last admitted
 
     @property
     def finished(self) -> bool:
         return self.accountant.budget_spent
 
-    def open(self, sampled: int, live: int) -> bool:
-        """A round samples `sampled` of `live` clients: may it run within the budget?"""
-        self._q = sampled / live if live else 0.0
-        return self.accountant.allows(self._q)
+    def open(self, sampled: int, live: int, round_: int = 0) -> bool:
+        """Round `round_` samples `sampled` of `live` clients: may it run within the
+        budget?"""
+        self._q, self._round = (sampled / live if live else 0.0), round_
+        return self.accountant.allows(self._q, round_)
 
     @property
     def clip_norm_for_screening(self) -> float:
@@ -332,7 +350,7 @@ class RoundPrivacy:
         divisor of every sum: the number of sampled clients."""
         if self.config.mode is DPMode.CENTRAL:
             add_noise_(sums, self.config.noise_multiplier * self.clip_norm, self._generator)
-        self.accountant.spend(self._q, reported, sampled)
+        self.accountant.spend(self._q, reported, sampled, self._round)
         return {name: float(sampled) for name in sums}
 
     def report(self) -> PrivacyReport:

@@ -78,6 +78,11 @@ class CorruptCheckpoint(Exception):
     """A checkpoint file that does not verify; the message says why."""
 
 
+class RefusedCheckpoint(ValueError):
+    """A valid checkpoint that this server's settings must not resume (e.g. a DP-FedAvg
+    privacy ledger spent under another --dp-delta); the message names the mismatch."""
+
+
 def checkpoint_name(shard_index: int, version: int) -> str:
     """'shard-0003-v000000001200.ckpt': zero-padded, so names sort like versions."""
     return f"shard-{shard_index:04d}-v{version:012d}.ckpt"

@@ -73,4 +73,4 @@ class ServerConfig:
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes}")
         self.dp.check(self.federated.clip_norm, self.aggregation is Aggregation.WEIGHTED,
-                      self.mode is Mode.FEDERATED, self.checkpoint_dir is not None)
+                      self.mode is Mode.FEDERATED)

@@ -99,7 +99,8 @@ class ParameterServerCore:
                               config.checkpoint_every, config.reform_timeout_s,
                               before_checkpoint_write,
                               config.checkpoint_key.read_bytes() if config.checkpoint_key
-                              else None, self.tables)
+                              else None, self.tables, config.dp,
+                              self.policy.privacy_accountant())
             if config.checkpoint_dir is not None else None)
         self._clock = clock
         self._last_wait_log = 0.0
@@ -358,14 +359,14 @@ class ParameterServerCore:
     def get_state(self, session_id: str, *, caller: Principal | None = None) -> bytes:
         """This shard's whole state (see `state_transfer`), for a worker's checkpoint."""
         self.members.touch(session_id, caller)
-        return read_state(self.store, self.tables)
+        return read_state(self.store, self.tables, self.policy.privacy_accountant())
 
     def set_state(self, session_id: str, blob: bytes, *,
                   caller: Principal | None = None) -> int:
         """Install a worker's checkpoint on this fresh shard; the version it holds."""
         self.members.require_worker(session_id, caller)
         version = install_state(self.store, blob, self.policy.report().pending_pushes,
-                                self.tables)
+                                self.tables, self.config.dp, self.policy.privacy_accountant())
         log.info("state of version %d installed by a worker (%s)", version,
                  self.store.state_hash()[:12])
         return version

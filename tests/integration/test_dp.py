@@ -106,3 +106,25 @@ def test_target_epsilon_with_a_lazy_population(tmp_path) -> None:  # type: ignor
     assert report["round_epsilon"] == pytest.approx(
         [epsilon_of([(0.25, z)] * r, 1e-5) for r in (1, 2, 3)])
     assert 7.8 < privacy["epsilon"] <= 8.0
+
+
+def test_a_restarted_dp_server_goes_on_from_the_epsilon_it_had_spent(
+        server_factory: ServerFactory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the second server starts from the first one's checkpoint of round 2 (as a restarted
+    # process would): its round 2 is the third accounted, not the first
+    sampling = FederatedConfig(fraction=0.25, seed=4, population=20, clip_norm=1e-3)
+    settings = {"mode": Mode.FEDERATED, "expected_workers": 1, "federated": sampling,
+                "optimizer": strategies.get("fedavg").server_optimizer,
+                "dp": DPConfig(DPMode.CENTRAL, 0.5), "checkpoint_dir": tmp_path,
+                "checkpoint_every": 1}
+    training = LocalTraining(lr=0.05, momentum=0.0)
+    first = server_factory(**settings)
+    run_population(Population(first.address, 20, 2, training, sampling))
+    second = server_factory(**settings)
+    assert second.core.restored_version == 2
+    privacy = second.core.status().privacy
+    assert privacy is not None and privacy.rounds == 2
+    run_population(Population(second.address, 20, 3, training, sampling))
+    privacy = second.core.status().privacy
+    assert privacy is not None and privacy.rounds == 3 and second.core.store.version == 3
+    assert privacy.epsilon == pytest.approx(epsilon_of([(0.25, 0.5)] * 3, 1e-5), rel=1e-12)

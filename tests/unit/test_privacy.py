@@ -4,7 +4,6 @@ round policy's noisy, fixed-denominator mean."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import dp_accounting
 import grpc
@@ -116,7 +115,6 @@ def test_client_steps_clip_then_add_their_share() -> None:
     ({"mode": Mode.FEDBUFF}, "--mode federated"),
     ({"dp": DPConfig(DPMode.CENTRAL, 0.0)}, "--noise-multiplier"),
     ({"dp": DPConfig(DPMode.OFF, 1.0)}, "need --dp"),
-    ({"checkpoint_dir": Path("/nonexistent")}, "not checkpointed"),
 ])
 def test_settings_without_the_guarantee_are_refused(overrides: dict[str, object],
                                                      message: str) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from paramserver.codecs import Update
 from paramserver.errors import FailedPrecondition
-from paramserver.federated.privacy import PrivacyReport
+from paramserver.federated.privacy import PrivacyAccountant, PrivacyReport
 from paramserver.federated.secagg.protocol import SecAggReply, SecAggRequest
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.config import ServerConfig
@@ -116,6 +116,9 @@ class UpdatePolicy(Protocol):
     def report(self) -> PolicyReport:
         """Figures for `status`."""
 
+    def privacy_accountant(self) -> PrivacyAccountant | None:
+        """Federated --dp: the accountant whose ledger a checkpoint holds (None without)."""
+
 
 class StreamedPush(Protocol):
     """A push added to a step chunk by chunk as it arrives (sync: `sync.InPlacePush`)."""
@@ -161,3 +164,6 @@ class PolicyDefaults:
 
     def report(self) -> PolicyReport:
         return PolicyReport()
+
+    def privacy_accountant(self) -> PrivacyAccountant | None:
+        return None

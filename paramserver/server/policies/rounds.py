@@ -20,7 +20,8 @@ thread timing change the last bits of every round (issue #17).
 With --dp (DP-FedAvg, `paramserver.federated.privacy`), the round's sum gets Gaussian noise
 (central) or holds the clients' noise shares (distributed), is divided by the number of
 sampled clients, and is accounted; once the next round would exceed --target-epsilon, no
-round opens again and JoinRound answers `finished`.
+round opens again and JoinRound answers `finished`. The accountant's ledger is checkpointed
+(`privacy_accountant`, `federated.privacy_ledger`): a restart goes on from the epsilon spent.
 
 On a sharded model, shard 0 leads the rounds and the other shards follow its closes
 (`round_follower`, docs/wire.md section 5d).
@@ -37,7 +38,7 @@ from collections import deque
 import torch
 
 from paramserver.errors import Aborted, DeadlineExceeded, FailedPrecondition
-from paramserver.federated.privacy import RoundPrivacy
+from paramserver.federated.privacy import PrivacyAccountant, RoundPrivacy
 from paramserver.federated.sampling import sample_clients
 from paramserver.federated.screening import screen
 from paramserver.federated.secagg.aggregator import Aggregation
@@ -110,7 +111,7 @@ class RoundPolicy(PolicyDefaults):
                                        self.config.min_clients, self.config.seed, version)
         self._step.in_order(sorted(self._sampled))  # the same sum, whoever pushes first
         if self._privacy is not None and not self._privacy.open(len(self._sampled),
-                                                                  len(population)):
+                                                                  len(population), version):
             log.warning("round %d not run: it would exceed --target-epsilon %g", version,
                         self._privacy.config.target_epsilon)
             self._sampled = frozenset()
@@ -374,3 +375,6 @@ class RoundPolicy(PolicyDefaults):
                                 skipped_rounds=tuple(self._skipped_rounds),
                                 privacy=self._privacy.report() if self._privacy else None,
                                 rounds=tuple(self._closes))
+
+    def privacy_accountant(self) -> PrivacyAccountant | None:
+        return self._privacy.accountant if self._privacy is not None else None
