@@ -60,6 +60,12 @@ METHOD_ROLES: dict[str, frozenset[AccessRole]] = {
     "GetState": frozenset({AccessRole.WORKER, AccessRole.ADMIN}),
     "SetState": frozenset({AccessRole.WORKER}),
     "Step": frozenset({AccessRole.WORKER}),  # a push and its pull in one call (issue #14)
+    # Row-sparse tables (issue #16): declaring them and pushing rows is training; rows are
+    # read like parameters.
+    "DeclareTables": frozenset({AccessRole.WORKER}),
+    "PushRows": frozenset({AccessRole.WORKER}),
+    "PullRows": frozenset(AccessRole),
+    "SecureAggregate": frozenset({AccessRole.WORKER}),  # a client's secure round (issue #17)
 }
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,7 @@ from paramserver.server.app import RunningServer, start_server
 from paramserver.server.auth import check_binding
 from paramserver.server.config import ServerConfig
 from paramserver.status import ServerStatus, WorkerInfo
+from paramserver.tables import TablePlan, TableSpec
 from paramserver.types import (
     ModelLayout,
     PullRequest,
@@ -250,9 +252,28 @@ def test_each_role_can_do_its_own_work(kind: str, cluster: Cluster,
     with pytest.raises(Exception) as as_worker:
         admin.handshake("admin")  # but never be a worker
     assert getattr(as_worker.value, "code", None) == PERMISSION_DENIED
+    _rows_under_authentication(worker, observer)
     worker.leave()
     for connection in (worker, observer, admin):
         connection.close()
+
+
+def _rows_under_authentication(worker: ServerConnection, observer: ServerConnection) -> None:
+    """Row tables (issue #16) under authentication: a worker declares, pulls and pushes
+    rows; an observer reads rows but cannot declare tables (every RPC was refused for
+    everyone before the table RPCs had roles)."""
+    plan = TablePlan(1, (TableSpec("emb", 100, 4),))
+    with pytest.raises(Exception) as refused:
+        observer.declare_tables(plan, 0)
+    assert getattr(refused.value, "code", None) == PERMISSION_DENIED
+    created, recorded = worker.declare_tables(plan, 0)
+    assert created and recorded == plan
+    received: list[int] = []
+    ids = np.array([3, 7], dtype=np.int64)
+    header = worker.pull_rows("emb", ids, 0, lambda *chunk: received.append(len(chunk[-1])))
+    assert header.rows == 2 and sum(received) == 2 * 4 * 4
+    assert observer.pull_rows("emb", ids, 0, lambda *chunk: None).rows == 2
+    assert worker.push_rows("emb", header.version, ids, torch.ones(2, 4)).version >= 0
 
 
 def test_a_credential_without_a_role_is_unauthenticated(cluster: Cluster,

@@ -54,6 +54,21 @@ def test_roles_per_method() -> None:
     assert _code(check_method, W0, "NoSuchMethod") == DENIED
 
 
+def test_every_rpc_of_the_service_has_its_roles() -> None:
+    """A method missing from METHOD_ROLES is refused for everyone once authentication is
+    on: the table RPCs and SecureAggregate were, until this test read the service."""
+    from paramserver.proto import paramserver_pb2 as pb
+    from paramserver.security.roles import METHOD_ROLES
+
+    methods = set(pb.DESCRIPTOR.services_by_name["ParameterServer"].methods_by_name)
+    assert methods - set(METHOD_ROLES) == set()
+    for method in ("DeclareTables", "PushRows", "PullRows", "SecureAggregate", "Step"):
+        check_method(W0, method)  # a worker trains with every one of them
+    for method in ("DeclareTables", "PushRows", "SecureAggregate", "Step"):
+        assert _code(check_method, OBSERVER, method) == DENIED
+    check_method(OBSERVER, "PullRows")  # rows are read like parameters
+
+
 def test_handshake_only_under_ones_own_name() -> None:
     check_handshake(None, "anyone", Role.WORKER)  # no authentication: no rules
     check_handshake(W0, "worker-0", Role.WORKER)
