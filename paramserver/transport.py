@@ -8,8 +8,10 @@ at 64 MiB every bulk stream could park up to 64 MiB in gRPC's buffers on each si
 was +1.3x the model bytes of server memory per 100 MB worker; 8 MiB costs no measurable CPU
 per round (server CPU per 100 MB round 146 vs 140 ms at W=1, 308 vs 304 at W=2) and 4 MiB
 saved no more memory. A server receives with a 2 MiB window (`SERVER_WINDOW`, issue #14):
-what a push stream parks in gRPC's buffers is held beside the parameters, momentum and
-aggregate, W times over; at 8 MiB that was ~15 MiB per stream at the server's peak.
+what the push streams park in gRPC's buffers stays resident in the heap beside the
+parameters, momentum and aggregate; at the server's peak (100 MB model) that heap was
+31 / 60 / 102 MiB above the tensors at W=1 / 2 / 4 with 8 MiB windows, 13 / 26 / 44 MiB
+with 2 MiB, at no cost in server CPU per round (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
