@@ -7,7 +7,13 @@ probing with a fixed flow-control window gave about +19%. The window is 8 MiB (i
 at 64 MiB every bulk stream could park up to 64 MiB in gRPC's buffers on each side, which
 was +1.3x the model bytes of server memory per 100 MB worker; 8 MiB costs no measurable CPU
 per round (server CPU per 100 MB round 146 vs 140 ms at W=1, 308 vs 304 at W=2) and 4 MiB
-saved no more memory.
+saved no more memory. A server receives with a 2 MiB window (`SERVER_WINDOW`, issue #14):
+what the push streams park in gRPC's buffers stays resident in the heap beside the
+parameters, momentum and aggregate; at the server's peak (100 MB model) that heap was
+31 / 60 / 102 MiB above the tensors at W=1 / 2 / 4 with 8 MiB windows, 13 / 26 / 44 MiB
+with 2 MiB, at no cost in server CPU per round (benchmarks/RESULTS.md). The price is on
+long links: one push stream moves at most a window per round trip, 2 MiB / 40 ms = 52 MB/s
+(8 MiB: 210 MB/s); pulls keep the workers' 8 MiB.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ MAX_MESSAGE_BYTES = 64 << 20  # headers may carry large layouts; chunks stay ~1 
 # (RESOURCE_EXHAUSTED) before parsing them.
 MAX_UNARY_REQUEST_BYTES = 64 << 10
 FLOW_CONTROL_WINDOW = 8 << 20
+SERVER_WINDOW = 2 << 20  # what a server receives: bulk pushes, held W streams at once
 
 _COMMON_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -49,7 +56,8 @@ def channel_options() -> list[tuple[str, Any]]:
 def server_options() -> list[tuple[str, Any]]:
     """Options for every server."""
     return [
-        *_COMMON_OPTIONS,
+        *[(key, SERVER_WINDOW if key == "grpc.http2.lookahead_bytes" else value)
+          for key, value in _COMMON_OPTIONS],
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.so_reuseport", 0),
     ]

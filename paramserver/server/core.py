@@ -301,18 +301,19 @@ class ParameterServerCore:
         if plan.shard_layout(header.shard_index) != layout:
             raise InvalidArgument(f"the header's layout is not shard {header.shard_index} of "
                                   "the plan it carries")
-        with self.store.lock:
-            if self.store.layout is not None:
-                self.store.require_same_model(layout, plan, header.shard_index)
-                self.members.mark_active(header.session_id)  # joined: a member from now on
-                return Registration(created=False, version=self.store.version,
-                                    layout=self.store.layout)
-        if not header.values_follow:
-            raise FailedPrecondition("no model is registered yet; the first worker must send "
-                                     "initial values (values_follow=true)")
-        assembler = TensorAssembler(layout.tensors)
-        drain_chunks(stream, assembler, "register")
-        created = self.store.create(layout, assembler.finish(), plan, header.shard_index)
+        with self.store.registering:  # one copy of the values at a time, not W (issue #14)
+            with self.store.lock:
+                if self.store.layout is not None:
+                    self.store.require_same_model(layout, plan, header.shard_index)
+                    self.members.mark_active(header.session_id)  # joined: a member now
+                    return Registration(created=False, version=self.store.version,
+                                        layout=self.store.layout)
+            if not header.values_follow:
+                raise FailedPrecondition("no model is registered yet; the first worker must "
+                                         "send initial values (values_follow=true)")
+            assembler = TensorAssembler(layout.tensors)
+            drain_chunks(stream, assembler, "register")
+            created = self.store.create(layout, assembler.finish(), plan, header.shard_index)
         self.members.mark_active(header.session_id)
         if created:
             log.info("model registered: shard %d of %d, %d tensors, %d bytes",

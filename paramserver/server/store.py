@@ -42,6 +42,7 @@ class ParameterStore:
 
     def __init__(self, optimizer: OptimizerConfig) -> None:
         self.lock = threading.Condition()
+        self.registering = threading.Lock()  # held while one registration's values arrive
         self.layout: ModelLayout | None = None
         self.plan: PartitionPlan | None = None
         self.shard_index = 0
