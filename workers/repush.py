@@ -76,6 +76,12 @@ class SentPushes:
                 why = error.message
         raise StepDiscarded(f"{why} (pushed again {MAX_DISCARDS} times: giving up)")
 
+    def count_again(self, shard: int, address: str, why: str) -> None:
+        """A push discarded before it was kept here (a Step call's) is sent again by the
+        caller, on the stream (then kept here): counted as a step pushed again."""
+        log.warning("%s: %s; pushing the step again", address, why)
+        self.repushes[shard] += 1
+
     def resend_before_pull(self, shard: int, connection: ServerConnection, why: str) -> None:
         """A pull answered `step discarded`: send the step again, then the caller pulls. A
         push the server answers ABORTED otherwise (the step closed without it meanwhile, a

@@ -27,6 +27,7 @@ from paramserver.types import PullHeader, PullRequest, PushResult, Session
 from workers.connection import ServerConnection
 from workers.fan_out import ShardFanOut
 from workers.payloads import DeltaPullDecoder, PullDecoder
+from workers.repush import SentPushes
 from workers.routes import ShardRoutes
 from workers.shard_calls import ShardPull, ShardPush, StepPush
 
@@ -62,6 +63,7 @@ class OneCallSteps:
         dense_bytes_pushed: int
         _shards: ShardFanOut
         _routes: ShardRoutes | None
+        _sent: SentPushes
 
         @property
         def _stepwise(self) -> bool: ...
@@ -121,7 +123,8 @@ class OneCallSteps:
         try:
             pulled = self._pull_into(shard, version + 1 if self._stepwise else 0, targets,
                                      None, fetch)
-        except StepDiscarded:  # the same payloads again: error feedback counted them once
+        except StepDiscarded as error:  # the same payloads: error feedback counted them once
+            self._sent.count_again(shard, self.connections[shard].address, error.message)
             push = self._push_shard(shard, step, payloads)
             return push, self._pull_shard(shard, push.target, targets, None)
         except (SessionExpired, Aborted) as error:

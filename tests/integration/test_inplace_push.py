@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 
 from paramserver.optimizer import OptimizerConfig
@@ -29,15 +30,22 @@ def _gradient(worker: int, param: torch.Tensor) -> torch.Tensor:
     return (0.25 * (worker + 1) + torch.arange(param.numel()) / 8).reshape(param.shape)
 
 
+@pytest.mark.parametrize("waiting_in", ["streams", "step calls"])
 def test_a_broken_push_makes_every_worker_push_the_step_again(
-        server_factory: ServerFactory) -> None:
-    server = server_factory(hooks=ServerHooks(interceptors=[BreakPushes([3])]),
+        server_factory: ServerFactory, waiting_in: str) -> None:
+    """Workers 1 and 2 wait in their pulls (streams) or in their Step calls (the model fits
+    one: the Step answer is the discard, and they push again on the stream); worker 3's
+    push stream breaks after its first chunk."""
+    broken = 3 if waiting_in == "streams" else 1  # BreakPushes counts Push streams only
+    server = server_factory(hooks=ServerHooks(interceptors=[BreakPushes([broken])]),
                             mode=Mode.SYNC, expected_workers=WORKERS, chunk_bytes=1024,
                             optimizer=OptimizerConfig(lr=LR, momentum=0.9))
     models = [_model() for _ in range(WORKERS)]
     start = {n: p.detach().clone() for n, p in models[0].named_parameters()}
-    clients = [ParameterClient(server.address, f"w{i}", timeout_s=10, retry_s=10)
-               for i in range(WORKERS)]
+    step_call = [0 if waiting_in == "streams" or i == WORKERS - 1 else 1 << 20
+                 for i in range(WORKERS)]  # the breaking push is always streamed
+    clients = [ParameterClient(server.address, f"w{i}", timeout_s=10, retry_s=10,
+                               step_call_bytes=step_call[i]) for i in range(WORKERS)]
     errors: list[BaseException] = []
 
     def step(worker: int) -> None:

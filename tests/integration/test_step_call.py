@@ -50,10 +50,12 @@ def _train(address: str | list[str], workers: int, steps: int, step_call_bytes: 
     """`workers` threads step a tiny model with fixed per-rank gradients; rank 0's model.
     `codecs`: the push and pull codec offered ("" for none)."""
     models: dict[int, nn.Module] = {}
+    for rank in range(workers):  # one initial model, whichever worker registers it; built
+        torch.manual_seed(0)  # here, as threads seeding torch's one generator at once race
+        models[rank] = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 2))
 
     def worker(rank: int) -> None:
-        torch.manual_seed(0)  # one initial model, whichever worker registers it
-        model = models[rank] = nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 2))
+        model = models[rank]
         offer = CodecSpec.parse_list(codecs) if codecs else ()
         with ParameterClient(address, f"w{rank}", timeout_s=20, push_codecs=offer,
                              pull_codecs=offer, step_call_bytes=step_call_bytes) as client:
