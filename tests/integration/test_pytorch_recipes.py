@@ -9,6 +9,7 @@ reference to float tolerance or fails at the first step with a message naming th
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -601,7 +602,9 @@ def test_a_state_is_not_loaded_onto_servers_that_trained(server: Callable[..., s
 
 def _ddp_rank(rank: int, rendezvous: str, out: str) -> None:
     """One DDP rank of the unused-branch recipe (find_unused_parameters=True)."""
-    # A file rendezvous: no port picked in advance that another process could take first.
+    # A file rendezvous: no port picked in advance that another process could take first;
+    # gloo's pairs on the loopback interface only (else it binds the hostname's address).
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}",
                                          rank=rank, world_size=2)
     try:
