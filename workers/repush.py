@@ -68,8 +68,7 @@ class SentPushes:
         if not self._sent[shard]:
             raise StepDiscarded(f"{why}; but no push of this step is held here to send again")
         for _ in range(MAX_DISCARDS):
-            log.warning("%s: %s; pushing the step again", connection.address, why)
-            self.repushes[shard] += 1
+            self.count_again(shard, connection.address, why)
             try:
                 return _send_all(connection, self._sent[shard])
             except StepDiscarded as error:
@@ -77,8 +76,8 @@ class SentPushes:
         raise StepDiscarded(f"{why} (pushed again {MAX_DISCARDS} times: giving up)")
 
     def count_again(self, shard: int, address: str, why: str) -> None:
-        """A push discarded before it was kept here (a Step call's) is sent again by the
-        caller, on the stream (then kept here): counted as a step pushed again."""
+        """Log and count a step pushed again: by `send_again`, or by the caller for a push
+        discarded before it was kept here (a Step call's, sent again on the stream)."""
         log.warning("%s: %s; pushing the step again", address, why)
         self.repushes[shard] += 1
 

@@ -41,18 +41,22 @@ def _steps(clients: list[ParameterClient], models: list[torch.nn.Module], count:
         thread.join(60)
 
 
+def _attach_together(clients: list[ParameterClient], models: list[torch.nn.Module]) -> None:
+    """Every client attaches its model at once (the sync job waits for all of them)."""
+    attachers = [threading.Thread(target=c.attach, args=(m,)) for c, m in zip(clients, models)]
+    for thread in attachers:
+        thread.start()
+    for thread in attachers:
+        thread.join(30)
+
+
 def test_topk_pulls_keep_workers_on_the_replica_within_the_bound(
         server_factory: ServerFactory) -> None:
     server = server_factory(expected_workers=2)
     models = [_model(), _model()]
     clients = [_client(server.address, f"w{i}", "topk:ratio=0.1") for i in range(2)]
     try:
-        attachers = [threading.Thread(target=c.attach, args=(m,))
-                     for c, m in zip(clients, models)]
-        for thread in attachers:
-            thread.start()
-        for thread in attachers:
-            thread.join(30)
+        _attach_together(clients, models)
         _steps(clients, models, 12)
         [stream] = server.core.pull_streams.streams().values()
         assert stream.version == server.core.store.version == 12
@@ -106,12 +110,7 @@ def test_qsgd_pushes_and_pulls_made_piece_by_piece_keep_workers_on_the_replica(
                                push_codecs=[CodecSpec.parse("qsgd:bits=8")],
                                pull_codecs=[CodecSpec.parse("qsgd:bits=8")]) for i in range(2)]
     try:
-        attachers = [threading.Thread(target=c.attach, args=(m,))
-                     for c, m in zip(clients, models)]
-        for thread in attachers:
-            thread.start()
-        for thread in attachers:
-            thread.join(30)
+        _attach_together(clients, models)
         _steps(clients, models, 4)
         [stream] = server.core.pull_streams.streams().values()
         assert stream.version == server.core.store.version == 4

@@ -18,7 +18,15 @@ from paramserver.errors import ParamServerError
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
-from paramserver.types import Aggregation, CodecSpec, PushHeader, Role, StepOptions, TensorSpec
+from paramserver.types import (
+    Aggregation,
+    CodecSpec,
+    PushHeader,
+    PushResult,
+    Role,
+    StepOptions,
+    TensorSpec,
+)
 from paramserver.wire import Chunk
 from tests.helpers import chunks, register_stream
 
@@ -71,6 +79,19 @@ def _reference(workers: int) -> dict[str, torch.Tensor]:
     """One SGD-momentum step (momentum buffer = gradient on the first step) on the mean."""
     return {name: value - LR * sum(_grads(w)[name] for w in range(workers)) / workers
             for name, value in INIT.items()}
+
+
+def _push_in_background(core: ParameterServerCore, stream: Iterator[object],
+                        ) -> tuple[threading.Thread, list[PushResult]]:
+    """`core.push(stream)` on a thread, returned once its first chunk is being added in
+    place; the list gets the push's answer."""
+    results: list[PushResult] = []
+    thread = threading.Thread(target=lambda: results.append(core.push(stream)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while core.policy._step.streams == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    return thread, results
 
 
 def test_a_push_broken_after_its_first_chunk_makes_every_worker_push_again() -> None:
@@ -192,12 +213,7 @@ def test_a_quorum_step_waits_for_a_push_still_adding_to_it() -> None:
         go.wait(10)
         yield from stream
 
-    results = []
-    thread = threading.Thread(target=lambda: results.append(core.push(paused())))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while core.policy._step.streams == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        time.sleep(0.01)
+    thread, results = _push_in_background(core, paused())
     assert not core.push(_stream(b, _grads(1))).applied  # the quorum is met, but a is adding
     go.set()
     thread.join(10)
@@ -232,12 +248,7 @@ def test_a_staged_push_joins_a_sum_half_written_in_place() -> None:
         go.wait(10)
         yield from stream
 
-    results = []
-    thread = threading.Thread(target=lambda: results.append(core.push(paused())))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while core.policy._step.streams == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        time.sleep(0.01)
+    thread, results = _push_in_background(core, paused())
     time.sleep(0.1)  # let its two chunks be added
     scaled = {n: 2 * g for n, g in _grads(1).items()}  # loss-scaled: staged, not in place
     specs = tuple(TensorSpec.of(n, g) for n, g in scaled.items())
