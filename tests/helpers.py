@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+import grpc
+import pytest
 import torch
 
+from paramserver.errors import ParamServerError
 from paramserver.transport import chunk_ranges
 from paramserver.types import ModelLayout, PushHeader, RegisterHeader, StepOptions, TensorSpec
 from paramserver.wire import Chunk
@@ -41,3 +44,11 @@ def push_stream(session_id: str, step: int, grads: Mapping[str, torch.Tensor],
     return [PushHeader(session_id, step, num_samples, specs, more_parts,
                        momentum_applied=momentum_applied, options=options),
             *chunks(list(grads.values()))]
+
+
+def refused(code: grpc.StatusCode, fn: Callable[..., object], *args: object) -> str:
+    """Call `fn(*args)`, which must raise a ParamServerError of `code`; its message."""
+    with pytest.raises(ParamServerError) as info:
+        fn(*args)
+    assert info.value.code == code, info.value.message
+    return info.value.message

@@ -15,7 +15,7 @@ from paramserver.server.config import AsyncLearningRate, ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.types import Aggregation, CodecSpec, Mode, PushHeader, Role, TensorSpec
 from paramserver.wire import Chunk
-from tests.helpers import push_stream, register_stream
+from tests.helpers import push_stream, refused, register_stream
 
 INIT = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
 PLAIN_SGD = OptimizerConfig(lr=0.5, momentum=0.0)
@@ -32,12 +32,6 @@ def _join(core: ParameterServerCore, *worker_ids: str) -> list[str]:
     return sessions
 
 
-def _refused(code: grpc.StatusCode, fn, *args) -> str:  # type: ignore[no-untyped-def]
-    with pytest.raises(ParamServerError) as info:
-        fn(*args)
-    assert info.value.code == code, info.value.message
-    return info.value.message
-
 
 def _pulled(core: ParameterServerCore, session: str, min_version: int = 0) -> bytes:
     return b"".join(core.pull(session, min_version, [], timeout_s=1.0))
@@ -50,7 +44,7 @@ def test_register_is_idempotent_and_refuses_a_different_layout() -> None:
     assert core.register(iter(register_stream(s2, INIT))).created is False
     assert core.register(iter(register_stream(s2, INIT, with_values=False))).created is False
     other = {"w": torch.zeros(3, 2), "b": torch.zeros(3)}
-    message = _refused(grpc.StatusCode.FAILED_PRECONDITION, core.register,
+    message = refused(grpc.StatusCode.FAILED_PRECONDITION, core.register,
                        iter(register_stream(s2, other)))
     assert "'w'" in message and "[2, 3]" in message
     assert torch.equal(core.store.params["w"], INIT["w"])
@@ -79,7 +73,7 @@ def test_weighted_aggregation_uses_sample_counts() -> None:
     np.testing.assert_allclose(core.store.params["b"].numpy(), -0.5 * (1 + 12) / 4 * np.ones(3),
                                atol=1e-6)
     assert torch.equal(core.store.params["w"], INIT["w"])  # nobody pushed w: no update
-    message = _refused(grpc.StatusCode.INVALID_ARGUMENT, core.push,
+    message = refused(grpc.StatusCode.INVALID_ARGUMENT, core.push,
                        iter(push_stream(s1, 1, {"b": torch.ones(3)}, num_samples=0)))
     assert "num_samples" in message
 
@@ -91,7 +85,7 @@ def test_async_applies_each_push_and_reports_staleness() -> None:
     result = core.push(iter(push_stream(s2, 0, {"b": torch.ones(3)})))
     assert result.applied and result.version == 2 and result.staleness == 1
     np.testing.assert_allclose(core.store.params["b"].numpy(), -1.0 * np.ones(3), atol=1e-6)
-    _refused(grpc.StatusCode.FAILED_PRECONDITION, core.push,
+    refused(grpc.StatusCode.FAILED_PRECONDITION, core.push,
              iter(push_stream(s1, 5, {"b": torch.ones(3)})))
 
 
@@ -140,12 +134,12 @@ def test_bad_pushes_are_refused_and_change_nothing(case: str) -> None:
                      grpc.StatusCode.FAILED_PRECONDITION),
     }
     stream, code = streams[case]
-    _refused(code, core.push, iter(stream))
+    refused(code, core.push, iter(stream))
     assert core.store.state_hash() == before
     if case == "oversize":  # refused after its first chunk was added in place: the step's
         # aggregate is discarded (docs/wire.md, "Push"), and "a" is asked to push again
         assert core.policy.report().pending_pushes == 0
-        assert "step discarded: step 0" in _refused(grpc.StatusCode.ABORTED, _pulled, core, s1, 1)
+        assert "step discarded: step 0" in refused(grpc.StatusCode.ABORTED, _pulled, core, s1, 1)
         core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)})))
     else:
         assert core.policy.report().pending_pushes == pending
@@ -172,14 +166,14 @@ def test_sync_job_forms_with_expected_workers_then_others_may_join() -> None:
 def test_pull_long_polls_until_the_version_exists() -> None:
     core = _core(workers=1)
     (s1,) = _join(core, "a")
-    _refused(grpc.StatusCode.DEADLINE_EXCEEDED, core.pull, s1, 1, [], 0.05)
+    refused(grpc.StatusCode.DEADLINE_EXCEEDED, core.pull, s1, 1, [], 0.05)
     got: list[bytes] = []
     waiter = threading.Thread(target=lambda: got.append(_pulled(core, s1, 1)))
     waiter.start()
     core.push(iter(push_stream(s1, 0, {"b": torch.ones(3)})))
     waiter.join(5)
     assert got and not waiter.is_alive()
-    _refused(grpc.StatusCode.NOT_FOUND, core.pull, s1, 0, ["missing"], 0.1)
+    refused(grpc.StatusCode.NOT_FOUND, core.pull, s1, 0, ["missing"], 0.1)
 
 
 def test_pull_returns_current_parameters_in_chunks() -> None:
@@ -222,7 +216,7 @@ def test_push_header_for_unregistered_model_is_failed_precondition() -> None:
     core = _core()
     session = core.handshake("a", Role.WORKER, [], []).session_id
     header = PushHeader(session, 0, 1, (TensorSpec("b", (3,), torch.float32),))
-    _refused(grpc.StatusCode.FAILED_PRECONDITION, core.push, iter([header]))
+    refused(grpc.StatusCode.FAILED_PRECONDITION, core.push, iter([header]))
 
 
 @pytest.mark.parametrize("optimizer, mode, offered", [

@@ -15,7 +15,7 @@ from paramserver.server.ledger import PushLedger
 from paramserver.server.limits import ServerLimits
 from paramserver.server.push_checks import all_finite
 from paramserver.types import Mode, PushResult, Role
-from tests.helpers import push_stream, register_stream
+from tests.helpers import push_stream, refused, register_stream
 from workers.trainer import require_some_applied
 
 INIT = {"w": torch.zeros(1024), "b": torch.zeros(3)}
@@ -29,12 +29,6 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-
-def _refused(code: grpc.StatusCode, fn, *args) -> str:  # type: ignore[no-untyped-def]
-    with pytest.raises(ParamServerError) as info:
-        fn(*args)
-    assert info.value.code == code, info.value.message
-    return info.value.message
 
 
 def test_held_push_parts_are_bounded_across_sessions_before_any_byte_is_read() -> None:
@@ -50,7 +44,7 @@ def test_held_push_parts_are_bounded_across_sessions_before_any_byte_is_read() -
         yield push_stream(sessions[1], 0, part, more_parts=True)[0]
         raise AssertionError("the part's payload was read before the budget check")
 
-    _refused(grpc.StatusCode.RESOURCE_EXHAUSTED, core.push, untouched())
+    refused(grpc.StatusCode.RESOURCE_EXHAUSTED, core.push, untouched())
     assert core.store.state_hash() == before
     core.leave(sessions[0])  # its held part is freed, and with it the budget
     assert not core.push(iter(push_stream(sessions[1], 0, part, more_parts=True))).applied
@@ -58,14 +52,14 @@ def test_held_push_parts_are_bounded_across_sessions_before_any_byte_is_read() -
 
 def test_the_ledger_only_advances_by_one_and_a_refusal_changes_nothing() -> None:
     ledger = PushLedger()
-    _refused(grpc.StatusCode.FAILED_PRECONDITION, ledger.begin, "w", 1, 2**64 - 1, 1.0)
+    refused(grpc.StatusCode.FAILED_PRECONDITION, ledger.begin, "w", 1, 2**64 - 1, 1.0)
     assert len(ledger) == 0
     assert ledger.begin("w", 1, 1, timeout_s=1) is None
     ledger.finish("w", 1, 1, PushResult(version=1, applied=True))
-    _refused(grpc.StatusCode.FAILED_PRECONDITION, ledger.begin, "w", 1, 3, 1.0)
+    refused(grpc.StatusCode.FAILED_PRECONDITION, ledger.begin, "w", 1, 3, 1.0)
     assert ledger.begin("w", 1, 2, timeout_s=1) is None
     ledger.finish("w", 1, 2, None)
-    _refused(grpc.StatusCode.FAILED_PRECONDITION, ledger.begin, "w", 2, 5, 1.0)
+    refused(grpc.StatusCode.FAILED_PRECONDITION, ledger.begin, "w", 2, 5, 1.0)
     assert ledger.begin("w", 2, 1, timeout_s=1) is None  # a new incarnation starts at 1
 
 
@@ -79,7 +73,7 @@ def test_a_registered_worker_gone_idle_stops_holding_ssp_pulls() -> None:
     core.register(iter(register_stream(idle, INIT, with_values=False)))
     assert b"".join(core.pull(idle, 0, [], timeout_s=1.0))  # joins the clocks at 0
     assert core.push(iter(push_stream(fast, 0, {"b": torch.ones(3)}))).applied
-    _refused(grpc.StatusCode.DEADLINE_EXCEEDED, core.pull, fast, 0, [], 0.3)  # lead 1 > 0
+    refused(grpc.StatusCode.DEADLINE_EXCEEDED, core.pull, fast, 0, [], 0.3)  # lead 1 > 0
     clock.now += 6.0  # idle neither pushed nor registered for longer than member_idle_s
     assert b"".join(core.pull(fast, 0, [], timeout_s=1.0))
 

@@ -14,7 +14,6 @@ import grpc
 import pytest
 import torch
 
-from paramserver.errors import ParamServerError
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
@@ -28,7 +27,7 @@ from paramserver.types import (
     TensorSpec,
 )
 from paramserver.wire import Chunk
-from tests.helpers import chunks, register_stream
+from tests.helpers import chunks, refused, register_stream
 
 INIT = {"w": torch.arange(64, dtype=torch.float32), "b": torch.zeros(8)}  # w: 4 chunks of 64 B
 LR = 0.5
@@ -64,12 +63,6 @@ def _stream(session: str, grads: dict[str, torch.Tensor], step: int = 0,
         yield chunk
 
 
-def _refused(code: grpc.StatusCode, fn, *args) -> str:  # type: ignore[no-untyped-def]
-    with pytest.raises(ParamServerError) as info:
-        fn(*args)
-    assert info.value.code == code, info.value.message
-    return info.value.message
-
 
 def _pull_next(core: ParameterServerCore, session: str) -> bytes:
     return b"".join(core.pull(session, core.store.version + 1, [], timeout_s=0.5))
@@ -103,7 +96,7 @@ def test_a_push_broken_after_its_first_chunk_makes_every_worker_push_again() -> 
         core.push(_stream(c, _grads(2), cut_after=2))  # two chunks added, then it broke
     assert core.store.state_hash() == before and core.policy.report().pending_pushes == 0
     for session in (a, b):  # the workers waiting on the step are told to push it again
-        message = _refused(grpc.StatusCode.ABORTED, _pull_next, core, session)
+        message = refused(grpc.StatusCode.ABORTED, _pull_next, core, session)
         assert message.startswith("step discarded: step 0")
     assert not core.push(_stream(c, _grads(2))).applied  # the broken push's retry
     assert not core.push(_stream(a, _grads(0))).applied
@@ -131,12 +124,12 @@ def test_a_chunk_refused_before_any_add_changes_nothing(case: str) -> None:
     before = core.store.state_hash()
     payload = _bad_first_chunks(_grads(1))[case]
     if case == "truncated":  # every chunk but the last was added: the step is discarded
-        _refused(grpc.StatusCode.INVALID_ARGUMENT, core.push, _stream(b, _grads(1),
+        refused(grpc.StatusCode.INVALID_ARGUMENT, core.push, _stream(b, _grads(1),
                                                                      payload=payload))
         assert core.policy.report().pending_pushes == 0
         core.push(_stream(a, _grads(0)))
     else:
-        _refused(grpc.StatusCode.INVALID_ARGUMENT, core.push, _stream(b, _grads(1),
+        refused(grpc.StatusCode.INVALID_ARGUMENT, core.push, _stream(b, _grads(1),
                                                                      payload=payload))
         assert core.policy.report().pending_pushes == 1  # a's push is kept
     assert core.store.state_hash() == before
@@ -151,10 +144,10 @@ def test_a_later_chunk_refused_changes_no_parameter_and_discards_the_step() -> N
     before = core.store.state_hash()
     nan = _grads(1)
     nan["w"][40] = float("inf")  # in the third chunk of w
-    message = _refused(grpc.StatusCode.INVALID_ARGUMENT, core.push, _stream(b, nan))
+    message = refused(grpc.StatusCode.INVALID_ARGUMENT, core.push, _stream(b, nan))
     assert "NaN or infinite" in message
     assert core.store.state_hash() == before
-    assert "step discarded" in _refused(grpc.StatusCode.ABORTED, _pull_next, core, a)
+    assert "step discarded" in refused(grpc.StatusCode.ABORTED, _pull_next, core, a)
 
 
 def test_fp16_pushes_are_added_in_place_too() -> None:

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from paramserver.errors import ParamServerError
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.server.tables.rows import RowTable
 from paramserver.tables import RowPushHeader, TableSpec, initial_rows
 from paramserver.types import CodecSpec, Mode, Role
-from tests.helpers import chunks, register_stream
+from tests.helpers import chunks, refused, register_stream
 from tests.table_helpers import declare, pull, push, push_stream, spec
 
 INIT = {"w": torch.zeros(3)}
@@ -108,12 +107,6 @@ def test_sync_step_applies_the_mean_of_all_workers_rows_once() -> None:
     torch.testing.assert_close(after - start, -torch.tensor([[0.5], [2.0], [1.5]]).expand(3, 4))
 
 
-def _refused(code: grpc.StatusCode, fn: object, *args: object) -> str:
-    with pytest.raises(ParamServerError) as info:
-        fn(*args)  # type: ignore[operator]
-    assert info.value.code == code, info.value.message
-    return info.value.message
-
 
 @pytest.mark.parametrize("ids, grads, rows, code", [
     ([-1], torch.ones(1, 4), None, grpc.StatusCode.OUT_OF_RANGE),
@@ -132,27 +125,27 @@ def test_bad_row_pushes_are_refused_and_change_nothing(ids: list[int], grads: to
     declare(core, s, spec(rows=1000))
     push(core, s, "emb", 0, [1, 2], torch.ones(2, 4))
     before = core.tables.state_hash()
-    _refused(code, core.tables.push, iter(push_stream(s, "emb", 1, ids, grads, rows=rows)))
+    refused(code, core.tables.push, iter(push_stream(s, "emb", 1, ids, grads, rows=rows)))
     assert core.tables.state_hash() == before
     assert core.status().tables[0].version == 1
 
 
-def test_bad_row_pulls_and_unknown_tables_are_refused() -> None:
+def test_bad_row_pulls_and_unknown_tables_arerefused() -> None:
     core = _core(Mode.ASYNC, 1)
     (s,) = _sessions(core, "a")
-    _refused(grpc.StatusCode.FAILED_PRECONDITION, pull, core, s, "emb", [1])
+    refused(grpc.StatusCode.FAILED_PRECONDITION, pull, core, s, "emb", [1])
     declare(core, s, spec(rows=1000), shards=2, shard=1)
     before = core.tables.state_hash()
-    _refused(grpc.StatusCode.NOT_FOUND, pull, core, s, "other", [1])
-    _refused(grpc.StatusCode.NOT_FOUND, push, core, s, "other", 0, [1], torch.ones(1, 4))
-    _refused(grpc.StatusCode.OUT_OF_RANGE, pull, core, s, "emb", [1, 1001])
-    _refused(grpc.StatusCode.OUT_OF_RANGE, pull, core, s, "emb", [-3])
-    _refused(grpc.StatusCode.INVALID_ARGUMENT, pull, core, s, "emb", [1, 1])
-    _refused(grpc.StatusCode.INVALID_ARGUMENT, pull, core, s, "emb", [2])  # shard 0's row
-    _refused(grpc.StatusCode.FAILED_PRECONDITION, push, core, s, "emb", 5, [1],
+    refused(grpc.StatusCode.NOT_FOUND, pull, core, s, "other", [1])
+    refused(grpc.StatusCode.NOT_FOUND, push, core, s, "other", 0, [1], torch.ones(1, 4))
+    refused(grpc.StatusCode.OUT_OF_RANGE, pull, core, s, "emb", [1, 1001])
+    refused(grpc.StatusCode.OUT_OF_RANGE, pull, core, s, "emb", [-3])
+    refused(grpc.StatusCode.INVALID_ARGUMENT, pull, core, s, "emb", [1, 1])
+    refused(grpc.StatusCode.INVALID_ARGUMENT, pull, core, s, "emb", [2])  # shard 0's row
+    refused(grpc.StatusCode.FAILED_PRECONDITION, push, core, s, "emb", 5, [1],
              torch.ones(1, 4))  # a step from the future
-    _refused(grpc.StatusCode.DEADLINE_EXCEEDED, pull, core, s, "emb", [1], 3, 0.05)
-    _refused(grpc.StatusCode.FAILED_PRECONDITION,
+    refused(grpc.StatusCode.DEADLINE_EXCEEDED, pull, core, s, "emb", [1], 3, 0.05)
+    refused(grpc.StatusCode.FAILED_PRECONDITION,
              lambda: declare(core, s, spec(rows=999), shards=2, shard=1))  # another plan
     assert core.tables.state_hash() == before
 
@@ -217,7 +210,7 @@ def test_checkpoint_restores_rows_and_optimizer_state(tmp_path: Path) -> None:
     assert restored.tables.state_hash() == core.tables.state_hash()
 
 
-def test_encoded_row_pushes_decode_under_the_session_codec_or_are_refused() -> None:
+def test_encoded_row_pushes_decode_under_the_session_codec_or_arerefused() -> None:
     core = _core(Mode.ASYNC, 2)
     raw_session = core.handshake("raw", Role.WORKER, [], []).session_id
     fp16_session = core.handshake("half", Role.WORKER, [CodecSpec.parse("fp16")],
@@ -229,10 +222,10 @@ def test_encoded_row_pushes_decode_under_the_session_codec_or_are_refused() -> N
     ids = torch.tensor([3, 4])
     garbage = [RowPushHeader(fp16_session, "emb", 0, 2, encoded=True),
                *chunks([ids, torch.zeros(3, dtype=torch.uint8)])]  # 3 bytes, not 2 x 4 halves
-    _refused(grpc.StatusCode.INVALID_ARGUMENT, core.tables.push, iter(garbage))
+    refused(grpc.StatusCode.INVALID_ARGUMENT, core.tables.push, iter(garbage))
     not_unbiased = [RowPushHeader(raw_session, "emb", 0, 2, encoded=True),
                     *chunks([ids, torch.ones(8, dtype=torch.float16)])]
-    _refused(grpc.StatusCode.INVALID_ARGUMENT, core.tables.push, iter(not_unbiased))
+    refused(grpc.StatusCode.INVALID_ARGUMENT, core.tables.push, iter(not_unbiased))
     assert core.tables.state_hash() == before
     start = pull(core, raw_session, "emb", [3, 4])
     good = [RowPushHeader(fp16_session, "emb", 0, 2, encoded=True),
