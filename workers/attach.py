@@ -45,6 +45,7 @@ from workers.connection import LinkShaper
 from workers.embeddings import AttachedTables, excluded, find_tables, open_tables
 from workers.environment import WorkerIdentity
 from workers.environment import claim_wait_s as default_claim_wait_s
+from workers.job_end import wait_for_world
 from workers.parameter_client import ParameterClient
 from workers.payloads import is_raw
 from workers.server_optimizer import ServerOptimizer
@@ -221,11 +222,14 @@ class AttachedModel:
         restarted by torchrun, takes up where the job is, and every rank ends on version
         `total`, no shard pushed beyond it (`shard_calls.pushed_shards`: a rank holding
         two shards a version apart would otherwise end a step further on one of them).
+        Under torchrun, a sync job's rank then waits until every rank reached the end
+        (`workers.job_end`), so that a restart in progress on another node finds it.
         Async and SSP: this process's own `total` steps."""
         if self.client.session.mode is Mode.SYNC:
             self.client.last_version = total  # no shard is pushed beyond it
             while self.version < total:
                 yield self.version
+            wait_for_world(total)
         else:
             yield from range(total)
 
