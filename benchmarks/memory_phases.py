@@ -11,6 +11,7 @@ resting level (after the first step) is shown at its highest with each count of 
 pulls in flight.
 
     python -m benchmarks.memory_phases [--workers 1,2,4] [--reps 3] [--mb 100] [--report F]
+                                       [--recv-window 8MiB]
 """
 
 from __future__ import annotations
@@ -130,9 +131,10 @@ def split(rows: list[dict[str, Any]], idle_rss: int) -> dict[str, Any]:
             "faults_per_step": [b - a for a, b in itertools.pairwise(faults)]}
 
 
-def measure(run_dir: Path, workers: int, reps: int, model_mb: float) -> dict[str, Any]:
+def measure(run_dir: Path, workers: int, reps: int, model_mb: float,
+            server_args: list[str] | None = None) -> dict[str, Any]:
     out = run_dir / f"phases-w{workers}.jsonl"
-    args = datapath.server_command("sync", workers)[len(harness.CLI):]
+    args = [*datapath.server_command("sync", workers)[len(harness.CLI):], *(server_args or [])]
     command = [sys.executable, "-m", "benchmarks.memory_phases", "--serve", str(out), *args]
     _, rss = datapath.ours(run_dir, model_mb, workers, reps, command)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -158,11 +160,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--mb", type=float, default=datapath.BULK_MB)
     parser.add_argument("--report", type=Path)
+    parser.add_argument("--recv-window", help="the server's --recv-window (default: its own)")
     args = parser.parse_args(argv)
-    report: dict[str, Any] = {"model_mb": args.mb, "load_at_start": os.getloadavg()}
+    extra = [] if args.recv_window is None else ["--recv-window", args.recv_window]
+    report: dict[str, Any] = {"model_mb": args.mb, "load_at_start": os.getloadavg(),
+                              "server_args": extra}
     with tempfile.TemporaryDirectory(prefix="ps-phases-") as tmp:
         for workers in (int(w) for w in args.workers.split(",")):
-            report[f"w{workers}"] = measure(Path(tmp), workers, args.reps, args.mb)
+            report[f"w{workers}"] = measure(Path(tmp), workers, args.reps, args.mb, extra)
     harness.write_report(harness.report_path("memory-phases", args.report), report)
     return 0
 

@@ -13,11 +13,16 @@ parameters, momentum and aggregate; at the server's peak (100 MB model) that hea
 31 / 60 / 102 MiB above the tensors at W=1 / 2 / 4 with 8 MiB windows, 13 / 26 / 44 MiB
 with 2 MiB, at no cost in server CPU per round (benchmarks/RESULTS.md). The price is on
 long links: one push stream moves at most a window per round trip, 2 MiB / 40 ms = 52 MB/s
-(8 MiB: 210 MB/s); pulls keep the workers' 8 MiB.
+(8 MiB: 210 MB/s); measured with 40 ms added on a 1 Gbit/s test-bed link, one 64 MB push
+moved 48 MB/s with 2 MiB, 79 with 4 MiB, 104 with 8 or 16 MiB (115 with no delay). Pulls
+keep the workers' 8 MiB. `serve --recv-window` raises the server's (a window of at least
+link rate x round trip fills the link: 1 Gbit/s x 40 ms = 5 MB), and
+`ParameterClient(recv_window=...)` / `attach(recv_window=...)` a worker's.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -35,6 +40,13 @@ MAX_MESSAGE_BYTES = 64 << 20  # headers may carry large layouts; chunks stay ~1 
 MAX_UNARY_REQUEST_BYTES = 64 << 10
 FLOW_CONTROL_WINDOW = 8 << 20
 SERVER_WINDOW = 2 << 20  # what a server receives: bulk pushes, held W streams at once
+# Window bounds we accept: HTTP/2 allows 0 to 2^31-1 (RFC 9113 6.9.2), but below 64 KiB (the
+# protocol's default) a 1 MiB chunk needs many round trips, and 1 GiB is beyond any link's
+# rate x round trip (100 Gbit/s x 80 ms) while every stream may park that much.
+MIN_WINDOW = 64 << 10
+MAX_WINDOW = 1 << 30
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+               "g": 1 << 30, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9}
 
 _COMMON_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -48,36 +60,65 @@ _COMMON_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def channel_options() -> list[tuple[str, Any]]:
-    """Options for every client channel."""
-    return list(_COMMON_OPTIONS)
+def parse_size(text: str) -> int:
+    """'2MiB', '512KiB', '8M' (binary), '5MB' (decimal) or '2097152' -> bytes."""
+    value = text.strip().lower().replace(" ", "")
+    number = value.rstrip("kmgib")
+    unit = value[len(number):]
+    try:
+        scale, amount = _SIZE_UNITS[unit], float(number)
+    except (KeyError, ValueError):
+        raise ValueError(f"size {text!r}: use bytes or e.g. 512KiB, 2MiB, 8MiB, 5MB") from None
+    if not (math.isfinite(amount) and amount >= 0) or amount * scale != int(amount * scale):
+        raise ValueError(f"size {text!r} is not a whole, non-negative number of bytes")
+    return int(amount * scale)
 
 
-def server_options() -> list[tuple[str, Any]]:
-    """Options for every server."""
+def check_window(nbytes: int, what: str = "flow-control window") -> int:
+    """`nbytes` if it is a window gRPC can use (MIN_WINDOW..MAX_WINDOW), else ValueError."""
+    if not MIN_WINDOW <= nbytes <= MAX_WINDOW:
+        raise ValueError(f"{what} {nbytes} bytes: must be between 64KiB ({MIN_WINDOW}) and "
+                         f"1GiB ({MAX_WINDOW}); fill a link with rate x round trip, e.g. "
+                         "1 Gbit/s x 40 ms = 5MB")
+    return nbytes
+
+
+def _with_window(window: int) -> list[tuple[str, Any]]:
+    return [(key, check_window(window) if key == "grpc.http2.lookahead_bytes" else value)
+            for key, value in _COMMON_OPTIONS]
+
+
+def channel_options(window: int = FLOW_CONTROL_WINDOW) -> list[tuple[str, Any]]:
+    """Options for every client channel; `window`: what it receives (pulls) per stream."""
+    return _with_window(window)
+
+
+def server_options(window: int = SERVER_WINDOW) -> list[tuple[str, Any]]:
+    """Options for every server; `window`: what it receives (pushes) per stream."""
     return [
-        *[(key, SERVER_WINDOW if key == "grpc.http2.lookahead_bytes" else value)
-          for key, value in _COMMON_OPTIONS],
+        *_with_window(window),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.so_reuseport", 0),
     ]
 
 
-def insecure_channel(address: str) -> grpc.Channel:
+def insecure_channel(address: str, window: int = FLOW_CONTROL_WINDOW) -> grpc.Channel:
     """A channel to `address` ("host:port") with the project's options."""
-    return grpc.insecure_channel(address, options=channel_options())
+    return grpc.insecure_channel(address, options=channel_options(window))
 
 
-def open_channel(address: str, security: ClientSecurity | None = None) -> grpc.Channel:
+def open_channel(address: str, security: ClientSecurity | None = None,
+                 window: int = FLOW_CONTROL_WINDOW) -> grpc.Channel:
     """A channel to `address`: plaintext without `security`, else TLS (mutual TLS when it
-    holds a certificate) with its bearer token on every call."""
+    holds a certificate) with its bearer token on every call. `window`: the receive window
+    of each stream (what a pull may have in flight)."""
     if security is None or not security.tls:
-        return insecure_channel(address)
+        return insecure_channel(address, window)
     credentials = grpc.ssl_channel_credentials(security.ca, security.key, security.cert)
     if security.token is not None:
         credentials = grpc.composite_channel_credentials(
             credentials, grpc.access_token_call_credentials(security.token))
-    options = channel_options()
+    options = channel_options(window)
     if security.server_name:
         options.append(("grpc.ssl_target_name_override", security.server_name))
     return grpc.secure_channel(address, credentials, options=options)

@@ -38,6 +38,7 @@ from paramserver.tables import (
 )
 from paramserver.transport import (
     DEFAULT_CHUNK_BYTES,
+    FLOW_CONTROL_WINDOW,
     chunk_ranges,
     open_channel,
     tls_refusal,
@@ -87,9 +88,11 @@ class ServerConnection:
 
     def __init__(self, address: str, timeout_s: float = 60.0, retry_s: float = 60.0,
                  shaper: LinkShaper | None = None,
-                 security: ClientSecurity | None = None) -> None:
+                 security: ClientSecurity | None = None,
+                 window: int = FLOW_CONTROL_WINDOW) -> None:
         """`security`: TLS and the credential to present; None takes them from the
-        PARAMSERVER_TLS_* / PARAMSERVER_TOKEN environment (plaintext when none is set)."""
+        PARAMSERVER_TLS_* / PARAMSERVER_TOKEN environment (plaintext when none is set).
+        `window`: each stream's HTTP/2 receive window (pulls), see `paramserver.transport`."""
         self.address = address
         self.retry_s = retry_s
         self.retries = 0  # calls that were tried again
@@ -98,7 +101,7 @@ class ServerConnection:
         self.timeout_s = timeout_s
         security = security or ClientSecurity.from_env()
         self.tls = security is not None and security.tls
-        self.channel = open_channel(address, security)
+        self.channel = open_channel(address, security, window)
         self.session: Session | None = None
         self.chunk_bytes = DEFAULT_CHUNK_BYTES
         self.bytes_pushed = 0

@@ -26,6 +26,7 @@ from paramserver.codecs.streaming import Payload
 from paramserver.errors import Aborted, FailedPrecondition, InvalidArgument, SessionExpired
 from paramserver.security.credentials import ClientSecurity
 from paramserver.sharding import PartitionPlan, plan_partition
+from paramserver.transport import FLOW_CONTROL_WINDOW
 from paramserver.types import (
     CodecSpec,
     Mode,
@@ -82,6 +83,8 @@ class ParameterClient(TrafficCounters, ShardPulls, OneCallSteps):
     `security`: TLS and this worker's credential (None: from the environment, see
     `ServerConnection`). `shaper_factory(address)`, when given, paces each server's connection (benchmarks
     emulate a slower link with it; see `LinkShaper`). `step_call_bytes`: see `step`.
+    `recv_window`: each pull stream's HTTP/2 window in bytes (default 8 MiB): a pull moves
+    at most one per round trip, so a long fast link wants link rate x round trip.
     """
 
     def __init__(self, servers: str | Sequence[str], worker_id: str, role: Role = Role.WORKER,
@@ -92,7 +95,8 @@ class ParameterClient(TrafficCounters, ShardPulls, OneCallSteps):
                  security: ClientSecurity | None = None,
                  world_size: int | None = None, claim_wait_s: float = 0.0,
                  secure_aggregation: bool = False,
-                 step_call_bytes: int = STEP_CALL_BYTES) -> None:
+                 step_call_bytes: int = STEP_CALL_BYTES,
+                 recv_window: int = FLOW_CONTROL_WINDOW) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
@@ -101,7 +105,7 @@ class ParameterClient(TrafficCounters, ShardPulls, OneCallSteps):
         self.connections = [
             ServerConnection(a, timeout_s, retry_s,
                              shaper=shaper_factory(a) if shaper_factory else None,
-                             security=security)
+                             security=security, window=recv_window)
             for a in addresses]
         self._shards = ShardFanOut(len(addresses))
         connect_s = retry_s if connect_timeout_s is None else connect_timeout_s

@@ -20,6 +20,7 @@ from paramserver.codecs import codec_names
 from paramserver.federated.privacy import DPMode
 from paramserver.optimizer import OPTIMIZERS
 from paramserver.server.config import AsyncLearningRate, ServerConfig, UnusedGradients
+from paramserver.transport import check_window, parse_size
 from paramserver.types import Aggregation, Mode
 
 _FROM_CONFIG: Any = object()  # sentinel: the default is the config's own
@@ -37,6 +38,14 @@ def _boolean(text: str) -> bool:
 def _names(text: str) -> tuple[str, ...]:
     """argparse type of a comma-separated list of names."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _window(text: str) -> int:
+    """argparse type of a flow-control window: a size ('8MiB') within gRPC's bounds."""
+    try:
+        return check_window(parse_size(text), "window")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,12 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "offer the one-message Step call (a push and its pull) to workers whose "
                  "push payload and pulled tensors each take at most this many bytes; 0: "
                  "not offered (issue #14)"),
+    ServerOption("--recv-window", "recv_window", SERVER,
+                 "HTTP/2 flow-control window of each stream the server receives (pushes), "
+                 "e.g. 2MiB, 8MiB: one push stream moves at most a window per round trip, so "
+                 "raise it to link rate x round trip on long links (1 Gbit/s x 40 ms = 5MB); "
+                 "each concurrent push may park that much in server memory (issue #14)",
+                 type=_window),
 )
 BY_FLAG = {option.flag: option for option in OPTIONS}
 

@@ -106,7 +106,8 @@ def start_server(config: ServerConfig, host: str = "127.0.0.1", port: int = 0,
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads,
                                                     thread_name_prefix="ps-rpc"),
                          interceptors=_interceptors(security, hooks, metrics),
-                         options=server_options(), maximum_concurrent_rpcs=max_threads * 4)
+                         options=server_options(config.recv_window),
+                         maximum_concurrent_rpcs=max_threads * 4)
     server.add_generic_rpc_handlers((generic_handler(ParameterServerServicer(core)),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

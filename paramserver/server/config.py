@@ -11,7 +11,7 @@ from paramserver.federated.config import FederatedConfig
 from paramserver.federated.privacy import DPConfig
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.limits import ServerLimits
-from paramserver.transport import DEFAULT_CHUNK_BYTES
+from paramserver.transport import DEFAULT_CHUNK_BYTES, SERVER_WINDOW, check_window
 from paramserver.types import Aggregation, Mode
 
 
@@ -59,6 +59,7 @@ class ServerConfig:
     federated: FederatedConfig = field(default_factory=FederatedConfig)  # federated modes
     limits: ServerLimits = field(default_factory=ServerLimits)  # what a request may cost
     dp: DPConfig = field(default_factory=DPConfig)  # federated: DP-FedAvg (issue #17)
+    recv_window: int = SERVER_WINDOW  # HTTP/2 receive window per stream, bytes (issue #14)
 
     def __post_init__(self) -> None:
         if self.expected_workers < 1:
@@ -70,6 +71,7 @@ class ServerConfig:
             raise ValueError("--checkpoint-every and --checkpoint-key need --checkpoint-dir")
         if self.federated.secure_aggregation and self.mode is not Mode.FEDERATED:
             raise ValueError("--secure-aggregation runs with --mode federated (rounds)")
+        check_window(self.recv_window, "--recv-window")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes}")
         self.dp.check(self.federated.clip_norm, self.aggregation is Aggregation.WEIGHTED,

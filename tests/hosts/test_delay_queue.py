@@ -1,0 +1,57 @@
+"""`benchmarks.delay_queue` adds a round trip where the kernel has no sch_netem (issue #14's
+window measurement): every TCP packet a host receives waits DELAY ms in an NFQUEUE, so a
+TCP connect from another host (answered by a reset) takes at least DELAY; stopped, it
+removes its iptables rule and the link is fast again. Skipped without iptables."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chaos import wait_exit
+from tests.hosts.conftest import BedFactory
+
+pytestmark = pytest.mark.timeout(60)
+REPO = Path(__file__).resolve().parents[2]
+DELAY_MS = 30.0
+RTT = """
+import socket, sys, time
+for _ in range(4):
+    started = time.monotonic()
+    try:
+        socket.create_connection((sys.argv[1], 9), timeout=5).close()
+    except OSError:
+        pass
+    print(time.monotonic() - started)
+"""
+
+
+def test_every_round_trip_to_the_host_takes_the_delay_until_it_stops(
+        netbed: BedFactory) -> None:
+    if not (shutil.which("iptables-legacy") or shutil.which("iptables")):
+        pytest.skip("no iptables here (apt-get install iptables)")
+    bed = netbed(2)
+    target, client = bed.host(0), bed.host(1)
+
+    def round_trips() -> list[float]:
+        done = bed.run(client, [sys.executable, "-c", RTT, target.ip])
+        assert done.returncode == 0, done.stderr
+        return [float(s) for s in done.stdout.split()]
+
+    assert min(round_trips()) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)
+    delay = bed.spawn(target, "delay", ["-m", "benchmarks.delay_queue", "--delay-ms",
+                                        str(DELAY_MS)], program=[sys.executable],
+                      env={"PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 20
+    while "delaying" not in delay.log_tail():
+        assert delay.process.poll() is None and time.monotonic() < deadline, delay.log_tail()
+        time.sleep(0.05)
+    assert min(round_trips()) >= DELAY_MS / 1e3 * 0.95
+    delay.process.terminate()
+    assert wait_exit(delay, 10) == 0, delay.log_tail()
+    assert "NFQUEUE" not in bed.run(target, ["iptables-legacy", "-S"]).stdout
+    assert min(round_trips()) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)
