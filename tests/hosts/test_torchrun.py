@@ -36,6 +36,7 @@ EXAMPLE = REPO / "examples" / "embed_existing_loop.py"
 RDZV_PORT = 29400
 WORLD = 4  # 2 nodes x 2 processes
 STEPS = steps_per_epoch(len(load_digits_dataset().y_train), WORLD, "split", 32)  # an epoch
+JOB_EPOCHS = 60  # 660 steps: 15 s on a quiet machine, so a kill lands mid-job
 
 
 def _servers(bed: NetBed, lease_s: float) -> str:
@@ -117,15 +118,11 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_rejoins_the_job(
     # A lease longer than a restart takes here (about 15 s on the loaded 2-core machine),
     # so the killed rank's successor meets its predecessor's live session and waits it out.
     servers = _servers(bed, lease_s=30.0)
-    epochs = 12  # 132 steps: the job is well under way, not over, when the kill lands
+    epochs = JOB_EPOCHS
     agents = [_torchrun(bed, node, servers, epochs, max_restarts=1) for node in (0, 1)]
     observer = bed.host(2)
-    first = servers.split(",")[0]
-    wait_for("training under way",
-             lambda: (s := bed.status(observer, first)) and s["version"] >= 3, 120)
-    victim = _rank_process(agents, rank=3)
+    victim = _kill_rank_3_mid_job(bed, agents, servers, epochs * STEPS)
     killed_at = time.monotonic()
-    os.kill(victim.pid, signal.SIGKILL)  # a grandchild of this test, found by its RANK
     exited: list[float] = []
     reports = _finish(agents, 240, exited)
     _check_one_job(reports)
@@ -170,20 +167,17 @@ def test_ranks_done_first_wait_for_a_late_restart_on_the_other_node(
     bed = netbed(4, "1gbit")
     lease_s = 8.0
     servers = _servers(bed, lease_s=lease_s)
-    epochs = 40  # 440 steps, 20 s and more: still under way when the kill lands
+    epochs = JOB_EPOCHS
     total = epochs * STEPS
     agents = [_torchrun(bed, node, servers, epochs, max_restarts=1) for node in (0, 1)]
     observer, first = bed.host(2), servers.split(",")[0]
-    wait_for("training under way",
-             lambda: (s := bed.status(observer, first)) and s["version"] >= 3, 120)
-    victim = _rank_process(agents, rank=3)
-    os.kill(agents[1].process.pid, signal.SIGSTOP)  # node 1's agent: a slow node
     try:
-        os.kill(victim.pid, signal.SIGKILL)
+        _kill_rank_3_mid_job(bed, agents, servers, total,
+                             stop_agent=agents[1])  # node 1's agent: a slow node
         # The other three ranks wait out the killed rank's lease and finish the job.
         wait_for("the job's last version",
                  lambda: (s := bed.status(observer, first)) and s["version"] == total,
-                 lease_s + 90)
+                 lease_s + 150)
         time.sleep(3.0)  # past their last step: the ranks of node 0 reached the job's end
         assert agents[0].process.poll() is None, agents[0].log_tail(40)
     finally:
@@ -195,6 +189,24 @@ def test_ranks_done_first_wait_for_a_late_restart_on_the_other_node(
     assert all(restarts), restarts  # node 1 for its failure, node 0 for the new round
     log = (bed.run_dir / "server-h0.log").read_text()
     assert all(seen[-1] >= 2 for seen in _incarnations(log).values()), log[-2000:]
+
+
+def _kill_rank_3_mid_job(bed: NetBed, agents: list[ManagedProcess], servers: str, total: int,
+                         stop_agent: ManagedProcess | None = None) -> psutil.Process:
+    """Once training is under way, SIGKILL the process of rank 3 (first SIGSTOP
+    `stop_agent`, when given); the job must not have ended by then (a quiet machine
+    takes a 100-step job in about 3 s, and one status query a second)."""
+    observer, first = bed.host(2), servers.split(",")[0]
+    wait_for("training under way",
+             lambda: (s := bed.status(observer, first)) and s["version"] >= 3, 120)
+    victim = _rank_process(agents, rank=3)
+    if stop_agent is not None:
+        os.kill(stop_agent.process.pid, signal.SIGSTOP)
+    os.kill(victim.pid, signal.SIGKILL)  # a grandchild of this test, found by its RANK
+    status = bed.status(observer, first)
+    assert status is not None and status["version"] < total, (
+        f"the job had ended when rank 3 was killed ({status}): lengthen JOB_EPOCHS")
+    return victim
 
 
 def _rank_process(agents: list[ManagedProcess], rank: int) -> psutil.Process:
