@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
+from testbed.delay_queue import iptables
 from tests.chaos import wait_exit
 from tests.hosts.conftest import BedFactory
-from testbed.delay_queue import iptables
 
 pytestmark = pytest.mark.timeout(60)
 DELAY_MS = 30.0
