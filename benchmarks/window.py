@@ -1,8 +1,8 @@
 """What the server's receive window costs a push (issue #14): W worker hosts (default 1)
 each push a Blob model in one stream to a server host (sync) on the namespace test bed, each
 host's
-link capped (1 Gbit/s), with a round trip added by delaying every TCP packet the server
-host receives (`benchmarks.delay_queue`: NFQUEUE, since the kernel has no sch_netem), for
+link capped (1 Gbit/s), with a round trip added by delaying every packet the server
+host receives (`testbed.delay_queue`: NFQUEUE, since the kernel has no sch_netem), for
 each server --recv-window. Prints the push's throughput (worker 0's median push) beside the
 window's bound (window / round trip) and the link's, and the median sync step (push, then
 pull; the slowest worker's).
@@ -65,11 +65,9 @@ def run_case(run_dir: Path, rate: str, rtt_ms: float, window: int, mb: float, re
                     in_ns(host.ns, "sysctl", "-qw", f"net.ipv4.{key}=4096 131072 {tcp_buffers}")
         env = {"PYTHONPATH": str(REPO)}
         if rtt_ms:
-            delay = bed.spawn(server_host, "delay", ["benchmarks.delay_queue", "--delay-ms",
-                                                     str(rtt_ms)], program=PROGRAM, env=env)
-            deadline = time.monotonic() + 30
-            while "delaying" not in delay.log_tail() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            # on the server host only (not the bed's LinkSpec delay, which is on every
+            # host): the round trip is rtt_ms
+            bed.start_delay_queue(server_host, rtt_ms)
         _, address = bed.start_server(server_host, [
             "--workers", str(workers), "--lr", "0.001", "--momentum", "0.9",
             "--recv-window", str(window)])

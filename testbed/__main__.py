@@ -1,12 +1,14 @@
 """`python -m testbed --cleanup`: delete the namespaces, links and processes that killed
-test-bed runs left behind (those whose owner process is gone)."""
+test-bed runs left behind (those whose owner process is gone), and end their delay
+processes (testbed/delay_queue.py, known by the bed namespace in their argv), also those
+whose namespace is gone."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from testbed.netns import cleanup_leftovers, namespaces
+from testbed.netns import cleanup_leftovers, end_stray_delays, namespaces
 
 
 def main() -> int:
@@ -18,6 +20,8 @@ def main() -> int:
     if args.cleanup:
         for name in cleanup_leftovers(args.prefix):
             print(f"deleted {name}")
+        for pid in end_stray_delays(args.prefix):
+            print(f"ended delay process {pid}")
     for name in namespaces():
         print(f"still present: {name}")
     return 0

@@ -26,7 +26,7 @@ from typing import Any, Self
 
 from paramserver.cli.local_cluster import CLI, ClusterError, LocalCluster, ManagedProcess
 from paramserver.transport import parse_bandwidth
-from testbed import netns
+from testbed import delay_queue, netns
 from testbed.netns import LinkShape
 
 SUBNET = "10.77.0"  # private; exists only inside the bed's namespaces
@@ -35,7 +35,8 @@ SERVER_PORT = 50051  # every host has its own address, so one port for all
 
 @dataclass(frozen=True)
 class Host:
-    """One host: its namespace, address and link shape."""
+    """One host: its namespace, address and link shape (all of it, also where the delay
+    queue does the delay and loss)."""
 
     name: str
     ns: str
@@ -46,11 +47,20 @@ class Host:
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """A host link as tests write it: '1gbit' / '100mbit' / 'unlimited', delay, loss."""
+    """A host link as tests write it: '1gbit' / '100mbit' / 'unlimited', delay, loss.
+
+    `delay_ms` and `loss_pct` hold for each direction of each host's link, as netem puts
+    them on the host's eth0 (its upload) and on its switch port (its download): a packet
+    from one host to another crosses two links, so it takes 2 x delay_ms one way (a round
+    trip, 4 x delay_ms) and is lost with probability 1 - (1 - loss_pct/100)^2. Where the
+    kernel has no netem, the bed's delay queue gives the same figures (see NetBed);
+    `seed` seeds its loss (host i draws from random.Random(seed + i)).
+    """
 
     rate: str = "unlimited"
     delay_ms: float = 0.0
     loss_pct: float = 0.0
+    seed: int = 0
 
     def shape(self) -> LinkShape:
         rate = parse_bandwidth(self.rate)  # bytes/s or None
@@ -60,7 +70,16 @@ class LinkSpec:
 
 @dataclass
 class NetBed:
-    """`with NetBed(run_dir, hosts=4, link=LinkSpec("1gbit")) as bed:` ..."""
+    """`with NetBed(run_dir, hosts=4, link=LinkSpec("1gbit")) as bed:` ...
+
+    Delay and loss come from netem where the kernel has it (`delay_by == "netem"`); else
+    from the delay queue (`"queue"`, testbed/delay_queue.py: iptables NFQUEUE): a process
+    in each host, started and ended by pid by the bed like any other, holds every IPv4
+    packet the host receives for 2 x delay_ms (the sender's upload and its own download,
+    since every host has the bed's link) and drops it with probability
+    1 - (1 - loss_pct/100)^2, so that round trips and loss between hosts are netem's.
+    Where neither works, entering refuses at once, naming both, before making anything.
+    """
 
     run_dir: Path
     hosts: int = 2
@@ -68,6 +87,7 @@ class NetBed:
     prefix: str = field(default_factory=netns.new_prefix)
     members: list[Host] = field(default_factory=list)
     cluster: LocalCluster | None = None
+    delay_by: str | None = None  # "netem" or "queue" when the link has delay or loss
     _made: list[str] = field(default_factory=list)  # namespaces created, in order
     _closed: bool = False
 
@@ -77,16 +97,19 @@ class NetBed:
 
     def __enter__(self) -> Self:
         why = netns.unavailable()
-        if why is None and (self.link.delay_ms or self.link.loss_pct):
-            why = netns.netem_unavailable()  # before anything is made
         if why is not None:
             raise netns.TestbedUnavailable(why)
+        if self.link.delay_ms or self.link.loss_pct:
+            self.delay_by = netns.delay_backend()  # (raises) before anything is made
         netns.cleanup_leftovers()  # a killed earlier run's namespaces
+        netns.end_stray_delays()  # and its delay processes, also those outside them
         atexit.register(self.close)
         _close_on_sigterm()
         try:
             self._build()
             self.cluster = LocalCluster(self.run_dir).__enter__()
+            if self.delay_by == "queue":
+                self._start_delay_queues()
         except BaseException:
             self.close()
             raise
@@ -117,12 +140,43 @@ class NetBed:
             self.members.append(host)
             self.reshape(host, shape)
 
+    def _start_delay_queues(self) -> None:
+        """A delay queue in every host (queue number = host index), for the bed's link."""
+        hold_ms = 2 * self.link.delay_ms  # the sender's upload and this host's download
+        loss_pct = 100 * (1 - (1 - self.link.loss_pct / 100) ** 2)
+        for index, host in enumerate(self.members):
+            self.start_delay_queue(host, hold_ms, loss_pct, self.link.seed + index, index)
+
+    def start_delay_queue(self, host: Host, hold_ms: float, loss_pct: float = 0.0,
+                          seed: int = 0, queue: int = 0, timeout_s: float = 30.0,
+                          ) -> ManagedProcess:
+        """Start a delay queue (testbed/delay_queue.py) in `host`: every packet it receives
+        waits `hold_ms` or is dropped with probability `loss_pct`; returns once the queue
+        is in place. Ended by pid with the bed's other processes (or by stopping it)."""
+        managed = self.spawn(host, f"delay-{host.name}", delay_queue.arguments(
+            host.ns, queue, hold_ms, loss_pct, seed), program=delay_queue.PROGRAM)
+        deadline = time.monotonic() + timeout_s
+        while "delaying" not in managed.log_tail():
+            if managed.process.poll() is not None or time.monotonic() > deadline:
+                raise ClusterError(f"{managed.name} did not start (exit "
+                                   f"{managed.process.poll()}):\n{managed.log_tail()}")
+            time.sleep(0.02)
+        return managed
+
     def host(self, index: int) -> Host:
         return self.members[index]
 
     # ---- links ------------------------------------------------------------------------
     def reshape(self, host: Host, link: LinkShape) -> None:
-        """Cap `host`'s link both ways (upload on its eth0, download on its switch port)."""
+        """Cap `host`'s link both ways (upload on its eth0, download on its switch port).
+        With the delay queue, tc does the rate alone, and the delay and loss must stay
+        the bed's (the queues hold them)."""
+        if self.delay_by == "queue":
+            if (link.delay_ms, link.loss_pct) != (self.link.delay_ms, self.link.loss_pct):
+                raise netns.TestbedUnavailable(
+                    "a host's own delay or loss needs netem; the delay queue gives every "
+                    "host the bed's")
+            link = link.rate_only()
         netns.shape(host.ns, "eth0", link)
         netns.shape(self.switch, host.port, link)
 

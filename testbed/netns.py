@@ -17,7 +17,9 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from testbed import delay_queue
 
 MARK = "pstb"  # every namespace a bed creates starts with this
 NAME = re.compile(rf"^{MARK}(?P<pid>\d+)x(?P<tag>[0-9a-f]{{4}})-")
@@ -72,13 +74,17 @@ class LinkShape:
         limit = max(int(rate_bytes * QUEUE_S), 4 << 20)
         return ("tbf", "rate", f"{self.rate_bit}bit", "burst", str(burst), "limit", str(limit))
 
+    def rate_only(self) -> LinkShape:
+        """This shape without delay and loss (what tc does where the delay queue does those)."""
+        return replace(self, delay_ms=0.0, loss_pct=0.0)
 
-def netem_missing(tc_said: str) -> str:
-    """The message for a kernel without sch_netem (delay and loss are asked of it)."""
+
+def netem_missing(tc_said: str, queue_said: str = "not tried") -> str:
+    """Why a bed cannot delay or drop: what tc said of netem, and of the NFQUEUE probe."""
     return ("link delay and loss need tc's netem qdisc, the kernel module sch_netem "
-            "(CONFIG_NET_SCH_NETEM), which this kernel does not have "
-            f"(tc: {tc_said.strip() or 'netem refused'}); rate caps (tbf) and partitions "
-            "work without it")
+            "(CONFIG_NET_SCH_NETEM), or else iptables with NFQUEUE (the bed's delay queue, "
+            f"testbed/delay_queue.py); tc: {tc_said}; NFQUEUE: {queue_said}; "
+            "rate caps (tbf) and partitions work without them")
 
 
 def shape(ns: str, dev: str, link: LinkShape) -> None:
@@ -89,7 +95,7 @@ def shape(ns: str, dev: str, link: LinkShape) -> None:
         return
     done = in_ns(ns, "tc", "qdisc", "replace", "dev", dev, "root", *args, check=False)
     if done.returncode != 0 and args[0] == "netem":
-        raise TestbedUnavailable(netem_missing(done.stderr))
+        raise TestbedUnavailable(netem_missing(done.stderr.strip() or "netem refused"))
     if done.returncode != 0:
         raise TestbedUnavailable(f"tc cannot shape {dev} with {args[0]}: "
                                  f"{done.stderr.strip()}")
@@ -145,19 +151,42 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _leftover(ns: str, prefix: str | None) -> bool:
+    """Whether `ns` is a bed's and a clean-up may remove it: its run is `prefix`, or, with no
+    prefix, its owner is dead."""
+    match = NAME.match(ns)
+    if match is None:
+        return False
+    if prefix is not None:
+        return ns.startswith(prefix + "-")
+    return not _alive(int(match["pid"]))
+
+
 def cleanup_leftovers(prefix: str | None = None) -> list[str]:
     """Delete the namespaces (with their processes and links) of beds whose owner is dead,
     or, given `prefix`, every namespace of that run; returns the names deleted."""
     removed = []
     for ns in namespaces():
-        match = NAME.match(ns)
-        if match is None:
-            continue
-        mine = prefix is not None and ns.startswith(prefix + "-")
-        if mine or (prefix is None and not _alive(int(match["pid"]))):
+        if _leftover(ns, prefix):
             delete(ns)
             removed.append(ns)
     return removed
+
+
+def end_stray_delays(prefix: str | None = None, timeout_s: float = 5.0) -> list[int]:
+    """SIGKILL the delay processes (testbed/delay_queue.py, known by the namespace named
+    after the marker in their argv) of beds whose owner is dead, or of run `prefix`, also
+    where their namespace is gone already; returns their pids."""
+    ended = [pid for pid, ns in delay_queue.marked().items() if _leftover(ns, prefix)]
+    for pid in ended:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while any(pid in delay_queue.marked() for pid in ended) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ended
 
 
 def unavailable() -> str | None:
@@ -186,19 +215,50 @@ def unavailable() -> str | None:
     return None
 
 
-def netem_unavailable() -> str | None:
-    """Why delay and partial loss cannot be had here (None: they can); sch_netem is a
-    module some kernels lack."""
+def _tc_refuses_netem() -> str | None:
+    """What tc says when it cannot add a netem qdisc (None: it can); sch_netem is a module
+    some kernels lack."""
     probe = f"{new_prefix()}-netem"
     try:
         ip("netns", "add", probe)
         done = in_ns(probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
                      "1ms", check=False)
-        return None if done.returncode == 0 else netem_missing(done.stderr)
+        return None if done.returncode == 0 else (done.stderr.strip() or "netem refused")
     finally:
         ip("netns", "del", probe, check=False)
 
 
+def netem_unavailable() -> str | None:
+    """Why netem cannot delay and drop here (None: it can)."""
+    said = _tc_refuses_netem()
+    return None if said is None else netem_missing(said)
+
+
 def netem_available() -> bool:
-    """Whether delay and partial loss can be had."""
+    """Whether delay and partial loss can be had from netem."""
     return netem_unavailable() is None
+
+
+def queue_unavailable() -> str | None:
+    """Why the delay queue (NFQUEUE) cannot stand in for netem here (None: it can): its
+    probe, run in a scratch namespace, must see a packet pass through a queue."""
+    probe = f"{new_prefix()}-nfq"
+    try:
+        ip("netns", "add", probe)
+        in_ns(probe, "ip", "link", "set", "lo", "up")
+        done = in_ns(probe, *delay_queue.PROGRAM, "--probe", check=False)
+        return None if done.returncode == 0 else (done.stdout + done.stderr).strip()
+    finally:
+        ip("netns", "del", probe, check=False)
+
+
+def delay_backend() -> str:
+    """How a bed gets link delay and loss here: "netem" (preferred) or "queue" (NFQUEUE);
+    raises TestbedUnavailable naming both ways where neither works."""
+    tc_said = _tc_refuses_netem()
+    if tc_said is None:
+        return "netem"
+    queue_said = queue_unavailable()
+    if queue_said is None:
+        return "queue"
+    raise TestbedUnavailable(netem_missing(tc_said, queue_said))

@@ -1,22 +1,20 @@
-"""`benchmarks.delay_queue` adds a round trip where the kernel has no sch_netem (issue #14's
-window measurement): every TCP packet a host receives waits DELAY ms in an NFQUEUE, so a
-TCP connect from another host (answered by a reset) takes at least DELAY; stopped, it
-removes its iptables rule and the link is fast again. Skipped without iptables."""
+"""`testbed.delay_queue` adds a round trip where the kernel has no sch_netem (issue #14's
+window measurement, now also the bed's link delay): every packet a host receives waits
+DELAY ms in an NFQUEUE, so a TCP connect from another host (answered by a reset) takes at
+least DELAY; stopped, it removes its iptables rule and the link is fast again. Skipped
+without iptables."""
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from testbed.delay_queue import iptables
 from tests.chaos import wait_exit
 from tests.hosts.conftest import BedFactory
 
 pytestmark = pytest.mark.timeout(60)
-REPO = Path(__file__).resolve().parents[2]
 DELAY_MS = 30.0
 RTT = """
 import socket, sys, time
@@ -32,7 +30,8 @@ for _ in range(4):
 
 def test_every_round_trip_to_the_host_takes_the_delay_until_it_stops(
         netbed: BedFactory) -> None:
-    if not (shutil.which("iptables-legacy") or shutil.which("iptables")):
+    tool = iptables()
+    if tool is None:
         pytest.skip("no iptables here (apt-get install iptables)")
     bed = netbed(2)
     target, client = bed.host(0), bed.host(1)
@@ -43,15 +42,10 @@ def test_every_round_trip_to_the_host_takes_the_delay_until_it_stops(
         return [float(s) for s in done.stdout.split()]
 
     assert min(round_trips()) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)
-    delay = bed.spawn(target, "delay", ["-m", "benchmarks.delay_queue", "--delay-ms",
-                                        str(DELAY_MS)], program=[sys.executable],
-                      env={"PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + 20
-    while "delaying" not in delay.log_tail():
-        assert delay.process.poll() is None and time.monotonic() < deadline, delay.log_tail()
-        time.sleep(0.05)
+    delay = bed.start_delay_queue(target, DELAY_MS)
+    assert "NFQUEUE" in bed.run(target, [tool, "-S"]).stdout
     assert min(round_trips()) >= DELAY_MS / 1e3 * 0.95
     delay.process.terminate()
     assert wait_exit(delay, 10) == 0, delay.log_tail()
-    assert "NFQUEUE" not in bed.run(target, ["iptables-legacy", "-S"]).stdout
+    assert "NFQUEUE" not in bed.run(target, [tool, "-S"]).stdout
     assert min(round_trips()) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from testbed import LinkSpec
+from testbed import LinkSpec, delay_queue
 from testbed.netns import NAME, LinkShape, new_prefix
 
 
@@ -28,3 +28,15 @@ def test_names_carry_the_owner_pid() -> None:
     match = NAME.match(f"{prefix}-h3")
     assert match is not None and int(match["pid"]) == os.getpid()
     assert NAME.match("pstb-h0") is None and NAME.match("other-h0") is None
+
+
+def test_where_the_delay_queue_delays_tc_keeps_the_rate_alone() -> None:
+    link = LinkShape(rate_bit=100_000_000, delay_ms=5, loss_pct=1)
+    assert link.rate_only() == LinkShape(rate_bit=100_000_000)
+    assert link.rate_only().qdisc() == LinkShape(rate_bit=100_000_000).qdisc()
+
+
+def test_the_delay_queue_argv_carries_the_bed_marker() -> None:
+    argv = [*delay_queue.PROGRAM, *delay_queue.arguments("pstb1x0abc-h0", 2, 20, 19, 7)]
+    assert argv[argv.index(delay_queue.MARKER) + 1] == "pstb1x0abc-h0"
+    assert argv[argv.index("--delay-ms") + 1] == "20" and "-I" in argv
