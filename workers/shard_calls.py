@@ -69,7 +69,9 @@ def pushed_shards(mode: Mode, versions: list[int], last: int | None) -> list[boo
     one shard had closed step v and another had not yet holds them at v+1 and v, and from
     then on pushes "step v+1" to one and "step v" to the other (it cannot level them by
     pushing to the lagging shard alone: a member that pushed the ahead shard's open step
-    may be waiting for this worker's push there). Its last step then pushed step `last`
+    may be waiting for this worker's push there; tried, it hung a job whose shard was
+    restored from an older checkpoint, where the members' pushes of the ahead shard's step
+    were already in: tests/integration/test_faults.py, torn_checkpoint). Its last step then pushed step `last`
     to the shard ahead after the other ranks had finished and left, which closed it alone:
     every rank reported version `last`, this one holding a model one step further on that
     shard (issue #15, the torchrun restart test). No push goes beyond the job's end, so
