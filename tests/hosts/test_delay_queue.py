@@ -6,26 +6,15 @@ without iptables."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from testbed.delay_queue import iptables
 from tests.chaos import wait_exit
 from tests.hosts.conftest import BedFactory
+from tests.hosts.probes import round_trips
 
 pytestmark = pytest.mark.timeout(60)
 DELAY_MS = 30.0
-RTT = """
-import socket, sys, time
-for _ in range(4):
-    started = time.monotonic()
-    try:
-        socket.create_connection((sys.argv[1], 9), timeout=5).close()
-    except OSError:
-        pass
-    print(time.monotonic() - started)
-"""
 
 
 def test_every_round_trip_to_the_host_takes_the_delay_until_it_stops(
@@ -36,16 +25,11 @@ def test_every_round_trip_to_the_host_takes_the_delay_until_it_stops(
     bed = netbed(2)
     target, client = bed.host(0), bed.host(1)
 
-    def round_trips() -> list[float]:
-        done = bed.run(client, [sys.executable, "-c", RTT, target.ip])
-        assert done.returncode == 0, done.stderr
-        return [float(s) for s in done.stdout.split()]
-
-    assert min(round_trips()) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)
+    assert min(round_trips(bed, client, target.ip, 4)) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)
     delay = bed.start_delay_queue(target, DELAY_MS)
     assert "NFQUEUE" in bed.run(target, [tool, "-S"]).stdout
-    assert min(round_trips()) >= DELAY_MS / 1e3 * 0.95
+    assert min(round_trips(bed, client, target.ip, 4)) >= DELAY_MS / 1e3 * 0.95
     delay.process.terminate()
     assert wait_exit(delay, 10) == 0, delay.log_tail()
     assert "NFQUEUE" not in bed.run(target, [tool, "-S"]).stdout
-    assert min(round_trips()) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)
+    assert min(round_trips(bed, client, target.ip, 4)) < DELAY_MS / 1e3 / 2  # (min: a loaded machine stalls some)

@@ -24,21 +24,11 @@ from testbed import TestbedUnavailable as Unavailable  # (not collected as a tes
 from testbed.delay_queue import marked
 from testbed.netns import namespaces
 from tests.chaos import wait_exit
+from tests.hosts.probes import round_trips
 
 pytestmark = pytest.mark.timeout(60)
 DELAY_MS = 10.0
 REFUSAL = r"sch_netem \(CONFIG_NET_SCH_NETEM\), or else iptables with NFQUEUE"
-# Round trips to host 1: a TCP connect to a closed port is answered by a reset.
-RTT = """
-import socket, sys, time
-for _ in range(5):
-    started = time.monotonic()
-    try:
-        socket.create_connection((sys.argv[1], 9), timeout=5).close()
-    except OSError:
-        pass
-    print(time.monotonic() - started)
-"""
 DATAGRAMS = 200
 # Count the datagrams that arrive until none came for 1 s (10 s at most).
 RECEIVE = """
@@ -102,12 +92,10 @@ def test_a_round_trip_takes_four_times_the_delay_and_nothing_is_left(run_dir: Pa
         return
     with NetBed(run_dir, 2, link) as bed:
         assert bed.cluster is not None
-        done = bed.run(bed.host(0), [sys.executable, "-c", RTT, bed.host(1).ip])
+        rtts = round_trips(bed, bed.host(0), bed.host(1).ip)
         pids = [managed.process.pid for managed in bed.cluster.processes]
         if bed.delay_by == "queue":
             assert len(pids) == 2 and all(Path(f"/proc/{pid}").exists() for pid in pids)
-    assert done.returncode == 0, done.stdout + done.stderr
-    rtts = [float(s) for s in done.stdout.split()]
     print(f"{bed.delay_by}: round trips {[round(rtt * 1e3, 1) for rtt in rtts]} ms")
     # 4 link directions of DELAY_MS each; the fastest of 5 (a loaded machine stalls some)
     assert 4 * DELAY_MS / 1e3 * 0.95 <= min(rtts) < 6 * DELAY_MS / 1e3, (bed.delay_by, rtts)
