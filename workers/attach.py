@@ -300,7 +300,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            metrics_host: str = "127.0.0.1", claim_wait_s: float | None = None,
            tables: Sequence[str] | None = None,
            table_optimizer: str | TableOptimizer = "sgd:lr=0.01", table_seed: int = 0,
-           table_init_scale: float = 0.01, secure_aggregation: bool = False) -> AttachedModel:
+           table_init_scale: float = 0.01, secure_aggregation: bool = False,
+           shm: bool = False) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -334,6 +335,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     `table_seed` and `table_init_scale` (rows start uniform in +-scale) declare them.
     `secure_aggregation`: this federated client runs secure aggregation (the server must be
     started with --secure-aggregation, and refuses a client that does not offer it).
+    `shm`: offer servers on this host the shared-memory data plane (`workers/shm_plane.py`;
+    used where the server runs with --shm-data-plane, else the gRPC streams).
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -348,7 +351,7 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              security=security, world_size=world_size,
                              claim_wait_s=(default_claim_wait_s(retry_s)
                                            if claim_wait_s is None else claim_wait_s),
-                             secure_aggregation=secure_aggregation)
+                             secure_aggregation=secure_aggregation, shm=shm)
     leave_on_sigterm(client)  # under torchrun: a stopped rank leaves, no lease to wait out
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode

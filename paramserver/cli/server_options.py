@@ -220,6 +220,11 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "offer the one-message Step call (a push and its pull) to workers whose "
                  "push payload and pulled tensors each take at most this many bytes; 0: "
                  "not offered (issue #14)"),
+    ServerOption("--shm-data-plane", "shm_data_plane", SERVER,
+                 "accept the shared-memory data plane that workers on this host offer "
+                 "(worker --shm): payloads move through their /dev/shm segments, gRPC "
+                 "stays the control plane; for trusted peers of this server's user "
+                 "(issue #14)"),
 )
 BY_FLAG = {option.flag: option for option in OPTIONS}
 
