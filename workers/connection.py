@@ -205,7 +205,7 @@ class ServerConnection:
         scale, inf found) apply to the whole step. `momentum_applied`: the payloads carry
         the server's momentum (Session.momentum_correction), apply them plainly.
         """
-        shm = self.shm.write_push(payloads) if self.shm else None  # the header names it
+        shm = self.shm.write_push(payloads, self._sequence + 1) if self.shm else None
         header = serde.encode_push_header(dataclasses.replace(self._push_header(
             step, tensors, payloads, num_samples, more_parts, options, momentum_applied),
             shm=shm))

@@ -36,7 +36,9 @@ ChunkSink = Callable[[int, int, memoryview], None]
 WRITE_BYTES = 16 << 20  # bytes of a streamed payload made and written at a time
 
 
-def _remove(names: tuple[str, ...], fds: tuple[int, ...]) -> None:
+def _remove(names: tuple[str, ...], fds: tuple[int, ...], owner: int) -> None:
+    if os.getpid() != owner:  # a forked child exiting normally: the segments are not its
+        return
     for name, fd in zip(names, fds):
         segments.remove_segment(name)
         try:
@@ -54,19 +56,28 @@ class ShmSegments:
         try:
             self.pull_segment, self._pull_fd = segments.create_segment()
         except OSError:
-            _remove((self.push_segment,), (self._push_fd,))
+            _remove((self.push_segment,), (self._push_fd,), os.getpid())
             raise
+        self._finalizer = weakref.finalize(self, _remove, (self.push_segment, self.pull_segment),
+                                           (self._push_fd, self._pull_fd), os.getpid())
+        self._window = bytearray(segments.WINDOW_BYTES)
+        self._lock = threading.Lock()
+        self.offer = self.renew_offer()
+
+    def renew_offer(self) -> ShmOffer:
+        """A new token at the start of the push segment (a push since the last handshake
+        wrote over it), and the offer that names it."""
         token = os.urandom(segments.TOKEN_BYTES)
         segments.write_at(self._push_fd, 0, token)
         self.offer = ShmOffer(self.push_segment, self.pull_segment, token)
-        self._window = bytearray(segments.WINDOW_BYTES)
-        self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _remove, (self.push_segment, self.pull_segment),
-                                           (self._push_fd, self._pull_fd))
+        return self.offer
 
-    def write_push(self, payloads: Sequence[Payload]) -> ShmRanges:
-        """Write the payloads one after another into the push segment; their ranges."""
-        offsets, lengths, at = [], [], 0
+    def write_push(self, payloads: Sequence[Payload], sequence: int = 0) -> ShmRanges:
+        """Write the payloads one after another into the push segment, after the stamp of
+        the push's `sequence` (written first: a server still reading an abandoned earlier
+        push then sees the stamp change and refuses it); their ranges."""
+        segments.write_stamp(self._push_fd, sequence)
+        offsets, lengths, at = [], [], segments.PAYLOAD_AT
         for payload in payloads:
             offsets.append(at)
             lengths.append(payload.nbytes)
@@ -98,8 +109,11 @@ class ShmSegments:
 def offered(current: ShmSegments | None, wanted: bool) -> ShmSegments | None:
     """The segments to offer in a handshake: the connection's own (a rejoin offers them
     again), new ones, or None (not asked for, or no usable /dev/shm here)."""
-    if not wanted or current is not None:
+    if current is not None:
+        current.renew_offer()
         return current
+    if not wanted:
+        return None
     if not segments.available():
         log.info("no writable %s on this host: gRPC streams", segments.SHM_DIR)
         return None

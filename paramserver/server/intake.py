@@ -10,8 +10,9 @@ which may still refuse it (federated screening) before applying anything:
  2b. a push whose payload is in shared memory (`shm_plane.py`, docs/wire.md 5g): the
     session's data plane was accepted [FAILED_PRECONDITION], the segment is well named
     [INVALID_ARGUMENT] and the session's push segment [NOT_FOUND], one range per tensor,
-    each inside the segment and within the codec's size bound, and no chunks follow on
-    the stream [INVALID_ARGUMENT]; its windows then pass checks 10-12 as chunks do
+    each inside the segment's payload bytes and within the codec's size bound, the
+    segment stamped with this push's sequence, and no chunks follow on the stream
+    [INVALID_ARGUMENT]; its windows then pass checks 10-12 as chunks do
  3. a sequenced push (sequence > 0) comes from the session's own incarnation
                                                                   [FAILED_PRECONDITION]
  4. the push ledger: a retry of an answered push gets the first answer again (not

@@ -4,7 +4,8 @@ Opt-in (`--shm-data-plane`): a worker on the server's host offers two segments i
 (`paramserver/shm/segments.py`) in its handshake; the server accepts when the flag is on and
 it can open both and read back the token the worker wrote (the same host, the same user).
 Anything else (flag off, another host, another user, a bad name) is logged and answered
-`shm_data_plane=false`: that session's pushes and pulls stay on the gRPC streams.
+`shm_data_plane=false`: that session's pushes and pulls stay on the gRPC streams. A pull
+with a delta codec (top-k, qsgd) streams in any case (`core.pull` serves it first).
 
 Push: the header names the session's push segment and one byte range per tensor; every
 range is checked against the segment before anything else (`intake.py` check 2b), and
@@ -89,9 +90,14 @@ def push_chunks(record: SessionRecord, header: PushHeader, stream: Iterator[obje
     fd = segments.open_segment(name, writable=False)
     try:
         size = segments.segment_size(fd)
+        _check_stamp(fd, header.sequence)
     finally:
         os.close(fd)
     for spec, offset, length in zip(header.tensors, ranges.offsets, ranges.lengths):
+        if offset < segments.PAYLOAD_AT:
+            raise InvalidArgument(f"tensor {spec.name!r}: its range starts at byte {offset}, "
+                                  f"inside the segment's first {segments.PAYLOAD_AT} (token "
+                                  "and stamp)")
         if offset + length > size:
             raise InvalidArgument(f"tensor {spec.name!r}: bytes [{offset}, {offset + length}) "
                                   f"lie past the end of segment {name!r} ({size} bytes)")
@@ -101,12 +107,22 @@ def push_chunks(record: SessionRecord, header: PushHeader, stream: Iterator[obje
                                   f"at most {limit} bytes but its range holds {length}")
     if next(stream, None) is not None:
         raise InvalidArgument("a push whose payload is in shared memory carries no chunks")
-    return _read_chunks(name, ranges)
+    return _read_chunks(name, ranges, header.sequence)
 
 
-def _read_chunks(name: str, ranges: ShmRanges) -> Iterator[object]:
+def _check_stamp(fd: int, sequence: int) -> None:
+    """The segment holds this push (a sequenced one), not the worker's next."""
+    stamp = segments.read_stamp(fd)
+    if sequence and stamp != sequence:
+        raise InvalidArgument(f"the push segment holds push {stamp}, not push {sequence}: "
+                              "it was written over while this push was read")
+
+
+def _read_chunks(name: str, ranges: ShmRanges, sequence: int) -> Iterator[object]:
     """One window of the segment at a time, as chunks; each is consumed (added, or copied
-    into a staging buffer) before the window is read again."""
+    into a staging buffer) before the window is read again. The stamp is read again at the
+    end: a worker that gave up on this push and wrote its next one meanwhile changed it
+    first, and this push is refused (after a first add: its step discarded)."""
     window = bytearray(segments.WINDOW_BYTES)
     fd = segments.open_segment(name, writable=False)
     try:
@@ -115,6 +131,7 @@ def _read_chunks(name: str, ranges: ShmRanges) -> Iterator[object]:
             for data in segments.read_windows(fd, offset, length, window):
                 yield wire.Chunk(index, done, data)
                 done += data.nbytes
+        _check_stamp(fd, sequence)
     finally:
         os.close(fd)
 
@@ -125,9 +142,7 @@ def write_pull(record: SessionRecord, store: ParameterStore, version: int,
     """Write the pulled values into the session's pull segment; the answer: one encoded
     PullHeader naming where each tensor's bytes are."""
     _session_segment(record, name, "pull")
-    if codec.spec.name in DELTA_PULL_CODECS:
-        raise InvalidArgument(f"pull codec {codec.spec} sends deltas; the shared-memory data "
-                              "plane carries elementwise pulls (none, fp16, bf16)")
+    assert codec.spec.name not in DELTA_PULL_CODECS  # those stream (`core.pull`)
     lengths = tuple(codec.max_payload_nbytes(s.numel, s.dtype) for s in specs)
     offsets = tuple(sum(lengths[:i]) for i in range(len(lengths)))
     fd = segments.open_segment(name, writable=True)

@@ -30,6 +30,8 @@ SHM_DIR = Path("/dev/shm")
 NAME_PREFIX = "psm-"
 _NAME = re.compile(r"psm-[0-9a-f]{32}")
 TOKEN_BYTES = 32
+STAMP_AT = 32  # a push segment's bytes 32-39: the sequence of the push it holds (u64 LE)
+PAYLOAD_AT = 64  # the first byte a push payload may take (0-63: token and stamp)
 WINDOW_BYTES = 4 << 20  # bytes read per pread: bounds the memory a push takes
 
 
@@ -86,6 +88,16 @@ def open_segment(name: str, writable: bool) -> int:
 
 def segment_size(fd: int) -> int:
     return os.fstat(fd).st_size
+
+
+def read_stamp(fd: int) -> int:
+    """The sequence of the push a push segment holds (-1: none written)."""
+    data = os.pread(fd, 8, STAMP_AT)
+    return int.from_bytes(data, "little") if len(data) == 8 else -1
+
+
+def write_stamp(fd: int, sequence: int) -> None:
+    write_at(fd, STAMP_AT, sequence.to_bytes(8, "little"))
 
 
 def read_windows(fd: int, offset: int, length: int, window: bytearray) -> Iterator[memoryview]:

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from paramserver import serde
+from paramserver.errors import InvalidArgument
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
+from paramserver.server.shm_plane import push_chunks
 from paramserver.shm import segments
 from paramserver.shm.records import ShmOffer, ShmRanges
 from paramserver.types import CodecSpec, PullHeader, PushHeader, Role, TensorSpec
@@ -74,13 +76,17 @@ def test_offers_need_the_flag_and_the_token(shm: list[ShmSegments]) -> None:
     gone = ShmOffer("psm-" + "0" * 32, shm[-1].pull_segment, shm[-1].offer.token)
     assert not core.handshake("z", Role.WORKER, [], [], shm=gone).shm_data_plane
     assert core.handshake("v", Role.WORKER, [], [], shm=shm[-1].offer).shm_data_plane
+    shm[-1].write_push([memoryview(bytes(64))], sequence=1)  # pushes leave the token be
+    assert core.handshake("v", Role.WORKER, [], [], shm=shm[-1].offer).shm_data_plane
+    assert core.handshake("v", Role.WORKER, [], [], shm=shm[-1].renew_offer()).shm_data_plane
 
 
 def _bad_pushes(segs: ShmSegments, other: ShmSegments) -> dict[str, tuple[grpc.StatusCode,
                                                                         ShmRanges, list]]:
     good = segs.write_push([memoryview(g.numpy()).cast("B") for g in GRADS.values()])
     past = ShmRanges(good.segment, good.offsets, (good.lengths[0], good.lengths[1] + 4096))
-    big = ShmRanges(good.segment, (0, 0), (good.lengths[0] + 4, 4))
+    big = ShmRanges(good.segment, good.offsets, (good.lengths[0] + 4, good.lengths[1]))
+    token = ShmRanges(good.segment, (0, good.offsets[1]), good.lengths)
     return {
         "name": (grpc.StatusCode.INVALID_ARGUMENT,
                  dataclasses.replace(good, segment="psm-../../x"), []),
@@ -90,13 +96,14 @@ def _bad_pushes(segs: ShmSegments, other: ShmSegments) -> dict[str, tuple[grpc.S
         "count": (grpc.StatusCode.INVALID_ARGUMENT,
                   dataclasses.replace(good, offsets=good.offsets[:1]), []),
         "oversize": (grpc.StatusCode.INVALID_ARGUMENT, big, []),
+        "over the token": (grpc.StatusCode.INVALID_ARGUMENT, token, []),
         "chunks too": (grpc.StatusCode.INVALID_ARGUMENT, good,
                        chunks(list(GRADS.values()))[:1]),
     }
 
 
 @pytest.mark.parametrize("case", ["name", "not its own", "past the end", "count", "oversize",
-                                  "chunks too"])
+                                  "over the token", "chunks too"])
 def test_a_bad_segment_or_range_is_refused_and_changes_nothing(
         shm: list[ShmSegments], case: str) -> None:
     core, (a, b) = _core(shm)
@@ -136,3 +143,24 @@ def test_shm_pushes_and_pulls_match_the_streams(shm: list[ShmSegments]) -> None:
         assert got[index] == twin.store.params[spec.name].numpy().tobytes(), spec.name
     refused(grpc.StatusCode.NOT_FOUND, lambda: list(core.pull(
         a, 1, [], timeout_s=1.0, shm_segment=shm[1].pull_segment)))
+
+
+def test_a_push_written_over_while_it_is_read_is_refused(shm: list[ShmSegments]) -> None:
+    """The stamp: a header whose sequence the segment does not hold is refused before
+    anything; one whose segment is written over mid-read (a worker that gave up on it and
+    pushed its next) is refused at the end of the read."""
+    core, (a, _) = _core(shm)
+    record = core.members.require_worker(a, None)
+    payloads = [memoryview(g.numpy()).cast("B") for g in GRADS.values()]
+    ranges = shm[0].write_push(payloads, sequence=2)
+    header = PushHeader(a, 0, 1, _specs(), incarnation=record.incarnation, sequence=1,
+                        shm=ranges)
+    before = core.store.state_hash()
+    refused(grpc.StatusCode.INVALID_ARGUMENT, core.push, iter([header]))
+    assert core.store.state_hash() == before
+    header = dataclasses.replace(header, sequence=2)
+    stream = push_chunks(record, header, iter([]), record.push_decoder)
+    next(stream)
+    shm[0].write_push(payloads, sequence=3)
+    with pytest.raises(InvalidArgument, match="written over"):
+        list(stream)
