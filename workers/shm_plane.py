@@ -130,7 +130,8 @@ def accepted(current: ShmSegments | None, session: Session,
     removed (the connection stays on the gRPC streams)."""
     if current is None or session.shm_data_plane:
         if current is not None:
-            log.info("%s: pushes and pulls go through shared memory", address)
+            log.info("%s: streamed pushes and pulls go through shared memory (Step calls "
+                     "of a small model carry their bytes as before)", address)
         return current
     log.info("%s did not accept the shared-memory data plane (another host, or no "
              "--shm-data-plane): gRPC streams", address)

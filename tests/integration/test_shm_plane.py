@@ -4,7 +4,10 @@ with the very parameters the same job gets over the gRPC streams; a server witho
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +104,15 @@ def test_a_server_without_the_flag_keeps_the_grpc_streams(
     assert used == [False, False] and names == []
     after = {p.name for p in segments.SHM_DIR.glob(segments.NAME_PREFIX + "*")}
     assert after <= before  # nothing left behind by the declined offers
+
+
+def test_a_worker_that_exits_without_closing_leaves_no_segments(tmp_path: Path) -> None:
+    """Interpreter exit removes a connection's segments (weakref.finalize runs at exit)."""
+    script = ("from workers.shm_plane import ShmSegments\n"
+              "segs = ShmSegments()\n"
+              "print(segs.push_segment, segs.pull_segment)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2], check=True)
+    names = done.stdout.split()
+    assert len(names) == 2 and all(n.startswith(segments.NAME_PREFIX) for n in names)
+    assert not [n for n in names if (segments.SHM_DIR / n).exists()]
