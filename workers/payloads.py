@@ -143,6 +143,19 @@ class PullDecoder(_ShardPull):
         begin = place.byte_start + start
         place.target.view(np.uint8)[begin:begin + values.nbytes] = values
 
+    def landing(self, index: int, nbytes: int) -> memoryview | None:
+        """Under the raw codec, the model's own bytes that tensor `index`'s `nbytes` pulled
+        bytes land in, for a reader that writes them there itself (the shared-memory data
+        plane: one copy less than `sink`); None: feed `sink` instead."""
+        if not self._raw:
+            return None
+        place = self._places[index]
+        if nbytes != place.nbytes:
+            raise InvalidArgument(f"shard {self.shard} sent {nbytes} bytes for tensor "
+                                  f"{index}, which takes {place.nbytes}")
+        flat = place.target.view(np.uint8)
+        return flat[place.byte_start:place.byte_start + nbytes].data
+
     def _decode(self, place: _Place, offset: int,
                 data: memoryview) -> tuple[int, np.ndarray]:
         """(byte offset within the slice, decoded bytes in the parameter's dtype)."""

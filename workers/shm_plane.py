@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # (index into the pull header's tensors, byte offset, payload view), as a streamed pull's
 ChunkSink = Callable[[int, int, memoryview], None]
+# (index into the pull header's tensors, its byte count) -> where they belong, or None
+Landing = Callable[[int, int], memoryview | None]
 WRITE_BYTES = 16 << 20  # bytes of a streamed payload made and written at a time
 
 
@@ -87,14 +89,21 @@ class ShmSegments:
             at += payload.nbytes
         return ShmRanges(self.push_segment, tuple(offsets), tuple(lengths))
 
-    def read_pull(self, ranges: ShmRanges, tensors: int, sink: ChunkSink) -> None:
-        """Feed `sink` each tensor's bytes from the pull segment, as chunks would be."""
+    def read_pull(self, ranges: ShmRanges, tensors: int, sink: ChunkSink,
+                  landing: Landing | None = None) -> None:
+        """Each tensor's bytes from the pull segment: straight into `landing(index,
+        nbytes)` where it names the memory they belong in, else fed to `sink` in windows,
+        as chunks would be."""
         if (ranges.segment != self.pull_segment or len(ranges.offsets) != tensors
                 or len(ranges.lengths) != tensors):
             raise InvalidArgument(f"the pull's header names segment {ranges.segment!r} with "
                                   f"{len(ranges.offsets)} ranges for {tensors} tensors; "
                                   f"expected this connection's {self.pull_segment!r}")
         for index, (offset, length) in enumerate(zip(ranges.offsets, ranges.lengths)):
+            into = landing(index, length) if landing is not None else None
+            if into is not None:
+                segments.read_into(self._pull_fd, offset, into)
+                continue
             done = 0
             for data in segments.read_windows(self._pull_fd, offset, length, self._window):
                 sink(index, done, data)
@@ -145,7 +154,9 @@ def read_pulled(current: ShmSegments | None, header: PullHeader, sink: ChunkSink
         if current is None:
             raise InvalidArgument("the server answered a pull through shared memory, which "
                                   "this connection did not ask for")
-        current.read_pull(header.shm, len(header.tensors), sink)
+        # A PullDecoder's sink (raw codec) lets the bytes be read straight into the model.
+        landing = getattr(getattr(sink, "__self__", None), "landing", None)
+        current.read_pull(header.shm, len(header.tensors), sink, landing)
     return header
 
 

@@ -116,6 +116,18 @@ def read_windows(fd: int, offset: int, length: int, window: bytearray) -> Iterat
         done += got
 
 
+def read_into(fd: int, offset: int, into: memoryview) -> None:
+    """Fill `into` with the segment's bytes from `offset` (InvalidArgument when it ends
+    first)."""
+    view = into.cast("B")
+    while view.nbytes:
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            raise InvalidArgument(f"shared-memory segment ends at byte {offset}, "
+                                  f"{view.nbytes} bytes short of what its header names")
+        view, offset = view[got:], offset + got
+
+
 def write_at(fd: int, offset: int, data: memoryview | bytes) -> None:
     """All of `data` at `offset` (tmpfs grows the file as needed)."""
     view = memoryview(data).cast("B")
