@@ -3,13 +3,14 @@
 Four measurements, each on loopback with separate processes, ratios from this one run:
 
 - bulk: a 100 MB model (1 shard), W=1 and W=2: push+pull rounds of our server (sync, SGD
-  with momentum 0.9) against the bare gRPC stream of the same chunk messages
+  with momentum 0.9), over the gRPC streams and over the shared-memory data plane
+  (`--shm-data-plane`, issue #14), against the bare gRPC stream of the same chunk messages
   (`benchmarks.bare_grpc`) and, beside it, raw loopback TCP echoing the same bytes;
 - small: a 40 KB model's sync step at W=2 (`ParameterClient.step`: push, aggregate, SGD
   with momentum, pull), on the streams and in one Step call (issue #14), against a bare
   gRPC unary echo of the same bytes, W=2 at once, and the bare stream round of its messages;
 - memory: the server's peak RSS above idle over the model bytes, W=1, 2 and 4 (budget 3x:
-  parameters + momentum + one aggregation buffer);
+  parameters + momentum + one aggregation buffer), over the streams and over shm;
 - soak: 10,000 async pushes of a 1 MB model from 2 workers, RSS growth after the first 10%.
 
     python -m benchmarks.datapath [--only bulk,small,memory,soak] [--quick] [--report FILE]
@@ -53,10 +54,11 @@ def server_command(mode: str, workers: int) -> list[str]:
 
 
 def step_worker(index: int, round_barrier: Barrier, stage_barrier: Barrier, address: str,
-                model_mb: float, reps: int, step_call_bytes: int = STEP_CALL_BYTES
-                ) -> list[Any]:
+                model_mb: float, reps: int, step_call_bytes: int = STEP_CALL_BYTES,
+                shm: bool = False) -> list[Any]:
     """Sync steps of a Blob model through the real client (push, then pull; one Step call
-    where the model fits `step_call_bytes`, 0: always the streams)."""
+    where the model fits `step_call_bytes`, 0: always the streams; `shm`: through the
+    shared-memory data plane, which the server must accept)."""
     import torch
 
     from benchmarks.blob import Blob
@@ -65,7 +67,9 @@ def step_worker(index: int, round_barrier: Barrier, stage_barrier: Barrier, addr
     torch.set_num_threads(1)
     model = Blob(model_mb)
     with ParameterClient([address], f"dp-{index}", timeout_s=TIMEOUT_S,
-                         step_call_bytes=step_call_bytes) as client:
+                         step_call_bytes=step_call_bytes, shm=shm) as client:
+        if shm and client.connections[0].shm is None:
+            raise RuntimeError("the server did not accept the shared-memory data plane")
         client.attach(model)
         model.set_gradients()
 
@@ -105,14 +109,15 @@ def _nbytes(model_mb: float) -> int:
 
 def ours(run_dir: Path, model_mb: float, workers: int, reps: int,
          command: Sequence[str] | None = None, step_call_bytes: int = STEP_CALL_BYTES,
-         ) -> tuple[Result, dict[str, int]]:
+         shm: bool = False) -> tuple[Result, dict[str, int]]:
     """Sync steps against a fresh server; its idle and peak RSS with the result."""
-    with harness.serving(list(command or server_command("sync", workers)), run_dir,
-                         f"ps-{model_mb:g}-w{workers}") as server:
+    command = list(command or server_command("sync", workers)) + (
+        ["--shm-data-plane"] if shm else [])
+    with harness.serving(command, run_dir, f"ps-{model_mb:g}-w{workers}") as server:
         time.sleep(0.2)
         idle = rss_bytes(server.pid)
-        [result] = run_clients("ours", step_worker,
-                               (server.address, model_mb, reps, step_call_bytes), workers,
+        [result] = run_clients("ours-shm" if shm else "ours", step_worker,
+                               (server.address, model_mb, reps, step_call_bytes, shm), workers,
                                [DEFAULT_CHUNK_BYTES], _nbytes(model_mb), server.pid)
         return result, {"idle_rss": idle, "peak_rss": peak_rss_bytes(server.pid)}
 
@@ -154,10 +159,13 @@ def bulk(run_dir: Path, reps: int, model_mb: float) -> dict[str, Any]:
     for workers in (1, 2):
         bare = bare_stream(run_dir, model_mb, workers, reps)
         mine, _ = ours(run_dir, model_mb, workers, reps)
+        shm, _ = ours(run_dir, model_mb, workers, reps, shm=True)
         ratio = _ms(bare) / _ms(mine)
+        tcp_ms = tcp["round_s"]["median"] * workers * 1e3
         out[f"w{workers}"] = {"bare": _row(bare), "ours": _row(mine), "ours_over_bare": ratio,
-                              "ours_over_tcp_w1": tcp["round_s"]["median"] * workers
-                              * 1e3 / _ms(mine)}
+                              "ours_over_tcp_w1": tcp_ms / _ms(mine), "ours_shm": _row(shm),
+                              "shm_over_bare": _ms(bare) / _ms(shm),
+                              "shm_over_tcp_w1": tcp_ms / _ms(shm)}
         print(f"bulk {model_mb:g} MB W={workers}: ours {_ms(mine):.1f} ms "
               f"({statistics.median(mine.gbps()):.3f} GB/s, srv cpu "
               f"{1e3 * mine.server_cpu_s:.0f} ms) | bare stream {_ms(bare):.1f} ms "
@@ -165,6 +173,11 @@ def bulk(run_dir: Path, reps: int, model_mb: float) -> dict[str, Any]:
               f"{1e3 * bare.server_cpu_s:.0f} ms) | ours/bare {ratio:.2f}, ours/tcp "
               f"{out[f'w{workers}']['ours_over_tcp_w1']:.2f} | other cpu "
               f"{1e3 * mine.other_cpu_s:.0f}/{1e3 * bare.other_cpu_s:.0f} ms", flush=True)
+        print(f"bulk {model_mb:g} MB W={workers}: ours over shm {_ms(shm):.1f} ms "
+              f"({statistics.median(shm.gbps()):.3f} GB/s, srv cpu "
+              f"{1e3 * shm.server_cpu_s:.0f} ms, clients {1e3 * shm.client_cpu_s:.0f} ms) | "
+              f"bare/shm {_ms(bare) / _ms(shm):.2f}, tcp/shm "
+              f"{out[f'w{workers}']['shm_over_tcp_w1']:.2f}", flush=True)
     return out
 
 
@@ -197,13 +210,15 @@ def small(run_dir: Path, reps: int) -> dict[str, Any]:
 def memory(run_dir: Path, reps: int, model_mb: float) -> dict[str, Any]:
     out = {}
     for workers in MEMORY_WORKERS:
-        result, rss = ours(run_dir, model_mb, workers, reps)
-        ratio = (rss["peak_rss"] - rss["idle_rss"]) / _nbytes(model_mb)
-        out[f"w{workers}"] = {**rss, "model_bytes": _nbytes(model_mb), "peak_over_idle_x": ratio,
-                              "step_ms": _ms(result)}
-        print(f"memory {model_mb:g} MB W={workers}: idle {rss['idle_rss'] / 2**20:.0f} MiB, "
-              f"peak {rss['peak_rss'] / 2**20:.0f} MiB, above idle {ratio:.2f}x the model "
-              f"(step {_ms(result):.0f} ms)", flush=True)
+        for shm in (False, True):
+            result, rss = ours(run_dir, model_mb, workers, reps, shm=shm)
+            ratio = (rss["peak_rss"] - rss["idle_rss"]) / _nbytes(model_mb)
+            out[f"w{workers}{'_shm' if shm else ''}"] = {
+                **rss, "model_bytes": _nbytes(model_mb), "peak_over_idle_x": ratio,
+                "step_ms": _ms(result)}
+            print(f"memory {model_mb:g} MB W={workers}{' shm' if shm else ''}: idle "
+                  f"{rss['idle_rss'] / 2**20:.0f} MiB, peak {rss['peak_rss'] / 2**20:.0f} MiB, "
+                  f"above idle {ratio:.2f}x the model (step {_ms(result):.0f} ms)", flush=True)
     return out
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from paramserver.shm.records import ShmOffer, ShmRanges
+
 
 class Mode(enum.Enum):
     """How the server applies pushed gradients."""
@@ -254,6 +256,7 @@ class Session:
     # applies them with plain SGD): offered with a biased sparsifier under SGD momentum
     momentum_correction: float = 0.0
     step_call_bytes: int = 0  # > 0: the server answers Step calls up to this size (#14)
+    shm_data_plane: bool = False  # payloads may travel in /dev/shm segments (#14)
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,7 @@ class PushHeader:
     sequence: int = 0  # exactly-once: 0 opts out of deduplication
     momentum_applied: bool = False  # the worker applied the server's momentum (DGC)
     options: StepOptions | None = None  # the closing part's step options (issue #18)
+    shm: ShmRanges | None = None  # payloads in the push segment, none on the stream
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,6 +313,7 @@ class HandshakeRequest:
     held_version: int | None = None  # a rejoin: the version of the parameters it holds
     world_size: int | None = None  # the job size the worker believes in (WORLD_SIZE)
     secure_aggregation: bool = False  # federated: the client runs secure aggregation
+    shm: ShmOffer | None = None  # the shared-memory data plane's segments (#14)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,6 +332,7 @@ class PullRequest:
     min_version: int
     tensors: tuple[str, ...] = ()
     held_version: int = -1  # compressed pulls: the stream version the worker holds
+    shm_segment: str = ""  # write the values there, send only the header (#14)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -336,6 +342,7 @@ class PullHeader:
     version: int
     tensors: tuple[TensorSpec, ...]
     delta_from: int = -1  # >= 0: the chunks are codec payloads of version - delta_from
+    shm: ShmRanges | None = None  # the values are in the pull segment, not chunks
 
     @property
     def is_delta(self) -> bool:

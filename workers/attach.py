@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import threading
 import time
@@ -48,7 +47,7 @@ from workers.environment import WorkerIdentity
 from workers.environment import claim_wait_s as default_claim_wait_s
 from workers.job_end import wait_for_world
 from workers.parameter_client import ParameterClient
-from workers.payloads import is_raw
+from workers.payloads import buffers_pushed
 from workers.server_optimizer import ServerOptimizer
 from workers.step_guards import drop_nonfinite_feedback, fingerprint, same_bits
 from workers.termination import leave_on_sigterm
@@ -56,7 +55,6 @@ from workers.termination import leave_on_sigterm
 if TYPE_CHECKING:
     from workers.metrics import WorkerMetrics
 
-log = logging.getLogger(__name__)
 
 Codecs = str | Sequence[CodecSpec]
 
@@ -306,7 +304,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
            tables: Sequence[str] | None = None,
            table_optimizer: str | TableOptimizer = "sgd:lr=0.01", table_seed: int = 0,
            table_init_scale: float = 0.01, secure_aggregation: bool = False,
-           recv_window: int = FLOW_CONTROL_WINDOW) -> AttachedModel:
+           recv_window: int = FLOW_CONTROL_WINDOW,
+           shm: bool = False) -> AttachedModel:
     """Register `model` with the servers (or join the model already there), load the
     servers' parameters into it, and return the handle the training loop steps.
 
@@ -341,6 +340,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
     `secure_aggregation`: this federated client runs secure aggregation (the server must be
     started with --secure-aggregation, and refuses a client that does not offer it).
     `recv_window`: each pull stream's HTTP/2 window in bytes (see `ParameterClient`).
+    `shm`: offer servers on this host the shared-memory data plane (`workers/shm_plane.py`;
+    used where the server runs with --shm-data-plane, else the gRPC streams).
     """
     identity = WorkerIdentity.from_env()
     if world_size is None and "WORLD_SIZE" in os.environ:
@@ -355,7 +356,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                              security=security, world_size=world_size,
                              claim_wait_s=(default_claim_wait_s(retry_s)
                                            if claim_wait_s is None else claim_wait_s),
-                             secure_aggregation=secure_aggregation, recv_window=recv_window)
+                             secure_aggregation=secure_aggregation, recv_window=recv_window,
+                             shm=shm)
     leave_on_sigterm(client)  # under torchrun: a stopped rank leaves, no lease to wait out
     try:
         expected = Mode(mode) if isinstance(mode, str) else mode
@@ -364,7 +366,8 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
                                      f"in {client.session.mode.value} mode")
         table_modules = find_tables(model, tables)
         client.attach(model, exclude=excluded(table_modules))
-        client.broadcast_buffers = _broadcasts_buffers(broadcast_buffers, identity, client)
+        client.broadcast_buffers = buffers_pushed(broadcast_buffers, identity.rank,
+                                                  client.push_codecs)
         attached = AttachedModel(model, client, identity, overlap, int(bucket_mb * 2**20),
                                  excluded(table_modules))
         attached.tables = open_tables(table_modules, client.connections,
@@ -384,16 +387,3 @@ def attach(model: nn.Module, servers: str | Sequence[str], *, codecs: Codecs = "
 
 def _specs(codecs: Codecs) -> tuple[CodecSpec, ...]:
     return CodecSpec.parse_list(codecs) if isinstance(codecs, str) else tuple(codecs)
-
-
-def _broadcasts_buffers(asked: bool | None, identity: WorkerIdentity,
-                        client: ParameterClient) -> bool:
-    """Rank 0 pushes the buffers unless told otherwise; never through a compressing codec,
-    which would sparsify or quantize values that are not gradients."""
-    wanted = identity.rank == 0 if asked is None else asked
-    if wanted and not all(is_raw(c) for c in client.push_codecs):
-        log.warning("model buffers (BatchNorm statistics) are not pushed with push codec %s: "
-                    "push with codec none to keep them on the servers",
-                    client.push_codecs[0].spec)
-        return False
-    return wanted

@@ -64,7 +64,8 @@ from paramserver.types import (
     TensorSpec,
 )
 from workers.claims import claiming
-from workers.retries import retrying
+from workers.retries import parsed_answer, retrying
+from workers.shm_plane import ShmSegments, accepted, close_segments, offered, read_pulled
 from workers.traffic import LinkShaper
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ class ServerConnection:
     """
 
     def __init__(self, address: str, timeout_s: float = 60.0, retry_s: float = 60.0,
-                 shaper: LinkShaper | None = None,
-                 security: ClientSecurity | None = None,
+                 shaper: LinkShaper | None = None, security: ClientSecurity | None = None,
                  window: int = FLOW_CONTROL_WINDOW) -> None:
         """`security`: TLS and the credential to present; None takes them from the
         PARAMSERVER_TLS_* / PARAMSERVER_TOKEN environment (plaintext when none is set).
@@ -108,6 +108,7 @@ class ServerConnection:
         self.bytes_pulled = 0
         self.gradient_bytes_pushed = 0  # the part of bytes_pushed that carried gradients
         self.duplicates = 0  # pushes the server answered as retries of applied ones
+        self.shm: ShmSegments | None = None  # the shared-memory data plane (issue #14)
         self._handshake = self._method("Handshake")
         self._status = self._method("Status")
         self._heartbeat = self._method("Heartbeat")
@@ -159,19 +160,23 @@ class ServerConnection:
     def handshake(self, worker_id: str, role: Role = Role.WORKER,
                   push_codecs: Sequence[CodecSpec] = (), pull_codecs: Sequence[CodecSpec] = (),
                   held_version: int | None = None, world_size: int | None = None,
-                  claim_wait_s: float = 0.0, secure_aggregation: bool = False) -> Session:
+                  claim_wait_s: float = 0.0, secure_aggregation: bool = False,
+                  shm: bool = False) -> Session:
         """Open a session; a rejoin states `held_version`, the version it holds; a worker
-        may state the job size it expects (`world_size`, checked by the server).
-        `claim_wait_s`: how long a first handshake refused because a live session holds
-        `worker_id` is tried again (`workers.claims`) until that session's lease runs
-        out (a rank restarted by torchrun meets its dead predecessor's session)."""
+        may state the job size it expects (`world_size`, checked by the server). A first
+        handshake refused because a live session holds `worker_id` is tried again for
+        `claim_wait_s` (`workers.claims`: a rank torchrun restarted meets its dead
+        predecessor's session). `shm`: offer the shared-memory data plane."""
+        self.shm = offered(self.shm, shm)
         request = HandshakeRequest(worker_id=worker_id, role=role,
                                    push_codecs=tuple(push_codecs),
                                    pull_codecs=tuple(pull_codecs), client_version=__version__,
                                    held_version=held_version, world_size=world_size,
-                                   secure_aggregation=secure_aggregation)
-        self.session = claiming(lambda: _answer(self._call(self._handshake, request)),
+                                   secure_aggregation=secure_aggregation,
+                                   shm=self.shm.offer if self.shm else None)
+        self.session = claiming(lambda: parsed_answer(self._call(self._handshake, request)),
                                 claim_wait_s, self.address)
+        self.shm = accepted(self.shm, self.session, self.address)
         self._sequence = 0  # each incarnation numbers its pushes from 1 (docs/wire.md 5)
         self.chunk_bytes = self.session.chunk_bytes or DEFAULT_CHUNK_BYTES
         return self.session
@@ -185,7 +190,7 @@ class ServerConnection:
         """
         header = serde.encode_register_header(RegisterHeader(
             self.session_id, layout, values is not None, plan, shard_index))
-        registration: Registration = _answer(self._retrying(
+        registration: Registration = parsed_answer(self._retrying(
             lambda: self._register(self._messages(header, values or ()), timeout=self.timeout_s)))
         return registration if registration.layout.tensors else dataclasses.replace(
             registration, layout=layout)
@@ -201,15 +206,17 @@ class ServerConnection:
         scale, inf found) apply to the whole step. `momentum_applied`: the payloads carry
         the server's momentum (Session.momentum_correction), apply them plainly.
         """
-        header = serde.encode_push_header(self._push_header(
-            step, tensors, payloads, num_samples, more_parts, options, momentum_applied))
+        shm = self.shm.write_push(payloads, self._sequence + 1) if self.shm else None
+        header = serde.encode_push_header(dataclasses.replace(self._push_header(
+            step, tensors, payloads, num_samples, more_parts, options, momentum_applied),
+            shm=shm))
         before = self.bytes_pushed
         try:
-            response = self._retrying(lambda: self._push(self._messages(header, payloads),
-                                                         timeout=self.timeout_s))
+            response = self._retrying(lambda: self._push(self._messages(
+                header, () if shm else payloads), timeout=self.timeout_s))
         finally:
             self.gradient_bytes_pushed += self.bytes_pushed - before
-        result: PushResult = _answer(response)
+        result: PushResult = parsed_answer(response)
         if result.duplicate:
             self.duplicates += 1
         return result
@@ -247,7 +254,7 @@ class ServerConnection:
             self.gradient_bytes_pushed += len(request)
             if self._shaper is not None:
                 self._shaper.send(len(request))
-            answers.append(_answer(self._step(request, timeout=timeout)))
+            answers.append(parsed_answer(self._step(request, timeout=timeout)))
             return answers[-1].pull  # the push's answer is kept aside in `answers`
 
         pulled = self._retrying(lambda: self._pull_once(message, sink, None, on_header,
@@ -256,18 +263,18 @@ class ServerConnection:
         return answers[-1].push, pulled
 
     def pull(self, min_version: int, sink: ChunkSink, names: Sequence[str] = (),
-             timeout_s: float | None = None,
-             on_header: Callable[[PullHeader], None] | None = None,
-             held_version: int = -1) -> PullHeader:
+             timeout_s: float | None = None, held_version: int = -1,
+             on_header: Callable[[PullHeader], None] | None = None) -> PullHeader:
         """Stream parameters at version >= min_version into `sink`; returns the header.
 
         `on_header(header)` runs before the first chunk reaches the sink. `held_version`:
         with a delta pull codec, the version of the pull stream this worker holds.
         """
         request = PullRequest(session_id=self.session_id, min_version=min_version,
-                              tensors=tuple(names), held_version=held_version)
-        return self._retrying(lambda: self._pull_once(request, sink, timeout_s, on_header),
-                              PULL_RETRIED)
+                              tensors=tuple(names), held_version=held_version,
+                              shm_segment=self.shm.pull_segment if self.shm else "")
+        return read_pulled(self.shm, self._retrying(  # the values may wait in shm
+            lambda: self._pull_once(request, sink, timeout_s, on_header), PULL_RETRIED), sink)
 
     def _pull_once(self, request: object, sink: ChunkSink, timeout_s: float | None,
                    on_header: Callable[[PullHeader], None] | None,
@@ -296,7 +303,7 @@ class ServerConnection:
     def declare_tables(self, plan: TablePlan, shard_index: int) -> tuple[bool, TablePlan]:
         """Record the job's tables on this shard, or check them; (created, recorded plan)."""
         request = DeclareTables(self.session_id, plan, shard_index)
-        answer: tuple[bool, TablePlan] = _answer(self._call(self._declare_tables, request))
+        answer: tuple[bool, TablePlan] = parsed_answer(self._call(self._declare_tables, request))
         return answer
 
     def pull_rows(self, table: str, ids: np.ndarray, min_version: int, sink: ChunkSink,
@@ -322,27 +329,27 @@ class ServerConnection:
         values = codec.encode(flat) if codec is not None else flat.view(torch.uint8)
         payloads = ([np.ascontiguousarray(ids, dtype="<i8").view(np.uint8).data,
                      values.cpu().numpy().data] if len(ids) else [])
-        result: PushResult = _answer(self._retrying(
+        result: PushResult = parsed_answer(self._retrying(
             lambda: self._push_rows(self._messages(header, payloads), timeout=self.timeout_s)))
         return result
 
     def status(self, include_state_hash: bool = False) -> ServerStatus:
-        status: ServerStatus = _answer(self._call(self._status, include_state_hash))
+        status: ServerStatus = parsed_answer(self._call(self._status, include_state_hash))
         return status
 
     def get_state(self) -> bytes:
         """The server's whole state (parameters, optimizer state, version) as bytes."""
-        state: bytes = _answer(self._call(self._get_state, self.session_id))
+        state: bytes = parsed_answer(self._call(self._get_state, self.session_id))
         return state
 
     def set_state(self, state: bytes) -> int:
         """Install a state from `get_state` on this fresh server; the version it holds."""
         upload = StateUpload(session_id=self.session_id, state=state)
-        return int(_answer(self._call(self._set_state, upload)))
+        return int(parsed_answer(self._call(self._set_state, upload)))
 
     def heartbeat(self) -> int:
         try:  # one attempt: the next heartbeat is the retry
-            return int(_answer(self._heartbeat(self.session_id, timeout=self.timeout_s)))
+            return int(parsed_answer(self._heartbeat(self.session_id, timeout=self.timeout_s)))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -351,7 +358,7 @@ class ServerConnection:
         """Federated: wait for round >= round_; whether this client is sampled for it. To a
         follower shard, `close` is the leader's close of an earlier round, applied first."""
         request = RoundRequest(session_id=self.session_id, round=round_, close=close)
-        joined: RoundJoin = _answer(self._call(self._join_round, request,
+        joined: RoundJoin = parsed_answer(self._call(self._join_round, request,
                                                timeout=timeout_s or self.timeout_s))
         return joined
 
@@ -366,6 +373,7 @@ class ServerConnection:
 
     def close(self) -> None:
         self.channel.close()
+        close_segments(self.shm)
 
     # ---- streaming -------------------------------------------------------------------
 
@@ -390,10 +398,3 @@ def _counting(connection: ServerConnection,
             connection._shaper.receive(len(message))
         return decode(message)
     return decode_and_count
-
-
-def _answer(response: T) -> T:
-    """A server's answer, or InvalidArgument when it did not parse."""
-    if isinstance(response, serde.MalformedMessage):
-        raise InvalidArgument(f"the server's answer: {response.reason}")
-    return response

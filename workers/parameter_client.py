@@ -96,10 +96,11 @@ class ParameterClient(TrafficCounters, ShardPulls, OneCallSteps):
                  world_size: int | None = None, claim_wait_s: float = 0.0,
                  secure_aggregation: bool = False,
                  step_call_bytes: int = STEP_CALL_BYTES,
-                 recv_window: int = FLOW_CONTROL_WINDOW) -> None:
+                 recv_window: int = FLOW_CONTROL_WINDOW, shm: bool = False) -> None:
         self.worker_id = worker_id
         self.role = role
         self.world_size = world_size  # stated at handshake, checked against --workers
+        self.shm = shm  # offer the shared-memory data plane (`workers/shm_plane.py`)
         self._offers = (tuple(push_codecs), tuple(pull_codecs))
         addresses = parse_servers(servers)
         self.connections = [
@@ -113,7 +114,7 @@ class ParameterClient(TrafficCounters, ShardPulls, OneCallSteps):
         self.sessions: list[Session] = self._shards.run(
             lambda shard: self.connections[shard].handshake(
                 worker_id, role, *self._offers, world_size=world_size,
-                claim_wait_s=claim_wait_s, secure_aggregation=secure_aggregation))
+                claim_wait_s=claim_wait_s, secure_aggregation=secure_aggregation, shm=shm))
         self.versions = [s.version for s in self.sessions]
         self._rounds_led = sharded_rounds.leads_rounds(self.sessions[0], len(addresses))
         # Per shard: the agreed push codec, and error feedback when it is biased.
@@ -238,7 +239,7 @@ class ParameterClient(TrafficCounters, ShardPulls, OneCallSteps):
         log.warning("%s: %s; rejoining", connection.address, why)
         session = connection.handshake(self.worker_id, self.role, *self._offers,
                                        held_version=self.versions[shard],
-                                       world_size=self.world_size)
+                                       world_size=self.world_size, shm=self.shm)
         self.sessions[shard] = session
         self._stream_versions[shard] = -1  # a new session: the next pull comes whole
         if session.push_codec != self.push_codecs[shard].spec:

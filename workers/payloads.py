@@ -15,6 +15,7 @@ added to the parameter when the stream ends (or, for a whole pull, its raw value
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from paramserver.codecs.streaming import Payload, StreamDecoder, StreamedPayload
 from paramserver.errors import FailedPrecondition, InvalidArgument
 from paramserver.types import CodecSpec, PullHeader, TensorSpec
 from workers.routes import Route
+
+log = logging.getLogger(__name__)
 
 RAW = CodecSpec("none")
 
@@ -143,6 +146,19 @@ class PullDecoder(_ShardPull):
         begin = place.byte_start + start
         place.target.view(np.uint8)[begin:begin + values.nbytes] = values
 
+    def landing(self, index: int, nbytes: int) -> memoryview | None:
+        """Under the raw codec, the model's own bytes that tensor `index`'s `nbytes` pulled
+        bytes land in, for a reader that writes them there itself (the shared-memory data
+        plane: one copy less than `sink`); None: feed `sink` instead."""
+        if not self._raw:
+            return None
+        place = self._places[index]
+        if nbytes != place.nbytes:
+            raise InvalidArgument(f"shard {self.shard} sent {nbytes} bytes for tensor "
+                                  f"{index}, which takes {place.nbytes}")
+        flat = place.target.view(np.uint8)
+        return flat[place.byte_start:place.byte_start + nbytes].data
+
     def _decode(self, place: _Place, offset: int,
                 data: memoryview) -> tuple[int, np.ndarray]:
         """(byte offset within the slice, decoded bytes in the parameter's dtype)."""
@@ -238,3 +254,15 @@ def _slice_of(place: _Place) -> torch.Tensor:
     """The parameter slice a place names, as a writable torch view of its dtype."""
     raw = torch.from_numpy(place.target.view(np.uint8))
     return raw[place.byte_start:place.byte_start + place.nbytes].view(place.dtype)
+
+
+def buffers_pushed(asked: bool | None, rank: int, push_codecs: Sequence[Codec]) -> bool:
+    """Whether a worker pushes the model's buffers: rank 0 unless told otherwise, and never
+    through a compressing codec, which would sparsify or quantize values that are not
+    gradients."""
+    wanted = rank == 0 if asked is None else asked
+    if wanted and not all(is_raw(c) for c in push_codecs):
+        log.warning("model buffers (BatchNorm statistics) are not pushed with push codec %s: "
+                    "push with codec none to keep them on the servers", push_codecs[0].spec)
+        return False
+    return wanted

@@ -10,7 +10,8 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from paramserver.errors import ParamServerError, from_rpc_error
+from paramserver import serde
+from paramserver.errors import InvalidArgument, ParamServerError, from_rpc_error
 from paramserver.transport import tls_refusal
 
 log = logging.getLogger(__name__)
@@ -62,3 +63,10 @@ def _explain(error: ParamServerError, tries: int, target: Retried) -> None:
                     "certificate looks like: check --tls-cert/--tls-key (signed by the "
                     "server's client CA, not expired)")
     error.args = (message,)
+
+
+def parsed_answer(response: T) -> T:
+    """A server's answer, or InvalidArgument when it did not parse."""
+    if isinstance(response, serde.MalformedMessage):
+        raise InvalidArgument(f"the server's answer: {response.reason}")
+    return response

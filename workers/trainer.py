@@ -46,6 +46,7 @@ class TrainConfig:
     model: str = "digits"  # a name in workers.tasks.MODELS
     ctr_spec: str = "tiny"  # --model ctr: the data set, a name in workers.ctr_data.SPECS
     table_optimizer: str = "adam:lr=0.03"  # row-sparse tables' (issue #16): SparseAdam's rule
+    shm: bool = False  # offer the shared-memory data plane (issue #14)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
                          pull_codecs=config.pull_codecs, timeout_s=config.timeout_s,
                          error_feedback=config.error_feedback,
                          ef_momentum=config.ef_momentum, retry_s=config.retry_s,
-                         security=config.security) as client, \
+                         security=config.security, shm=config.shm) as client, \
             _attached(client, model, config.table_optimizer, config.seed) as tables:
         n = task.n_train
         mine = shard_indices(n, config.rank, config.num_workers, config.data)

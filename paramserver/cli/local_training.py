@@ -164,6 +164,7 @@ def _worker_args(job: LocalTraining, rank: int, servers: str, report: Path,
             "--ef-momentum", str(worker.ef_momentum), "--model", worker.model,
             "--ctr-spec", worker.ctr_spec, "--table-optimizer", worker.table_optimizer,
             *([] if worker.error_feedback else ["--no-error-feedback"]),
+            *(["--shm"] if worker.shm else []),
             *client_flags(tls, f"worker-{rank}")]
 
 

@@ -61,6 +61,10 @@ def add_training(parser: argparse.ArgumentParser) -> None:
                        help="momentum correction for biased codecs (DGC): the worker applies "
                             "this Nesterov momentum before compressing; run the server with "
                             "--momentum 0 (default 0: off)")
+    group.add_argument("--shm", action="store_true",
+                       help="offer servers on this host the shared-memory data plane: "
+                            "payloads through /dev/shm, used where the server runs with "
+                            "--shm-data-plane (issue #14; trusted co-located peers only)")
 
 
 def train_config(args: argparse.Namespace, servers: str, worker_id: str, rank: int = 0,
@@ -74,6 +78,7 @@ def train_config(args: argparse.Namespace, servers: str, worker_id: str, rank: i
                        pull_codecs=args.pull_codec, error_feedback=not args.no_error_feedback,
                        ef_momentum=args.ef_momentum, model=args.model,
                        ctr_spec=args.ctr_spec, table_optimizer=args.table_optimizer,
+                       shm=args.shm,
                        **fields)
 
 

@@ -235,6 +235,11 @@ OPTIONS: tuple[ServerOption, ...] = (
                  "raise it to link rate x round trip on long links (1 Gbit/s x 40 ms = 5MB); "
                  "each concurrent push may park that much in server memory (issue #14)",
                  type=_window),
+    ServerOption("--shm-data-plane", "shm_data_plane", SERVER,
+                 "accept the shared-memory data plane that workers on this host offer "
+                 "(worker --shm): payloads move through their /dev/shm segments, gRPC "
+                 "stays the control plane; for trusted peers of this server's user "
+                 "(issue #14)"),
 )
 BY_FLAG = {option.flag: option for option in OPTIONS}
 

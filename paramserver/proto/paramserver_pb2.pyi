@@ -124,8 +124,28 @@ class TensorChunk(_message.Message):
     data: bytes
     def __init__(self, tensor: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class ShmOffer(_message.Message):
+    __slots__ = ("push_segment", "pull_segment", "token")
+    PUSH_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    PULL_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    push_segment: str
+    pull_segment: str
+    token: bytes
+    def __init__(self, push_segment: _Optional[str] = ..., pull_segment: _Optional[str] = ..., token: _Optional[bytes] = ...) -> None: ...
+
+class ShmRanges(_message.Message):
+    __slots__ = ("segment", "offsets", "lengths")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, segment: _Optional[str] = ..., offsets: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class HandshakeRequest(_message.Message):
-    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version", "held_version", "world_size", "secure_aggregation")
+    __slots__ = ("worker_id", "role", "push_codecs", "pull_codecs", "client_version", "held_version", "world_size", "secure_aggregation", "shm")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODECS_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +154,7 @@ class HandshakeRequest(_message.Message):
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    SHM_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     role: Role
     push_codecs: _containers.RepeatedCompositeFieldContainer[CodecSpec]
@@ -142,10 +163,11 @@ class HandshakeRequest(_message.Message):
     held_version: int
     world_size: int
     secure_aggregation: bool
-    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ..., world_size: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
+    shm: ShmOffer
+    def __init__(self, worker_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., push_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., pull_codecs: _Optional[_Iterable[_Union[CodecSpec, _Mapping]]] = ..., client_version: _Optional[str] = ..., held_version: _Optional[int] = ..., world_size: _Optional[int] = ..., secure_aggregation: _Optional[bool] = ..., shm: _Optional[_Union[ShmOffer, _Mapping]] = ...) -> None: ...
 
 class HandshakeResponse(_message.Message):
-    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness", "momentum_correction", "step_call_bytes")
+    __slots__ = ("session_id", "push_codec", "pull_codec", "layout", "version", "mode", "expected_workers", "chunk_bytes", "server_version", "plan", "shard_index", "incarnation", "heartbeat_interval_s", "lease_s", "staleness", "momentum_correction", "step_call_bytes", "shm_data_plane")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PUSH_CODEC_FIELD_NUMBER: _ClassVar[int]
     PULL_CODEC_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +185,7 @@ class HandshakeResponse(_message.Message):
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_CORRECTION_FIELD_NUMBER: _ClassVar[int]
     STEP_CALL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHM_DATA_PLANE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     push_codec: CodecSpec
     pull_codec: CodecSpec
@@ -180,7 +203,8 @@ class HandshakeResponse(_message.Message):
     staleness: int
     momentum_correction: float
     step_call_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., staleness: _Optional[int] = ..., momentum_correction: _Optional[float] = ..., step_call_bytes: _Optional[int] = ...) -> None: ...
+    shm_data_plane: bool
+    def __init__(self, session_id: _Optional[str] = ..., push_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., pull_codec: _Optional[_Union[CodecSpec, _Mapping]] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ..., version: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., expected_workers: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., server_version: _Optional[str] = ..., plan: _Optional[_Union[PartitionPlan, _Mapping]] = ..., shard_index: _Optional[int] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_s: _Optional[float] = ..., staleness: _Optional[int] = ..., momentum_correction: _Optional[float] = ..., step_call_bytes: _Optional[int] = ..., shm_data_plane: _Optional[bool] = ...) -> None: ...
 
 class RegisterHeader(_message.Message):
     __slots__ = ("session_id", "layout", "values_follow", "plan", "shard_index")
@@ -215,7 +239,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, created: _Optional[bool] = ..., version: _Optional[int] = ..., layout: _Optional[_Union[ModelLayout, _Mapping]] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("session_id", "step", "num_samples", "tensors", "more_parts", "incarnation", "sequence", "lr", "max_grad_norm", "grad_scale", "found_inf", "momentum_applied")
+    __slots__ = ("session_id", "step", "num_samples", "tensors", "more_parts", "incarnation", "sequence", "lr", "max_grad_norm", "grad_scale", "found_inf", "momentum_applied", "shm")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +252,7 @@ class PushHeader(_message.Message):
     GRAD_SCALE_FIELD_NUMBER: _ClassVar[int]
     FOUND_INF_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    SHM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step: int
     num_samples: int
@@ -240,7 +265,8 @@ class PushHeader(_message.Message):
     grad_scale: float
     found_inf: bool
     momentum_applied: bool
-    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., more_parts: _Optional[bool] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., lr: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., grad_scale: _Optional[float] = ..., found_inf: _Optional[bool] = ..., momentum_applied: _Optional[bool] = ...) -> None: ...
+    shm: ShmRanges
+    def __init__(self, session_id: _Optional[str] = ..., step: _Optional[int] = ..., num_samples: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., more_parts: _Optional[bool] = ..., incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., lr: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., grad_scale: _Optional[float] = ..., found_inf: _Optional[bool] = ..., momentum_applied: _Optional[bool] = ..., shm: _Optional[_Union[ShmRanges, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -263,26 +289,30 @@ class PushResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., applied: _Optional[bool] = ..., staleness: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("session_id", "min_version", "tensors", "held_version")
+    __slots__ = ("session_id", "min_version", "tensors", "held_version", "shm_segment")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     HELD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHM_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     min_version: int
     tensors: _containers.RepeatedScalarFieldContainer[str]
     held_version: int
-    def __init__(self, session_id: _Optional[str] = ..., min_version: _Optional[int] = ..., tensors: _Optional[_Iterable[str]] = ..., held_version: _Optional[int] = ...) -> None: ...
+    shm_segment: str
+    def __init__(self, session_id: _Optional[str] = ..., min_version: _Optional[int] = ..., tensors: _Optional[_Iterable[str]] = ..., held_version: _Optional[int] = ..., shm_segment: _Optional[str] = ...) -> None: ...
 
 class PullHeader(_message.Message):
-    __slots__ = ("version", "tensors", "delta_from")
+    __slots__ = ("version", "tensors", "delta_from", "shm")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     DELTA_FROM_FIELD_NUMBER: _ClassVar[int]
+    SHM_FIELD_NUMBER: _ClassVar[int]
     version: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     delta_from: int
-    def __init__(self, version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., delta_from: _Optional[int] = ...) -> None: ...
+    shm: ShmRanges
+    def __init__(self, version: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., delta_from: _Optional[int] = ..., shm: _Optional[_Union[ShmRanges, _Mapping]] = ...) -> None: ...
 
 class PullResponse(_message.Message):
     __slots__ = ("header", "chunk")

@@ -10,6 +10,12 @@ import torch
 from paramserver import __version__
 from paramserver.federated.privacy import PrivacyReport
 from paramserver.proto import paramserver_pb2 as pb
+from paramserver.serde.shm import (
+    offer_from_proto,
+    offer_to_proto,
+    ranges_from_proto,
+    ranges_to_proto,
+)
 from paramserver.status import ServerStatus, WorkerInfo
 from paramserver.tables.records import TableStatus
 from paramserver.types import (
@@ -141,6 +147,7 @@ def handshake_request_to_proto(request: HandshakeRequest) -> pb.HandshakeRequest
         held_version=request.held_version,
         world_size=request.world_size,
         secure_aggregation=request.secure_aggregation,
+        shm=offer_to_proto(request.shm),
     )
 
 
@@ -154,6 +161,7 @@ def handshake_request_from_proto(msg: pb.HandshakeRequest) -> HandshakeRequest:
         held_version=msg.held_version if msg.HasField("held_version") else None,
         world_size=msg.world_size if msg.HasField("world_size") else None,
         secure_aggregation=msg.secure_aggregation,
+        shm=offer_from_proto(msg.shm) if msg.HasField("shm") else None,
     )
 
 
@@ -177,6 +185,7 @@ def session_to_proto(session: Session, server_version: str = __version__
         staleness=session.staleness,
         momentum_correction=session.momentum_correction,
         step_call_bytes=session.step_call_bytes,
+        shm_data_plane=session.shm_data_plane,
     )
 
 
@@ -198,6 +207,7 @@ def session_from_proto(msg: pb.HandshakeResponse) -> Session:
         staleness=msg.staleness,
         momentum_correction=msg.momentum_correction,
         step_call_bytes=msg.step_call_bytes,
+        shm_data_plane=msg.shm_data_plane,
     )
 
 
@@ -211,6 +221,7 @@ def push_header_to_proto(header: PushHeader) -> pb.PushHeader:
         incarnation=header.incarnation,
         sequence=header.sequence,
         momentum_applied=header.momentum_applied,
+        shm=ranges_to_proto(header.shm),
         **_step_options_fields(header.options),
     )
 
@@ -246,6 +257,7 @@ def push_header_from_proto(msg: pb.PushHeader) -> PushHeader:
         sequence=msg.sequence,
         momentum_applied=msg.momentum_applied,
         options=_step_options_from_proto(msg),
+        shm=ranges_from_proto(msg.shm) if msg.HasField("shm") else None,
     )
 
 

@@ -111,10 +111,12 @@ RPCS: dict[str, Rpc] = {
         _serializing(lambda r: pb.PullRequest(session_id=r.session_id,
                                               min_version=r.min_version,
                                               tensors=list(r.tensors),
-                                              held_version=r.held_version)),
+                                              held_version=r.held_version,
+                                              shm_segment=r.shm_segment)),
         _request(pb.PullRequest, lambda m: PullRequest(
             session_id=m.session_id, min_version=m.min_version, tensors=tuple(m.tensors),
-            held_version=m.held_version if m.HasField("held_version") else -1)),
+            held_version=m.held_version if m.HasField("held_version") else -1,
+            shm_segment=m.shm_segment)),
         _identity, decode_pull_response),
     "Status": Rpc(
         _serializing(lambda include_hash: pb.StatusRequest(include_state_hash=include_hash)),

@@ -20,6 +20,7 @@ from paramserver.serde.records import (
     spec_from_proto,
     spec_to_proto,
 )
+from paramserver.serde.shm import ranges_from_proto, ranges_to_proto
 from paramserver.types import (
     ModelLayout,
     PartitionPlan,
@@ -83,13 +84,14 @@ def encode_push_header(header: PushHeader) -> bytes:
 def encode_pull_header(header: PullHeader) -> bytes:
     message = pb.PullHeader(version=header.version,
                             tensors=[spec_to_proto(t) for t in header.tensors],
-                            delta_from=header.delta_from)
+                            delta_from=header.delta_from, shm=ranges_to_proto(header.shm))
     return pb.PullResponse(header=message).SerializeToString()
 
 
 def pull_header_from_proto(msg: pb.PullHeader) -> PullHeader:
     return PullHeader(version=msg.version, tensors=tuple(spec_from_proto(t) for t in msg.tensors),
-                      delta_from=msg.delta_from if msg.HasField("delta_from") else -1)
+                      delta_from=msg.delta_from if msg.HasField("delta_from") else -1,
+                      shm=ranges_from_proto(msg.shm) if msg.HasField("shm") else None)
 
 
 decode_register_request = _wrapper_decoder(pb.RegisterRequest, "header",

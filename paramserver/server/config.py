@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paramserver.codecs import CodecLimits
+from paramserver.codecs import Codec, CodecLimits
 from paramserver.federated.config import FederatedConfig
 from paramserver.federated.privacy import DPConfig
 from paramserver.optimizer import OptimizerConfig
@@ -60,6 +60,7 @@ class ServerConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)  # what a request may cost
     dp: DPConfig = field(default_factory=DPConfig)  # federated: DP-FedAvg (issue #17)
     recv_window: int = SERVER_WINDOW  # HTTP/2 receive window per stream, bytes (issue #14)
+    shm_data_plane: bool = False  # accept same-host workers' /dev/shm segments (#14)
 
     def __post_init__(self) -> None:
         if self.expected_workers < 1:
@@ -76,3 +77,16 @@ class ServerConfig:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes}")
         self.dp.check(self.federated.clip_norm, self.aggregation is Aggregation.WEIGHTED,
                       self.mode is Mode.FEDERATED)
+
+    def momentum_correction(self, codec: Codec) -> float:
+        """The momentum a worker should keep itself before compressing (DGC's momentum
+        correction): the server's SGD momentum, for a biased codec (a sparsifier with error
+        feedback, whose delayed, bursty updates server momentum integrates badly: digits
+        top-k 1% reached 0.938 vs 0.976). Only where it is exact to move it: plain SGD
+        momentum, no weight decay or Nesterov, in the training modes (not federated)."""
+        optimizer = self.optimizer
+        if (not codec.biased or optimizer.name != "sgd" or optimizer.momentum <= 0
+                or optimizer.weight_decay or optimizer.nesterov
+                or self.mode in (Mode.FEDERATED, Mode.FEDBUFF)):
+            return 0.0
+        return optimizer.momentum

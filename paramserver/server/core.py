@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from paramserver import __version__
-from paramserver.codecs import DELTA_PULL_CODECS, Codec, negotiate
+from paramserver.codecs import DELTA_PULL_CODECS, negotiate
 from paramserver.errors import WORKER_ID_HELD, FailedPrecondition, InvalidArgument
 from paramserver.security.roles import Principal, check_handshake, check_state_hash, printable
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
@@ -44,6 +44,7 @@ from paramserver.server.pull import (
     pulled_specs,
 )
 from paramserver.server.pull_streams import PullStreams
+from paramserver.server.shm_plane import ShmOffer, accept_offer, write_pull
 from paramserver.server.state_transfer import install_state, read_state
 from paramserver.server.store import ParameterStore
 from paramserver.server.tables import TableService
@@ -116,7 +117,8 @@ class ParameterServerCore:
     def handshake(self, worker_id: str, role: Role, push_offers: list[CodecSpec],
                   pull_offers: list[CodecSpec], held_version: int | None = None,
                   world_size: int | None = None, *,
-                  caller: Principal | None = None, secure_aggregation: bool = False) -> Session:
+                  caller: Principal | None = None, secure_aggregation: bool = False,
+                  shm: ShmOffer | None = None) -> Session:
         """Open a session. `held_version`: a worker handshaking again says which version of
         the parameters it holds; it goes on from the server's version either way.
         `world_size`: the job size a worker states (torchrun's WORLD_SIZE), checked
@@ -138,6 +140,7 @@ class ParameterServerCore:
         log.info("session %s opened by %s %r, incarnation %d (push %s, pull %s)",
                  record.session_id[:8], role.value, printable(worker_id), record.incarnation,
                  push, pull)
+        shm_accepted = accept_offer(self.config, record, shm)  # `shm_plane.py`
         if held_version is not None and role is Role.WORKER:
             self._note_rejoin(worker_id, held_version)
         lease = self.config.lease_s
@@ -150,21 +153,9 @@ class ParameterServerCore:
                 shard_index=self.store.shard_index, incarnation=record.incarnation,
                 heartbeat_interval_s=lease / 4 if lease else 0.0, lease_s=lease,
                 staleness=self.config.staleness,
-                momentum_correction=self._momentum_correction(record.push_decoder),
-                step_call_bytes=self.config.limits.max_step_call_bytes)
-
-    def _momentum_correction(self, codec: Codec) -> float:
-        """The momentum a worker should keep itself before compressing (DGC's momentum
-        correction): the server's SGD momentum, for a biased codec (a sparsifier with error
-        feedback, whose delayed, bursty updates server momentum integrates badly: digits
-        top-k 1% reached 0.938 vs 0.976). Only where it is exact to move it: plain SGD
-        momentum, no weight decay or Nesterov, in the training modes (not federated)."""
-        optimizer = self.config.optimizer
-        if (not codec.biased or optimizer.name != "sgd" or optimizer.momentum <= 0
-                or optimizer.weight_decay or optimizer.nesterov
-                or self.config.mode in (Mode.FEDERATED, Mode.FEDBUFF)):
-            return 0.0
-        return optimizer.momentum
+                momentum_correction=self.config.momentum_correction(record.push_decoder),
+                step_call_bytes=self.config.limits.max_step_call_bytes,
+                shm_data_plane=shm_accepted)
 
     def _check_job_size(self, worker_id: str, world_size: int, rejoin: bool) -> None:
         expected = self.config.expected_workers
@@ -331,7 +322,8 @@ class ParameterServerCore:
 
     def pull(self, session_id: str, min_version: int, names: list[str],
              timeout_s: float, cancelled: threading.Event | None = None,
-             held_version: int = -1, *, caller: Principal | None = None) -> Iterator[bytes]:
+             held_version: int = -1, *, caller: Principal | None = None,
+             shm_segment: str = "") -> Iterable[bytes]:
         """Encoded PullResponse messages: a header, then each tensor's chunks.
 
         In sync mode a member's pull is version-consistent as a whole, since the version
@@ -354,6 +346,9 @@ class ParameterServerCore:
         if codec.spec.name in DELTA_PULL_CODECS:
             served = self.pull_streams.for_codec(codec).serve(self.store, specs, held_version)
             return delta_pull_messages(served, specs, self.config.chunk_bytes)
+        if shm_segment:  # into the worker's segment, the header alone on the stream
+            return write_pull(record, self.store, version, specs, codec, shm_segment,
+                              self.config.chunk_bytes)
         return self._encoded_pulls.messages(self.store, version, specs, codec,
                                             self.config.chunk_bytes)
 

@@ -7,6 +7,12 @@ which may still refuse it (federated screening) before applying anything:
  1. the stream opens with a PushHeader                               [INVALID_ARGUMENT]
  2. its session is open and a worker's      [FAILED_PRECONDITION, `session expired:`],
     opened by the caller's credential (with authentication on)       [PERMISSION_DENIED]
+ 2b. a push whose payload is in shared memory (`shm_plane.py`, docs/wire.md 5g): the
+    session's data plane was accepted [FAILED_PRECONDITION], the segment is well named
+    [INVALID_ARGUMENT] and the session's push segment [NOT_FOUND], one range per tensor,
+    each inside the segment's payload bytes and within the codec's size bound, the
+    segment stamped with this push's sequence, and no chunks follow on the stream
+    [INVALID_ARGUMENT]; its windows then pass checks 10-12 as chunks do
  3. a sequenced push (sequence > 0) comes from the session's own incarnation
                                                                   [FAILED_PRECONDITION]
  4. the push ledger: a retry of an answered push gets the first answer again (not
@@ -80,6 +86,7 @@ from paramserver.server.push_checks import (
     decode,
     require_finite,
 )
+from paramserver.server.shm_plane import push_chunks
 from paramserver.server.store import ParameterStore
 from paramserver.types import (
     BUFFER_PREFIX,
@@ -111,6 +118,8 @@ class PushIntake:
         if not isinstance(header, PushHeader):
             raise InvalidArgument("push stream must open with a PushHeader")
         record = self._members.require_worker(header.session_id, caller)  # 2
+        if header.shm is not None:
+            stream = push_chunks(record, header, stream, record.push_decoder)  # 2b
         if header.sequence and header.incarnation != record.incarnation:  # 3
             raise FailedPrecondition(
                 f"push from incarnation {header.incarnation} of worker {record.worker_id!r}, "

@@ -32,6 +32,7 @@ from paramserver.errors import (
     SessionExpired,
 )
 from paramserver.security.roles import Principal, check_owner, printable
+from paramserver.shm.records import ShmOffer
 from paramserver.status import WorkerInfo
 from paramserver.types import CodecSpec, Mode, Role
 
@@ -50,6 +51,7 @@ class SessionRecord:
     pushes: int = 0
     owner: str | None = None  # the credential that opened it (None: no authentication)
     last_active: float | None = None  # the last register or push; None: handshake only
+    shm: ShmOffer | None = None  # its accepted shared-memory segments (`shm_plane.py`)
     push_decoder: Codec = field(init=False)  # decodes this session's pushes
     pull_encoder: Codec = field(init=False)  # encodes this session's pulls
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from paramserver import serde, wire
 from paramserver.codecs import Codec
@@ -13,16 +14,26 @@ from paramserver.server.store import ParameterStore
 from paramserver.transport import chunk_ranges
 from paramserver.types import BUFFER_PREFIX, ModelLayout, PullHeader, TensorSpec
 
+T = TypeVar("T")
+
 
 def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, ...],
                   codec: Codec, chunk_bytes: int) -> Iterator[bytes]:
-    """Encoded PullResponse messages for `specs` at `version`.
-
-    Pull codecs are elementwise (none, fp16, bf16), so each chunk is a range of elements
-    encoded on its own and its offset counts encoded bytes. Each chunk is copied under the
-    store lock, so it never mixes two versions; `none` sends the parameter bytes as they are.
-    """
+    """Encoded PullResponse messages for `specs` at `version`: the header, then the
+    chunks of `encoded_pieces`."""
     yield serde.encode_pull_header(PullHeader(version=version, tensors=specs))
+    yield from encoded_pieces(store, specs, codec, chunk_bytes, wire.encode_chunk)
+
+
+def encoded_pieces(store: ParameterStore, specs: tuple[TensorSpec, ...], codec: Codec,
+                   chunk_bytes: int, take: Callable[[int, int, memoryview], T]) -> Iterator[T]:
+    """`take(tensor index, byte offset, bytes)` of each piece of the pulled values.
+
+    Pull codecs are elementwise (none, fp16, bf16), so each piece is a range of elements
+    encoded on its own and its offset counts encoded bytes. Each piece is taken under the
+    store lock, so it never mixes two versions; `none` takes the parameter bytes as they
+    are (`take` must copy them before it returns).
+    """
     raw = codec.spec.name == "none"
     for index, spec in enumerate(specs):
         wire_item = codec.max_payload_nbytes(1, spec.dtype)
@@ -33,8 +44,8 @@ def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, 
             with store.lock:
                 data = (as_bytes[start * wire_item:end * wire_item] if as_bytes is not None
                         else memoryview(codec.encode(flat[start:end]).numpy().data))
-                message = wire.encode_chunk(index, start * wire_item, data)
-            yield message
+                taken = take(index, start * wire_item, data)
+            yield taken
 
 
 class EncodedPulls:

@@ -112,7 +112,8 @@ class ParameterServerServicer:
                                        list(request.push_codecs), list(request.pull_codecs),
                                        request.held_version, request.world_size,
                                        caller=caller_of(context),
-                                       secure_aggregation=request.secure_aggregation)
+                                       secure_aggregation=request.secure_aggregation,
+                                       shm=request.shm)
 
     def Register(self, request_iterator: Iterator[object],
                  context: grpc.ServicerContext) -> Registration:
@@ -130,7 +131,8 @@ class ParameterServerServicer:
             yield from self.core.pull(request.session_id, request.min_version,
                                       list(request.tensors),
                                       _time_left(context, self.core.config.max_wait_s),
-                                      ended, request.held_version, caller=caller_of(context))
+                                      ended, request.held_version, caller=caller_of(context),
+                                      shm_segment=request.shm_segment)
 
     def Status(self, include_state_hash: bool, context: grpc.ServicerContext) -> ServerStatus:
         with _abort_on_error(context, "Status"):

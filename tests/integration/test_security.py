@@ -512,3 +512,32 @@ def test_a_server_certificate_for_another_name_is_refused_with_the_fix(
                                 security=renamed).status().version == 0
     finally:
         server.stop(grace_s=0.5)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_the_shared_memory_data_plane_runs_under_mutual_tls(cluster: Cluster) -> None:
+    """Allowed with TLS and authentication (docs/wire.md 5g): the handshake that accepts
+    it, and every header, travel the authenticated channel; another worker's credential
+    still cannot push on this session."""
+    from workers import ParameterClient
+
+    server = start_server(ServerConfig(expected_workers=1, lease_s=0, shm_data_plane=True),
+                          "127.0.0.1", 0, security=ServerSecurity(
+                              cluster.server.cert, cluster.server.key,
+                              client_ca=cluster.ca.cert_pem))
+    model = torch.nn.Linear(16, 4)
+    try:
+        with ParameterClient(server.address, "worker-0", timeout_s=5, retry_s=5,
+                             security=cluster.mtls("worker-0"), step_call_bytes=0,
+                             shm=True) as client:
+            assert client.connections[0].shm is not None
+            client.attach(model)
+            for param in model.parameters():
+                param.grad = torch.ones_like(param)
+            client.step()
+            assert client.version == 1
+            session = client.connections[0].session_id
+            assert _call(server, cluster.mtls("worker-1"), "Push", session,
+                         "worker-0") == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        server.stop(grace_s=0.5)
