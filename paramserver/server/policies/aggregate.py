@@ -82,11 +82,13 @@ class Aggregate:
             self._filled[name] = 0
         end, filled = start + values.numel(), self._filled.get(name, total.numel())
         if start < filled:
-            total[start:min(end, filled)].add_(values[:filled - start], alpha=weight)
+            _span(total, start, min(end, filled)).add_(_span(values, 0, filled - start),
+                                                       alpha=weight)
         if end > filled:
             if start > filled:  # not from an in-order push; never left unwritten
                 total[filled:start].zero_()
-            fresh, first = total[max(start, filled):end], values[max(filled - start, 0):]
+            fresh = _span(total, max(start, filled), end)
+            first = _span(values, max(filled - start, 0), values.numel())
             if weight == 1.0:
                 fresh.copy_(first)
             else:
@@ -134,6 +136,12 @@ class Aggregate:
     def release(self) -> None:
         self._sums, self._weights, self.push_weight, self._filled = {}, {}, 0.0, {}
         self._buffers.release()
+
+
+def _span(flat: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """flat[start:end], without a slicing op (a few us each) when that is all of it: a
+    small model's chunk is mostly a whole tensor (issue #14)."""
+    return flat if start == 0 and end >= flat.numel() else flat[start:end]
 
 
 def _common(totals: dict[str, float]) -> float | None:
