@@ -27,12 +27,12 @@ def pull_messages(store: ParameterStore, version: int, specs: tuple[TensorSpec, 
     for index, spec in enumerate(specs):
         wire_item = codec.max_payload_nbytes(1, spec.dtype)
         per_chunk = max(1, chunk_bytes // wire_item)
-        flat = store.params[spec.name].view(-1)
         as_bytes = store.byte_view(spec.name) if raw else None  # one view per tensor
+        param = store.params[spec.name]
         for start, end in chunk_ranges(spec.numel, per_chunk):
             with store.lock:
                 data = (as_bytes[start * wire_item:end * wire_item] if as_bytes is not None
-                        else memoryview(codec.encode(flat[start:end]).numpy().data))
+                        else memoryview(codec.encode(param.view(-1)[start:end]).numpy().data))
                 message = wire.encode_chunk(index, start * wire_item, data)
             yield message
 

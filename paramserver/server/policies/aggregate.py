@@ -98,8 +98,9 @@ class Aggregate:
     def _fill(self, name: str) -> None:
         """Zero what no push wrote yet of a sum (before a whole update is added to it)."""
         filled = self._filled.pop(name, None)
-        if filled is not None:
-            self._sums[name][filled:].zero_()
+        total = self._sums[name]
+        if filled is not None and filled < total.numel():
+            total[filled:].zero_()
 
     def count(self, names: list[str], weight: float) -> None:
         """Count a push whose chunks were added with `add_chunk`."""
