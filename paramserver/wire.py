@@ -97,7 +97,8 @@ def iter_fields(buf: memoryview) -> list[tuple[int, int, int | memoryview]]:
     fields: list[tuple[int, int, int | memoryview]] = []
     pos, end = 0, len(buf)
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key = buf[pos]  # one-byte keys and lengths read inline: no call (issue #14)
+        key, pos = (key, pos + 1) if key < 0x80 else _read_varint(buf, pos)
         field, wire_type = key >> 3, key & 7
         if field == 0:
             raise WireError("field number 0")
@@ -105,7 +106,8 @@ def iter_fields(buf: memoryview) -> list[tuple[int, int, int | memoryview]]:
         if wire_type == _VARINT:
             value, pos = _read_varint(buf, pos)
         elif wire_type == _LEN:
-            length, pos = _read_varint(buf, pos)
+            length = buf[pos] if pos < end else 0x80
+            length, pos = (length, pos + 1) if length < 0x80 else _read_varint(buf, pos)
             if pos + length > end:
                 raise WireError(f"field {field} claims {length} bytes, {end - pos} remain")
             value, pos = buf[pos : pos + length], pos + length

@@ -44,12 +44,13 @@ def _field(number: int, body: bytes) -> bytes:
 
 def encode_step_call(call: StepCall) -> bytes:
     """Client: the push's header and chunks as a Push stream encodes them, then the pull."""
-    parts = []
+    parts: list[bytes | memoryview] = []
     for message in call.push:
         if isinstance(message, PushHeader):
             parts.append(encode_push_header(message))
-        elif isinstance(message, wire.Chunk):
-            parts.append(wire.encode_chunk(message.tensor, message.offset, message.data))
+        elif isinstance(message, wire.Chunk):  # joined once below: the payload copied once
+            view = memoryview(message.data).cast("B")
+            parts += (wire.chunk_prefix(message.tensor, message.offset, view.nbytes), view)
     parts.append(pb.StepRequest(min_version=call.min_version, tensors=list(call.tensors),
                                 held_version=call.held_version).SerializeToString())
     return b"".join(parts)
