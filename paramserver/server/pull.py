@@ -58,13 +58,13 @@ class EncodedPulls:
     def messages(self, store: ParameterStore, version: int, specs: tuple[TensorSpec, ...],
                  codec: Codec, chunk_bytes: int) -> Iterator[bytes]:
         """`pull_messages(...)`, from the kept entry when it is this very pull."""
+        key = (version, codec.spec, specs, chunk_bytes)
+        with self._lock:  # a kept pull passed the checks below when it was kept
+            if key == self._key:
+                return iter(self._messages)
         if (version <= 0 or sum(s.nbytes for s in specs) > self._max_bytes
                 or any(s.name.startswith(BUFFER_PREFIX) for s in specs)):
             return pull_messages(store, version, specs, codec, chunk_bytes)
-        key = (version, codec.spec, specs, chunk_bytes)
-        with self._lock:
-            if key == self._key:
-                return iter(self._messages)
         with store.lock:  # the whole pull at one version (async may have moved on)
             current = store.version
             messages = tuple(pull_messages(store, current, specs, codec, chunk_bytes))
