@@ -1,15 +1,21 @@
 """`benchmarks.datapath`'s small step, memory and bulk rounds for two servers in one run: one
 started from another checkout (e.g. `git archive <commit> | tar -x -C DIR`), one from this
-one; the clients are this checkout's in both, so the difference is the server's.
+one; the clients are this checkout's in both, so the difference is the server's. With
+`--before-clients` the before rows' client processes run the other checkout's code too
+(benchmark, workers and paramserver: spawned with it first on sys.path), so the difference
+is both sides'.
 
-    python -m benchmarks.datapath_compare --before DIR [--only small,memory,bulk] [--report F]
+    python -m benchmarks.datapath_compare --before DIR [--before-clients]
+        [--only small,memory,bulk] [--report F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,22 @@ from benchmarks import datapath, harness
 from benchmarks.rounds import Result
 
 PARTS = ("small", "memory", "bulk")
+CLIENTS_FROM: list[Path] = []  # --before-clients: the other checkout, for the before rows
+
+
+@contextlib.contextmanager
+def clients_from(checkout: Path) -> Iterator[None]:
+    """Client processes spawned in this block import from `checkout` first (spawn hands
+    the parent's sys.path to the child before it imports anything); no-op without
+    --before-clients. This process's own modules stay as they are."""
+    if not CLIENTS_FROM:
+        yield
+        return
+    sys.path.insert(0, str(checkout))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(checkout))
 
 
 def before_command(checkout: Path, workers: int) -> list[str]:
@@ -38,12 +60,20 @@ def small(run: Path, before: Path, reps: int = 200) -> dict[str, Any]:
     mb, workers = datapath.SMALL_MB, datapath.SMALL_WORKERS
     rows = {"echo": datapath.bare_echo(run, mb, workers, reps),
             "bare_stream": datapath.bare_stream(run, mb, workers, reps),
-            "before": datapath.ours(run, mb, workers, reps, before_command(before, workers))[0],
+            "before": _before(run, mb, workers, reps, before),
             "after": datapath.ours(run, mb, workers, reps)[0]}
     out = {name: _row(result) for name, result in rows.items()}
-    print("small: " + "; ".join(f"{n} {r['ms']:.2f} ms (srv cpu {r['server_cpu_ms']:.2f})"
-                                for n, r in out.items()), flush=True)
+    echo = out["echo"]["ms"]
+    print("small: " + "; ".join(f"{n} {r['ms']:.2f} ms = {r['ms'] / echo:.2f}x echo (cpu per "
+                                f"round: server {r['server_cpu_ms']:.2f}, clients "
+                                f"{r['client_cpu_ms']:.2f})" for n, r in out.items()),
+          flush=True)
     return out
+
+
+def _before(run: Path, model_mb: float, workers: int, reps: int, before: Path) -> Result:
+    with clients_from(before):
+        return datapath.ours(run, model_mb, workers, reps, before_command(before, workers))[0]
 
 
 def memory(run: Path, before: Path, reps: int = 3) -> dict[str, Any]:
@@ -76,9 +106,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, required=True, help="the other checkout")
     parser.add_argument("--only", default=",".join(PARTS))
+    parser.add_argument("--before-clients", action="store_true",
+                        help="small: the before rows' clients run the other checkout too")
     parser.add_argument("--report", type=Path)
     args = parser.parse_args()
     chosen = [p for p in args.only.split(",") if p]
+    if args.before_clients:
+        CLIENTS_FROM.append(args.before.resolve())
     measures = {"small": small, "memory": memory, "bulk": bulk}
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ps-datapath-") as tmp:

@@ -11,6 +11,7 @@ per call around a kernel that takes 35 us on a 40 KB model, a fixed cost of ever
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -88,8 +89,16 @@ def fused_sgd_step(optimizer: torch.optim.Optimizer,
             weight_decay=group["weight_decay"], momentum=momentum,
             lr=group["lr"] * lr_scale, dampening=group["dampening"],
             nesterov=group["nesterov"], maximize=group["maximize"], is_first_step=first,
-            grad_scale=None if divisor == 1.0 else torch.tensor(divisor, dtype=torch.float32))
+            grad_scale=None if divisor == 1.0 else _divisor_tensor(divisor))
     return True
+
+
+@functools.lru_cache(maxsize=16)
+def _divisor_tensor(divisor: float) -> torch.Tensor:
+    """The 0-d tensor the kernel divides by, made once per divisor (a sync step's is W
+    every step): making one is a torch call of 3-9 us, per step (issue #14). The kernel
+    only reads it."""
+    return torch.tensor(divisor, dtype=torch.float32)
 
 
 def _momentum_buffers(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]

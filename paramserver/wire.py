@@ -36,7 +36,12 @@ class Chunk:
     data: memoryview
 
 
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))  # the varints of 0-127
+
+
 def encode_varint(value: int) -> bytes:
+    if 0 <= value < 0x80:  # tags, tensor indices, small lengths: most varints (issue #14)
+        return _ONE_BYTE[value]
     if value < 0:
         raise ValueError(f"varint must be non-negative, got {value}")
     out = bytearray()
@@ -51,17 +56,16 @@ def _tag(field: int, wire_type: int) -> bytes:
     return encode_varint((field << 3) | wire_type)
 
 
+_TENSOR_TAG, _OFFSET_TAG, _DATA_TAG = _tag(1, _VARINT), _tag(2, _VARINT), _tag(3, _LEN)
+_CHUNK_TAG = _tag(CHUNK_FIELD, _LEN)
+
+
 def chunk_prefix(tensor: int, offset: int, data_len: int) -> bytes:
     """Every byte of a chunk wrapper message that comes before the payload."""
-    inner = bytearray()
-    if tensor:
-        inner += _tag(1, _VARINT) + encode_varint(tensor)
-    if offset:
-        inner += _tag(2, _VARINT) + encode_varint(offset)
-    if data_len:
-        inner += _tag(3, _LEN) + encode_varint(data_len)
-    chunk_len = len(inner) + data_len
-    return _tag(CHUNK_FIELD, _LEN) + encode_varint(chunk_len) + bytes(inner)
+    inner = b"".join((_TENSOR_TAG + encode_varint(tensor) if tensor else b"",
+                      _OFFSET_TAG + encode_varint(offset) if offset else b"",
+                      _DATA_TAG + encode_varint(data_len) if data_len else b""))
+    return _CHUNK_TAG + encode_varint(len(inner) + data_len) + inner
 
 
 def encode_chunk(tensor: int, offset: int, data: bytes | memoryview) -> bytes:
@@ -71,6 +75,8 @@ def encode_chunk(tensor: int, offset: int, data: bytes | memoryview) -> bytes:
 
 
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    if pos < len(buf) and buf[pos] < 0x80:  # one byte: most varints
+        return buf[pos], pos + 1
     result = shift = 0
     end = len(buf)
     while True:
@@ -91,7 +97,8 @@ def iter_fields(buf: memoryview) -> list[tuple[int, int, int | memoryview]]:
     fields: list[tuple[int, int, int | memoryview]] = []
     pos, end = 0, len(buf)
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key = buf[pos]  # one-byte keys and lengths read inline: no call (issue #14)
+        key, pos = (key, pos + 1) if key < 0x80 else _read_varint(buf, pos)
         field, wire_type = key >> 3, key & 7
         if field == 0:
             raise WireError("field number 0")
@@ -99,7 +106,8 @@ def iter_fields(buf: memoryview) -> list[tuple[int, int, int | memoryview]]:
         if wire_type == _VARINT:
             value, pos = _read_varint(buf, pos)
         elif wire_type == _LEN:
-            length, pos = _read_varint(buf, pos)
+            length = buf[pos] if pos < end else 0x80
+            length, pos = (length, pos + 1) if length < 0x80 else _read_varint(buf, pos)
             if pos + length > end:
                 raise WireError(f"field {field} claims {length} bytes, {end - pos} remain")
             value, pos = buf[pos : pos + length], pos + length

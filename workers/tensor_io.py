@@ -7,11 +7,15 @@ import torch
 
 
 def host_bytes(tensor: torch.Tensor) -> memoryview:
-    """Raw little-endian bytes of a contiguous CPU tensor, without copying."""
-    flat = tensor.detach().reshape(-1)
+    """Raw little-endian bytes of a CPU tensor, without copying when it is contiguous.
+    Through numpy's own dtype where it has one: two torch calls instead of four, per
+    tensor and step (issue #14)."""
+    flat = tensor.detach() if tensor.requires_grad else tensor
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    return flat.view(torch.uint8).numpy().data
+    if flat.dtype == torch.bfloat16:  # numpy has no bfloat16
+        return flat.reshape(-1).view(torch.uint8).numpy().data
+    return flat.numpy().data.cast("B")
 
 
 class HostMirror:
@@ -22,6 +26,7 @@ class HostMirror:
 
     def __init__(self, like: torch.Tensor) -> None:
         self.device = like.device
+        self._values: tuple[tuple[object, ...], np.ndarray] | None = None  # writable_values
         if like.device.type == "cpu":
             self.host = None
         else:
@@ -38,14 +43,19 @@ class HostMirror:
 
     def writable_values(self, tensor: torch.Tensor) -> np.ndarray:
         """A writable flat numpy view (of the tensor's dtype, or its raw bytes when numpy has
-        no such dtype) that `commit` moves into `tensor`."""
-        target = tensor.data if self.host is None else self.host
+        no such dtype) that `commit` moves into `tensor`. Made once while the tensor keeps
+        its storage, dtype and shape (the view held here keeps that storage alive, so no
+        other tensor can take its address meanwhile): the pull of every step needs it."""
+        target = tensor if self.host is None else self.host
         if not target.is_contiguous():
             raise ValueError("parameters must be contiguous to be pulled in place")
-        flat = target.view(-1)
-        if flat.dtype == torch.bfloat16:
-            return flat.view(torch.uint8).numpy()
-        return flat.numpy()
+        key = (target.data_ptr(), target.dtype, target.shape)
+        if self._values is not None and self._values[0] == key:
+            return self._values[1]
+        flat = target.data.view(-1)
+        values = flat.view(torch.uint8).numpy() if flat.dtype == torch.bfloat16 else flat.numpy()
+        self._values = (key, values)
+        return values
 
     def commit(self, tensor: torch.Tensor) -> None:
         if self.host is not None:

@@ -16,10 +16,9 @@ from paramserver.serde.records import (
     method_path,
     plan_from_proto,
     plan_to_proto,
-    spec_from_proto,
-    spec_to_proto,
 )
 from paramserver.serde.rpcs import RPCS, STREAMING, Rpc
+from paramserver.serde.specs import spec_from_proto, spec_to_proto
 from paramserver.serde.streams import (
     MalformedMessage,
     decode_pull_response,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
-
 from paramserver import __version__
 from paramserver.federated.privacy import PrivacyReport
 from paramserver.proto import paramserver_pb2 as pb
@@ -16,6 +14,7 @@ from paramserver.serde.shm import (
     ranges_from_proto,
     ranges_to_proto,
 )
+from paramserver.serde.specs import spec_from_proto, spec_to_proto
 from paramserver.status import ServerStatus, WorkerInfo
 from paramserver.tables.records import TableStatus
 from paramserver.types import (
@@ -31,7 +30,6 @@ from paramserver.types import (
     Session,
     StepOptions,
     TensorSlice,
-    TensorSpec,
 )
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServer"].full_name
@@ -45,35 +43,11 @@ def method_path(method: str) -> str:
 
 # ---- enums ---------------------------------------------------------------------------
 
-_DTYPES: dict[torch.dtype, pb.DType] = {
-    torch.float32: pb.FLOAT32,
-    torch.float64: pb.FLOAT64,
-    torch.float16: pb.FLOAT16,
-    torch.bfloat16: pb.BFLOAT16,
-    torch.int32: pb.INT32,
-    torch.int64: pb.INT64,
-}
-_DTYPES_BACK: dict[int, torch.dtype] = {v: k for k, v in _DTYPES.items()}
 _MODES: dict[Mode, pb.Mode] = {Mode.SYNC: pb.SYNC, Mode.ASYNC: pb.ASYNC, Mode.SSP: pb.SSP,
                              Mode.FEDERATED: pb.FEDERATED, Mode.FEDBUFF: pb.FEDBUFF}
 _MODES_BACK: dict[int, Mode] = {v: k for k, v in _MODES.items()}
 _ROLES: dict[Role, pb.Role] = {Role.WORKER: pb.WORKER, Role.OBSERVER: pb.OBSERVER}
 _ROLES_BACK: dict[int, Role] = {v: k for k, v in _ROLES.items()}
-
-
-def dtype_to_proto(dtype: torch.dtype) -> pb.DType:
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        known = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
-        raise ValueError(f"dtype {dtype} cannot travel on the wire; supported: {known}") from None
-
-
-def dtype_from_proto(value: int) -> torch.dtype:
-    try:
-        return _DTYPES_BACK[value]
-    except KeyError:
-        raise ValueError(f"unknown or unspecified dtype enum value {value}") from None
 
 
 def mode_from_proto(value: int) -> Mode:
@@ -85,15 +59,6 @@ def role_from_proto(value: int) -> Role:
 
 
 # ---- records -------------------------------------------------------------------------
-
-def spec_to_proto(spec: TensorSpec) -> pb.TensorSpec:
-    return pb.TensorSpec(name=spec.name, shape=list(spec.shape), dtype=dtype_to_proto(spec.dtype))
-
-
-def spec_from_proto(msg: pb.TensorSpec) -> TensorSpec:
-    if any(d < 0 for d in msg.shape):
-        raise ValueError(f"tensor {msg.name!r} has a negative dimension: {list(msg.shape)}")
-    return TensorSpec(msg.name, tuple(int(d) for d in msg.shape), dtype_from_proto(msg.dtype))
 
 
 def layout_to_proto(layout: ModelLayout | None) -> pb.ModelLayout:

@@ -3,8 +3,10 @@
 A StepRequest is the messages of a Push stream concatenated (PushRequest's `header = 1` and
 `chunk = 2` are StepRequest's `header` and repeated `chunks`) followed by the pull's fields;
 a StepResponse is the messages of a Pull stream concatenated, followed by the push's answer
-(`push = 3`). So both sides reuse the stream encoders, and payloads are never parsed into
-protobuf objects: chunks decode to zero-copy `wire.Chunk` views, as on the streams.
+(`push = 3`). So both sides reuse the stream encoders. The server never parses a request's
+payloads into protobuf objects: its chunks decode to zero-copy `wire.Chunk` views, as on
+the streams, and one that does not decode is refused by the push checks in its place. The
+client parses the answer with protobuf (`decode_step_answer`).
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ def _field(number: int, body: bytes) -> bytes:
 
 def encode_step_call(call: StepCall) -> bytes:
     """Client: the push's header and chunks as a Push stream encodes them, then the pull."""
-    parts = []
+    parts: list[bytes | memoryview] = []
     for message in call.push:
         if isinstance(message, PushHeader):
             parts.append(encode_push_header(message))
-        elif isinstance(message, wire.Chunk):
-            parts.append(wire.encode_chunk(message.tensor, message.offset, message.data))
+        elif isinstance(message, wire.Chunk):  # joined once below: the payload copied once
+            view = memoryview(message.data).cast("B")
+            parts += (wire.chunk_prefix(message.tensor, message.offset, view.nbytes), view)
     parts.append(pb.StepRequest(min_version=call.min_version, tensors=list(call.tensors),
                                 held_version=call.held_version).SerializeToString())
     return b"".join(parts)
@@ -106,23 +109,20 @@ def encode_step_answer(answer: StepAnswer) -> bytes:
 
 
 def decode_step_answer(data: bytes) -> StepAnswer | MalformedMessage:
-    """Client: the push's answer and the pull as a Pull stream yields it (header, chunks)."""
-    header: object = None
-    chunks: list[object] = []
-    push = None
+    """Client: the push's answer and the pull as a Pull stream yields it (header, chunks).
+
+    Parsed by protobuf whole, unlike the server's side: the answer holds at most
+    --max-step-call-bytes of values, and copying those once more costs the client less
+    than reading its fields in Python (a 40 KB model's answer: 20 us -> 8 us)."""
     try:
-        for number, _, value in wire.iter_fields(memoryview(data)):
-            if number == 1 and isinstance(value, memoryview):
-                header = pull_header_from_proto(pb.PullHeader.FromString(value.tobytes()))
-            elif number == 2 and isinstance(value, memoryview):
-                chunks.append(wire.decode_chunk(value))
-            elif number == 3 and isinstance(value, memoryview):
-                push = push_result_from_proto(pb.PushResponse.FromString(value.tobytes()))
+        message = pb.StepResponse.FromString(data)
+        if not (message.HasField("header") and message.HasField("push")):
+            return MalformedMessage("a StepResponse carries a PullHeader and a PushResponse")
+        chunks = [wire.Chunk(c.tensor, c.offset, memoryview(c.data)) for c in message.chunks]
+        return StepAnswer(push=push_result_from_proto(message.push),
+                          pull=(pull_header_from_proto(message.header), *chunks))
     except _DECODE_ERRORS as exc:
         return MalformedMessage(f"cannot decode StepResponse: {exc}")
-    if header is None or push is None:
-        return MalformedMessage("a StepResponse carries a PullHeader and a PushResponse")
-    return StepAnswer(push=push, pull=(header, *chunks))
 
 
 def step_rpc(rpc: Callable[..., Any]) -> Any:

@@ -15,11 +15,10 @@ from paramserver.proto import paramserver_pb2 as pb
 from paramserver.serde.records import (
     codec_from_proto,
     codec_to_proto,
-    dtype_from_proto,
-    dtype_to_proto,
     push_result_from_proto,
 )
 from paramserver.serde.records import push_result_to_proto as _push_result_to_proto
+from paramserver.serde.specs import dtype_from_proto, dtype_to_proto
 from paramserver.serde.streams import _wrapper_decoder
 from paramserver.tables.records import (
     DeclareTables,

@@ -38,12 +38,12 @@ def encoded_pieces(store: ParameterStore, specs: tuple[TensorSpec, ...], codec: 
     for index, spec in enumerate(specs):
         wire_item = codec.max_payload_nbytes(1, spec.dtype)
         per_chunk = max(1, chunk_bytes // wire_item)
-        flat = store.params[spec.name].view(-1)
         as_bytes = store.byte_view(spec.name) if raw else None  # one view per tensor
+        param = store.params[spec.name]
         for start, end in chunk_ranges(spec.numel, per_chunk):
             with store.lock:
                 data = (as_bytes[start * wire_item:end * wire_item] if as_bytes is not None
-                        else memoryview(codec.encode(flat[start:end]).numpy().data))
+                        else memoryview(codec.encode(param.view(-1)[start:end]).numpy().data))
                 taken = take(index, start * wire_item, data)
             yield taken
 
@@ -69,13 +69,13 @@ class EncodedPulls:
     def messages(self, store: ParameterStore, version: int, specs: tuple[TensorSpec, ...],
                  codec: Codec, chunk_bytes: int) -> Iterator[bytes]:
         """`pull_messages(...)`, from the kept entry when it is this very pull."""
+        key = (version, codec.spec, specs, chunk_bytes)
+        with self._lock:  # a kept pull passed the checks below when it was kept
+            if key == self._key:
+                return iter(self._messages)
         if (version <= 0 or sum(s.nbytes for s in specs) > self._max_bytes
                 or any(s.name.startswith(BUFFER_PREFIX) for s in specs)):
             return pull_messages(store, version, specs, codec, chunk_bytes)
-        key = (version, codec.spec, specs, chunk_bytes)
-        with self._lock:
-            if key == self._key:
-                return iter(self._messages)
         with store.lock:  # the whole pull at one version (async may have moved on)
             current = store.version
             messages = tuple(pull_messages(store, current, specs, codec, chunk_bytes))

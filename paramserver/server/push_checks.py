@@ -4,12 +4,21 @@ step options, decoding, finiteness. Each refuses with INVALID_ARGUMENT, changing
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import torch
 
 from paramserver.codecs import Codec, CodecError, Update
 from paramserver.errors import InvalidArgument
 from paramserver.types import BUFFER_PREFIX, StepOptions, TensorSpec
+
+# A dot whose finite elements overflow says so, then falls to the exact test below.
+warnings.filterwarnings("ignore", message="overflow encountered in dot", category=RuntimeWarning,
+                        module=__name__)
+
+SMALL_NUMEL = 1 << 16  # up to here a tensor's finite check holds the GIL: a few us at most
+_DOT_DTYPES = (torch.float32, torch.float64)
 
 
 def check_floating(specs: tuple[TensorSpec, ...]) -> None:
@@ -34,12 +43,18 @@ def check_options(options: StepOptions) -> None:
 def all_finite(values: torch.Tensor) -> bool:
     """True when no element is NaN or infinite.
 
-    One reduction, no temporary as large as the tensor: a sum is finite exactly when every
-    element is, unless the finite elements overflow the dtype; only then (a sum that is not
-    finite) is the exact elementwise test run, to tell the two apart."""
-    if bool(torch.isfinite(values.sum())):
-        return True
-    return bool(torch.isfinite(values).all())
+    One reduction, no temporary as large as the tensor: a sum (of squares, for a small
+    tensor) is finite exactly when every element is, unless the finite elements overflow
+    the dtype; only then is the exact elementwise test run, to tell the two apart. A small
+    float32/float64 tensor is reduced by numpy's dot in one call: ~2 us where torch's sum,
+    isfinite and bool (three dispatches) took 6 us at rest and 41 us per chunk in the
+    server of a 40 KB W=2 step, four chunks a push (issue #14)."""
+    if values.numel() <= SMALL_NUMEL and values.dtype in _DOT_DTYPES and not values.is_cuda:
+        flat = (values.detach() if values.requires_grad else values).numpy().reshape(-1)
+        total = float(np.dot(flat, flat))
+    else:
+        total = values.sum().item()
+    return math.isfinite(total) or bool(torch.isfinite(values).all())
 
 
 def require_finite(updates: dict[str, Update], skip_gradients: bool = False) -> None:

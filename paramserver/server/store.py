@@ -48,6 +48,7 @@ class ParameterStore:
         self.shard_index = 0
         self._specs: dict[str, TensorSpec] = {}
         self.params: dict[str, torch.Tensor] = {}
+        self._bytes: dict[str, memoryview] = {}  # byte_view's, per parameter tensor
         self.version = 0
         self._optimizer_config = optimizer
         optimizer.warm_up()  # its imports belong to start-up, not to the first step
@@ -69,6 +70,7 @@ class ParameterStore:
             self.plan, self.shard_index = plan, shard_index
             self._specs = layout.by_name()
             self.params = {s.name: values[s.name].view(s.shape) for s in layout.tensors}
+            self._bytes = {}
             self._optimizer = self._optimizer_config.build(self.params.values())
             self.layout = layout
             self.version = 0
@@ -115,7 +117,7 @@ class ParameterStore:
         with self.lock:
             assert self._optimizer is not None
             self._check_grads(grads)
-            pairs = [(self.params[name], grad.view(self.params[name].shape))
+            pairs = [(self.params[name], _shaped(grad, self.params[name]))
                      for name, grad in grads.items()]
             if not fused_sgd_step(self._optimizer, pairs, lr_scale, divisor):
                 self._step(grads, lr_scale, divisor)
@@ -188,6 +190,7 @@ class ParameterStore:
             self._specs = layout.by_name()
             self.params = {s.name: params[s.name].reshape(s.shape).clone()
                            for s in layout.tensors}
+            self._bytes = {}
             self._optimizer = self._optimizer_config.build(self.params.values())
             self._optimizer.load_state_dict(optimizer_state)
             self.layout = layout
@@ -220,9 +223,14 @@ class ParameterStore:
             self.lock.notify_all()
 
     def byte_view(self, name: str) -> memoryview:
-        """The raw little-endian bytes of one parameter; read it only under `lock`."""
-        flat = self.params[name].view(-1)
-        return memoryview(flat.view(torch.uint8).numpy().data)
+        """The raw little-endian bytes of one parameter; read it only under `lock`. Made
+        once per parameter tensor, which every step changes in place (three torch calls
+        fewer per tensor and version, issue #14)."""
+        view = self._bytes.get(name)
+        if view is None:
+            flat = self.params[name].view(-1)
+            view = self._bytes[name] = memoryview(flat.view(torch.uint8).numpy().data)
+        return view
 
     def state_hash(self) -> str:
         """`state_digest` of the current version and parameters.
@@ -248,3 +256,8 @@ class ParameterStore:
         with self.lock:
             self._closed = True
             self.lock.notify_all()
+
+
+def _shaped(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A flat gradient viewed in its parameter's shape (no view op when it has it)."""
+    return grad if grad.shape == param.shape else grad.view(param.shape)

@@ -13,7 +13,7 @@ from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
 from paramserver.server.ledger import PushLedger
 from paramserver.server.limits import ServerLimits
-from paramserver.server.push_checks import all_finite
+from paramserver.server.push_checks import SMALL_NUMEL, all_finite
 from paramserver.types import Mode, PushResult, Role
 from tests.helpers import push_stream, refused, register_stream
 from workers.trainer import require_some_applied
@@ -127,6 +127,12 @@ def test_the_finite_check_tells_overflow_from_nan() -> None:
     assert not all_finite(torch.tensor([1.0, float("nan")]))
     assert not all_finite(torch.tensor([float("inf"), -float("inf")]))
     assert all_finite(torch.empty(0))
+    assert all_finite(torch.full((10,), 3e38))  # a small tensor's sum of squares overflows
+    assert not all_finite(torch.tensor([2.0, -float("inf")], dtype=torch.float64))
+    assert all_finite(torch.ones(3, 4, requires_grad=True))
+    large = torch.zeros(SMALL_NUMEL + 1)
+    assert all_finite(large) and not all_finite(large.index_fill_(0, torch.tensor([7]),
+                                                                  float("nan")))
 
 
 def test_a_worker_whose_every_push_was_aborted_fails_loudly() -> None:

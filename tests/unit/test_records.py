@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from paramserver import serde
 from paramserver.codecs import CodecLimits, make_codec, negotiate
 from paramserver.errors import FailedPrecondition
+from paramserver.proto import paramserver_pb2 as pb
 from paramserver.transport import chunk_ranges
-from paramserver.types import CodecSpec, ModelLayout, TensorSpec
+from paramserver.types import CodecSpec, ModelLayout, PushHeader, TensorSpec
 
 
 def test_codec_spec_parse_and_str_round_trip() -> None:
@@ -88,6 +89,21 @@ def test_layout_differences_are_explained() -> None:
 def test_layout_proto_round_trip(dtype: torch.dtype) -> None:
     layout = ModelLayout((TensorSpec("x", (4, 0, 2), dtype), TensorSpec("y", (), dtype)))
     assert serde.layout_from_proto(serde.layout_to_proto(layout)) == layout
+
+
+def test_remembered_specs_stay_checked_and_unchanged() -> None:
+    spec = TensorSpec("w", (2, 3), torch.float32)
+    header = pb.PushHeader(tensors=[serde.spec_to_proto(spec)])
+    header.tensors[0].name = "changed"  # the header holds a copy of the remembered message
+    assert serde.spec_to_proto(spec).name == "w"
+    assert serde.decode_push_request(serde.encode_push_header(
+        PushHeader("s", 1, 1, (spec,)))).tensors == (spec,)
+    assert serde.spec_from_proto(serde.spec_to_proto(spec)) == spec
+    again = serde.spec_from_proto(pb.TensorSpec.FromString(
+        serde.spec_to_proto(spec).SerializeToString()))
+    assert again is serde.spec_from_proto(serde.spec_to_proto(spec))  # read once
+    with pytest.raises(ValueError, match="negative"):
+        serde.spec_from_proto(pb.TensorSpec(name="w", shape=[2, -3], dtype=pb.FLOAT32))
 
 
 def test_unsupported_dtype_is_a_clear_error() -> None:

@@ -45,6 +45,8 @@ def test_a_step_answer_is_the_pull_streams_messages_then_the_push_answer() -> No
     assert answer.push == PushResult(7, True, 0, True)
     assert answer.pull[0] == PullHeader(version=7, tensors=(W,)) and answer.pull[1].data.tobytes() == bytes(12)
     assert pb.StepResponse.FromString(data).push.duplicate
+    assert STEP.response_from_bytes(b"".join(pulled)).reason  # no push answer: malformed
+    assert STEP.response_from_bytes(data[:-3]).reason  # truncated: malformed
 
 
 def _store(version: int) -> ParameterStore:
