@@ -93,6 +93,22 @@ class Aggregate:
                 torch.mul(first, weight, out=fresh)
             self._filled[name] = end
 
+    def read_chunk(self, name: str, start: int, count: int,
+                   fill: Callable[[torch.Tensor], None], weight: float) -> bool:
+        """`add_chunk` where no push wrote yet (else False), `fill(view)` writing and checking
+        the values straight into the sum; if it raises, the sum is as it was."""
+        total = self._sums.get(name)
+        if start != (0 if total is None else self._filled.get(name, total.numel())):
+            return False
+        if total is None:  # kept only once filled (a refused chunk leaves no sum behind)
+            spec = self._spec_of(name)
+            total = self._buffers.take(spec.nbytes).view(spec.dtype)
+        fill(total[start:start + count])
+        if weight != 1.0:
+            total[start:start + count].mul_(weight)
+        self._sums[name], self._filled[name] = total, start + count
+        return True
+
     def _fill(self, name: str) -> None:
         """Zero what no push wrote yet of a sum (before a whole update is added to it)."""
         filled = self._filled.pop(name, None)
@@ -280,6 +296,12 @@ class StepAssembly:
         self._require(generation)
         target = self._corrected if corrected else self._aggregate
         target.add_chunk(name, start, values, weight)
+
+    def read_chunk(self, generation: int, name: str, start: int, count: int,
+                   fill: Callable[[torch.Tensor], None], weight: float, corrected: bool) -> bool:
+        self._require(generation)
+        target = self._corrected if corrected else self._aggregate
+        return target.read_chunk(name, start, count, fill, weight)
 
     def end_stream(self, generation: int, worker_id: str, step: int, names: list[str],
                    weight: float, corrected: bool, options: StepOptions,
