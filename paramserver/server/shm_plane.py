@@ -130,7 +130,7 @@ class SegmentReader:
 
     def __init__(self, name: str, ranges: ShmRanges, sequence: int) -> None:
         self._name, self._ranges, self._sequence = name, ranges, sequence
-        self._window = bytearray(segments.WINDOW_BYTES)
+        self._window = bytearray()  # made at the first window read (none when direct)
         self._chunks: Iterator[object] | None = None
         self._fd = -1
         self._at = self._nbytes = 0  # the current range (`ranges`): where, how long
@@ -144,6 +144,7 @@ class SegmentReader:
         return next(self._chunks)
 
     def _read_chunks(self) -> Iterator[object]:
+        self._window = bytearray(segments.WINDOW_BYTES)
         for index, at, nbytes in self.ranges():
             for data in segments.read_windows(self._fd, self._at, nbytes, self._window):
                 yield wire.Chunk(index, at, data)
@@ -167,6 +168,8 @@ class SegmentReader:
         segments.read_into(self._fd, self._at, view.view(torch.uint8).numpy().data)
 
     def read(self) -> memoryview:
+        if not self._window:
+            self._window = bytearray(segments.WINDOW_BYTES)
         window = memoryview(self._window)[:self._nbytes]
         segments.read_into(self._fd, self._at, window)
         return window
