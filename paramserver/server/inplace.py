@@ -6,6 +6,10 @@ its own bytes) is not staged whole before it is added: each chunk passes checks 
 then added at once into the open step's one aggregation buffer. The server then holds the
 parameters, the optimizer state and one aggregate, however many workers push at once.
 
+Over the shared-memory data plane the chunks are not even copied: where no push wrote the
+sum yet (the step's first push), each range is read from the segment straight into the
+sum and checked there; a range refused then leaves those elements unwritten, as before.
+
 The rule that keeps this exact (docs/wire.md, "Push"): whatever `intake.py` refuses before a
 push's first chunk is added changes nothing, as for a staged push. A push that fails after
 its first add (a later chunk refused, the stream broken or cancelled, its deadline passed)

@@ -11,7 +11,8 @@ Push: the header names the session's push segment and one byte range per tensor;
 range is checked against the segment before anything else (`intake.py` check 2b), and
 the payloads are then read in windows and handed on as ordinary chunks (`wire.Chunk`),
 so checks 5-12, exactly-once, the in-place aggregate and discard-on-failure are the ones
-a gRPC push goes through. Pull: the values are written into the session's pull segment,
+a gRPC push goes through; where no push wrote the aggregate yet (a step's first push)
+each window-sized range is read straight into it and checked there (`SegmentReader`). Pull: the values are written into the session's pull segment,
 each piece under the store lock as a streamed pull's chunks are (so a pull never sees half
 a step), and the answer is the header alone, naming the ranges.
 """
