@@ -7,8 +7,9 @@ then added at once into the open step's one aggregation buffer. The server then 
 parameters, the optimizer state and one aggregate, however many workers push at once.
 
 Over the shared-memory data plane the chunks are not even copied: where no push wrote the
-sum yet (the step's first push), each range is read from the segment straight into the
-sum and checked there; a range refused then leaves those elements unwritten, as before.
+sum yet (the step's first push) and no other push is being received (the read holds the
+policy's lock), each range is read from the segment straight into the sum and checked
+there; a range refused then leaves those elements unwritten, as before.
 
 The rule that keeps this exact (docs/wire.md, "Push"): whatever `intake.py` refuses before a
 push's first chunk is added changes nothing, as for a staged push. A push that fails after
@@ -117,21 +118,18 @@ class ChunkDecoder:
         and added as a chunk. Only where the push travels in the tensors' own dtypes."""
         for tensor, offset, nbytes in source.ranges():
             spec, wire = self.claim(tensor, offset, nbytes)
-            if self._carry[tensor] or nbytes % wire.itemsize:  # splits an element
-                decoded = self._values(tensor, spec, wire, offset, source.read())
-                if decoded is not None:
-                    push.add(spec.name, decoded[1], decoded[2])
-                continue
 
             def fill(view: torch.Tensor, spec: TensorSpec = spec) -> None:
                 source.read_into(view)
                 require_finite_chunk(spec, view)
-            start = offset // wire.itemsize
-            if not push.read(spec.name, start, nbytes // wire.itemsize, fill):
-                values = torch.frombuffer(source.read(), dtype=wire)
-                require_finite_chunk(spec, values)
-                push.add(spec.name, start, values)
-
+            if not (self._carry[tensor] or nbytes % wire.itemsize) and push.read(
+                    spec.name, offset // wire.itemsize, nbytes // wire.itemsize, fill):
+                continue
+            for data in source.pieces():  # read, checked and added as chunks
+                decoded = self._values(tensor, spec, wire, offset, data)
+                offset += data.nbytes
+                if decoded is not None:
+                    push.add(spec.name, decoded[1], decoded[2])
 
     def finish(self) -> None:
         """Every tensor arrived whole (worded as a staged push's decoding would say)."""
@@ -154,8 +152,8 @@ class DirectSource(Protocol):
     def read_into(self, view: torch.Tensor) -> None:
         """The current range's bytes into `view` (as many bytes as it holds)."""
 
-    def read(self) -> memoryview:
-        """The current range's bytes, in a window overwritten by the next range."""
+    def pieces(self) -> Iterator[memoryview]:
+        """The current range's bytes, a window at a time, each overwritten by the next."""
 
 
 def require_finite_chunk(spec: TensorSpec, values: torch.Tensor) -> None:

@@ -131,7 +131,7 @@ class SegmentReader:
 
     def __init__(self, name: str, ranges: ShmRanges, sequence: int) -> None:
         self._name, self._ranges, self._sequence = name, ranges, sequence
-        self._window = bytearray()  # made at the first window read (none when direct)
+        self._window = bytearray()  # made at the first window read (`pieces`)
         self._chunks: Iterator[object] | None = None
         self._fd = -1
         self._at = self._nbytes = 0  # the current range (`ranges`): where, how long
@@ -145,9 +145,8 @@ class SegmentReader:
         return next(self._chunks)
 
     def _read_chunks(self) -> Iterator[object]:
-        self._window = bytearray(segments.WINDOW_BYTES)
-        for index, at, nbytes in self.ranges():
-            for data in segments.read_windows(self._fd, self._at, nbytes, self._window):
+        for index, at, _ in self.ranges():
+            for data in self.pieces():
                 yield wire.Chunk(index, at, data)
                 at += data.nbytes
 
@@ -168,12 +167,11 @@ class SegmentReader:
     def read_into(self, view: torch.Tensor) -> None:
         segments.read_into(self._fd, self._at, view.view(torch.uint8).numpy().data)
 
-    def read(self) -> memoryview:
-        if not self._window:
+    def pieces(self) -> Iterator[memoryview]:
+        """The current range's bytes, one window at a time, each overwritten by the next."""
+        if not self._window:  # none for a push read straight into the aggregate
             self._window = bytearray(segments.WINDOW_BYTES)
-        window = memoryview(self._window)[:self._nbytes]
-        segments.read_into(self._fd, self._at, window)
-        return window
+        return segments.read_windows(self._fd, self._at, self._nbytes, self._window)
 
 
 def write_pull(record: SessionRecord, store: ParameterStore, version: int,

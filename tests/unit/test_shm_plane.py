@@ -169,11 +169,11 @@ def test_a_push_written_over_while_it_is_read_is_refused(shm: list[ShmSegments])
 def test_the_first_push_is_read_into_the_aggregate_and_a_refused_one_changes_nothing(
         shm: list[ShmSegments], monkeypatch: pytest.MonkeyPatch) -> None:
     """The step's first push is read from its segment straight into the aggregate (no
-    window: `SegmentReader.read` is not called), a later one is read and added. A first push
+    window: `SegmentReader.pieces` is not called), a later one is read and added. A first push
     with NaN in it is refused and leaves no trace: the step, read again, is its twin's."""
     windows: list[int] = []
-    read = SegmentReader.read
-    monkeypatch.setattr(SegmentReader, "read", lambda self: windows.append(1) or read(self))
+    pieces = SegmentReader.pieces
+    monkeypatch.setattr(SegmentReader, "pieces", lambda self: windows.append(1) or pieces(self))
     core, (a, b) = _core(shm)
     twin, (c, d) = _core(shm)
     bad = {"w": GRADS["w"].clone(), "b": GRADS["b"]}

@@ -300,6 +300,8 @@ class StepAssembly:
     def read_chunk(self, generation: int, name: str, start: int, count: int,
                    fill: Callable[[torch.Tensor], None], weight: float, corrected: bool) -> bool:
         self._require(generation)
+        if self.streams > 1:  # not under the lock while another push waits to add
+            return False
         target = self._corrected if corrected else self._aggregate
         return target.read_chunk(name, start, count, fill, weight)
 
