@@ -19,6 +19,7 @@ from pathlib import Path
 from paramserver import __version__
 from paramserver.codecs import DELTA_PULL_CODECS, negotiate
 from paramserver.errors import WORKER_ID_HELD, FailedPrecondition, InvalidArgument
+from paramserver.process_tuning import trim_heap
 from paramserver.security.roles import Principal, check_handshake, check_state_hash, printable
 from paramserver.server.assembly import TensorAssembler, drain_chunks, first_message
 from paramserver.server.buffers import BufferPool
@@ -307,6 +308,7 @@ class ParameterServerCore:
             created = self.store.create(layout, assembler.finish(), plan, header.shard_index)
         self.members.mark_active(header.session_id)
         if created:
+            trim_heap()  # what the values' transfer took on the way (process_tuning)
             log.info("model registered: shard %d of %d, %d tensors, %d bytes",
                      header.shard_index, plan.num_shards, len(layout.tensors), layout.nbytes)
         return Registration(created=created, version=self.store.version, layout=layout)

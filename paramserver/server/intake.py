@@ -12,7 +12,8 @@ which may still refuse it (federated screening) before applying anything:
     [INVALID_ARGUMENT] and the session's push segment [NOT_FOUND], one range per tensor,
     each inside the segment's payload bytes and within the codec's size bound, the
     segment stamped with this push's sequence, and no chunks follow on the stream
-    [INVALID_ARGUMENT]; its windows then pass checks 10-12 as chunks do
+    [INVALID_ARGUMENT]; its windows then pass checks 10-12 as chunks do (a step's
+    first push is read straight into the aggregate and checked there: `inplace.py`)
  3. a sequenced push (sequence > 0) comes from the session's own incarnation
                                                                   [FAILED_PRECONDITION]
  4. the push ledger: a retry of an answered push gets the first answer again (not

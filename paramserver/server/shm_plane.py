@@ -11,7 +11,8 @@ Push: the header names the session's push segment and one byte range per tensor;
 range is checked against the segment before anything else (`intake.py` check 2b), and
 the payloads are then read in windows and handed on as ordinary chunks (`wire.Chunk`),
 so checks 5-12, exactly-once, the in-place aggregate and discard-on-failure are the ones
-a gRPC push goes through. Pull: the values are written into the session's pull segment,
+a gRPC push goes through; where no push wrote the aggregate yet (a step's first push)
+each window-sized range is read straight into it and checked there (`SegmentReader`). Pull: the values are written into the session's pull segment,
 each piece under the store lock as a streamed pull's chunks are (so a pull never sees half
 a step), and the answer is the header alone, naming the ranges.
 """
@@ -21,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
+
+import torch
 
 from paramserver import serde, wire
 from paramserver.codecs import DELTA_PULL_CODECS, Codec
@@ -107,7 +110,7 @@ def push_chunks(record: SessionRecord, header: PushHeader, stream: Iterator[obje
                                   f"at most {limit} bytes but its range holds {length}")
     if next(stream, None) is not None:
         raise InvalidArgument("a push whose payload is in shared memory carries no chunks")
-    return _read_chunks(name, ranges, header.sequence)
+    return SegmentReader(name, ranges, header.sequence)
 
 
 def _check_stamp(fd: int, sequence: int) -> None:
@@ -118,22 +121,57 @@ def _check_stamp(fd: int, sequence: int) -> None:
                               "it was written over while this push was read")
 
 
-def _read_chunks(name: str, ranges: ShmRanges, sequence: int) -> Iterator[object]:
-    """One window of the segment at a time, as chunks; each is consumed (added, or copied
-    into a staging buffer) before the window is read again. The stamp is read again at the
-    end: a worker that gave up on this push and wrote its next one meanwhile changed it
-    first, and this push is refused (after a first add: its step discarded)."""
-    window = bytearray(segments.WINDOW_BYTES)
-    fd = segments.open_segment(name, writable=False)
-    try:
-        for index, (offset, length) in enumerate(zip(ranges.offsets, ranges.lengths)):
-            done = 0
-            for data in segments.read_windows(fd, offset, length, window):
-                yield wire.Chunk(index, done, data)
-                done += data.nbytes
-        _check_stamp(fd, sequence)
-    finally:
-        os.close(fd)
+class SegmentReader:
+    """A push's payload in its segment: iterated, one window at a time as chunks (each is
+    consumed, added or copied into a staging buffer, before the window is read again); or,
+    for the in-place aggregate (`inplace.DirectSource`), range by range into memory the
+    reader chooses. Either way the stamp is read again at the end: a worker that gave up
+    on this push and wrote its next one meanwhile changed it first, and this push is
+    refused (after a first add: its step discarded)."""
+
+    def __init__(self, name: str, ranges: ShmRanges, sequence: int) -> None:
+        self._name, self._ranges, self._sequence = name, ranges, sequence
+        self._window = bytearray()  # made at the first window read (`pieces`)
+        self._chunks: Iterator[object] | None = None
+        self._fd = -1
+        self._at = self._nbytes = 0  # the current range (`ranges`): where, how long
+
+    def __iter__(self) -> Iterator[object]:
+        return self
+
+    def __next__(self) -> object:
+        if self._chunks is None:
+            self._chunks = self._read_chunks()
+        return next(self._chunks)
+
+    def _read_chunks(self) -> Iterator[object]:
+        for index, at, _ in self.ranges():
+            for data in self.pieces():
+                yield wire.Chunk(index, at, data)
+                at += data.nbytes
+
+    def ranges(self) -> Iterator[tuple[int, int, int]]:
+        """(tensor index, byte in its payload, bytes) per window-sized range, in order."""
+        self._fd = segments.open_segment(self._name, writable=False)
+        try:
+            for index, (offset, length) in enumerate(zip(self._ranges.offsets,
+                                                         self._ranges.lengths)):
+                for done in range(0, length, segments.WINDOW_BYTES):
+                    self._at = offset + done
+                    self._nbytes = min(segments.WINDOW_BYTES, length - done)
+                    yield index, done, self._nbytes
+            _check_stamp(self._fd, self._sequence)
+        finally:
+            os.close(self._fd)
+
+    def read_into(self, view: torch.Tensor) -> None:
+        segments.read_into(self._fd, self._at, view.view(torch.uint8).numpy().data)
+
+    def pieces(self) -> Iterator[memoryview]:
+        """The current range's bytes, one window at a time, each overwritten by the next."""
+        if not self._window:  # none for a push read straight into the aggregate
+            self._window = bytearray(segments.WINDOW_BYTES)
+        return segments.read_windows(self._fd, self._at, self._nbytes, self._window)
 
 
 def write_pull(record: SessionRecord, store: ParameterStore, version: int,

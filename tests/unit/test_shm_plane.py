@@ -18,7 +18,7 @@ from paramserver.errors import InvalidArgument
 from paramserver.optimizer import OptimizerConfig
 from paramserver.server.config import ServerConfig
 from paramserver.server.core import ParameterServerCore
-from paramserver.server.shm_plane import push_chunks
+from paramserver.server.shm_plane import SegmentReader, push_chunks
 from paramserver.shm import segments
 from paramserver.shm.records import ShmOffer, ShmRanges
 from paramserver.types import CodecSpec, PullHeader, PushHeader, Role, TensorSpec
@@ -164,3 +164,29 @@ def test_a_push_written_over_while_it_is_read_is_refused(shm: list[ShmSegments])
     shm[0].write_push(payloads, sequence=3)
     with pytest.raises(InvalidArgument, match="written over"):
         list(stream)
+
+
+def test_the_first_push_is_read_into_the_aggregate_and_a_refused_one_changes_nothing(
+        shm: list[ShmSegments], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's first push is read from its segment straight into the aggregate (no
+    window: `SegmentReader.pieces` is not called), a later one is read and added. A first push
+    with NaN in it is refused and leaves no trace: the step, read again, is its twin's."""
+    windows: list[int] = []
+    pieces = SegmentReader.pieces
+    monkeypatch.setattr(SegmentReader, "pieces", lambda self: windows.append(1) or pieces(self))
+    core, (a, b) = _core(shm)
+    twin, (c, d) = _core(shm)
+    bad = {"w": GRADS["w"].clone(), "b": GRADS["b"]}
+    bad["w"][40] = float("nan")
+    ranges = shm[0].write_push([memoryview(g.numpy()).cast("B") for g in bad.values()])
+    before = core.store.state_hash()
+    refused(grpc.StatusCode.INVALID_ARGUMENT, core.push,
+            iter([PushHeader(a, 0, 1, _specs(), shm=ranges)]))
+    assert core.store.state_hash() == before and core.policy.report().pending_pushes == 0
+    assert not core.push(_shm_push(a, shm[0])).applied
+    assert windows == []
+    assert core.push(_shm_push(b, shm[1])).applied
+    assert len(windows) == len(GRADS)  # the second push: read, then added
+    for session in (c, d):
+        twin.push(iter([PushHeader(session, 0, 1, _specs()), *chunks(list(GRADS.values()))]))
+    assert core.store.state_hash() == twin.store.state_hash()

@@ -8,7 +8,6 @@ leaving its `with` block). A sparse update is added with index_add_, never densi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Self
@@ -20,6 +19,7 @@ from paramserver.codecs.base import add_into
 from paramserver.errors import Aborted, FailedPrecondition, StepDiscarded
 from paramserver.server.buffers import BufferPool, PooledBuffers
 from paramserver.server.policies.base import Clock, ReceivedPush
+from paramserver.server.policies.in_order import InOrder
 from paramserver.server.policies.step_rules import StepRules
 from paramserver.server.store import ParameterStore
 from paramserver.types import StepOptions, TensorSpec
@@ -95,6 +95,22 @@ class Aggregate:
                 torch.mul(first, weight, out=fresh)
             self._filled[name] = end
 
+    def read_chunk(self, name: str, start: int, count: int,
+                   fill: Callable[[torch.Tensor], None], weight: float) -> bool:
+        """`add_chunk` where no push wrote yet (else False), `fill(view)` writing and checking
+        the values straight into the sum; if it raises, the sum is as it was."""
+        total = self._sums.get(name)
+        if start != (0 if total is None else self._filled.get(name, total.numel())):
+            return False
+        if total is None:  # kept only once filled (a refused chunk leaves no sum behind)
+            spec = self._spec_of(name)
+            total = self._buffers.take(spec.nbytes).view(spec.dtype)
+        fill(total[start:start + count])
+        if weight != 1.0:
+            total[start:start + count].mul_(weight)
+        self._sums[name], self._filled[name] = total, start + count
+        return True
+
     def _fill(self, name: str) -> None:
         """Zero what no push wrote yet of a sum (before a whole update is added to it)."""
         filled = self._filled.pop(name, None)
@@ -149,49 +165,6 @@ def _common(totals: dict[str, float]) -> float | None:
     """The one weight every tensor is divided by, if they share one (else None)."""
     values = set(totals.values())
     return values.pop() if len(values) == 1 else None
-
-
-class InOrder:
-    """Pushes taken in a fixed order of workers, whatever order they arrive in (issue #17).
-
-    Float addition is not associative: a sum taken in arrival order differs in its last bits
-    from run to run, and training carries the difference on. A push that arrives before its
-    predecessors in `order` is held (its pooled bytes move here) until they came, or until
-    the step closes without them (`rest`). So the sum is always taken in `order`, skipping
-    the workers that never pushed, and only the out-of-order pushes wait in memory.
-    Not thread-safe: the owning policy holds its lock around calls.
-    """
-
-    def __init__(self, pool: BufferPool, order: Iterable[str]) -> None:
-        self._pool = pool
-        self._order = list(order)
-        self._next = 0  # order[:_next] were taken (or skipped at the end)
-        self._held: dict[str, ReceivedPush] = {}
-
-    def arrive(self, push: ReceivedPush) -> list[ReceivedPush]:
-        """Hold `push`; returns the pushes now due, in order (the held ones own their
-        buffers: the caller releases them once added)."""
-        kept = PooledBuffers(self._pool)
-        push.buffers.transfer(kept)
-        self._held[push.worker_id] = dataclasses.replace(push, buffers=kept)
-        due = []
-        while self._next < len(self._order) and self._order[self._next] in self._held:
-            due.append(self._held.pop(self._order[self._next]))
-            self._next += 1
-        return due
-
-    def rest(self) -> list[ReceivedPush]:
-        """The pushes still held (behind a worker that never pushed), in order; one from
-        a worker outside `order` (the policy refuses those) comes last, not lost."""
-        rest = [self._held.pop(w) for w in self._order[self._next:] if w in self._held]
-        rest += [self._held.pop(w) for w in sorted(self._held)]
-        self._next = len(self._order)
-        return rest
-
-    def discard(self) -> None:
-        for push in self._held.values():
-            push.buffers.release()
-        self._held.clear()
 
 
 class StepAssembly:
@@ -289,6 +262,14 @@ class StepAssembly:
         self._require(generation)
         target = self._corrected if corrected else self._aggregate
         target.add_chunk(name, start, values, weight)
+
+    def read_chunk(self, generation: int, name: str, start: int, count: int,
+                   fill: Callable[[torch.Tensor], None], weight: float, corrected: bool) -> bool:
+        self._require(generation)
+        if self.streams > 1:  # not under the lock while another push waits to add
+            return False
+        target = self._corrected if corrected else self._aggregate
+        return target.read_chunk(name, start, count, fill, weight)
 
     def end_stream(self, generation: int, worker_id: str, step: int, names: list[str],
                    weight: float, corrected: bool, options: StepOptions,

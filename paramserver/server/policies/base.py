@@ -126,6 +126,13 @@ class StreamedPush(Protocol):
     def add(self, name: str, start: int, values: torch.Tensor) -> None:
         """Add elements [start, start + len(values)) of tensor `name` (checked values)."""
 
+    def read(self, name: str, start: int, count: int,
+             fill: Callable[[torch.Tensor], None]) -> bool:
+        """`fill(view)` writes and checks elements [start, start + count) of tensor `name`
+        straight into the step's aggregate where no push wrote them yet, while no other push
+        is being received; False (nothing done) otherwise: then `add` them. A `fill` that
+        raises changes nothing."""
+
     def finish(self, names: list[str], options: StepOptions) -> PushResult:
         """Every chunk was added: count the push (it may close the step)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -131,6 +132,19 @@ class InPlacePush:
             self._policy._step.add_chunk(self._generation, name, start, values, self._weight,
                                          self._corrected)
         self.added = True
+
+    def read(self, name: str, start: int, count: int,
+             fill: Callable[[torch.Tensor], None]) -> bool:
+        with self._policy._lock:
+            # Only where the step waits for this push alone: with two workers pushing, reading
+            # the first push straight into the sum made W=2 rounds over shm slower (186-206
+            # vs 171-176 ms, benchmarks/RESULTS.md; not understood), W=1 no slower.
+            if len(self._policy._members.blocking_workers()) > 1:
+                return False
+            done = self._policy._step.read_chunk(self._generation, name, start, count, fill,
+                                                 self._weight, self._corrected)
+        self.added = self.added or done
+        return done
 
     def finish(self, names: list[str], options: StepOptions) -> PushResult:
         policy = self._policy
