@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -155,12 +155,7 @@ class NetBed:
         is in place. Ended by pid with the bed's other processes (or by stopping it)."""
         managed = self.spawn(host, f"delay-{host.name}", delay_queue.arguments(
             host.ns, queue, hold_ms, loss_pct, seed), program=delay_queue.PROGRAM)
-        deadline = time.monotonic() + timeout_s
-        while "delaying" not in managed.log_tail():
-            if managed.process.poll() is not None or time.monotonic() > deadline:
-                raise ClusterError(f"{managed.name} did not start (exit "
-                                   f"{managed.process.poll()}):\n{managed.log_tail()}")
-            time.sleep(0.02)
+        _await_start(managed, lambda: "delaying" in managed.log_tail(), timeout_s)
         return managed
 
     def host(self, index: int) -> Host:
@@ -212,12 +207,7 @@ class NetBed:
         managed = self.spawn(host, name, ["serve", "--insecure", "--host", host.ip,
                                           "--port", str(port),
                                           "--port-file", str(port_file), *server_args])
-        deadline = time.monotonic() + timeout_s
-        while not port_file.exists():
-            if managed.process.poll() is not None or time.monotonic() > deadline:
-                raise ClusterError(f"{name} did not start (exit {managed.process.poll()}):\n"
-                                   f"{managed.log_tail()}")
-            time.sleep(0.05)
+        _await_start(managed, port_file.exists, timeout_s)
         return managed, f"{host.ip}:{port}"
 
     def run(self, host: Host, argv: Sequence[str], timeout_s: float = 60.0,
@@ -257,3 +247,14 @@ def _close_on_sigterm() -> None:
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def _await_start(managed: ManagedProcess, started: Callable[[], bool], timeout_s: float) -> None:
+    """Wait until `started()`; ClusterError, with the log's tail, when the process exits
+    first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while not started():
+        if managed.process.poll() is not None or time.monotonic() > deadline:
+            raise ClusterError(f"{managed.name} did not start (exit {managed.process.poll()}):"
+                               f"\n{managed.log_tail()}")
+        time.sleep(0.02)

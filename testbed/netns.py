@@ -125,11 +125,7 @@ def kill_all_in(ns: str, timeout_s: float = 5.0) -> None:
     until none is left."""
     deadline = time.monotonic() + timeout_s
     while pids := pids_in(ns):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _sigkill(pids)
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {pids} in {ns} did not die")
         time.sleep(0.05)
@@ -178,11 +174,7 @@ def end_stray_delays(prefix: str | None = None, timeout_s: float = 5.0) -> list[
     after the marker in their argv) of beds whose owner is dead, or of run `prefix`, also
     where their namespace is gone already; returns their pids."""
     ended = [pid for pid, ns in delay_queue.marked().items() if _leftover(ns, prefix)]
-    for pid in ended:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _sigkill(ended)
     deadline = time.monotonic() + timeout_s
     while any(pid in delay_queue.marked() for pid in ended) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -262,3 +254,12 @@ def delay_backend() -> str:
     if queue_said is None:
         return "queue"
     raise TestbedUnavailable(netem_missing(tc_said, queue_said))
+
+
+def _sigkill(pids: list[int]) -> None:
+    """SIGKILL each of `pids` (one already gone is no error)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
